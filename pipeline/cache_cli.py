@@ -1,0 +1,126 @@
+"""`adpa cache ...`: list, show, verify, push, pull and clean artifacts of a store."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import typer
+
+from artifacts import Incomplete, Store, VerifyError, verify_artifact
+from artifacts.keys import parse_key
+from artifacts.store import MANIFEST, read_manifest
+from artifacts.transfer import pull as pull_artifact
+from artifacts.transfer import push as push_artifact
+from pipeline.options import StoreOpt, fail
+
+app = typer.Typer(help="Inspect and move artifacts of the store.", no_args_is_help=True)
+
+
+def _artifact_dir(store: Store, key_or_path: str) -> Path:
+    try:
+        parse_key(key_or_path)
+        return store.path(key_or_path)
+    except ValueError:
+        p = Path(key_or_path)
+        if p.is_dir():
+            return p
+        fail(f"{key_or_path!r} is neither an artifact key nor an artifact folder")
+
+
+@app.command("ls")
+def ls(store: StoreOpt = None, as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")):
+    """One line per artifact: key, kind, complete, rows, tokens, bytes, created."""
+    st = Store(store)
+    entries = [st.entry(k) for k in st.keys()]
+    if as_json:
+        typer.echo(json.dumps(entries, indent=1))
+        return
+    if not entries:
+        typer.echo(f"no artifacts in {st.root}")
+        return
+    typer.echo(f"{'KEY':40} {'COMPLETE':8} {'ROWS':>9} {'TOKENS':>11} {'BYTES':>12}  CREATED")
+    for e in entries:
+        fmt = lambda v: "-" if v is None else f"{v:,}"  # noqa: E731
+        typer.echo(f"{e['key']:40} {'yes' if e['complete'] else 'no':8} {fmt(e['rows']):>9} {fmt(e['tokens']):>11}"
+                   f" {fmt(e['bytes']):>12}  {e['created'] or '-'}{'  ' + e['error'] if 'error' in e else ''}")
+
+
+def _print_tree(obj, indent: int = 2):
+    for k, v in obj.items():
+        if isinstance(v, dict) and v:
+            typer.echo(" " * indent + f"{k}:")
+            _print_tree(v, indent + 2)
+        else:
+            typer.echo(" " * indent + f"{k}: {json.dumps(v) if isinstance(v, (list, dict)) else v}")
+
+
+@app.command()
+def show(key: str = typer.Argument(..., help="Artifact key or folder."), store: StoreOpt = None):
+    """The manifest, readable: inputs, producer versions, totals, dropped rows by reason, stats."""
+    d = _artifact_dir(Store(store), key)
+    if not (d / MANIFEST).exists():
+        fail(f"{d.name}: incomplete (no manifest.json)")
+    m = read_manifest(d / MANIFEST, d.name)
+    t = m["totals"]
+    typer.echo(f"{m['key']}  ({m['kind']}, created {m['created']})")
+    typer.echo(f"  path: {d.resolve()}")
+    typer.echo(f"  shard schema: {m['shard_schema']['name']} {m['shard_schema']['version']} "
+               f"{json.dumps(m['shard_schema'].get('layout', {}))}")
+    typer.echo(f"  totals: {t['shards']} shards, {t['rows']:,} rows, {t['tokens']:,} tokens, {t['bytes']:,} bytes"
+               + (f" ({t['bytes'] / t['tokens']:.1f} bytes/token)" if t["tokens"] else ""))
+    dropped = sum(m["dropped"].values())
+    typer.echo(f"  input rows: {m['input_rows']:,} = {m['rows_used']:,} used + {dropped:,} dropped")
+    for reason, n in m["dropped"].items():
+        typer.echo(f"    dropped {reason}: {n:,}")
+    for section in ("inputs", "producer", "stats"):
+        typer.echo(f"  {section}:")
+        _print_tree(m[section], 4)
+
+
+@app.command()
+def verify(key: str = typer.Argument(..., help="Artifact key or folder."), store: StoreOpt = None):
+    """Re-check every shard's size, sha256, schema and counts. Exit 0 when sound, 1 otherwise."""
+    d = _artifact_dir(Store(store), key)
+    try:
+        m = verify_artifact(d)
+    except (Incomplete, VerifyError) as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1) from None
+    t = m["totals"]
+    typer.echo(f"ok {m['key']}: {t['shards']} shards, {t['rows']:,} rows, {t['tokens']:,} tokens verified")
+
+
+@app.command()
+def push(key: str = typer.Argument(..., help="Artifact key."),
+         url: str = typer.Argument(..., help="Destination store: a path or fsspec URL (s3://..., file://...)."),
+         store: StoreOpt = None):
+    """Copy a verified artifact to another store (shards first, manifest last)."""
+    typer.echo(f"pushed {push_artifact(Store(store), key, url)}")
+
+
+@app.command()
+def pull(url: str = typer.Argument(..., help="The artifact's folder in another store: path or fsspec URL."),
+         store: StoreOpt = None):
+    """Fetch an artifact; it becomes visible only after it verifies in full."""
+    key, reused = pull_artifact(Store(store), url)
+    typer.echo(f"{'already complete, reused' if reused else 'pulled and verified'} {key}")
+
+
+def parse_duration(text: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip())
+    if not m:
+        raise typer.BadParameter(f"{text!r} is not a duration like 30m, 24h, 7d")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+@app.command()
+def gc(store: StoreOpt = None,
+       older_than: str = typer.Option("24h", help="Only leftovers untouched this long (30m, 24h, 7d)."),
+       dry_run: bool = typer.Option(False, "--dry-run", help="List what would go; remove nothing.")):
+    """Remove incomplete leftovers; a complete artifact or one whose producer runs is never touched."""
+    removed = Store(store).gc(parse_duration(older_than), dry_run=dry_run)
+    for p in removed:
+        typer.echo(f"{'would remove' if dry_run else 'removed'} {p}")
+    typer.echo(f"{len(removed)} incomplete leftover(s) {'found' if dry_run else 'removed'}")

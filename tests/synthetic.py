@@ -1,0 +1,80 @@
+"""A deterministic producer of teacher-like rows, for store tests (run in-process or as a subprocess).
+
+Row values derive from (seed, input index) alone, so a test can recompute the originals and
+compare them with what a store returns after crashes, resumes and transfers.
+Run as a script: python tests/synthetic.py STORE N [--sleep S] [--max-shard-rows R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from artifacts import ArtifactWriter, Store  # noqa: E402
+from schemas import token_topk  # noqa: E402
+
+K, VOCAB, PROMPT = 8, 5000, 4
+
+
+def drop_reason(i: int) -> str | None:
+    return "empty_response" if i % 11 == 5 else ("identical_pair" if i % 17 == 3 else None)
+
+
+def make_row(seed: int, i: int, side: str, k: int = K, vocab: int = VOCAB, with_ref: bool = False) -> dict:
+    """A peaked top-k distribution per position, sorted descending, as a teacher would give."""
+    rng = np.random.default_rng([seed, i, ("chosen", "rejected", "generated").index(side)])
+    n = int(rng.integers(1, 40))
+    logits = rng.standard_normal((n, vocab)).astype(np.float64) * 3.0
+    logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    ids = np.argsort(-logp, axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(logp, ids, 1)
+    tokens = rng.integers(0, vocab, PROMPT + n)
+    row = {"pair_id": f"pair-{i:06d}", "side": side, "input_index": i, "token_ids": tokens, "prompt_len": PROMPT,
+           "topk_ids": ids, "topk_logp": top, "tail_logp": token_topk.tail_logmass(top),
+           "realized_logp": logp[np.arange(n), tokens[PROMPT:]]}
+    if with_ref:
+        ref = logp + rng.normal(0, 0.3, logp.shape)
+        ref -= np.logaddexp.reduce(ref, axis=1, keepdims=True)
+        row["ref_topk_logp"] = np.take_along_axis(ref, ids, 1)
+        row["ref_realized_logp"] = ref[np.arange(n), tokens[PROMPT:]]
+    return row
+
+
+def produce(root, n: int, seed: int = 0, sleep: float = 0.0, max_shard_rows: int = 16, with_ref: bool = False,
+            fail_at: int | None = None) -> tuple[dict, bool]:
+    """Produce (or resume, or reuse) the synthetic artifact; returns (manifest, reused)."""
+    store = Store(root)
+    inputs = {"dataset": "synthetic", "seed": seed, "n": n, "k": K, "with_ref": with_ref}
+    with ArtifactWriter(store, "teacher-topk", inputs, token_topk.Codec,
+                        {"k": K, "vocab_size": VOCAB, "with_ref": with_ref}, n,
+                        max_shard_rows=max_shard_rows, batch_tokens=200) as w:
+        if w.reused:
+            return w.manifest, True
+        for i in range(w.resume_from, n):
+            if i == fail_at:
+                raise RuntimeError(f"injected failure at row {i}")
+            if reason := drop_reason(i):
+                w.drop(i, reason)
+            else:
+                w.add(i, [make_row(seed, i, "chosen", with_ref=with_ref), make_row(seed, i, "rejected", with_ref=with_ref)])
+            if sleep:
+                time.sleep(sleep)
+        return w.publish(stats={"note": "synthetic"}), False
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("store")
+    ap.add_argument("n", type=int)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sleep", type=float, default=0.0)
+    ap.add_argument("--max-shard-rows", type=int, default=16)
+    a = ap.parse_args()
+    m, reused = produce(a.store, a.n, a.seed, a.sleep, a.max_shard_rows)
+    print(("reused " if reused else "published ") + m["key"], flush=True)
