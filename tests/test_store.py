@@ -1,0 +1,114 @@
+"""The store end to end in-process: write, reuse, resume, read with shuffling, ranks and budgets."""
+
+import numpy as np
+import pytest
+
+from artifacts import ArtifactReader, ArtifactWriter, Store, StoreError, verify_artifact
+from helpers import assert_complete_and_exact
+from schemas import token_topk as tt
+from synthetic import K, VOCAB, drop_reason, make_row, produce
+
+N = 60
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    m, reused = produce(root, N)
+    return root, m, reused
+
+
+def test_produce_then_reuse(built):
+    root, m, reused = built
+    assert not reused
+    assert verify_artifact(Store(root).path(m["key"]))["key"] == m["key"]
+    dropped = sum(1 for i in range(N) if drop_reason(i))
+    assert m["input_rows"] == N and m["rows_used"] == N - dropped and sum(m["dropped"].values()) == dropped
+    assert m["totals"]["shards"] > 2  # bounded shards
+    assert all(s["rows"] <= 2 * 16 + 1 for s in m["shards"])
+    m2, reused2 = produce(root, N)
+    assert reused2 and m2 == m
+    assert_complete_and_exact(Store(root).path(m["key"]), N)
+
+
+def test_resume_after_failure_keeps_finished_shards(tmp_path):
+    with pytest.raises(RuntimeError, match="injected"):
+        produce(tmp_path, N, fail_at=45)
+    st = Store(tmp_path)
+    key = st.keys()[0]
+    assert not st.is_complete(key)
+    finished = sorted(p.name for p in st.path(key).glob("shard-*.arrow"))
+    mtimes = {p: (st.path(key) / p).stat().st_mtime_ns for p in finished}
+    assert finished, "shards before the failure were committed"
+    m, reused = produce(tmp_path, N)
+    assert not reused
+    for p, t in mtimes.items():
+        assert (st.path(key) / p).stat().st_mtime_ns == t, f"{p} was rewritten instead of kept"
+    assert_complete_and_exact(st.path(key), N)
+
+
+def test_rows_go_in_order_and_all_must_be_accounted(tmp_path):
+    w = ArtifactWriter(Store(tmp_path), "teacher-topk", {"t": 1}, tt.Codec, {"k": K, "vocab_size": VOCAB}, 3)
+    with w:
+        w.add(0, [make_row(0, 0, "chosen")])
+        with pytest.raises(StoreError, match="expected row 1"):
+            w.add(2, [make_row(0, 2, "chosen")])
+        with pytest.raises(StoreError, match="no sequences"):
+            w.add(1, [])
+        w.drop(1, "too_long")
+        with pytest.raises(StoreError, match="2 of 3 input rows"):
+            w.publish()
+        w.add(2, [make_row(0, 2, "chosen")])
+        with pytest.raises(StoreError, match="beyond"):
+            w.drop(3, "x")
+        m = w.publish()
+    assert m["dropped"] == {"too_long": 1} and m["rows_used"] == 2
+
+
+def test_reader_order_shuffle_and_ranks(built):
+    root, m, _ = built
+    d = Store(root).path(m["key"])
+    plain = [(r["input_index"], r["side"]) for r in ArtifactReader(d)]
+    a = [(r["input_index"], r["side"]) for r in ArtifactReader(d, seed=3, shuffle_rows=True)]
+    b = [(r["input_index"], r["side"]) for r in ArtifactReader(d, seed=3, shuffle_rows=True)]
+    c = [(r["input_index"], r["side"]) for r in ArtifactReader(d, seed=4, shuffle_rows=True)]
+    assert a == b and a != plain and a != c and sorted(a) == sorted(plain)
+    parts = [[(r["input_index"], r["side"]) for r in ArtifactReader(d, seed=3, rank=i, world_size=3)] for i in range(3)]
+    assert sum(map(len, parts)) == len(plain) and sorted(sum(parts, [])) == sorted(plain)
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    with pytest.raises(ValueError, match="rank 3"):
+        ArtifactReader(d, rank=3, world_size=3)
+
+
+def test_token_budget_batches(built):
+    root, m, _ = built
+    reader = ArtifactReader(Store(root).path(m["key"]))
+    batches = list(reader.iter_token_batches(100))
+    assert sum(map(len, batches)) == m["totals"]["rows"]
+    for b in batches:
+        toks = [len(r["token_ids"]) - r["prompt_len"] for r in b]
+        assert sum(toks) <= 100 or len(b) == 1
+    assert sum(len(r["topk_ids"]) for b in batches for r in b) == m["totals"]["tokens"]
+
+
+def test_reader_raises_on_corruption_found_while_streaming(built, tmp_path):
+    import shutil
+    root, m, _ = built
+    d = tmp_path / m["key"]
+    shutil.copytree(Store(root).path(m["key"]), d)
+    last = d / m["shards"][-1]["file"]
+    data = bytearray(last.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    last.write_bytes(bytes(data))
+    it = iter(ArtifactReader(d))
+    next(it)  # the first shards are sound and stream before the bad one is reached
+    with pytest.raises(Exception, match="sha256"):
+        list(it)
+
+
+def test_advantage_rows_round_trip(tmp_path):
+    m, _ = produce(tmp_path, 20, with_ref=True)
+    rows = assert_complete_and_exact(Store(tmp_path).path(m["key"]), 20, with_ref=True)
+    r = rows[0]
+    o = make_row(0, r["input_index"], r["side"], with_ref=True)
+    assert np.abs(r["ref_topk_logp"] - o["ref_topk_logp"]).max() <= tt.LOGP_STEP / 2 + 1e-6
