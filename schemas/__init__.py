@@ -1,8 +1,8 @@
 """Versioned contracts: the Arrow shard schemas and the manifest (see schemas/README.md)."""
 
-from schemas import token_topk
+from schemas import files, sequences, token_topk
 
-CODECS = {token_topk.NAME: token_topk.Codec}
+CODECS = {c.NAME: c.Codec for c in (token_topk, sequences, files)}
 
 
 def codec(name: str, version: str):
