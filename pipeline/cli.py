@@ -19,9 +19,42 @@ def _not_yet(what: str, issue: int):
 
 
 @app.command("teacher-cache")
-def teacher_cache(store: StoreOpt = None):
+def teacher_cache(
+    recipe: str = typer.Option("tiny", "--recipe", "-r", help="Recipe name (pipeline/recipes/NAME.yaml) or YAML path."),
+    store: StoreOpt = None,
+    backend: str = typer.Option(None, help="Scoring backend: auto | hf."),
+    k: int = typer.Option(None, help="Top-k ids kept per position."),
+    max_length: int = typer.Option(None, help="Prompt + response tokens; longer responses are cut at the end."),
+    states: str = typer.Option(None, help="ADPA states: student | teacher (generated) | chosen | rejected."),
+    advantage_reference: str = typer.Option(None, help="reference (teacher's SFT, the paper) | student (released README)."),
+    data: str = typer.Option(None, help="Dataset: hub id or local .json/.jsonl/.parquet file."),
+    split: str = typer.Option(None, help="Dataset split."),
+    data_format: str = typer.Option(None, "--format", help="auto | strings | messages | transcripts."),
+    limit: int = typer.Option(None, help="Use only the first N rows."),
+    max_new_tokens: int = typer.Option(None, help="Generation length for ADPA states."),
+    dtype: str = typer.Option(None, help="auto | float32 | bfloat16 | float16."),
+    token_budget: int = typer.Option(None, help="Padded tokens per forward pass."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first unusable row, naming it."),
+):
     """Stage one: score preference data with the DPO teacher and its reference into shards."""
-    _not_yet("teacher-cache", 3)
+    from artifacts import Store
+    from pipeline.recipe import load_recipe
+    from stages.teacher_cache import run_teacher_cache, summary_table
+
+    r = load_recipe(recipe)
+    for name, value in (("backend", backend), ("k", k), ("max_length", max_length), ("states", states),
+                        ("advantage_reference", advantage_reference), ("max_new_tokens", max_new_tokens),
+                        ("dtype", dtype), ("token_budget", token_budget)):
+        if value is not None:
+            setattr(r.teacher_cache, name, value)
+    for name, value in (("source", data), ("split", split), ("format", data_format), ("limit", limit)):
+        if value is not None:
+            setattr(r.data, name, value)
+    r.teacher_cache.check()
+    st = Store(store)
+    typer.echo(f"recipe {r.name} ({r.path}); store {st.root.resolve()}")
+    results = run_teacher_cache(r, st, strict=strict, say=typer.echo)
+    typer.echo(summary_table(results))
 
 
 @app.command()

@@ -1,0 +1,142 @@
+"""Preference pairs from a hub dataset or a local file, in any of three shapes, with drops by reason.
+
+Shapes (detected from the columns, or named with `--format`):
+
+* ``strings``: ``prompt`` / ``chosen`` / ``rejected`` strings (the prompt is one user turn).
+* ``messages``: ``chosen`` / ``rejected`` as chat message lists that share every message but the
+  last, which is the assistant's answer (the argilla/dpo-mix-7k shape). Multi-turn history stays.
+* ``transcripts``: ``chosen`` / ``rejected`` as whole ``"\\n\\nHuman: ... \\n\\nAssistant: ..."``
+  strings; the prompt is the shared prefix up to the final assistant turn (the HH-RLHF shape).
+
+A row that cannot be used is not an error but a counted drop, unless `strict` is set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMATS = ("strings", "messages", "transcripts")
+ROLES = ("system", "user", "assistant")
+LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+@dataclass
+class Pair:
+    index: int
+    pair_id: str
+    prompt: list[dict]  # chat messages, ending with a user turn
+    chosen: str
+    rejected: str
+
+
+class DataError(ValueError):
+    """Input that cannot be used at all (unreadable source, unknown shape), or a bad row under --strict."""
+
+
+def load_rows(source: str, split: str = "train", revision: str | None = None):
+    """(datasets.Dataset, readable fingerprint) from a local json/jsonl/parquet file or a hub id."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    path = Path(source)
+    try:
+        if path.exists():
+            builder = LOCAL_BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise DataError(f"{source}: unsupported file type {path.suffix!r} (use json, jsonl or parquet)")
+            ds = datasets.load_dataset(builder, data_files={split: str(path)}, split=split)
+            fp = {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "split": split}
+        else:
+            ds = datasets.load_dataset(source, split=split, revision=revision)
+            fp = {"hub_id": source, "revision": revision, "split": split, "fingerprint": ds._fingerprint}
+    except DataError:
+        raise
+    except Exception as e:  # datasets raises many types; the user needs the source and the reason
+        raise DataError(f"cannot load dataset {source!r} split {split!r}: {str(e).splitlines()[0]}") from None
+    return ds, fp
+
+
+def detect_format(columns: list[str], first: dict | None) -> str:
+    cols = set(columns)
+    if not {"chosen", "rejected"} <= cols:
+        raise DataError(f"dataset has columns {sorted(cols)}; expected chosen and rejected (and prompt)")
+    if "prompt" in cols and isinstance(first and first.get("chosen"), str):
+        return "strings"
+    if first is not None and isinstance(first.get("chosen"), list):
+        return "messages"
+    if first is not None and isinstance(first.get("chosen"), str) and "Assistant:" in first["chosen"]:
+        return "transcripts"
+    raise DataError(f"cannot tell the dataset's format from columns {sorted(cols)}; name it with --format "
+                    f"({', '.join(FORMATS)})")
+
+
+def _text(v) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def _messages(v) -> list[dict] | None:
+    """Normalized messages, or None when the value is not a list of {role, content: str}."""
+    if not isinstance(v, list):
+        return None
+    out = []
+    for m in v:
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            return None
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def _parse_transcript(t: str) -> list[dict] | None:
+    parts = _TURN.split("\n\n" + t.lstrip("\n"))
+    if len(parts) < 3 or parts[0].strip():
+        return None
+    msgs = []
+    for role, content in zip(parts[1::2], parts[2::2]):
+        msgs.append({"role": "user" if role == "Human" else "assistant", "content": content.strip()})
+    return msgs
+
+
+def parse_row(index: int, row: dict, fmt: str) -> Pair | str:
+    """A Pair, or the reason the row is dropped."""
+    for f in ("chosen", "rejected") + (("prompt",) if fmt == "strings" else ()):
+        if row.get(f) is None:
+            return "missing_field"
+    pair_id = str(row.get("pair_id") or row.get("id") or f"row-{index}")
+    if fmt == "strings":
+        prompt, chosen, rejected = _text(row["prompt"]), _text(row["chosen"]), _text(row["rejected"])
+        if None in (prompt, chosen, rejected):
+            return "not_text"
+        history = [{"role": "user", "content": prompt}]
+    elif fmt == "messages":
+        c, r = _messages(row["chosen"]), _messages(row["rejected"])
+        if c is None or r is None:
+            return "not_text"
+        if not c or not r or c[-1]["role"] != "assistant" or r[-1]["role"] != "assistant":
+            return "no_final_assistant_turn"
+        if c[:-1] != r[:-1]:
+            return "no_shared_prompt"
+        history, chosen, rejected = c[:-1], c[-1]["content"], r[-1]["content"]
+    elif fmt == "transcripts":
+        if _text(row["chosen"]) is None or _text(row["rejected"]) is None:
+            return "not_text"
+        c, r = _parse_transcript(row["chosen"]), _parse_transcript(row["rejected"])
+        if c is None or r is None or c[-1]["role"] != "assistant" or r[-1]["role"] != "assistant":
+            return "no_final_assistant_turn"
+        if c[:-1] != r[:-1]:
+            return "no_shared_prompt"
+        history, chosen, rejected = c[:-1], c[-1]["content"], r[-1]["content"]
+    else:
+        raise DataError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    if not history or history[-1]["role"] != "user" or not any(m["content"].strip() for m in history):
+        return "empty_prompt"
+    if not chosen.strip() or not rejected.strip():
+        return "empty_response"
+    if chosen.strip() == rejected.strip():
+        return "identical_responses"
+    return Pair(index, pair_id, history, chosen, rejected)

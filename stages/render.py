@@ -1,0 +1,60 @@
+"""Token ids of every sequence, rendered by ONE chat template (by default the student's).
+
+The student later trains on exactly the ids the teacher scored. A response's ids are the full
+conversation's ids after the prompt's (rendered with the generation prompt), cut after the
+final end-of-turn token, so chosen, rejected and generated responses all end the same way and
+the end-of-sequence position is scored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stages.preference_data import Pair
+
+
+@dataclass
+class Encoded:
+    pair: Pair
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    truncated: int  # sides whose response was cut to max_length
+
+
+def render_prompt(tok, messages: list[dict]) -> list[int]:
+    return list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+
+
+def render_response(tok, messages: list[dict], prompt_ids: list[int], response: str) -> list[int] | None:
+    """Response ids (through the end-of-turn token), or None when the template does not extend the prompt."""
+    full = list(tok.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=True,
+                                        return_dict=False))
+    if full[:len(prompt_ids)] != prompt_ids:
+        return None
+    resp = full[len(prompt_ids):]
+    eos = tok.eos_token_id
+    if eos is not None and eos in resp:
+        resp = resp[:len(resp) - resp[::-1].index(eos)]
+    return resp
+
+
+def encode_pair(tok, pair: Pair, max_length: int) -> Encoded | str:
+    """Encoded pair, or the drop reason. Responses longer than the room left are cut, keeping their start."""
+    prompt = render_prompt(tok, pair.prompt)
+    room = max_length - len(prompt)
+    if room < 1:
+        return "prompt_too_long"
+    sides, truncated = [], 0
+    for text in (pair.chosen, pair.rejected):
+        ids = render_response(tok, pair.prompt, prompt, text)
+        if ids is None:
+            return "template_mismatch"
+        if not ids:
+            return "empty_response"
+        if len(ids) > room:
+            ids, truncated = ids[:room], truncated + 1
+        sides.append(ids)
+    if sides[0] == sides[1]:
+        return "identical_responses"
+    return Encoded(pair, prompt, sides[0], sides[1], truncated)

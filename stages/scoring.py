@@ -1,0 +1,107 @@
+"""The transformers scoring backend: teacher-forced log-probs at response positions.
+
+Only response positions reach the output layer, in chunks, so the largest float32 block alive
+is [chunk, vocab] (bounded by `block_bytes`), never [batch, length, vocab]. Per chunk: the
+log-normalizer, the realized token's log-prob, log-probs gathered at given ids (the reference
+at the teacher's top-k, exactly), the top-k, and the tail mass beyond the top-k computed by
+masking the top-k out of the log-sum-exp (precise even when the tail is tiny).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Sequence:
+    ids: list[int]
+    prompt_len: int  # >= 1: position prompt_len - 1 predicts the first response token
+
+    @property
+    def n(self) -> int:
+        return len(self.ids) - self.prompt_len
+
+
+def token_budget_batches(lengths: list[int], token_budget: int) -> list[list[int]]:
+    """Indices grouped so that batch size x longest length <= token_budget, longest first (little padding)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, cur = [], []
+    for i in order:
+        if cur and (len(cur) + 1) * lengths[cur[0]] > token_budget:
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+class HFScorer:
+    def __init__(self, model, vocab_size: int, token_budget: int = 4096, block_bytes: int = 256 << 20):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.base = getattr(model, model.base_model_prefix)
+        self.head = model.get_output_embeddings()
+        self.vocab_size = vocab_size
+        self.token_budget = token_budget
+        self.chunk = max(1, block_bytes // (4 * vocab_size))
+        cfg = model.config
+        self.softcap = getattr(cfg, "final_logit_softcapping", None)
+        self.logit_scale = getattr(cfg, "logit_scale", None)
+        self.pad_id = 0
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        # Rows beyond the shared vocabulary (embedding padding) are not tokens: they are cut off.
+        logits = self.head(h).float()[:, : self.vocab_size]
+        if self.logit_scale:
+            logits = logits * self.logit_scale
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    @torch.inference_mode()
+    def score(self, seqs: list[Sequence], k: int | None = None, gather: list[np.ndarray] | None = None) -> list[dict]:
+        """Per sequence (in input order): realized_logp [n]; with k: topk_ids, topk_logp [n,k], tail_logp [n];
+        with gather (per sequence [n, g] ids): gathered_logp [n, g]."""
+        for s in seqs:
+            if s.prompt_len < 1 or s.n < 1:
+                raise ValueError(f"a sequence needs a prompt and a response (prompt {s.prompt_len}, response {s.n})")
+        out: list[dict | None] = [None] * len(seqs)
+        for batch in token_budget_batches([len(s.ids) for s in seqs], self.token_budget):
+            for i, res in zip(batch, self._score_batch([seqs[i] for i in batch], k,
+                                                       [gather[i] for i in batch] if gather is not None else None)):
+                out[i] = res
+        return out
+
+    def _score_batch(self, seqs, k, gather):
+        T = max(len(s.ids) for s in seqs)
+        ids = torch.full((len(seqs), T), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), T), dtype=torch.long)
+        for b, s in enumerate(seqs):
+            ids[b, : len(s.ids)] = torch.as_tensor(s.ids)
+            mask[b, : len(s.ids)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        hidden = self.base(input_ids=ids, attention_mask=mask).last_hidden_state
+        rows = torch.cat([torch.full((s.n,), b, dtype=torch.long) for b, s in enumerate(seqs)]).to(self.device)
+        cols = torch.cat([torch.arange(s.prompt_len - 1, len(s.ids) - 1) for s in seqs]).to(self.device)
+        h, targets = hidden[rows, cols], ids[rows, cols + 1]
+        g = torch.as_tensor(np.concatenate(gather), dtype=torch.long, device=self.device) if gather else None
+        parts = {"realized_logp": [], "topk_ids": [], "topk_logp": [], "tail_logp": [], "gathered_logp": []}
+        for c in range(0, len(h), self.chunk):
+            logits = self._logits(h[c:c + self.chunk])
+            lse = torch.logsumexp(logits, -1, keepdim=True)
+            parts["realized_logp"].append(logits.gather(1, targets[c:c + self.chunk, None])[:, 0] - lse[:, 0])
+            if g is not None:
+                parts["gathered_logp"].append(logits.gather(1, g[c:c + self.chunk]) - lse)
+            if k:
+                top = logits.topk(k, dim=-1)
+                parts["topk_ids"].append(top.indices)
+                parts["topk_logp"].append(top.values - lse)
+                logits.scatter_(1, top.indices, float("-inf"))
+                parts["tail_logp"].append(torch.logsumexp(logits, -1) - lse[:, 0])
+        flat = {name: torch.cat(v).cpu().numpy() for name, v in parts.items() if v}
+        bounds = np.cumsum([0] + [s.n for s in seqs])
+        return [{name: v[bounds[b]:bounds[b + 1]] for name, v in flat.items()} for b in range(len(seqs))]
