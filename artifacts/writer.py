@@ -79,6 +79,7 @@ class ArtifactWriter:
             self.next_index = self.resume_from
             self._pending, self._pending_tokens = [], 0
             self._drops, self._used = Counter(), 0
+            self._rows_in_shard = self._tokens_in_shard = 0
             self._file = None
         except BaseException:
             self._release()
@@ -137,11 +138,14 @@ class ArtifactWriter:
             raise StoreError(f"{self.key}: input row {index} has no sequences; drop it with a reason instead")
         self._take(index)
         self._pending.extend(rows)
-        self._pending_tokens += sum(self.codec.row_tokens(r) for r in rows)
+        tokens = sum(self.codec.row_tokens(r) for r in rows)
+        self._pending_tokens += tokens
+        self._rows_in_shard += len(rows)
+        self._tokens_in_shard += tokens
         self._used += 1
         if self._pending_tokens >= self.batch_tokens:
             self._flush_batch()
-        if self._file and (self._shard_rows >= self.max_shard_rows or self._file[1].tell() >= self.max_shard_bytes):
+        if self._rows_in_shard >= self.max_shard_rows or (self._file and self._file[1].tell() >= self.max_shard_bytes):
             self._close_shard()
 
     def drop(self, index: int, reason: str) -> None:
@@ -158,12 +162,9 @@ class ArtifactWriter:
             schema, self._state = self.codec.file_schema(self.layout, self._pending)
             sink = pa.OSFile(str(tmp), "wb")
             self._file = (pa.ipc.new_file(sink, schema, options=self.ipc_options), sink, tmp)
-            self._shard_rows = self._shard_tokens = 0
             self._schema_meta = schema.metadata
         batch = self.codec.encode(self._pending, self.layout, self._state)
         self._file[0].write_batch(batch.replace_schema_metadata(self._schema_meta))
-        self._shard_rows += batch.num_rows
-        self._shard_tokens += self._pending_tokens
         self._pending, self._pending_tokens = [], 0
 
     def _close_shard(self):
@@ -178,13 +179,14 @@ class ArtifactWriter:
         final = self.dir / SHARD_FMT.format(idx)
         commit_file(tmp, final)
         start = self._records[-1]["input_end"] if self._records else 0
-        rec = {"file": final.name, "rows": self._shard_rows, "tokens": self._shard_tokens,
+        rec = {"file": final.name, "rows": self._rows_in_shard, "tokens": self._tokens_in_shard,
                "bytes": final.stat().st_size, "sha256": sha256_file(final),
                "input_start": start, "input_end": self.next_index, "rows_used": self._used,
                "dropped": dict(self._drops)}
         atomic_write_bytes(self.dir / PROGRESS / f"shard-{idx:05d}.json", json.dumps(rec).encode())
         self._records.append(rec)
         self._drops, self._used = Counter(), 0
+        self._rows_in_shard = self._tokens_in_shard = 0
 
     def publish(self, stats: dict | None = None, producer: dict | None = None) -> dict:
         """Close the last shard and write the manifest: the step that makes the artifact complete."""

@@ -40,6 +40,7 @@ class TeacherCache:
     max_new_tokens: int = 256
     dtype: str = "auto"
     token_budget: int = 8192
+    shard_rows: int = 1024  # rows per shard: the unit a killed run resumes from
 
     def check(self):
         allowed = {"backend": ("auto", "hf"), "chat_template": ("student", "teacher"),
@@ -49,7 +50,7 @@ class TeacherCache:
         for name, values in allowed.items():
             if getattr(self, name) not in values:
                 raise RecipeError(f"teacher_cache.{name} is {getattr(self, name)!r}; expected one of {', '.join(values)}")
-        for name in ("k", "max_length", "max_new_tokens", "token_budget"):
+        for name in ("k", "max_length", "max_new_tokens", "token_budget", "shard_rows"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise RecipeError(f"teacher_cache.{name} must be a positive integer, got {getattr(self, name)!r}")
 

@@ -135,7 +135,8 @@ def setup(recipe: Recipe, store: Store, strict: bool = False, say=print) -> Run:
 def _produce(run: Run, kind: str, role: str, inputs: dict, codec, layout: dict, items: list,
              make_rows: Callable[[list], dict], models: tuple[str, ...], say) -> Result:
     """Write one artifact from `items` (per input row: a value for make_rows, or a drop reason)."""
-    with ArtifactWriter(run.store, kind, inputs, codec, layout, len(items)) as w:
+    with ArtifactWriter(run.store, kind, inputs, codec, layout, len(items),
+                        max_shard_rows=run.recipe.teacher_cache.shard_rows, max_shard_bytes=64 << 20) as w:
         if w.reused:
             say(f"{kind} ({role}): complete artifact {w.key} reused")
             return Result(kind, role, w.key, "reused", w.manifest)

@@ -1,0 +1,101 @@
+"""Input formats and the drop rules, on real files of each type and the real SmolLM2 tokenizer."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from stages.preference_data import DataError, Pair, detect_format, load_rows, parse_row
+from stages.render import encode_pair
+
+U = lambda t: {"role": "user", "content": t}  # noqa: E731
+A = lambda t: {"role": "assistant", "content": t}  # noqa: E731
+
+
+def test_strings_format():
+    p = parse_row(0, {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."}, "strings")
+    assert isinstance(p, Pair) and p.prompt == [U("Name a colour.")] and (p.chosen, p.rejected) == ("Blue.", "Seven.")
+
+
+def test_messages_format_keeps_multi_turn_history():
+    hist = [{"role": "system", "content": "Be brief."}, U("Hi"), A("Hello!"), U("2+2?")]
+    p = parse_row(3, {"id": "x7", "chosen": hist + [A("4")], "rejected": hist + [A("5")]}, "messages")
+    assert p.pair_id == "x7" and p.prompt == hist and (p.chosen, p.rejected) == ("4", "5")
+
+
+def test_transcripts_format_keeps_multi_turn_history():
+    base = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: What is 2+2?\n\nAssistant:"
+    p = parse_row(0, {"chosen": base + " 4", "rejected": base + " 5"}, "transcripts")
+    assert p.prompt == [U("Hi there"), A("Hello!"), U("What is 2+2?")] and (p.chosen, p.rejected) == ("4", "5")
+
+
+@pytest.mark.parametrize("row,fmt,reason", [
+    ({"prompt": "q", "chosen": "a"}, "strings", "missing_field"),
+    ({"prompt": "q", "chosen": None, "rejected": "b"}, "strings", "missing_field"),
+    ({"prompt": "q", "chosen": 5, "rejected": "b"}, "strings", "not_text"),
+    ({"prompt": "q", "chosen": ["a"], "rejected": "b"}, "strings", "not_text"),
+    ({"prompt": "  ", "chosen": "a", "rejected": "b"}, "strings", "empty_prompt"),
+    ({"prompt": "q", "chosen": " ", "rejected": "b"}, "strings", "empty_response"),
+    ({"prompt": "q", "chosen": "same", "rejected": "same "}, "strings", "identical_responses"),
+    ({"chosen": [U("q"), A("a")], "rejected": [U("other"), A("b")]}, "messages", "no_shared_prompt"),
+    ({"chosen": [U("q"), U("a")], "rejected": [U("q"), A("b")]}, "messages", "no_final_assistant_turn"),
+    ({"chosen": [U("q"), {"role": "robot", "content": "a"}], "rejected": [U("q"), A("b")]}, "messages", "not_text"),
+    ({"chosen": [A("a")], "rejected": [A("b")]}, "messages", "empty_prompt"),
+    ({"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: r\n\nAssistant: b"}, "transcripts",
+     "no_shared_prompt"),
+    ({"chosen": "no turns at all", "rejected": "\n\nHuman: q\n\nAssistant: b"}, "transcripts",
+     "no_final_assistant_turn"),
+])
+def test_unusable_rows_are_dropped_by_reason(row, fmt, reason):
+    assert parse_row(0, row, fmt) == reason
+
+
+def test_format_detection():
+    assert detect_format(["prompt", "chosen", "rejected"], {"prompt": "q", "chosen": "a"}) == "strings"
+    assert detect_format(["chosen", "rejected"], {"chosen": [U("q")]}) == "messages"
+    assert detect_format(["chosen", "rejected"], {"chosen": "\n\nHuman: q\n\nAssistant: a"}) == "transcripts"
+    with pytest.raises(DataError, match="expected chosen and rejected"):
+        detect_format(["text"], {"text": "x"})
+
+
+ROWS = [{"prompt": "What is the capital of France?", "chosen": "Paris.", "rejected": "London."},
+        {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."}]
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".parquet"])
+def test_local_files_of_each_type(tmp_path, suffix):
+    f = tmp_path / f"pairs{suffix}"
+    if suffix == ".json":
+        f.write_text(json.dumps(ROWS))
+    elif suffix == ".jsonl":
+        f.write_text("\n".join(json.dumps(r) for r in ROWS))
+    else:
+        pq.write_table(pa.Table.from_pylist(ROWS), f)
+    ds, fp = load_rows(str(f), "train")
+    assert len(ds) == 2 and ds[0]["chosen"] == "Paris." and len(fp["sha256"]) == 64
+
+
+def test_unreadable_sources_are_one_line_errors(tmp_path):
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(DataError, match="unsupported file type"):
+        load_rows(str(tmp_path / "x.csv"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    with pytest.raises(DataError, match="cannot load dataset"):
+        load_rows(str(bad))
+
+
+def test_rendering_with_the_real_chat_template(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    p = Pair(0, "p", [U("Hi"), A("Hello!"), U("What is 2+2?")], "4.", "5.")
+    enc = encode_pair(tok, p, 256)
+    assert tok.decode(enc.prompt_ids).endswith("<|im_start|>assistant\n")
+    assert "Hello!" in tok.decode(enc.prompt_ids)  # history kept
+    assert tok.decode(enc.chosen_ids) == "4.<|im_end|>" and enc.chosen_ids[-1] == tok.eos_token_id
+    assert enc.truncated == 0
+    long = Pair(0, "p", [U("Hi")], "word " * 300, "x")
+    enc = encode_pair(tok, long, 64)
+    assert len(enc.prompt_ids) + len(enc.chosen_ids) == 64 and enc.truncated == 1
+    assert tok.decode(enc.chosen_ids).startswith("word word")  # the start of the response is kept
+    assert encode_pair(tok, long, len(enc.prompt_ids)) == "prompt_too_long"

@@ -1,0 +1,141 @@
+"""Stage one on real SmolLM2-135M weights, checked against plain float64 full-vocabulary computations.
+
+Teacher: the real SmolLM2-135M-Instruct; reference: the same weights cut to 20 layers (a real,
+different distribution); student: cut to 6 layers. Tolerances, and why:
+* log-probs stored as codes: 0.0095 nats (half the 0.019 step), plus float32-vs-float64 compute
+  error, measured at about 3e-5 here: bound 0.0095 + 1e-3.
+* realized log-probs are stored as float32 of a float32 computation: bound 1e-3.
+* an advantage is a difference of two coded values: bound 0.019 + 2e-3.
+* top-k ids: every stored id must be a float64 top-k member up to 1e-3 (near-ties may swap).
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from artifacts import ArtifactReader, verify_artifact
+from benchmarks.real_text import real_text
+from conftest import write_recipe
+from pipeline.recipe import load_recipe
+from schemas.token_topk import LOGP_STEP
+from stages.teacher_cache import run_teacher_cache
+
+K = 8
+
+
+def real_pairs(n=6):
+    """Questions about Python topics; chosen = the real documentation passage, rejected = another topic's."""
+    paras = [p.strip() for p in real_text().split("\n\n") if 200 < len(p.strip()) < 400][: 2 * n]
+    return [{"prompt": f"Explain this part of the Python language (passage {i}).", "chosen": paras[i],
+             "rejected": paras[n + i]} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def world(model_store, tmp_path_factory):
+    d = tmp_path_factory.mktemp("real")
+    data = d / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in real_pairs()))
+    recipe = load_recipe(str(write_recipe(d / "recipe.yaml", data, k=K, max_length=160, max_new_tokens=12,
+                                          shard_rows=4)))
+    results = run_teacher_cache(recipe, model_store, say=lambda *_: None)
+    return model_store, recipe, {(r.kind, r.role.split(",")[0]): r for r in results}
+
+
+def f64(store, role_spec):
+    from stages.models import resolve
+    return AutoModelForCausalLM.from_pretrained(resolve(role_spec, store).source, dtype=torch.float64).eval()
+
+
+def full_logp(model, ids, prompt_len):
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+    return lp[prompt_len - 1:-1]
+
+
+def test_every_kind_of_artifact_is_produced_and_verifies(world):
+    store, _, res = world
+    kinds = sorted(k for k, _ in res)
+    assert kinds == ["advantage", "generations", "seq-logp", "seq-logp", "teacher-topk"]
+    for r in res.values():
+        m = verify_artifact(store.path(r.key))
+        assert m["input_rows"] == 6 and m["rows_used"] == 6
+        assert m["producer"]["backend"] == "hf" and "torch" in m["producer"]
+    assert res[("teacher-topk", "teacher")].manifest["totals"]["shards"] >= 3  # 12 rows, 4 per shard
+
+
+def test_teacher_topk_matches_float64_full_vocabulary(world):
+    store, recipe, res = world
+    teacher = f64(store, recipe.models.teacher)
+    rows = list(ArtifactReader(store.path(res[("teacher-topk", "teacher")].key)))
+    assert sorted((r["input_index"], r["side"]) for r in rows) == [(i, s) for i in range(6) for s in ("chosen", "rejected")]
+    for r in rows:
+        lp = full_logp(teacher, r["token_ids"].tolist(), r["prompt_len"])
+        check_topk(r, lp)
+        realized = lp.gather(1, torch.as_tensor(r["token_ids"][r["prompt_len"]:])[:, None])[:, 0].numpy()
+        assert np.abs(r["realized_logp"] - realized).max() <= 1e-3
+
+
+def check_topk(r, lp):
+    top = lp.topk(K + 1)
+    kth = top.values[:, K - 1].numpy()
+    at_ids = lp.gather(1, torch.as_tensor(r["topk_ids"]))
+    assert (at_ids.numpy() >= kth[:, None] - 1e-3).all(), "a stored id is not a top-k member"
+    assert all(len(set(row)) == K for row in r["topk_ids"].tolist())
+    assert np.abs(r["topk_logp"] - at_ids.numpy()).max() <= LOGP_STEP / 2 + 1e-3
+    tail = torch.log1p(-at_ids.exp().sum(-1)).numpy()
+    assert np.abs(r["tail_logp"] - tail).max() <= LOGP_STEP / 2 + 1e-3
+
+
+def test_advantages_match_float64_log_ratio_at_the_same_ids(world):
+    store, recipe, res = world
+    teacher, ref = f64(store, recipe.models.teacher), f64(store, recipe.models.reference)
+    adv = res[("advantage", "states=student")]
+    assert adv.manifest["inputs"]["reference_role"] == "teacher-sft"
+    assert adv.manifest["inputs"]["reference_gather"] == "exact"
+    rows = list(ArtifactReader(store.path(adv.key)))
+    assert len(rows) == 6 and {r["side"] for r in rows} == {"generated"}
+    for r in rows:
+        ids, p = r["token_ids"].tolist(), r["prompt_len"]
+        lt, lr = full_logp(teacher, ids, p), full_logp(ref, ids, p)
+        check_topk(r, lt)
+        at = torch.as_tensor(r["topk_ids"])
+        want = (lt.gather(1, at) - lr.gather(1, at)).numpy()
+        got = r["topk_logp"] - r["ref_topk_logp"]
+        assert np.abs(got - want).max() <= LOGP_STEP + 2e-3
+        realized = torch.as_tensor(ids[p:])[:, None]
+        assert np.abs(r["ref_realized_logp"] - lr.gather(1, realized)[:, 0].numpy()).max() <= 1e-3
+
+
+def test_sequence_logprobs_of_reference_and_student(world):
+    store, recipe, res = world
+    for role, spec in (("reference", recipe.models.reference), ("student", recipe.models.student)):
+        model = f64(store, spec)
+        for r in ArtifactReader(store.path(res[("seq-logp", role)].key)):
+            lp = full_logp(model, r["token_ids"].tolist(), r["prompt_len"])
+            want = lp.gather(1, torch.as_tensor(r["token_ids"][r["prompt_len"]:])[:, None])[:, 0].numpy()
+            assert np.abs(r["realized_logp"] - want).max() <= 1e-3
+
+
+def test_generations_are_the_students_greedy_continuations(world):
+    store, recipe, res = world
+    from stages.models import resolve
+    student = AutoModelForCausalLM.from_pretrained(resolve(recipe.models.student, store).source).eval()
+    for r in ArtifactReader(store.path(res[("generations", "student")].key)):
+        prompt = r["token_ids"][: r["prompt_len"]]
+        with torch.no_grad():
+            out = student.generate(torch.as_tensor(prompt)[None], attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                   max_new_tokens=12, do_sample=False, eos_token_id=2, pad_token_id=2)
+        alone = out[0, len(prompt):].tolist()
+        stored = r["token_ids"][r["prompt_len"]:].tolist()
+        assert stored == alone[: len(stored)] and r["finish"] in ("stop", "length")
+        assert (r["finish"] == "stop") == (stored[-1] == 2)
+
+
+def test_a_second_run_reuses_everything(world):
+    store, recipe, res = world
+    again = run_teacher_cache(recipe, store, say=lambda *_: None)
+    assert [r.status for r in again] == ["reused"] * 5
+    assert {r.key for r in again} == {r.key for r in res.values()}
