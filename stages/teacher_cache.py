@@ -36,7 +36,7 @@ from stages.render import Encoded, encode_pair, render_prompt
 from stages.scoring import HFScorer, Sequence
 from stages.tokenizer_check import compare_tokenizers, tokenizer_fingerprint
 
-BLOCK_ROWS = 64  # input rows scored together: token-budget batching sorts within a block
+BLOCK_ROWS = 64  # input rows scored together at most: token-budget batching sorts within a block
 
 
 @dataclass
@@ -147,9 +147,12 @@ def _produce(run: Run, kind: str, role: str, inputs: dict, codec, layout: dict, 
         if w.resume_from:
             say(f"{kind} ({role}): resuming {w.key} at input row {w.resume_from}")
         tokens = 0
+        # A block never spans more than one shard (2 sequences per input row at most), so a killed
+        # run loses at most one shard of work.
+        block = max(1, min(BLOCK_ROWS, run.recipe.teacher_cache.shard_rows // 2))
         bar = tqdm(total=len(items), initial=w.resume_from, desc=f"{kind} ({role})", unit="row", dynamic_ncols=True)
-        for start in range(w.resume_from, len(items), BLOCK_ROWS):
-            idx = range(start, min(len(items), start + BLOCK_ROWS))
+        for start in range(w.resume_from, len(items), block):
+            idx = range(start, min(len(items), start + block))
             rows = make_rows([(i, items[i]) for i in idx if not isinstance(items[i], str)])
             for i in idx:
                 if isinstance(items[i], str):

@@ -1,0 +1,123 @@
+"""`adpa teacher-cache` as users run it: bad rows, --strict, vocabulary mismatch, hub recipes offline,
+and a real SIGKILL in the middle of a run followed by a resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from artifacts import ArtifactReader, Store, verify_artifact
+from conftest import write_recipe
+
+ADPA = str(Path(sys.executable).parent / "adpa")
+U = lambda t: {"role": "user", "content": t}  # noqa: E731
+A = lambda t: {"role": "assistant", "content": t}  # noqa: E731
+
+
+def adpa(*args, store, env=None, **kw):
+    e = dict(os.environ, ADPA_STORE=str(store.root), **(env or {}))
+    return subprocess.run([ADPA, *map(str, args)], capture_output=True, text=True, env=e, **kw)
+
+
+def good(i):
+    return {"id": f"g{i}", "chosen": [U(f"What is {i} + {i}?"), A(f"{i} + {i} = {2 * i}.")],
+            "rejected": [U(f"What is {i} + {i}?"), A(f"{i} + {i} = {2 * i + 1}.")]}
+
+
+BAD = [
+    ({"id": "b1", "chosen": [U("Hi"), A("Hello")], "rejected": [U("Hey"), A("Yo")]}, "no_shared_prompt"),
+    ({"id": "b2", "chosen": [U("Hi"), A("Same")], "rejected": [U("Hi"), A("Same")]}, "identical_responses"),
+    ({"id": "b3", "chosen": [U("Hi"), A("Hello")]}, "missing_field"),
+    ({"id": "b4", "chosen": [U("Hi"), A("Hello")], "rejected": "just a string"}, "not_text"),
+    ({"id": "b5", "chosen": [U("word " * 400), A("a")], "rejected": [U("word " * 400), A("b")]}, "prompt_too_long"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_rows_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    rows = [good(0), BAD[0][0], good(1), BAD[1][0], BAD[2][0], good(2), BAD[3][0], BAD[4][0], good(3)]
+    f = d / "pairs.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows))
+    return f, write_recipe(d / "recipe.yaml", f, k=4, max_length=128, states="chosen")
+
+
+def test_bad_rows_are_counted_by_reason_in_every_artifact(model_store, bad_rows_file):
+    data, recipe = bad_rows_file
+    p = adpa("teacher-cache", "--recipe", recipe, "--format", "messages", store=model_store)
+    assert p.returncode == 0, p.stderr
+    assert "dropped input rows by reason" in p.stdout
+    keys = [line.split()[-1] for line in p.stdout.splitlines() if line.split() and line.split()[-1].count("-") >= 1
+            and line.split()[0] in ("teacher-topk", "seq-logp", "advantage")]
+    assert len(keys) == 4, p.stdout  # states=chosen: no generations
+    want = {reason: 1 for _, reason in BAD}
+    for key in keys:
+        m = verify_artifact(model_store.path(key))
+        assert m["dropped"] == want and m["input_rows"] == 9 and m["rows_used"] == 4
+        assert sorted({r["pair_id"] for r in ArtifactReader(model_store.path(key))}) == ["g0", "g1", "g2", "g3"]
+    show = adpa("cache", "show", keys[0], store=model_store)
+    assert "dropped no_shared_prompt: 1" in show.stdout and "9 = 4 used + 5 dropped" in show.stdout
+
+
+def test_strict_stops_at_the_first_bad_row_naming_it(model_store, bad_rows_file):
+    _, recipe = bad_rows_file
+    p = adpa("teacher-cache", "--recipe", recipe, "--strict", "--k", "5", store=model_store)
+    assert p.returncode == 1 and "row 1: no shared prompt" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_student_with_another_vocabulary_is_refused_before_any_model_work(model_store, tmp_path, bad_rows_file):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from stages.models import resolve
+    tok = AutoTokenizer.from_pretrained(resolve("builtin:smollm2-135m-instruct", model_store).source)
+    tok.add_special_tokens({"additional_special_tokens": ["<|extra|>"]})
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "student")
+    tok.save_pretrained(tmp_path / "student")
+    _, recipe = bad_rows_file
+    text = Path(recipe).read_text().replace("builtin:smollm2-135m-instruct-l6", str(tmp_path / "student"))
+    (tmp_path / "r.yaml").write_text(text)
+    before = set(Store(model_store.root).keys())
+    p = adpa("teacher-cache", "--recipe", tmp_path / "r.yaml", store=model_store)
+    assert p.returncode == 1
+    assert "tokenizers differ" in p.stderr and "first differing id 49152" in p.stderr and "<|extra|>" in p.stderr
+    assert set(Store(model_store.root).keys()) == before  # nothing was scored
+
+
+def test_the_danube3_recipe_fails_fast_offline(tmp_path):
+    p = subprocess.run([ADPA, "teacher-cache", "--recipe", "danube3-500m", "--store", str(tmp_path)],
+                       capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "HuggingFaceH4/zephyr-7b-beta" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_sigkill_mid_run_then_resume(model_store, tmp_path):
+    f = tmp_path / "pairs.jsonl"
+    f.write_text("\n".join(json.dumps(good(i)) for i in range(40)))
+    recipe = write_recipe(tmp_path / "recipe.yaml", f, k=4, max_length=128, states="chosen", shard_rows=4)
+    store = model_store  # the built models are shared; these outputs have their own keys
+    before = set(store.root.glob("teacher-topk-*"))
+    env = dict(os.environ, ADPA_STORE=str(store.root))
+    p = subprocess.Popen([ADPA, "teacher-cache", "--recipe", str(recipe)], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not [d for d in set(store.root.glob("teacher-topk-*")) - before if (d / "shard-00001.arrow").exists()]:
+        assert time.time() < deadline and p.poll() is None, p.communicate()
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    (new,) = set(store.root.glob("teacher-topk-*")) - before
+    key = new.name
+    assert not store.is_complete(key)
+    q = adpa("teacher-cache", "--recipe", recipe, store=store)
+    assert q.returncode == 0, q.stderr
+    assert f"resuming {key} at input row" in q.stdout
+    m = verify_artifact(store.path(key))
+    rows = sorted((r["input_index"], r["side"]) for r in ArtifactReader(store.path(key)))
+    assert rows == [(i, s) for i in range(40) for s in ("chosen", "rejected")] and m["rows_used"] == 40
