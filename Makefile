@@ -9,7 +9,7 @@ RECIPE ?= tiny
 STUDENT ?= tiny
 export ADPA_STORE ?= $(CURDIR)/store
 
-.PHONY: setup test demo teacher-cache distill bench-store clean
+.PHONY: setup test demo teacher-cache distill bench-store bench-teacher-cache clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,9 @@ distill: setup
 
 bench-store: setup
 	$(PY) -m benchmarks.store
+
+bench-teacher-cache: setup
+	$(PY) -m benchmarks.teacher_cache
 
 clean:
 	rm -rf $(VENV) build *.egg-info

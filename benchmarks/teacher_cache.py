@@ -1,0 +1,114 @@
+"""`make bench-teacher-cache`: stage one's hf backend against the bare forward pass, bytes/token, peak RSS.
+
+Real SmolLM2-135M-Instruct as the teacher, k = 50, real text (Python documentation passages as
+chosen and rejected answers). Measured in one run, on the same batches:
+
+* bare forward: `model(input_ids, attention_mask)` over the token-budget batches stage one forms,
+  nothing else (the limit a scoring backend can approach);
+* end to end: the teacher-topk artifact produced through the store (render, score, top-k, tail,
+  encode, write, fsync, manifest);
+* peak RSS of the end-to-end run in a fresh process for N and 4N pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OUT = Path("bench-out")
+
+
+def pairs(n: int) -> list[dict]:
+    from benchmarks.real_text import real_text
+    paras = [p.strip() for p in real_text().split("\n\n") if 300 < len(p.strip()) < 900]
+    return [{"prompt": f"Explain this part of the Python language ({i}).", "chosen": paras[(2 * i) % len(paras)],
+             "rejected": paras[(2 * i + 1) % len(paras)]} for i in range(n)]
+
+
+def recipe_for(n: int, k: int):
+    from pipeline.recipe import load_recipe
+    data = OUT / f"pairs-{n}.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text("\n".join(json.dumps(r) for r in pairs(n)))
+    r = load_recipe("tiny")
+    r.data.source, r.data.format = str(data), "strings"
+    r.teacher_cache.k, r.teacher_cache.max_length, r.teacher_cache.token_budget = k, 512, 4096
+    return r
+
+
+def end_to_end(n: int, k: int) -> dict:
+    """One teacher-topk artifact from scratch; returns its figures (run in a child for RSS)."""
+    from artifacts import Store
+    from stages.teacher_cache import setup, teacher_topk
+    store = Store(OUT / "store")
+    run = setup(recipe_for(n, k), store, say=lambda *_: None)
+    run.model("teacher")
+    res = teacher_topk(run, say=lambda *_: None)
+    m = res.manifest
+    shutil.rmtree(store.path(res.key))  # the next measurement starts from nothing again
+    return {"pairs": n, "tokens": m["totals"]["tokens"], "seconds": res.seconds,
+            "tokens_per_s": m["totals"]["tokens"] / res.seconds, "bytes_per_token": m["totals"]["bytes"] / m["totals"]["tokens"],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def bare_forward(n: int, k: int) -> dict:
+    import torch
+
+    from artifacts import Store
+    from stages.render import Encoded
+    from stages.scoring import token_budget_batches
+    from stages.teacher_cache import setup
+    run = setup(recipe_for(n, k), Store(OUT / "store"), say=lambda *_: None)
+    model = run.model("teacher")
+    seqs = [e.prompt_ids + resp for e in run.prepared if isinstance(e, Encoded) for resp in (e.chosen_ids, e.rejected_ids)]
+    scored = sum(len(e.chosen_ids) + len(e.rejected_ids) for e in run.prepared if isinstance(e, Encoded))
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for batch in token_budget_batches([len(s) for s in seqs], run.recipe.teacher_cache.token_budget):
+            T = max(len(seqs[i]) for i in batch)
+            ids = torch.zeros((len(batch), T), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for b, i in enumerate(batch):
+                ids[b, :len(seqs[i])], mask[b, :len(seqs[i])] = torch.as_tensor(seqs[i]), 1
+            model(input_ids=ids, attention_mask=mask).logits.float()
+    secs = time.perf_counter() - t0
+    return {"tokens": scored, "seconds": secs, "tokens_per_s": scored / secs}
+
+
+def child(n: int, k: int) -> dict:
+    p = subprocess.run([sys.executable, "-m", "benchmarks.teacher_cache", "--child", str(n), "--k", str(k)],
+                       capture_output=True, text=True, check=True)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=32, help="N (the RSS check also runs 4N)")
+    ap.add_argument("--k", type=int, default=50)
+    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        print(json.dumps(end_to_end(a.child, a.k)))
+        return
+    bare = bare_forward(a.pairs, a.k)
+    e2e = child(a.pairs, a.k)
+    big = child(4 * a.pairs, a.k)
+    print(f"SmolLM2-135M-Instruct teacher, k={a.k}, float32 CPU, {a.pairs} pairs = {e2e['tokens']:,} scored tokens")
+    print(f"  bare forward          {bare['tokens_per_s']:>9,.0f} tokens/s")
+    print(f"  hf backend end to end {e2e['tokens_per_s']:>9,.0f} tokens/s  ({e2e['tokens_per_s'] / bare['tokens_per_s']:.2f}x "
+          f"the bare forward; target >= 0.9x)")
+    print(f"  shards                {e2e['bytes_per_token']:>9.1f} bytes/token (target <= 110)")
+    print(f"  peak RSS              {e2e['peak_rss_mb']:>9,.0f} MB for {a.pairs} pairs, {big['peak_rss_mb']:,.0f} MB for "
+          f"{4 * a.pairs} pairs ({big['peak_rss_mb'] / e2e['peak_rss_mb']:.3f}x; target flat)")
+    (OUT / "teacher_cache.json").write_text(json.dumps({"bare": bare, "e2e": e2e, "e2e_4n": big}, indent=1))
+    print(f"written {OUT / 'teacher_cache.json'}")
+
+
+if __name__ == "__main__":
+    main()
