@@ -22,7 +22,7 @@ def _not_yet(what: str, issue: int):
 def teacher_cache(
     recipe: str = typer.Option("tiny", "--recipe", "-r", help="Recipe name (pipeline/recipes/NAME.yaml) or YAML path."),
     store: StoreOpt = None,
-    backend: str = typer.Option(None, help="Scoring backend: auto | hf."),
+    backend: str = typer.Option(None, help="Scoring backend: auto (vllm when it imports, else hf) | vllm | hf."),
     k: int = typer.Option(None, help="Top-k ids kept per position."),
     max_length: int = typer.Option(None, help="Prompt + response tokens; longer responses are cut at the end."),
     states: str = typer.Option(None, help="ADPA states: student | teacher (generated) | chosen | rejected."),

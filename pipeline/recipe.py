@@ -43,7 +43,7 @@ class TeacherCache:
     shard_rows: int = 1024  # rows per shard: the unit a killed run resumes from
 
     def check(self):
-        allowed = {"backend": ("auto", "hf"), "chat_template": ("student", "teacher"),
+        allowed = {"backend": ("auto", "hf", "vllm"), "chat_template": ("student", "teacher"),
                    "states": ("student", "teacher", "chosen", "rejected"),
                    "advantage_reference": ("reference", "student"),
                    "dtype": ("auto", "float32", "bfloat16", "float16")}

