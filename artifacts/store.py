@@ -56,8 +56,9 @@ class Store:
     # ---- locks -------------------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self, key: str, blocking: bool = True, quiet: bool = False):
-        """Exclusive lock on a key; yields False (and holds nothing) when non-blocking and taken."""
-        parse_key(key)
+        """Exclusive lock on a key (or `KEY.rNNN`, one rank's part of it); yields False (and holds nothing)
+        when non-blocking and taken."""
+        parse_key(key.split(".")[0])
         (self.root / LOCKS).mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / LOCKS / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -108,9 +109,9 @@ class Store:
 
     # ---- garbage collection ------------------------------------------------------------
     def gc(self, older_than_s: float, dry_run: bool = False) -> list[Path]:
-        """Remove incomplete leftovers untouched for `older_than_s` whose producer is gone.
+        """Remove incomplete leftovers untouched for `older_than_s` whose producers are gone.
 
-        A complete artifact is never touched; a folder whose lock is held is in use.
+        A complete artifact is never touched; a folder whose key or rank lock is held is in use.
         """
         removed = []
         now = time.time()
@@ -118,8 +119,10 @@ class Store:
             p = self.path(key)
             if (p / MANIFEST).exists() or now - _newest_mtime(p) < older_than_s:
                 continue
-            with self.lock(key, blocking=False) as got:
-                if got and not (p / MANIFEST).exists():
+            names = [key] + sorted(f.name[: -len(".lock")] for f in (self.root / LOCKS).glob(f"{key}.r*.lock"))
+            with contextlib.ExitStack() as held:
+                if all(held.enter_context(self.lock(n, blocking=False)) for n in names) \
+                        and not (p / MANIFEST).exists():
                     removed.append(p)
                     if not dry_run:
                         shutil.rmtree(p)

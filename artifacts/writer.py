@@ -6,15 +6,22 @@ closed at an input-row boundary and committed in three durable steps: the Arrow 
 temporary name, its atomic rename, then a small progress record naming its input range and
 sha256. On restart, committed shards are re-checked and kept, anything else is removed, and the
 producer continues at the first input row not covered.
+
+Data-parallel producers (torchrun, any launcher with RANK / WORLD_SIZE): rank r of w owns the
+contiguous input slice [n*r/w, n*(r+1)/w) and its own shards (`shard-RRR-IIIII.arrow`) and
+progress files; `finish()` marks its slice done; once every rank is done, `assemble()` (one
+process, after a barrier) writes the single manifest. A dead rank leaves a resumable artifact;
+it must be resumed with the same world size.
 """
 
 from __future__ import annotations
 
 import json
+import platform
+import re
 import shutil
 from collections import Counter
 from importlib import metadata
-from pathlib import Path
 
 import pyarrow as pa
 
@@ -23,7 +30,7 @@ from artifacts.keys import artifact_key
 from artifacts.store import MANIFEST, PROGRESS, Store, StoreError, now_iso
 from schemas import manifest as mf
 
-SHARD_FMT = "shard-{:05d}.arrow"
+PROGRESS_RE = re.compile(r"^r(\d{3})-(shard-\d{5}\.json|of-(\d{3})\.done)$")
 
 
 def producer_versions(backend: str | None = None) -> dict:
@@ -35,25 +42,34 @@ def producer_versions(backend: str | None = None) -> dict:
             out.setdefault(name, metadata.version(dist))
         except metadata.PackageNotFoundError:
             pass
-    import platform
     out["python"] = platform.python_version()
     if backend:
         out["backend"] = backend
     return out
 
 
+def rank_slice(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    return n * rank // world_size, n * (rank + 1) // world_size
+
+
 class ArtifactWriter:
-    """Write one artifact of `kind` keyed by `inputs`; use as a context manager (it holds the key's lock).
+    """Write (rank `rank`'s slice of) one artifact of `kind` keyed by `inputs`; a context manager
+    holding that rank's lock.
 
     After entering: `reused` is True when a complete artifact already exists (then `manifest` is
-    it and nothing may be written); else `resume_from` is the first input row still to produce.
+    it and nothing may be written); else `resume_from` is the first input row still to produce and
+    `end` the end of this rank's slice.
     """
 
     def __init__(self, store: Store, kind: str, inputs: dict, codec, layout: dict, input_rows: int, *,
-                 max_shard_rows: int = 50_000, max_shard_bytes: int = 256 << 20, batch_tokens: int = 65_536,
-                 zstd_level: int = 1):
+                 rank: int = 0, world_size: int = 1, max_shard_rows: int = 50_000, max_shard_bytes: int = 256 << 20,
+                 batch_tokens: int = 65_536, zstd_level: int = 1):
+        if not 0 <= rank < world_size <= 999:
+            raise ValueError(f"rank {rank} of world size {world_size} is not a valid data-parallel rank")
         self.store, self.codec = store, codec
         self.kind, self.inputs, self.input_rows = kind, inputs, int(input_rows)
+        self.rank, self.world_size = rank, world_size
+        self.start, self.end = rank_slice(self.input_rows, rank, world_size)
         self.shard_schema = {"name": codec.name, "version": codec.version, "layout": layout}
         self.layout = codec.layout(layout)
         self.key = artifact_key(kind, inputs, self.shard_schema)
@@ -61,12 +77,19 @@ class ArtifactWriter:
         self.max_shard_rows, self.max_shard_bytes, self.batch_tokens = max_shard_rows, max_shard_bytes, batch_tokens
         # Level 1 beat 3 and 9 on real top-k byte planes, in size and speed (make bench-store).
         self.ipc_options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", zstd_level))
-        self.reused, self.manifest, self.resume_from = False, None, 0
+        self.reused, self.manifest, self.resume_from = False, None, self.start
         self._lock = None
+
+    def _name(self, i: int) -> str:
+        return f"shard-{self.rank:03d}-{i:05d}.arrow"
+
+    def _record_name(self, i: int) -> str:
+        return f"r{self.rank:03d}-shard-{i:05d}.json"
 
     # ---- lifecycle ---------------------------------------------------------------------
     def __enter__(self):
-        self._lock = self.store.lock(self.key)
+        # Each rank has its own lock; the key's lock is taken only to publish (assemble).
+        self._lock = self.store.lock(f"{self.key}.r{self.rank:03d}")
         self._lock.__enter__()
         try:
             self.manifest = self.store.manifest(self.key)
@@ -74,8 +97,9 @@ class ArtifactWriter:
                 self.reused = True
                 return self
             (self.dir / PROGRESS).mkdir(parents=True, exist_ok=True)
+            self._check_world_size()
             self._records = self._recover()
-            self.resume_from = self._records[-1]["input_end"] if self._records else 0
+            self.resume_from = self._records[-1]["input_end"] if self._records else self.start
             self.next_index = self.resume_from
             self._pending, self._pending_tokens = [], 0
             self._drops, self._used = Counter(), 0
@@ -99,26 +123,39 @@ class ArtifactWriter:
             self._lock.__exit__(None, None, None)
             self._lock = None
 
+    def _check_world_size(self):
+        for p in (self.dir / PROGRESS).iterdir():
+            m = PROGRESS_RE.match(p.name)
+            if m and m.group(3) and int(m.group(3)) != self.world_size:
+                raise StoreError(f"{self.key} was started with world size {int(m.group(3))}; resume it with that "
+                                 f"many processes, or remove the incomplete artifact")
+        marker = self.dir / PROGRESS / "world_size"
+        if marker.exists() and int(marker.read_text()) != self.world_size:
+            raise StoreError(f"{self.key} was started with world size {marker.read_text()}; resume it with that "
+                             f"many processes, or remove the incomplete artifact")
+        if not marker.exists():
+            atomic_write_bytes(marker, str(self.world_size).encode())
+
     def _recover(self) -> list[dict]:
-        """Keep the committed prefix of shards whose files still match their records; delete the rest."""
+        """Keep this rank's committed prefix of shards that still match their records; delete its other files."""
         prog = self.dir / PROGRESS
-        kept, expect_start = [], 0
-        for i in range(len(list(prog.glob("shard-*.json")))):
-            rec_path = prog / f"shard-{i:05d}.json"
+        kept, expect = [], self.start
+        while (rec_path := prog / self._record_name(len(kept))).exists():
             try:
                 rec = json.loads(rec_path.read_text())
                 f = self.dir / rec["file"]
-                ok = (rec["file"] == SHARD_FMT.format(i) and rec["input_start"] == expect_start
+                ok = (rec["file"] == self._name(len(kept)) and rec["input_start"] == expect
                       and f.stat().st_size == rec["bytes"] and sha256_file(f) == rec["sha256"])
             except (OSError, ValueError, KeyError, TypeError):
                 ok = False
             if not ok:
                 break
             kept.append(rec)
-            expect_start = rec["input_end"]
-        names = {r["file"] for r in kept} | {f"shard-{i:05d}.json" for i in range(len(kept))}
+            expect = rec["input_end"]
+        keep = {r["file"] for r in kept} | {self._record_name(i) for i in range(len(kept))}
+        mine = (f"shard-{self.rank:03d}-", f".shard-{self.rank:03d}-", f"r{self.rank:03d}-")
         for p in list(self.dir.iterdir()) + list(prog.iterdir()):
-            if p.is_file() and p.name not in names:
+            if p.is_file() and p.name.startswith(mine) and p.name not in keep:
                 p.unlink()
         return kept
 
@@ -128,8 +165,9 @@ class ArtifactWriter:
             raise StoreError(f"{self.key} is complete; nothing may be written to it")
         if index != self.next_index:
             raise StoreError(f"{self.key}: input row {index} arrived, expected row {self.next_index} (rows go in order)")
-        if index >= self.input_rows:
-            raise StoreError(f"{self.key}: input row {index} is beyond the declared {self.input_rows} rows")
+        if index >= self.end:
+            raise StoreError(f"{self.key}: input row {index} is beyond rank {self.rank}'s rows "
+                             f"[{self.start}, {self.end}) of {self.input_rows}")
         self.next_index += 1
 
     def add(self, index: int, rows: list[dict]) -> None:
@@ -157,8 +195,7 @@ class ArtifactWriter:
         if not self._pending:
             return
         if self._file is None:
-            idx = len(self._records)
-            tmp = self.dir / f".{SHARD_FMT.format(idx)}.tmp"
+            tmp = self.dir / f".{self._name(len(self._records))}.tmp"
             schema, self._state = self.codec.file_schema(self.layout, self._pending)
             sink = pa.OSFile(str(tmp), "wb")
             self._file = (pa.ipc.new_file(sink, schema, options=self.ipc_options), sink, tmp)
@@ -176,46 +213,96 @@ class ArtifactWriter:
         sink.close()
         self._file = None
         idx = len(self._records)
-        final = self.dir / SHARD_FMT.format(idx)
+        final = self.dir / self._name(idx)
         commit_file(tmp, final)
-        start = self._records[-1]["input_end"] if self._records else 0
         rec = {"file": final.name, "rows": self._rows_in_shard, "tokens": self._tokens_in_shard,
                "bytes": final.stat().st_size, "sha256": sha256_file(final),
-               "input_start": start, "input_end": self.next_index, "rows_used": self._used,
-               "dropped": dict(self._drops)}
-        atomic_write_bytes(self.dir / PROGRESS / f"shard-{idx:05d}.json", json.dumps(rec).encode())
+               "input_start": self._records[-1]["input_end"] if self._records else self.start,
+               "input_end": self.next_index, "rows_used": self._used, "dropped": dict(self._drops)}
+        atomic_write_bytes(self.dir / PROGRESS / self._record_name(idx), json.dumps(rec).encode())
         self._records.append(rec)
         self._drops, self._used = Counter(), 0
         self._rows_in_shard = self._tokens_in_shard = 0
 
-    def publish(self, stats: dict | None = None, producer: dict | None = None) -> dict:
-        """Close the last shard and write the manifest: the step that makes the artifact complete."""
+    def finish(self, stats: dict | None = None) -> None:
+        """Close the last shard and mark this rank's slice done (its remaining drops included)."""
+        if self.reused:
+            return
+        if self.next_index != self.end:
+            raise StoreError(f"{self.key}: rank {self.rank} produced rows up to {self.next_index}, "
+                             f"its slice ends at {self.end}")
+        self._close_shard()
+        done = {"rank": self.rank, "world_size": self.world_size, "input_start": self.start, "input_end": self.end,
+                "shards": len(self._records), "rows_used": self._used, "dropped": dict(self._drops),
+                "stats": stats or {}}
+        atomic_write_bytes(self.dir / PROGRESS / f"r{self.rank:03d}-of-{self.world_size:03d}.done",
+                           json.dumps(done).encode())
+
+    def publish(self, stats: dict | None = None, producer: dict | None = None) -> dict | None:
+        """finish(), then the manifest when this is the only rank; None while other ranks are pending."""
         if self.reused:
             return self.manifest
-        if self.next_index != self.input_rows:
-            raise StoreError(f"{self.key}: {self.next_index} of {self.input_rows} input rows were produced")
-        self._close_shard()
-        dropped = Counter(self._drops)
-        for r in self._records:
-            dropped.update(r["dropped"])
+        self.finish(stats)
+        if self.world_size > 1:
+            return None
+        self.manifest = assemble(self.store, self.kind, self.inputs, self.codec, self.shard_schema["layout"],
+                                 self.input_rows, producer)
+        self.reused = True
+        return self.manifest
+
+
+def assemble(store: Store, kind: str, inputs: dict, codec, layout: dict, input_rows: int,
+             producer: dict | None = None) -> dict:
+    """Write the manifest once every rank's slice is done (idempotent; under the key's lock)."""
+    shard_schema = {"name": codec.name, "version": codec.version, "layout": layout}
+    key = artifact_key(kind, inputs, shard_schema)
+    d, prog = store.path(key), store.path(key) / PROGRESS
+    with store.lock(key):
+        if (m := store.manifest(key)) is not None:
+            return m
+        dones = sorted(prog.glob("r*-of-*.done"))
+        if not dones:
+            raise StoreError(f"{key}: no rank has finished")
+        done = [json.loads(p.read_text()) for p in dones]
+        world = done[0]["world_size"]
+        if sorted(x["rank"] for x in done) != list(range(world)):
+            missing = sorted(set(range(world)) - {x["rank"] for x in done})
+            raise StoreError(f"{key}: ranks {missing} of {world} have not finished; re-run them to resume")
+        records, dropped, used, stats = [], Counter(), 0, []
+        for x in sorted(done, key=lambda x: x["rank"]):
+            recs = [json.loads((prog / f"r{x['rank']:03d}-shard-{i:05d}.json").read_text()) for i in range(x["shards"])]
+            records += recs
+            used += x["rows_used"] + sum(r["rows_used"] for r in recs)
+            dropped.update(x["dropped"])
+            for r in recs:
+                dropped.update(r["dropped"])
+            stats.append(x["stats"])
         shards = [{k: r[k] for k in ("file", "rows", "tokens", "bytes", "sha256", "input_start", "input_end")}
-                  for r in self._records]
+                  for r in records]
         m = {
             "format": mf.FORMAT, "format_version": mf.VERSION,
-            "key": self.key, "kind": self.kind, "created": now_iso(),
-            "inputs": self.inputs, "shard_schema": self.shard_schema,
+            "key": key, "kind": kind, "created": now_iso(),
+            "inputs": inputs, "shard_schema": shard_schema,
             "producer": producer or producer_versions(),
             "shards": shards,
             "totals": {"shards": len(shards), "rows": sum(s["rows"] for s in shards),
                        "tokens": sum(s["tokens"] for s in shards), "bytes": sum(s["bytes"] for s in shards)},
-            "input_rows": self.input_rows,
-            "rows_used": self._used + sum(r["rows_used"] for r in self._records),
+            "input_rows": input_rows,
+            "rows_used": used,
             "dropped": dict(sorted(dropped.items())),
-            "stats": stats or {},
+            "stats": stats[0] if world == 1 else _merge_stats(stats),
         }
-        mf.validate(m, self.key)
-        atomic_write_bytes(self.dir / MANIFEST, json.dumps(m, indent=1).encode())
-        shutil.rmtree(self.dir / PROGRESS, ignore_errors=True)
-        self.manifest, self.reused = m, True
-        return m
+        mf.validate(m, key)
+        atomic_write_bytes(d / MANIFEST, json.dumps(m, indent=1).encode())
+        shutil.rmtree(prog, ignore_errors=True)
+    return m
 
+
+def _merge_stats(ranks: list[dict]) -> dict:
+    """Per-rank statistics, plus throughput over all ranks where they report tokens and seconds."""
+    out = {"world_size": len(ranks), "ranks": ranks}
+    if all("tokens_this_run" in r and r.get("seconds") for r in ranks):
+        out["tokens_this_run"] = sum(r["tokens_this_run"] for r in ranks)
+        out["seconds"] = max(r["seconds"] for r in ranks)
+        out["tokens_per_s"] = round(out["tokens_this_run"] / out["seconds"], 1)
+    return out

@@ -34,17 +34,19 @@ def teacher_cache(
     max_new_tokens: int = typer.Option(None, help="Generation length for ADPA states."),
     dtype: str = typer.Option(None, help="auto | float32 | bfloat16 | float16."),
     token_budget: int = typer.Option(None, help="Padded tokens per forward pass."),
+    shard_rows: int = typer.Option(None, help="Rows per shard: the unit a killed run resumes from."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unusable row, naming it."),
 ):
     """Stage one: score preference data with the DPO teacher and its reference into shards."""
     from artifacts import Store
     from pipeline.recipe import load_recipe
+    from stages import parallel
     from stages.teacher_cache import run_teacher_cache, summary_table
 
     r = load_recipe(recipe)
     for name, value in (("backend", backend), ("k", k), ("max_length", max_length), ("states", states),
                         ("advantage_reference", advantage_reference), ("max_new_tokens", max_new_tokens),
-                        ("dtype", dtype), ("token_budget", token_budget)):
+                        ("dtype", dtype), ("token_budget", token_budget), ("shard_rows", shard_rows)):
         if value is not None:
             setattr(r.teacher_cache, name, value)
     for name, value in (("source", data), ("split", split), ("format", data_format), ("limit", limit)):
@@ -52,9 +54,14 @@ def teacher_cache(
             setattr(r.data, name, value)
     r.teacher_cache.check()
     st = Store(store)
-    typer.echo(f"recipe {r.name} ({r.path}); store {st.root.resolve()}")
-    results = run_teacher_cache(r, st, strict=strict, say=typer.echo)
-    typer.echo(summary_table(results))
+    ranks = parallel.from_env()
+    say = typer.echo if ranks.rank == 0 else (lambda *_: None)
+    say(f"recipe {r.name} ({r.path}); store {st.root.resolve()}")
+    try:
+        results = run_teacher_cache(r, st, strict=strict, say=say, ranks=ranks)
+    finally:
+        ranks.close()
+    say(summary_table(results))
 
 
 @app.command()

@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from artifacts import ArtifactReader, ArtifactWriter, Store
-from artifacts.writer import producer_versions
+from artifacts.writer import assemble, producer_versions
 from pipeline.recipe import Recipe
 from schemas import sequences, token_topk
 from stages import models as model_sources
 from stages import tiny_data
+from stages import parallel
 from stages.generation import generate
 from stages.preference_data import FORMATS, DataError, detect_format, load_rows, parse_row
 from stages.render import Encoded, encode_pair, render_prompt
@@ -64,6 +65,7 @@ class Run:
     prepared: list  # Encoded or a drop reason, one per input row
     common: dict
     truncated: int
+    ranks: parallel.Ranks = field(default_factory=parallel.Ranks)
     _models: dict = field(default_factory=dict)
     _scorers: dict = field(default_factory=dict)
     _engines: dict = field(default_factory=dict)
@@ -85,7 +87,7 @@ class Run:
             from stages.vllm_backend import VLLMEngine
             tc, m = self.recipe.teacher_cache, self.roles[role]
             self._engines[role] = VLLMEngine(m.source, m.revision, self.dtype_name, tc.max_length + tc.max_new_tokens,
-                                             tc.token_budget, tc.k, self.device)
+                                             tc.token_budget, tc.k, self.device, self.ranks.local_rank)
         return self._engines[role]
 
     def close(self) -> None:
@@ -119,9 +121,9 @@ def pick_backend(name: str, say) -> str:
     return name
 
 
-def pick_device_dtype(dtype: str) -> tuple[str, str]:
+def pick_device_dtype(dtype: str, local_rank: int = 0) -> tuple[str, str]:
     import torch
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
         dtype = "bfloat16" if device == "cuda" else "float32"
     return device, dtype
@@ -147,27 +149,30 @@ def prepare(recipe: Recipe, store: Store, tok, strict: bool) -> tuple[list, dict
     return prepared, fp, fmt
 
 
-def setup(recipe: Recipe, store: Store, strict: bool = False, say=print) -> Run:
+def setup(recipe: Recipe, store: Store, strict: bool = False, say=print,
+          ranks: parallel.Ranks | None = None) -> Run:
     tc = recipe.teacher_cache
+    ranks = ranks or parallel.Ranks()
     backend = pick_backend(tc.backend, say)
     roles = {r: model_sources.resolve(getattr(recipe.models, r), store) for r in ("teacher", "reference", "student")}
     toks = {r: model_sources.load_tokenizer(m) for r, m in roles.items()}
     vocab = compare_tokenizers(toks)  # before any model work
     tok = toks[tc.chat_template]
     prepared, data_fp, fmt = prepare(recipe, store, tok, strict)
-    device, dtype = pick_device_dtype(tc.dtype)
+    device, dtype = pick_device_dtype(tc.dtype, ranks.local_rank)
     common = {"data": data_fp | {"format": fmt, "limit": recipe.data.limit},
               "render": {"tokenizer": tokenizer_fingerprint(tok), "template_from": tc.chat_template,
                          "max_length": tc.max_length},
               "dtype": dtype}
     truncated = sum(e.truncated for e in prepared if isinstance(e, Encoded))
-    return Run(recipe, store, backend, device, dtype, vocab, tok, roles, prepared, common, truncated)
+    return Run(recipe, store, backend, device, dtype, vocab, tok, roles, prepared, common, truncated, ranks)
 
 
 def _produce(run: Run, kind: str, role: str, inputs: dict, codec, layout: dict, items: list,
              make_rows: Callable[[list], dict], models: tuple[str, ...], say) -> Result:
     """Write one artifact from `items` (per input row: a value for make_rows, or a drop reason)."""
-    with ArtifactWriter(run.store, kind, inputs, codec, layout, len(items),
+    rk = run.ranks
+    with ArtifactWriter(run.store, kind, inputs, codec, layout, len(items), rank=rk.rank, world_size=rk.world_size,
                         max_shard_rows=run.recipe.teacher_cache.shard_rows, max_shard_bytes=64 << 20) as w:
         if w.reused:
             say(f"{kind} ({role}): complete artifact {w.key} reused")
@@ -175,16 +180,17 @@ def _produce(run: Run, kind: str, role: str, inputs: dict, codec, layout: dict, 
         for m in models:  # loaded only when there is work, and outside the timing
             run.load(m)
         t0 = time.perf_counter()
-        status = "resumed" if w.resume_from else "built"
-        if w.resume_from:
+        status = "resumed" if w.resume_from > w.start else "built"
+        if w.resume_from > w.start:
             say(f"{kind} ({role}): resuming {w.key} at input row {w.resume_from}")
         tokens = 0
         # A block never spans more than one shard (2 sequences per input row at most), so a killed
         # run loses at most one shard of work.
         block = max(1, min(BLOCK_ROWS, run.recipe.teacher_cache.shard_rows // 2))
-        bar = tqdm(total=len(items), initial=w.resume_from, desc=f"{kind} ({role})", unit="row", dynamic_ncols=True)
-        for start in range(w.resume_from, len(items), block):
-            idx = range(start, min(len(items), start + block))
+        bar = tqdm(total=w.end - w.start, initial=w.resume_from - w.start, desc=f"{kind} ({role})", unit="row",
+                   dynamic_ncols=True, disable=rk.rank > 0)
+        for start in range(w.resume_from, w.end, block):
+            idx = range(start, min(w.end, start + block))
             rows = make_rows([(i, items[i]) for i in idx if not isinstance(items[i], str)])
             for i in idx:
                 if isinstance(items[i], str):
@@ -196,11 +202,13 @@ def _produce(run: Run, kind: str, role: str, inputs: dict, codec, layout: dict, 
             bar.set_postfix_str(f"{tokens / (time.perf_counter() - t0):,.0f} tok/s")
         bar.close()
         secs = time.perf_counter() - t0
-        m = w.publish(stats={"seconds": round(secs, 3), "tokens_per_s": round(tokens / secs, 1) if secs else None,
-                             "tokens_this_run": tokens, "device": run.device,
-                             "truncated_responses": run.truncated},
-                      producer=producer_versions(run.backend))
-    return Result(kind, role, m["key"], status, m, secs)
+        w.finish({"seconds": round(secs, 3), "tokens_per_s": round(tokens / secs, 1) if secs else None,
+                  "tokens_this_run": tokens, "device": run.device, "truncated_responses": run.truncated})
+    rk.barrier()  # every rank's slice is done
+    if rk.rank == 0:
+        assemble(run.store, kind, inputs, codec, layout, len(items), producer_versions(run.backend))
+    rk.barrier()  # the manifest is published
+    return Result(kind, role, w.key, status, run.store.manifest(w.key), secs)
 
 
 def _sides(enc: Encoded):
@@ -307,9 +315,15 @@ def advantage(run: Run, gen: Result | None, say) -> Result:
                     (run.on_backend("teacher"), ref_role), say)
 
 
-def run_teacher_cache(recipe: Recipe, store: Store, strict: bool = False, say=print) -> list[Result]:
-    run = setup(recipe, store, strict, say)
+def run_teacher_cache(recipe: Recipe, store: Store, strict: bool = False, say=print,
+                      ranks: parallel.Ranks | None = None) -> list[Result]:
+    ranks = ranks or parallel.Ranks()
+    if ranks.rank > 0:
+        say = lambda *_: None  # noqa: E731 - rank 0 speaks for all
+    run = setup(recipe, store, strict, say, ranks)
     dropped = Counter(e for e in run.prepared if isinstance(e, str))
+    if ranks.world_size > 1:
+        say(f"{ranks.world_size} ranks, each scoring its own slice of the rows")
     say(f"data: {len(run.prepared)} rows, {len(run.prepared) - sum(dropped.values())} usable"
         + (f", dropped {dict(dropped)}" if dropped else "") + f"; vocabulary {run.vocab_size} shared by all models;"
         f" {run.device} {run.dtype_name}")

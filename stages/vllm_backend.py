@@ -17,6 +17,7 @@ the teacher's ids is gathered exactly by a plain forward pass of the transformer
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -30,6 +31,28 @@ def _environment() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # our progress bar and summary say what happens
 
 
+@contextlib.contextmanager
+def _own_engine_environment(device: str, local_rank: int):
+    """Start the engine as a single-process job on this rank's device.
+
+    Under torchrun the launcher's RANK / WORLD_SIZE / MASTER_* describe OUR data-parallel group;
+    the engine's worker processes must not join it, and on GPUs each rank's engine must see only
+    its own device.
+    """
+    saved = dict(os.environ)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
+                 "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+        os.environ.pop(name, None)
+    if device.startswith("cuda") and "WORLD_SIZE" in saved and int(saved["WORLD_SIZE"]) > 1:
+        visible = saved.get("CUDA_VISIBLE_DEVICES")
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[local_rank] if visible else str(local_rank)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def available() -> bool:
     _environment()
     try:
@@ -41,15 +64,16 @@ def available() -> bool:
 
 class VLLMEngine:
     def __init__(self, source: str, revision: str | None, dtype: str, max_model_len: int, token_budget: int,
-                 max_logprobs: int, device: str, seed: int = 0):
+                 max_logprobs: int, device: str, local_rank: int = 0, seed: int = 0):
         _environment()
         from vllm import LLM
 
-        self.llm = LLM(model=source, revision=revision, skip_tokenizer_init=True, dtype=dtype, seed=seed,
-                       max_model_len=max_model_len, max_num_batched_tokens=max(token_budget, max_model_len),
-                       max_logprobs=max_logprobs, enable_prefix_caching=False,
-                       # On CPU graph capture and compilation cost a minute of start-up and gain nothing here.
-                       enforce_eager=device == "cpu")
+        with _own_engine_environment(device, local_rank):
+            self.llm = LLM(model=source, revision=revision, skip_tokenizer_init=True, dtype=dtype, seed=seed,
+                           max_model_len=max_model_len, max_num_batched_tokens=max(token_budget, max_model_len),
+                           max_logprobs=max_logprobs, enable_prefix_caching=False,
+                           # On CPU graph capture and compilation cost a minute of start-up and gain nothing.
+                           enforce_eager=device == "cpu")
 
     def close(self) -> None:
         """Stop the engine's worker processes now rather than at interpreter exit."""

@@ -46,17 +46,22 @@ def make_row(seed: int, i: int, side: str, k: int = K, vocab: int = VOCAB, with_
     return row
 
 
+def spec(seed: int = 0, n: int = 0, with_ref: bool = False):
+    """(kind, inputs, codec, layout) of the synthetic artifact."""
+    return ("teacher-topk", {"dataset": "synthetic", "seed": seed, "n": n, "k": K, "with_ref": with_ref},
+            token_topk.Codec, {"k": K, "vocab_size": VOCAB, "with_ref": with_ref})
+
+
 def produce(root, n: int, seed: int = 0, sleep: float = 0.0, max_shard_rows: int = 16, with_ref: bool = False,
-            fail_at: int | None = None) -> tuple[dict, bool]:
-    """Produce (or resume, or reuse) the synthetic artifact; returns (manifest, reused)."""
-    store = Store(root)
-    inputs = {"dataset": "synthetic", "seed": seed, "n": n, "k": K, "with_ref": with_ref}
-    with ArtifactWriter(store, "teacher-topk", inputs, token_topk.Codec,
-                        {"k": K, "vocab_size": VOCAB, "with_ref": with_ref}, n,
+            fail_at: int | None = None, rank: int = 0, world_size: int = 1) -> tuple[dict | None, bool]:
+    """Produce (or resume, or reuse) the synthetic artifact or one rank's slice of it; returns
+    (manifest or None while other ranks are pending, reused)."""
+    kind, inputs, codec, layout = spec(seed, n, with_ref)
+    with ArtifactWriter(Store(root), kind, inputs, codec, layout, n, rank=rank, world_size=world_size,
                         max_shard_rows=max_shard_rows, batch_tokens=200) as w:
         if w.reused:
             return w.manifest, True
-        for i in range(w.resume_from, n):
+        for i in range(w.resume_from, w.end):
             if i == fail_at:
                 raise RuntimeError(f"injected failure at row {i}")
             if reason := drop_reason(i):
@@ -75,6 +80,8 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sleep", type=float, default=0.0)
     ap.add_argument("--max-shard-rows", type=int, default=16)
+    ap.add_argument("--rank", type=int, default=0)
+    ap.add_argument("--world-size", type=int, default=1)
     a = ap.parse_args()
-    m, reused = produce(a.store, a.n, a.seed, a.sleep, a.max_shard_rows)
-    print(("reused " if reused else "published ") + m["key"], flush=True)
+    m, reused = produce(a.store, a.n, a.seed, a.sleep, a.max_shard_rows, rank=a.rank, world_size=a.world_size)
+    print("reused " + m["key"] if reused else ("published " + m["key"] if m else f"rank {a.rank} done"), flush=True)

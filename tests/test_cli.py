@@ -92,7 +92,7 @@ def test_gc_removes_only_old_incomplete_leftovers(tmp_path):
     p = adpa("cache", "gc", "--older-than", "1d", store=tmp_path)
     assert p.returncode == 0, p.stderr
     assert not old.exists() and fresh.exists() and complete.exists()
-    with st.lock(fresh.name):  # a leftover whose producer holds the lock is in use
+    with st.lock(f"{fresh.name}.r001"):  # a leftover whose producer (rank 1 here) holds its lock is in use
         os.utime(fresh, (past, past))
         adpa("cache", "gc", "--older-than", "0s", store=tmp_path)
         assert fresh.exists()

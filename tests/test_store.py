@@ -56,7 +56,7 @@ def test_rows_go_in_order_and_all_must_be_accounted(tmp_path):
         with pytest.raises(StoreError, match="no sequences"):
             w.add(1, [])
         w.drop(1, "too_long")
-        with pytest.raises(StoreError, match="2 of 3 input rows"):
+        with pytest.raises(StoreError, match="produced rows up to 2, its slice ends at 3"):
             w.publish()
         w.add(2, [make_row(0, 2, "chosen")])
         with pytest.raises(StoreError, match="beyond"):
@@ -112,3 +112,43 @@ def test_advantage_rows_round_trip(tmp_path):
     r = rows[0]
     o = make_row(0, r["input_index"], r["side"], with_ref=True)
     assert np.abs(r["ref_topk_logp"] - o["ref_topk_logp"]).max() <= tt.LOGP_STEP / 2 + 1e-6
+
+
+def test_ranks_write_disjoint_slices_then_one_manifest(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from artifacts.writer import assemble
+    from synthetic import spec
+    script = str(Path(__file__).parent / "synthetic.py")
+    procs = [subprocess.Popen([sys.executable, script, str(tmp_path), str(N), "--rank", str(r), "--world-size", "3"],
+                              stdout=subprocess.PIPE, text=True) for r in range(3)]
+    outs = sorted(p.communicate()[0].strip() for p in procs)
+    assert outs == ["rank 0 done", "rank 1 done", "rank 2 done"]
+    st = Store(tmp_path)
+    key = st.keys()[0]
+    assert not st.is_complete(key)
+    kind, inputs, codec, layout = spec(0, N)
+    m = assemble(st, kind, inputs, codec, layout, N)
+    assert assemble(st, kind, inputs, codec, layout, N) == m  # idempotent
+    assert {s["file"][:9] for s in m["shards"]} == {"shard-000", "shard-001", "shard-002"}
+    assert [s["input_start"] for s in m["shards"]] == sorted(s["input_start"] for s in m["shards"])
+    verify_artifact(st.path(key))
+    assert_complete_and_exact(st.path(key), N)
+
+
+def test_a_dead_rank_blocks_the_manifest_and_resumes_with_the_same_world_size(tmp_path):
+    from artifacts.writer import assemble
+    from synthetic import spec
+    produce(tmp_path, N, rank=0, world_size=2)
+    with pytest.raises(RuntimeError, match="injected"):
+        produce(tmp_path, N, rank=1, world_size=2, fail_at=45)
+    kind, inputs, codec, layout = spec(0, N)
+    with pytest.raises(StoreError, match=r"ranks \[1\] of 2 have not finished"):
+        assemble(Store(tmp_path), kind, inputs, codec, layout, N)
+    with pytest.raises(StoreError, match="started with world size 2"):
+        produce(tmp_path, N)
+    assert produce(tmp_path, N, rank=1, world_size=2) == (None, False)
+    m = assemble(Store(tmp_path), kind, inputs, codec, layout, N)
+    assert_complete_and_exact(Store(tmp_path).path(m["key"]), N)
