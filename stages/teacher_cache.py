@@ -153,10 +153,10 @@ def setup(recipe: Recipe, store: Store, strict: bool = False, say=print,
           ranks: parallel.Ranks | None = None) -> Run:
     tc = recipe.teacher_cache
     ranks = ranks or parallel.Ranks()
-    backend = pick_backend(tc.backend, say)
     roles = {r: model_sources.resolve(getattr(recipe.models, r), store) for r in ("teacher", "reference", "student")}
     toks = {r: model_sources.load_tokenizer(m) for r, m in roles.items()}
     vocab = compare_tokenizers(toks)  # before any model work
+    backend = pick_backend(tc.backend, say)
     tok = toks[tc.chat_template]
     prepared, data_fp, fmt = prepare(recipe, store, tok, strict)
     device, dtype = pick_device_dtype(tc.dtype, ranks.local_rank)
@@ -169,7 +169,7 @@ def setup(recipe: Recipe, store: Store, strict: bool = False, say=print,
 
 
 def _produce(run: Run, kind: str, role: str, inputs: dict, codec, layout: dict, items: list,
-             make_rows: Callable[[list], dict], models: tuple[str, ...], say) -> Result:
+             make_rows: Callable[[list], dict], models: tuple[str, ...], say, extra_stats: dict | None = None) -> Result:
     """Write one artifact from `items` (per input row: a value for make_rows, or a drop reason)."""
     rk = run.ranks
     with ArtifactWriter(run.store, kind, inputs, codec, layout, len(items), rank=rk.rank, world_size=rk.world_size,
@@ -203,7 +203,8 @@ def _produce(run: Run, kind: str, role: str, inputs: dict, codec, layout: dict, 
         bar.close()
         secs = time.perf_counter() - t0
         w.finish({"seconds": round(secs, 3), "tokens_per_s": round(tokens / secs, 1) if secs else None,
-                  "tokens_this_run": tokens, "device": run.device, "truncated_responses": run.truncated})
+                  "tokens_this_run": tokens, "device": run.device, "truncated_responses": run.truncated}
+                 | (extra_stats or {}))
     rk.barrier()  # every rank's slice is done
     if rk.rank == 0:
         assemble(run.store, kind, inputs, codec, layout, len(items), producer_versions(run.backend))
@@ -312,7 +313,9 @@ def advantage(run: Run, gen: Result | None, say) -> Result:
         "states_artifact": gen.key if gen else None}
     return _produce(run, "advantage", f"states={tc.states}, reference={ref_role}", inputs, token_topk.Codec,
                     {"k": k, "vocab_size": run.vocab_size, "with_ref": True}, _states(run, gen), rows,
-                    (run.on_backend("teacher"), ref_role), say)
+                    (run.on_backend("teacher"), ref_role), say,
+                    # The reference is gathered at exactly the teacher's ids on every backend: no fill rule.
+                    {"reference_exact_mass_fraction": 1.0, "reference_gather_by": "hf forward pass"})
 
 
 def run_teacher_cache(recipe: Recipe, store: Store, strict: bool = False, say=print,

@@ -95,6 +95,7 @@ def test_advantages_match_float64_log_ratio_at_the_same_ids(world):
     adv = res[("advantage", "states=student")]
     assert adv.manifest["inputs"]["reference_role"] == "teacher-sft"
     assert adv.manifest["inputs"]["reference_gather"] == "exact"
+    assert adv.manifest["stats"]["reference_exact_mass_fraction"] == 1.0
     rows = list(ArtifactReader(store.path(adv.key)))
     assert len(rows) == 6 and {r["side"] for r in rows} == {"generated"}
     for r in rows:
