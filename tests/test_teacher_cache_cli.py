@@ -107,7 +107,7 @@ def test_sigkill_mid_run_then_resume(model_store, tmp_path):
     p = subprocess.Popen([ADPA, "teacher-cache", "--recipe", str(recipe)], env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
-    while not [d for d in set(store.root.glob("teacher-topk-*")) - before if (d / "shard-00001.arrow").exists()]:
+    while not [d for d in set(store.root.glob("teacher-topk-*")) - before if (d / "shard-000-00001.arrow").exists()]:
         assert time.time() < deadline and p.poll() is None, p.communicate()
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
