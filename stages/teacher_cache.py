@@ -343,20 +343,17 @@ def run_teacher_cache(recipe: Recipe, store: Store, strict: bool = False, say=pr
 
 
 def summary_table(results: list[Result]) -> str:
-    lines = [f"{'artifact':14} {'role':34} {'status':8} {'rows':>6} {'tokens':>8} {'dropped':>7} {'B/token':>8}"
-             f" {'tok/s':>8}  key"]
+    """One line per artifact, then the dropped input rows by reason (the same in every artifact)."""
+    lines = [f"{'artifact':13} {'role':36} {'status':8} {'backend':7} {'rows':>6} {'tokens':>8} {'dropped':>7}"
+             f" {'B/token':>8} {'tok/s':>8}  key"]
     for r in results:
-        m = r.manifest
-        t = m["totals"]
+        m, t = r.manifest, r.manifest["totals"]
         bpt = f"{t['bytes'] / t['tokens']:.1f}" if t["tokens"] else "-"
         tps = m["stats"].get("tokens_per_s")
-        lines.append(f"{r.kind:14} {r.role:34} {r.status:8} {t['rows']:>6} {t['tokens']:>8} "
-                     f"{sum(m['dropped'].values()):>7} {bpt:>8} {tps if tps is not None else '-':>8}  {r.key}")
-    drops = Counter()
-    for r in results[:1]:
-        drops.update(r.manifest["dropped"])
+        lines.append(f"{r.kind:13} {r.role:36} {r.status:8} {m['producer'].get('backend', '-'):7} {t['rows']:>6} "
+                     f"{t['tokens']:>8} {sum(m['dropped'].values()):>7} {bpt:>8} {tps if tps is not None else '-':>8}"
+                     f"  {r.key}")
+    drops = results[0].manifest["dropped"] if results else {}
     if drops:
         lines.append("dropped input rows by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
     return "\n".join(lines)
-
-
