@@ -29,11 +29,10 @@ from artifacts.writer import assemble, producer_versions
 from pipeline.recipe import Recipe
 from schemas import sequences, token_topk
 from stages import models as model_sources
-from stages import tiny_data
-from stages import parallel
+from stages import parallel, tiny_data
 from stages.generation import generate
 from stages.preference_data import FORMATS, DataError, detect_format, load_rows, parse_row
-from stages.render import Encoded, encode_pair, render_prompt
+from stages.render import Encoded, encode_pair
 from stages.scoring import HFScorer, Sequence
 from stages.tokenizer_check import compare_tokenizers, tokenizer_fingerprint
 
