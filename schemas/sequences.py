@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from schemas.token_topk import list_offsets
+
 NAME = "adpa.sequences"
 VERSION = "1.0"
 SIDES = ("chosen", "rejected", "generated")
@@ -119,13 +121,8 @@ def encode(rows: list[dict], layout: Layout, state=None) -> pa.RecordBatch:
     return pa.RecordBatch.from_pydict(cols, schema=arrow_schema(layout))
 
 
-def _offsets(col) -> np.ndarray:
-    o = col.offsets.to_numpy()
-    return (o - o[0]).astype(np.int64)
-
-
 def decode(batch: pa.RecordBatch, layout: Layout, state=None) -> SequenceBatch:
-    tok_offs = _offsets(batch.column("token_ids"))
+    tok_offs = list_offsets(batch.column("token_ids"))
     prompt_len = batch.column("prompt_len").to_numpy()
     pos = np.concatenate([[0], np.cumsum(np.diff(tok_offs) - prompt_len)]).astype(np.int64)
     return SequenceBatch(

@@ -254,7 +254,8 @@ class TokenBatch:
         return out
 
 
-def _offsets(col: pa.ListArray) -> np.ndarray:
+def list_offsets(col: pa.ListArray) -> np.ndarray:
+    """Row offsets of a list column, starting at 0 even when the column is a slice."""
     o = col.offsets.to_numpy()
     return (o - o[0]).astype(np.int64)
 
@@ -280,8 +281,8 @@ def decode(batch: pa.RecordBatch, layout: Layout, id_order: np.ndarray) -> Token
         input_index=batch.column("input_index").to_numpy(),
         prompt_len=batch.column("prompt_len").to_numpy(),
         token_ids=_flat(batch.column("token_ids")).astype(np.int64),
-        tok_offsets=_offsets(batch.column("token_ids")),
-        pos_offsets=_offsets(batch.column("realized_logp")),
+        tok_offsets=list_offsets(batch.column("token_ids")),
+        pos_offsets=list_offsets(batch.column("realized_logp")),
         topk_ids=id_order.astype(np.int64)[ranks],
         topk_logp=code_to_logp(code),
         tail_logp=code_to_logp(_flat(batch.column("tail_q"))),
