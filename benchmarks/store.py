@@ -92,8 +92,9 @@ def reference(seqs, k: int, root: Path) -> dict:
     def decode():
         loaded = datasets.load_from_disk(str(root)).with_format("numpy")
         n = 0
-        for row in loaded:
-            n += len(np.log(row["topk_probs"])) + 0 * len(row["topk_ids"])
+        for row in loaded:  # back to ids and log-probs, as our decoder returns them
+            ids, logp = row["topk_ids"], np.log(row["topk_probs"])
+            n += min(len(ids), len(logp))
         return n
     best = min(_time(decode) for _ in range(2))
     return {"bytes_per_token": size / toks, "decode_tok_s": toks / best}

@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 
+from schemas.token_topk import tail_logmass
 from stages.scoring import Sequence
 
 
@@ -97,9 +98,8 @@ class VLLMEngine:
         if not np.array_equal(ids[rows, 0], np.asarray(s.ids[s.prompt_len:])):
             raise RuntimeError("vLLM's prompt log-probs are not aligned with the prompt tokens")
         top = lp[rows, 1:]
-        with np.errstate(divide="ignore"):
-            tail = np.log(np.clip(1.0 - np.exp(top).sum(-1), 0.0, 1.0))
-        return {"topk_ids": ids[rows, 1:], "topk_logp": top, "tail_logp": tail, "realized_logp": lp[rows, 0]}
+        return {"topk_ids": ids[rows, 1:], "topk_logp": top, "tail_logp": tail_logmass(top),
+                "realized_logp": lp[rows, 0]}
 
     def generate(self, prompts: list[list[int]], eos_id: int, max_new_tokens: int) -> list[tuple[list[int], str]]:
         """Greedy responses through the first end-of-turn token, with "stop" or "length"."""
