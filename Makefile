@@ -40,7 +40,8 @@ teacher-cache: setup
 	$(ADPA) teacher-cache --recipe $(RECIPE)
 
 distill: setup
-	$(ADPA) distill --student $(STUDENT)
+	$(ADPA) teacher-cache --recipe $(STUDENT)
+	$(ADPA) distill --recipe $(STUDENT) $(if $(LOSS),--loss $(LOSS))
 
 bench-store: setup
 	$(PY) -m benchmarks.store

@@ -7,16 +7,13 @@ of that global order starting at `rank`, so ranks are disjoint and together cove
 
 from __future__ import annotations
 
-import queue
-import threading
 from pathlib import Path
 
 import numpy as np
 
+from artifacts.prefetch import background
 from artifacts.shards import codec_and_layout, open_shard
 from artifacts.store import MANIFEST, read_manifest
-
-_DONE = object()
 
 
 class ArtifactReader:
@@ -55,34 +52,7 @@ class ArtifactReader:
 
     def iter_decoded(self):
         """Decoded record batches with this rank's row indices, decoding `prefetch` batches ahead."""
-        q: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
-        stop = threading.Event()
-
-        def work():
-            try:
-                for item in self._decoded():
-                    while not stop.is_set():
-                        try:
-                            q.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-                q.put(_DONE)
-            except BaseException as e:  # handed to the consumer, raised there
-                q.put(e)
-
-        t = threading.Thread(target=work, name="adpa-shard-decoder", daemon=True)
-        t.start()
-        try:
-            while (item := q.get()) is not _DONE:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            t.join()
+        return background(self._decoded(), self.prefetch, "adpa-shard-decoder")
 
     def __iter__(self):
         """Rows as dicts of numpy arrays (see the codec's TokenBatch.row)."""

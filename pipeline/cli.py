@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -65,9 +66,70 @@ def teacher_cache(
 
 
 @app.command()
-def distill(store: StoreOpt = None):
-    """Stage two: train a student from cached teacher shards."""
-    _not_yet("distill", 5)
+def distill(
+    recipe: str = typer.Option("tiny", "--recipe", "-r", help="Recipe name (pipeline/recipes/NAME.yaml) or YAML path; "
+                               "a student's recipe, e.g. danube3-500m."),
+    store: StoreOpt = None,
+    loss: str = typer.Option(None, help="sft | kd | dckd | adpa | adpa+ | dpo (default: the recipe's distill.loss)."),
+    output: Path = typer.Option(None, help="Run folder: model/, metrics.jsonl, loss.png, checkpoints/ "
+                                "(default runs/RECIPE-LOSS)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
+    cache: list[str] = typer.Option(None, help="NAME=KEY: train on this artifact instead of the recipe's "
+                                    "(NAME: teacher_topk, advantage, student_logp); repeatable."),
+    lr: float = typer.Option(None, help="Peak learning rate (loss sft uses distill.sft_lr)."),
+    epochs: int = typer.Option(None, help="Passes over the pairs."),
+    batch_pairs: int = typer.Option(None, help="Effective batch: pairs per optimizer step over all processes."),
+    token_budget: int = typer.Option(None, help="Padded tokens per micro-batch."),
+    alpha: float = typer.Option(None, help="DCKD: weight of each KL term."),
+    gamma: float = typer.Option(None, help="ADPA: weight of the expected advantage."),
+    advantage: str = typer.Option(None, help="ADPA advantage: signed (the paper) | clip01 (the released code)."),
+    beta: float = typer.Option(None, help="DPO: beta."),
+    seed: int = typer.Option(None, help="Data order and dropout seed."),
+    save_every: int = typer.Option(None, help="Checkpoint every N optimizer steps (0: none)."),
+    gradient_checkpointing: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing",
+                                                help="Recompute activations in the backward pass (less memory)."),
+):
+    """Stage two: train a student from cached teacher shards (run teacher-cache first)."""
+    from artifacts import Store
+    from pipeline.recipe import load_recipe
+    from stages.distill import run_distill, summary_table
+
+    r = load_recipe(recipe)
+    for name, value in (("loss", loss), ("lr", lr), ("epochs", epochs), ("batch_pairs", batch_pairs),
+                        ("token_budget", token_budget), ("alpha", alpha), ("gamma", gamma),
+                        ("advantage", advantage), ("beta", beta), ("seed", seed), ("save_every", save_every),
+                        ("gradient_checkpointing", gradient_checkpointing)):
+        if value is not None:
+            setattr(r.distill, name, value)
+    r.distill.check()
+    overrides = {}
+    for item in cache or []:
+        name, sep, key = item.partition("=")
+        if not sep or name not in ("teacher_topk", "advantage", "student_logp"):
+            fail(f"--cache {item!r}: expected NAME=KEY with NAME teacher_topk, advantage or student_logp")
+        overrides[name] = key
+    st = Store(store)
+    ranks = _training_ranks()
+    say = typer.echo if ranks.rank == 0 else (lambda *_: None)
+    say(f"recipe {r.name} ({r.path}); store {st.root.resolve()}; loss {r.distill.loss}")
+    try:
+        results = run_distill(r, st, r.distill.loss, output, resume, overrides, say, ranks)
+    finally:
+        ranks.close()
+    say(summary_table(results))
+
+
+def _training_ranks():
+    """Launcher ranks with a process group for gradients: nccl across GPUs, gloo on CPUs."""
+    import os
+
+    import torch
+
+    from stages import parallel
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        return parallel.from_env("nccl")
+    return parallel.from_env("gloo")
 
 
 @app.command("eval")

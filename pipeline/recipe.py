@@ -55,12 +55,66 @@ class TeacherCache:
                 raise RecipeError(f"teacher_cache.{name} must be a positive integer, got {getattr(self, name)!r}")
 
 
+LOSSES = ("sft", "kd", "dckd", "adpa", "adpa+", "dpo")
+
+
+@dataclass
+class Distill:
+    """Stage two. Defaults are the paper's (DCKD/ADPA: lr 5e-7, 1 epoch, cosine with 10% warm-up,
+    effective batch 128, AdamW); an `sft` run uses `sft_lr` (the paper's SFT stages: 2e-5)."""
+
+    loss: str = "dckd"
+    lr: float = 5e-7
+    sft_lr: float = 2e-5
+    epochs: int = 1
+    batch_pairs: int = 128  # effective (global) batch in preference pairs, over all ranks and micro-batches
+    token_budget: int = 8192  # padded tokens per micro-batch (per rank)
+    warmup: float = 0.1  # fraction of the optimizer steps
+    schedule: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    alpha: float = 0.1  # DCKD: weight of each KL term
+    gamma: float = 1.5  # ADPA: weight of the expected advantage
+    advantage: str = "signed"  # signed (the paper) | clip01 (the released code)
+    beta: float = 0.1  # DPO on the student
+    seed: int = 0
+    shuffle_buffer: int = 1024  # pairs held for the seeded streaming shuffle
+    save_every: int = 0  # optimizer steps between checkpoints; 0: only the last
+    gradient_checkpointing: bool = False
+    dtype: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU
+
+    def check(self):
+        allowed = {"loss": LOSSES, "schedule": ("cosine", "linear", "constant"),
+                   "advantage": ("signed", "clip01"), "dtype": ("auto", "float32", "bfloat16")}
+        for name, values in allowed.items():
+            if getattr(self, name) not in values:
+                raise RecipeError(f"distill.{name} is {getattr(self, name)!r}; expected one of {', '.join(values)}")
+        for name in ("epochs", "batch_pairs", "token_budget", "shuffle_buffer"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise RecipeError(f"distill.{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("lr", "sft_lr", "weight_decay", "max_grad_norm", "alpha", "gamma", "beta", "warmup"):
+            v = getattr(self, name)
+            if isinstance(v, str):  # YAML 1.1 reads 5e-7 (no dot) as a string
+                try:
+                    v = float(v)
+                    setattr(self, name, v)
+                except ValueError:
+                    pass
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise RecipeError(f"distill.{name} must be a number >= 0, got {v!r}")
+        if self.warmup >= 1:
+            raise RecipeError(f"distill.warmup is a fraction of the steps, below 1; got {self.warmup}")
+        if not isinstance(self.save_every, int) or self.save_every < 0:
+            raise RecipeError(f"distill.save_every must be an integer >= 0, got {self.save_every!r}")
+
+
 @dataclass
 class Recipe:
     name: str
     models: Models
     data: Data
     teacher_cache: TeacherCache = field(default_factory=TeacherCache)
+    distill: Distill = field(default_factory=Distill)
     description: str = ""
     path: str = ""
 
@@ -94,6 +148,11 @@ def load_recipe(name_or_path: str) -> Recipe:
     r = Recipe(name=str(raw.get("name", p.stem)), description=str(raw.get("description", "")), path=str(p),
                models=_section(Models, raw.get("models"), f"{p.name}: models"),
                data=_section(Data, raw.get("data"), f"{p.name}: data"),
-               teacher_cache=_section(TeacherCache, raw.get("teacher_cache", {}), f"{p.name}: teacher_cache"))
+               teacher_cache=_section(TeacherCache, raw.get("teacher_cache", {}), f"{p.name}: teacher_cache"),
+               distill=_section(Distill, raw.get("distill", {}), f"{p.name}: distill"))
+    unknown = set(raw) - {"name", "description", "models", "data", "teacher_cache", "distill"}
+    if unknown:
+        raise RecipeError(f"{p.name} has unknown sections {sorted(unknown)}")
     r.teacher_cache.check()
+    r.distill.check()
     return r

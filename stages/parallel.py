@@ -1,8 +1,9 @@
 """Data-parallel stage one: RANK / WORLD_SIZE / LOCAL_RANK from the launcher (torchrun, accelerate, slurm).
 
-Each rank scores its own contiguous slice of the input rows into its own shards; ranks meet at
-a barrier after every artifact, then rank 0 publishes the one manifest. The barrier is a gloo
-process group (it needs MASTER_ADDR and MASTER_PORT, which torchrun sets); it carries no data.
+Stage one: each rank scores its own contiguous slice of the input rows into its own shards; ranks
+meet at a barrier after every artifact, then rank 0 publishes the one manifest. The barrier is a
+gloo process group (it needs MASTER_ADDR and MASTER_PORT, which torchrun sets); it carries no data.
+Stage two sums gradients over the same kind of group (nccl on GPUs).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ class Ranks:
                 dist.destroy_process_group()
 
 
-def from_env() -> Ranks:
+def from_env(backend: str = "gloo") -> Ranks:
+    """Ranks from the launcher's environment; joins the process group (`backend`: gloo, or nccl for
+    training on GPUs) when there is more than one process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     r = Ranks(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
     if not 0 <= r.rank < world:
@@ -41,5 +44,5 @@ def from_env() -> Ranks:
             if not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
                 raise ValueError("WORLD_SIZE > 1 needs MASTER_ADDR and MASTER_PORT (torchrun sets them)")
             # Stage one can run for hours between barriers.
-            dist.init_process_group("gloo", timeout=timedelta(hours=24))
+            dist.init_process_group(backend, timeout=timedelta(hours=24))
     return r

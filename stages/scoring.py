@@ -39,21 +39,17 @@ def token_budget_batches(lengths: list[int], token_budget: int) -> list[list[int
     return batches
 
 
-class HFScorer:
-    def __init__(self, model, vocab_size: int, token_budget: int = 4096, block_bytes: int = 256 << 20):
-        self.model = model
-        self.device = next(model.parameters()).device
-        self.base = getattr(model, model.base_model_prefix)
+class OutputLayer:
+    """A causal LM's output layer as a function of final hidden states: float32 logits over the shared
+    vocabulary, with the model's logit scale and soft-capping when its config has them."""
+
+    def __init__(self, model, vocab_size: int):
         self.head = model.get_output_embeddings()
         self.vocab_size = vocab_size
-        self.token_budget = token_budget
-        self.chunk = max(1, block_bytes // (4 * vocab_size))
-        cfg = model.config
-        self.softcap = getattr(cfg, "final_logit_softcapping", None)
-        self.logit_scale = getattr(cfg, "logit_scale", None)
-        self.pad_id = 0
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        self.logit_scale = getattr(model.config, "logit_scale", None)
 
-    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
         # Rows beyond the shared vocabulary (embedding padding) are not tokens: they are cut off.
         logits = self.head(h).float()[:, : self.vocab_size]
         if self.logit_scale:
@@ -61,6 +57,23 @@ class HFScorer:
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
+
+
+def base_model(model):
+    """The transformer under a causal LM's head (final norm included): its last_hidden_state feeds the head."""
+    return getattr(model, model.base_model_prefix)
+
+
+class HFScorer:
+    def __init__(self, model, vocab_size: int, token_budget: int = 4096, block_bytes: int = 256 << 20):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.base = base_model(model)
+        self._logits = OutputLayer(model, vocab_size)
+        self.vocab_size = vocab_size
+        self.token_budget = token_budget
+        self.chunk = max(1, block_bytes // (4 * vocab_size))
+        self.pad_id = 0
 
     @torch.inference_mode()
     def score(self, seqs: list[Sequence], k: int | None = None, gather: list[np.ndarray] | None = None) -> list[dict]:

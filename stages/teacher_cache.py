@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from artifacts import ArtifactReader, ArtifactWriter, Store
+from artifacts.keys import artifact_key
 from artifacts.writer import assemble, producer_versions
 from pipeline.recipe import Recipe
 from schemas import sequences, token_topk
@@ -215,6 +216,42 @@ def _sides(enc: Encoded):
     return (("chosen", enc.chosen_ids), ("rejected", enc.rejected_ids))
 
 
+def topk_inputs(run: Run) -> dict:
+    return run.common | {"model": run.roles["teacher"].identity, "role": "teacher", "k": run.recipe.teacher_cache.k,
+                         "sides": ["chosen", "rejected"]}
+
+
+def seq_logp_inputs(run: Run, role: str) -> dict:
+    return run.common | {"model": run.roles[role].identity, "role": role, "sides": ["chosen", "rejected"]}
+
+
+def generations_inputs(run: Run, role: str) -> dict:
+    return run.common | {"model": run.roles[role].identity, "role": role, "decoding": "greedy",
+                         "max_new_tokens": run.recipe.teacher_cache.max_new_tokens}
+
+
+def advantage_inputs(run: Run, states_key: str | None) -> dict:
+    tc = run.recipe.teacher_cache
+    return run.common | {
+        "teacher": run.roles["teacher"].identity, "reference": run.roles[tc.advantage_reference].identity,
+        "reference_role": "teacher-sft" if tc.advantage_reference == "reference" else "student-init",
+        "reference_gather": "exact", "k": tc.k, "states": tc.states, "states_artifact": states_key}
+
+
+def planned_keys(run: Run) -> dict[str, str]:
+    """The keys of the artifacts this run produces (or reuses), computed without any model:
+    teacher_topk, reference_logp, student_logp, generations (generated states only), advantage."""
+    tc = run.recipe.teacher_cache
+    key = lambda kind, inputs, codec: artifact_key(kind, inputs, {"name": codec.name, "version": codec.version})  # noqa: E731
+    out = {"teacher_topk": key("teacher-topk", topk_inputs(run), token_topk.Codec),
+           "reference_logp": key("seq-logp", seq_logp_inputs(run, "reference"), sequences.Codec),
+           "student_logp": key("seq-logp", seq_logp_inputs(run, "student"), sequences.Codec)}
+    if tc.states in ("student", "teacher"):
+        out["generations"] = key("generations", generations_inputs(run, tc.states), sequences.Codec)
+    out["advantage"] = key("advantage", advantage_inputs(run, out.get("generations")), token_topk.Codec)
+    return out
+
+
 def teacher_topk(run: Run, say) -> Result:
     k = run.recipe.teacher_cache.k
 
@@ -229,9 +266,7 @@ def teacher_topk(run: Run, say) -> Result:
                            "tail_logp": r["tail_logp"], "realized_logp": r["realized_logp"]})
         return out
 
-    inputs = run.common | {"model": run.roles["teacher"].identity, "role": "teacher", "k": k,
-                           "sides": ["chosen", "rejected"]}
-    return _produce(run, "teacher-topk", "teacher", inputs, token_topk.Codec,
+    return _produce(run, "teacher-topk", "teacher", topk_inputs(run), token_topk.Codec,
                     {"k": k, "vocab_size": run.vocab_size, "with_ref": False}, run.prepared, rows,
                     (run.on_backend("teacher"),), say)
 
@@ -247,8 +282,7 @@ def seq_logp(run: Run, role: str, say) -> Result:
                            "prompt_len": s.prompt_len, "realized_logp": r["realized_logp"]})
         return out
 
-    inputs = run.common | {"model": run.roles[role].identity, "role": role, "sides": ["chosen", "rejected"]}
-    return _produce(run, "seq-logp", role, inputs, sequences.Codec,
+    return _produce(run, "seq-logp", role, seq_logp_inputs(run, role), sequences.Codec,
                     {"vocab_size": run.vocab_size, "with_logp": True}, run.prepared, rows, (role,), say)
 
 
@@ -271,9 +305,7 @@ def generations(run: Run, role: str, say) -> Result:
                        "token_ids": enc.prompt_ids + resp, "prompt_len": len(enc.prompt_ids), "finish": finish}]
         return out
 
-    inputs = run.common | {"model": run.roles[role].identity, "role": role, "decoding": "greedy",
-                           "max_new_tokens": tc.max_new_tokens}
-    return _produce(run, "generations", role, inputs, sequences.Codec,
+    return _produce(run, "generations", role, generations_inputs(run, role), sequences.Codec,
                     {"vocab_size": run.vocab_size, "with_logp": False}, run.prepared, rows,
                     (run.on_backend(role),), say)
 
@@ -305,12 +337,8 @@ def advantage(run: Run, gen: Result | None, say) -> Result:
                      "ref_realized_logp": rr["realized_logp"]}]
                 for (i, (pid, side, _, _)), s, tr, rr in zip(items, seqs, t, ref)}
 
-    inputs = run.common | {
-        "teacher": run.roles["teacher"].identity, "reference": run.roles[ref_role].identity,
-        "reference_role": "teacher-sft" if ref_role == "reference" else "student-init",
-        "reference_gather": "exact", "k": k, "states": tc.states,
-        "states_artifact": gen.key if gen else None}
-    return _produce(run, "advantage", f"states={tc.states}, reference={ref_role}", inputs, token_topk.Codec,
+    return _produce(run, "advantage", f"states={tc.states}, reference={ref_role}",
+                    advantage_inputs(run, gen.key if gen else None), token_topk.Codec,
                     {"k": k, "vocab_size": run.vocab_size, "with_ref": True}, _states(run, gen), rows,
                     (run.on_backend("teacher"), ref_role), say,
                     # The reference is gathered at exactly the teacher's ids on every backend: no fill rule.
@@ -339,6 +367,20 @@ def run_teacher_cache(recipe: Recipe, store: Store, strict: bool = False, say=pr
     finally:
         run.close()
     return results
+
+
+def run_states(recipe: Recipe, store: Store, say=print, ranks: parallel.Ranks | None = None) -> list[Result]:
+    """Only the ADPA states and their advantages (ADPA+: states generated by a distilled student)."""
+    ranks = ranks or parallel.Ranks()
+    if ranks.rank > 0:
+        say = lambda *_: None  # noqa: E731
+    run = setup(recipe, store, False, say, ranks)
+    try:
+        gen = generations(run, recipe.teacher_cache.states, say) if recipe.teacher_cache.states in (
+            "student", "teacher") else None
+        return [r for r in (gen, advantage(run, gen, say)) if r is not None]
+    finally:
+        run.close()
 
 
 def summary_table(results: list[Result]) -> str:

@@ -34,8 +34,15 @@ def compare_tokenizers(named: dict) -> int:
     return len(a)
 
 
+def vocab_sha256(tok) -> str:
+    """sha256 of the id -> token table: equal exactly when stored ids mean the same tokens."""
+    table = _id_to_token(tok)
+    return hashlib.sha256("\n".join(f"{i}\t{table[i]}" for i in sorted(table)).encode()).hexdigest()
+
+
 def tokenizer_fingerprint(tok) -> dict:
-    """sha256 of the tokenizer's saved files and of its chat template (files, not the live object)."""
+    """sha256 of the tokenizer's saved files, of its chat template (files, not the live object) and of
+    its id -> token table."""
     with tempfile.TemporaryDirectory() as d:
         tok.save_pretrained(d)
         h = hashlib.sha256()
@@ -43,4 +50,4 @@ def tokenizer_fingerprint(tok) -> dict:
             h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
     template = tok.chat_template or ""
     return {"files_sha256": h.hexdigest(), "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
-            "vocab_size": len(tok)}
+            "vocab_sha256": vocab_sha256(tok), "vocab_size": len(tok)}

@@ -1,0 +1,85 @@
+"""Training checkpoints, written whole or not at all, and found again by `--resume`.
+
+`<run>/checkpoints/step-00000012/` holds `state.pt` (model, optimizer, scheduler, the step, the
+data position and the run's key) and one `rng-rankN.pt` per rank. Everything is written into a
+`.tmp` folder that is renamed into place once complete (rename is atomic), so a kill at any
+moment leaves either the previous checkpoint or the new one, never half of one. Only the newest
+`keep` checkpoints stay.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from artifacts.fsutil import fsync_dir, fsync_file
+
+PREFIX = "step-"
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if s["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def complete(run_dir: Path) -> list[Path]:
+    d = Path(run_dir) / "checkpoints"
+    return sorted(p for p in d.glob(f"{PREFIX}*") if p.is_dir() and not p.name.endswith(".tmp")) if d.is_dir() else []
+
+
+def save(run_dir: Path, step: int, key: str, model, optimizer, scheduler, position: dict, ranks, keep: int = 2) -> Path:
+    """Every rank calls this; rank 0 writes the shared state, each rank its RNG state."""
+    d = Path(run_dir) / "checkpoints"
+    final = d / f"{PREFIX}{step:08d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if ranks.rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    ranks.barrier()
+    rng = tmp / f"rng-rank{ranks.rank}.pt"
+    torch.save(_rng_state(), rng)
+    fsync_file(rng)
+    ranks.barrier()
+    if ranks.rank == 0:
+        state = tmp / "state.pt"
+        torch.save({"key": key, "step": step, "position": position, "world_size": ranks.world_size,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict()}, state)
+        fsync_file(state)
+        fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(d)
+        for old in complete(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    ranks.barrier()
+    return final
+
+
+def load(path: Path, key: str, model, optimizer, scheduler, ranks) -> dict:
+    """Restore a checkpoint into the given objects; returns its step and data position."""
+    state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
+    if state["key"] != key:
+        raise ValueError(f"{path}: a checkpoint of run {state['key']}, not of {key} (other settings or data); "
+                         f"use another --output or remove it")
+    if state["world_size"] != ranks.world_size:
+        raise ValueError(f"{path}: written by {state['world_size']} processes; resume with the same number")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(torch.load(Path(path) / f"rng-rank{ranks.rank}.pt", weights_only=False))
+    return {"step": state["step"], "position": state["position"]}

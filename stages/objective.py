@@ -1,0 +1,167 @@
+"""One micro-batch of stage two: pairs -> padded tensors -> the student's forward pass -> the loss.
+
+Only response positions reach the output layer. Its float32 logits exist one chunk of positions
+at a time: with more than one chunk, each chunk runs under activation checkpointing, so the
+backward pass recomputes it instead of keeping every chunk's [chunk, vocab] block alive.
+The losses themselves are the pure functions of `stages.losses`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from stages import losses as L
+from stages.pair_stream import NEEDS, Example
+from stages.scoring import OutputLayer, base_model
+
+BLOCK_BYTES = 256 << 20  # the largest float32 logits block: [chunk, vocab]
+TOPK_PARTS = {"kd": ("chosen",), "dckd": ("chosen", "rejected"), "adpa": ("state",)}  # where the teacher's ids count
+
+
+@dataclass
+class Part:
+    """One part (chosen / rejected / state) of every pair in a micro-batch, flattened over response positions."""
+
+    rows: torch.Tensor  # [N] sequence in the padded batch
+    cols: torch.Tensor  # [N] position whose output predicts the target
+    targets: torch.Tensor  # [N] the realized next token
+    pair: torch.Tensor  # [N] pair within the micro-batch
+    topk_ids: torch.Tensor | None = None  # [N, k]
+    topk_logp: torch.Tensor | None = None  # [N, k] teacher
+    tail_logp: torch.Tensor | None = None  # [N]
+    ref_topk_logp: torch.Tensor | None = None  # [N, k] the teacher's reference at the same ids
+    init_logp_sum: torch.Tensor | None = None  # [pairs] the student init's sequence log-prob (DPO)
+
+
+@dataclass
+class MicroBatch:
+    input_ids: torch.Tensor  # [S, T], right-padded
+    attention_mask: torch.Tensor
+    parts: dict
+    n_pairs: int
+    tokens: int  # scored (response) positions
+
+    def to(self, device):
+        move = lambda x: x.to(device, non_blocking=True) if isinstance(x, torch.Tensor) else x  # noqa: E731
+        parts = {n: Part(**{f: move(getattr(p, f)) for f in p.__dataclass_fields__}) for n, p in self.parts.items()}
+        return MicroBatch(move(self.input_ids), move(self.attention_mask), parts, self.n_pairs, self.tokens)
+
+
+def pack(examples: list[Example], token_budget: int) -> list[list[Example]]:
+    """Split a rank's pairs into micro-batches of at most `token_budget` padded tokens (a longer pair
+    goes alone), longest first so that similar lengths share a batch."""
+    longest = lambda ex: max(len(r["token_ids"]) for r in ex.parts.values())  # noqa: E731
+    out, cur = [], []
+    for ex in sorted(examples, key=lambda ex: (-longest(ex), ex.index)):
+        seqs = len(ex.parts)
+        if cur and (len(cur) + 1) * seqs * longest(cur[0]) > token_budget:
+            out.append(cur)
+            cur = []
+        cur.append(ex)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _cat(rows: list[dict], field: str) -> torch.Tensor:
+    return torch.from_numpy(np.concatenate([r[field] for r in rows]))
+
+
+def collate(examples: list[Example], loss: str, pad_id: int = 0) -> MicroBatch:
+    names = list(NEEDS[loss])
+    seqs = [ex.parts[n] for n in names for ex in examples]
+    T = max(len(r["token_ids"]) for r in seqs)
+    ids = np.full((len(seqs), T), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), T), dtype=np.int64)
+    for s, r in enumerate(seqs):
+        ids[s, : len(r["token_ids"])] = r["token_ids"]
+        mask[s, : len(r["token_ids"])] = 1
+    parts, tokens = {}, 0
+    for j, name in enumerate(names):
+        rows = [ex.parts[name] for ex in examples]
+        base = j * len(examples)
+        n = [len(r["token_ids"]) - r["prompt_len"] for r in rows]
+        cols = np.concatenate([np.arange(r["prompt_len"] - 1, len(r["token_ids"]) - 1) for r in rows])
+        srow = np.concatenate([np.full(m, base + b) for b, m in enumerate(n)])
+        p = Part(rows=torch.from_numpy(srow), cols=torch.from_numpy(cols),
+                 targets=torch.from_numpy(ids[srow, cols + 1]),
+                 pair=torch.from_numpy(np.concatenate([np.full(m, b) for b, m in enumerate(n)])))
+        if name in TOPK_PARTS.get(loss, ()):
+            p.topk_ids = _cat(rows, "topk_ids").long()
+            p.topk_logp, p.tail_logp = _cat(rows, "topk_logp"), _cat(rows, "tail_logp")
+        if loss == "adpa" and name == "state":
+            p.ref_topk_logp = _cat(rows, "ref_topk_logp")
+        if loss == "dpo":
+            p.init_logp_sum = torch.tensor([float(np.sum(r["realized_logp"], dtype=np.float64)) for r in rows])
+        parts[name] = p
+        tokens += int(sum(n))
+    return MicroBatch(torch.from_numpy(ids), torch.from_numpy(mask), parts, len(examples), tokens)
+
+
+def head_logprobs(out: OutputLayer, h: torch.Tensor, ids: torch.Tensor | None, targets: torch.Tensor,
+                  chunk: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The student's log-probs at `ids` [N, k] (or None) and at `targets` [N], one logits chunk at a time."""
+    def one(h_c, ids_c, t_c):
+        return L.student_logprobs(out(h_c), ids_c, t_c, chunk=len(h_c))
+
+    if len(h) <= chunk:
+        return one(h, ids, targets)
+    parts = [checkpoint(one, h[c:c + chunk], None if ids is None else ids[c:c + chunk], targets[c:c + chunk],
+                        use_reentrant=False) for c in range(0, len(h), chunk)]
+    at_ids = torch.cat([p[0] for p in parts]) if ids is not None else None
+    return at_ids, torch.cat([p[1] for p in parts])
+
+
+@dataclass
+class Settings:
+    loss: str  # sft | kd | dckd | adpa | dpo (adpa+ trains as adpa)
+    alpha: float = 0.1
+    gamma: float = 1.5
+    advantage: str = "signed"
+    beta: float = 0.1
+
+
+def micro_loss(model, out: OutputLayer, mb: MicroBatch, cfg: Settings) -> tuple[torch.Tensor, dict]:
+    """The loss of one micro-batch (a mean over its pairs) and its terms (floats, means over its pairs)."""
+    hidden = base_model(model)(input_ids=mb.input_ids, attention_mask=mb.attention_mask).last_hidden_state
+    chunk = max(1, BLOCK_BYTES // (4 * out.vocab_size))
+    n = mb.n_pairs
+    s_ids, s_real = {}, {}
+    for name, p in mb.parts.items():
+        s_ids[name], s_real[name] = head_logprobs(out, hidden[p.rows, p.cols], p.topk_ids, p.targets, chunk)
+    c = mb.parts["chosen"]
+    terms = {}
+    if cfg.loss == "dpo":
+        r = mb.parts["rejected"]
+        pi_w = torch.zeros(n, device=hidden.device).index_add(0, c.pair, s_real["chosen"])
+        pi_l = torch.zeros(n, device=hidden.device).index_add(0, r.pair, s_real["rejected"])
+        loss = L.dpo_loss(pi_w, pi_l, c.init_logp_sum, r.init_logp_sum, cfg.beta)
+        margin = cfg.beta * ((pi_w - c.init_logp_sum) - (pi_l - r.init_logp_sum))
+        terms = {"dpo_margin": margin.mean().item(), "dpo_accuracy": (margin > 0).float().mean().item()}
+    else:
+        sft = L.sft_loss(s_real["chosen"], c.pair, n)
+        terms["sft"] = sft.item()
+        if cfg.loss == "sft":
+            loss = sft
+        elif cfg.loss == "kd":
+            loss = L.kd_loss(c.topk_logp, c.tail_logp, s_ids["chosen"], c.pair, n)
+            terms["kl_chosen"] = loss.item()
+        elif cfg.loss == "dckd":
+            r = mb.parts["rejected"]
+            kl_w = L.kd_loss(c.topk_logp, c.tail_logp, s_ids["chosen"], c.pair, n)
+            kl_l = L.kd_loss(r.topk_logp, r.tail_logp, s_ids["rejected"], r.pair, n)
+            loss = L.dckd_loss(sft, kl_w, kl_l, cfg.alpha)
+            terms |= {"kl_chosen": kl_w.item(), "kl_rejected": kl_l.item()}
+        elif cfg.loss == "adpa":
+            s = mb.parts["state"]
+            adv = L.advantages(s.topk_logp, s.ref_topk_logp, cfg.advantage)
+            loss = L.adpa_loss(sft, s_ids["state"], adv, s.pair, n, cfg.gamma)
+            terms["expected_advantage"] = ((sft - loss) / cfg.gamma).item() if cfg.gamma else 0.0
+        else:
+            raise ValueError(f"unknown loss {cfg.loss!r}")
+    terms["loss"] = loss.item()
+    return loss, terms

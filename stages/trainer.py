@@ -1,0 +1,184 @@
+"""The stage-two training loop: plain PyTorch, readable in one sitting.
+
+One optimizer step sees `batch_pairs` preference pairs in total. Rank r of W takes pairs
+r, r + W, ... of the step and packs them into micro-batches of at most `token_budget` padded
+tokens. Each micro-batch's loss (a mean over its pairs) is weighted by its share of the step's
+pairs, so the accumulated gradient is the gradient of the mean over all of the step's pairs,
+whatever the number of processes or micro-batches. Ranks sum their gradients (all-reduce),
+then clip, AdamW, and the learning-rate schedule step. Data are collated on a background
+thread; the time the loop waits for them is measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from artifacts.prefetch import background
+from stages import checkpoints
+from stages.objective import Settings, collate, micro_loss, pack
+from stages.pair_stream import PairStream
+from stages.scoring import OutputLayer
+
+
+@dataclass
+class Hyper:
+    lr: float
+    epochs: int
+    batch_pairs: int
+    token_budget: int
+    warmup: float
+    schedule: str
+    weight_decay: float
+    max_grad_norm: float
+    save_every: int
+    gradient_checkpointing: bool
+    autocast: str | None  # "bfloat16" on CUDA, or None
+
+
+def lr_multiplier(schedule: str, total: int, warmup_steps: int):
+    """Multiplier of the peak lr for optimizer step s (0-based): linear warm-up from lr / warmup_steps to lr,
+    then cosine (or linear) decay towards 0 at the end, or constant."""
+    def f(s: int) -> float:
+        if s < warmup_steps:
+            return (s + 1) / warmup_steps
+        p = (s - warmup_steps) / max(1, total - warmup_steps)
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * p))
+        if schedule == "linear":
+            return 1 - p
+        return 1.0
+    return f
+
+
+def _all_reduce_grads(params, ranks, bucket: int = 1 << 24) -> None:
+    """Sum gradients over ranks, in flat buckets (one call per bucket, not per parameter)."""
+    import torch.distributed as dist
+    grads = [p.grad for p in params]
+    i = 0
+    while i < len(grads):
+        j, n = i, 0
+        while j < len(grads) and (n == 0 or n + grads[j].numel() <= bucket):
+            n += grads[j].numel()
+            j += 1
+        flat = torch.cat([g.reshape(-1) for g in grads[i:j]])
+        dist.all_reduce(flat)
+        o = 0
+        for g in grads[i:j]:
+            g.copy_(flat[o:o + g.numel()].view_as(g))
+            o += g.numel()
+        i = j
+
+
+def _sum_over_ranks(values: list[float], ranks) -> list[float]:
+    if ranks.world_size == 1:
+        return values
+    import torch.distributed as dist
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def train(model, stream: PairStream, settings: Settings, hp: Hyper, ranks, run_dir: Path, key: str,
+          resume: bool, pad_id: int, vocab_size: int, say=print) -> dict:
+    """Train `model` in place; returns the run's summary. Rank 0 writes metrics.jsonl and checkpoints."""
+    device = next(model.parameters()).device
+    out = OutputLayer(model, vocab_size)
+    if hp.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    total = stream.steps_per_epoch * hp.epochs
+    warmup_steps = max(1, round(hp.warmup * total)) if hp.warmup > 0 else 0
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier(hp.schedule, total, warmup_steps))
+
+    start = 0
+    found = checkpoints.complete(run_dir)
+    if found and not resume:
+        raise ValueError(f"{run_dir} holds checkpoints ({found[-1].name}); pass --resume to continue that run "
+                         f"or choose another --output")
+    if resume and found:
+        start = checkpoints.load(found[-1], key, model, opt, sched, ranks)["step"]
+        say(f"resuming from {found[-1]} (step {start} of {total})")
+    metrics_path = Path(run_dir) / "metrics.jsonl"
+    if ranks.rank == 0:
+        kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= start] \
+            if metrics_path.exists() and start else []
+        metrics_path.write_text("".join(ln + "\n" for ln in kept))
+
+    def steps():
+        for step, pairs in stream.steps(hp.epochs, start):
+            mine = pairs[ranks.rank::ranks.world_size]
+            yield step, len(pairs), [collate(m, settings.loss, pad_id) for m in pack(mine, hp.token_budget)]
+
+    autocast = torch.autocast(device.type, dtype=getattr(torch, hp.autocast)) if hp.autocast else nullcontext()
+    bar = tqdm(total=total, initial=start, desc=f"distill ({settings.loss})", unit="step", dynamic_ncols=True,
+               disable=ranks.rank > 0)
+    t_start = time.perf_counter()
+    t_ready = t_start
+    totals = defaultdict(float)
+    last = {}
+    model.train()
+    for step, n_step, micro in background(steps(), depth=2, name="adpa-collate"):
+        t_got = time.perf_counter()
+        sums = defaultdict(float)
+        tokens = pairs = 0
+        for mb in micro:
+            mb = mb.to(device)
+            with autocast:
+                loss, terms = micro_loss(model, out, mb, settings)
+            (loss * (mb.n_pairs / n_step)).backward()
+            for name, v in terms.items():
+                sums[name] += v * mb.n_pairs
+            tokens += mb.tokens
+            pairs += mb.n_pairs
+        for p in params:
+            if p.grad is None:  # a rank without pairs in this step still joins the sum
+                p.grad = torch.zeros_like(p)
+        names = sorted(sums)
+        reduced = _sum_over_ranks([sums[n] for n in names] + [tokens, pairs], ranks)
+        if ranks.world_size > 1:
+            _all_reduce_grads(params, ranks)
+        gnorm = torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm if hp.max_grad_norm > 0 else float("inf"))
+        lr = sched.get_last_lr()[0]
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t_done = time.perf_counter()
+        tokens, pairs = int(reduced[-2]), int(reduced[-1])
+        last = {n: v / max(pairs, 1) for n, v in zip(names, reduced)}
+        rec = {"step": step + 1, "epoch": step // stream.steps_per_epoch, "lr": lr, **last,
+               "grad_norm": float(gnorm), "pairs": pairs, "tokens": tokens, "step_s": round(t_done - t_ready, 4),
+               "data_wait_s": round(t_got - t_ready, 4), "tokens_per_s": round(tokens / (t_done - t_ready), 1)}
+        for n in ("tokens", "pairs", "step_s", "data_wait_s"):
+            totals[n] += rec[n]
+        if ranks.rank == 0:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+        bar.update(1)
+        bar.set_postfix_str(f"loss {last['loss']:.4f} {totals['tokens'] / totals['step_s']:,.0f} tok/s")
+        if hp.save_every and (step + 1) % hp.save_every == 0 and step + 1 < total:
+            position = {"epoch": (step + 1) // stream.steps_per_epoch,
+                        "pairs_into_epoch": (step + 1) % stream.steps_per_epoch * hp.batch_pairs}
+            checkpoints.save(run_dir, step + 1, key, model, opt, sched, position, ranks)
+        t_ready = time.perf_counter()
+    bar.close()
+    model.eval()
+    secs = time.perf_counter() - t_start
+    return {"steps": total, "steps_this_run": total - start, "pairs_per_epoch": stream.n_pairs,
+            "tokens_this_run": int(totals["tokens"]), "seconds": round(secs, 2),
+            "tokens_per_s": round(totals["tokens"] / totals["step_s"], 1) if totals["step_s"] else None,
+            "data_wait_fraction": round(totals["data_wait_s"] / totals["step_s"], 4) if totals["step_s"] else None,
+            "final": last}
+
