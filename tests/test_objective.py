@@ -1,0 +1,190 @@
+"""A training micro-batch, end to end, against an independent float64 implementation.
+
+Ours: pairs -> `collate` (right-padded batch, response positions only) -> the model's transformer
+-> the output layer in chunks of 3 positions under activation checkpointing -> the losses.
+The reference: the same weights in float64, each sequence run ALONE (no padding) through the
+whole model, full-vocabulary log-softmax, explicit loops over pairs and positions. Values and
+the gradients of every parameter are compared, for every loss, with realized tokens outside
+the teacher's top-k. Splitting the pairs into micro-batches weighted by their share must give
+the same gradient as one batch (what the trainer accumulates).
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from stages import objective
+from stages.pair_stream import Example
+from stages.scoring import OutputLayer
+
+V, K = 64, 5
+
+
+def tiny_model(seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, tie_word_embeddings=False, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).float().eval()
+
+
+def dist(rng, n):
+    x = rng.standard_normal((n, V)) * 2.5
+    return x - np.logaddexp.reduce(x, axis=1, keepdims=True)
+
+
+def make_pairs(seed=0, n_pairs=4):
+    rng = np.random.default_rng(seed)
+    pairs, truth = [], []
+    for i in range(n_pairs):
+        p = int(rng.integers(2, 6))
+        prompt = rng.integers(0, V, p)
+        parts, full = {}, {}
+        for name in ("chosen", "rejected", "state"):
+            n = int(rng.integers(1, 7))
+            ids = np.concatenate([prompt, rng.integers(0, V, n)])
+            P, R = dist(rng, n), dist(rng, n)
+            top = np.argsort(-P, axis=1)[:, :K]
+            tp = np.take_along_axis(P, top, 1)
+            parts[name] = {"input_index": i, "side": name, "pair_id": f"p{i}", "token_ids": ids, "prompt_len": p,
+                           "topk_ids": top, "topk_logp": tp.astype(np.float32),
+                           "tail_logp": np.log1p(-np.exp(tp).sum(1)).astype(np.float32),
+                           "ref_topk_logp": np.take_along_axis(R, top, 1).astype(np.float32),
+                           "realized_logp": (-rng.uniform(0.5, 4, n)).astype(np.float32)}
+            full[name] = (P, R)
+        pairs.append(Example(i, parts))
+        truth.append(full)
+    return pairs, truth
+
+
+def outside_topk_fraction(pairs):
+    n = out = 0
+    for ex in pairs:
+        for r in ex.parts.values():
+            y = r["token_ids"][r["prompt_len"]:]
+            out += sum(int(t not in set(ids)) for t, ids in zip(y, r["topk_ids"]))
+            n += len(y)
+    return out / n
+
+
+def reference_loss(model64, pairs, truth, loss, alpha=0.1, gamma=1.5, beta=0.1, mode="signed"):
+    def logq(r):
+        ids = torch.as_tensor(r["token_ids"])[None]
+        lq = model64(input_ids=ids).logits[0].log_softmax(-1)
+        pos = torch.arange(r["prompt_len"] - 1, len(r["token_ids"]) - 1)
+        return lq[pos], torch.as_tensor(r["token_ids"][r["prompt_len"]:])
+
+    def kl(r, P):
+        lq, _ = logq(r)
+        total = 0
+        for t in range(len(lq)):
+            mask = torch.zeros(V, dtype=torch.bool)
+            mask[torch.as_tensor(r["topk_ids"][t])] = True
+            p = torch.as_tensor(P[t])
+            p_tail, q_tail = p[~mask].exp().sum(), lq[t][~mask].exp().sum()
+            total = total + (p[mask].exp() * (p[mask] - lq[t][mask])).sum() + p_tail * (p_tail.log() - q_tail.log())
+        return total / len(lq)
+
+    per_pair = []
+    for ex, full in zip(pairs, truth):
+        c = ex.parts["chosen"]
+        lq_c, y_c = logq(c)
+        sft = -lq_c[torch.arange(len(y_c)), y_c].mean()
+        if loss == "sft":
+            per_pair.append(sft)
+        elif loss == "kd":
+            per_pair.append(kl(c, full["chosen"][0]))
+        elif loss == "dckd":
+            per_pair.append(sft + alpha * (kl(c, full["chosen"][0]) + kl(ex.parts["rejected"], full["rejected"][0])))
+        elif loss == "adpa":
+            s = ex.parts["state"]
+            lq_s, _ = logq(s)
+            P, R = (torch.as_tensor(x) for x in full["state"])
+            total = 0
+            for t in range(len(lq_s)):
+                a = torch.as_tensor(s["topk_ids"][t])
+                adv = P[t, a] - R[t, a]
+                if mode == "clip01":
+                    adv = adv.clamp(0, 1)
+                total = total + (lq_s[t, a].exp() * adv).sum()
+            per_pair.append(sft - gamma * total / len(lq_s))
+        elif loss == "dpo":
+            r = ex.parts["rejected"]
+            lq_r, y_r = logq(r)
+            pi_w, pi_l = lq_c[torch.arange(len(y_c)), y_c].sum(), lq_r[torch.arange(len(y_r)), y_r].sum()
+            ref_w = float(np.sum(c["realized_logp"], dtype=np.float64))
+            ref_l = float(np.sum(r["realized_logp"], dtype=np.float64))
+            per_pair.append(-torch.nn.functional.logsigmoid(beta * ((pi_w - ref_w) - (pi_l - ref_l))))
+    return torch.stack(per_pair).mean()
+
+
+def ours(model, pairs, loss, mode="signed", splits=(None,)):
+    """The trainer's accumulation: micro-batch losses weighted by their share of the pairs."""
+    settings = objective.Settings(loss, advantage=mode)
+    out = OutputLayer(model, V)
+    total = 0.0
+    groups = [pairs] if splits == (None,) else [pairs[a:b] for a, b in splits]
+    for g in groups:
+        part_loss, _ = objective.micro_loss(model, out, objective.collate(g, loss), settings)
+        (part_loss * len(g) / len(pairs)).backward()
+        total += part_loss.item() * len(g) / len(pairs)
+    return total
+
+
+CASES = [("sft", "signed"), ("kd", "signed"), ("dckd", "signed"), ("adpa", "signed"), ("adpa", "clip01"),
+         ("dpo", "signed")]
+
+
+@pytest.mark.parametrize("loss,mode", CASES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_micro_batch_matches_float64_full_vocabulary(loss, mode, seed, monkeypatch):
+    monkeypatch.setattr(objective, "BLOCK_BYTES", 4 * V * 3)  # chunks of 3 positions: the checkpointed path
+    pairs, truth = make_pairs(seed)
+    assert outside_topk_fraction(pairs) > 0.5  # most realized tokens lie outside the top-k
+    model = tiny_model(seed)
+    model64 = copy.deepcopy(model).double()
+    value = ours(model, pairs, loss, mode)
+    ref = reference_loss(model64, pairs, truth, loss, mode=mode)
+    ref.backward()
+    assert value == pytest.approx(ref.item(), rel=1e-5, abs=1e-6)
+    for (name, p), p64 in zip(model.named_parameters(), model64.parameters()):
+        torch.testing.assert_close(p.grad.double(), p64.grad, rtol=1e-4, atol=2e-6, msg=name)
+
+
+@pytest.mark.parametrize("loss", ["dckd", "adpa", "dpo"])
+def test_micro_batches_accumulate_to_the_full_batch(loss):
+    pairs, _ = make_pairs(3, n_pairs=5)
+    a, b = tiny_model(3), tiny_model(3)
+    va = ours(a, pairs, loss)
+    vb = ours(b, pairs, loss, splits=((0, 2), (2, 3), (3, 5)))
+    assert va == pytest.approx(vb, rel=1e-6)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_prompt_tokens_never_contribute():
+    """Scored positions are exactly the response positions: prompt tokens are inputs only."""
+    pairs, _ = make_pairs(4)
+    model = tiny_model(4)
+    settings = objective.Settings("dckd")
+    mb = objective.collate(pairs, "dckd")
+    for name, p in mb.parts.items():  # every scored position predicts a response token, each exactly once
+        assert len(p.cols) == sum(len(ex.parts[name]["token_ids"]) - ex.parts[name]["prompt_len"] for ex in pairs)
+        rows, cols = p.rows.numpy(), p.cols.numpy()
+        for r, c in zip(rows, cols):
+            ex = pairs[r % len(pairs)]
+            name = list(mb.parts)[r // len(pairs)]
+            assert c + 1 >= ex.parts[name]["prompt_len"]
+    loss, _ = objective.micro_loss(model, OutputLayer(model, V), mb, settings)
+    assert torch.isfinite(loss)
+
+
+def test_pack_respects_the_token_budget():
+    pairs, _ = make_pairs(5, n_pairs=9)
+    batches = objective.pack(pairs, token_budget=40)
+    assert sorted(ex.index for b in batches for ex in b) == list(range(9))
+    for b in batches:
+        longest = max(len(r["token_ids"]) for ex in b for r in ex.parts.values())
+        assert len(b) == 1 or len(b) * 3 * longest <= 40
