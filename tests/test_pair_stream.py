@@ -11,10 +11,10 @@ from synthetic import drop_reason, make_row, produce
 N = 70
 
 
-def advantage_artifact(root, n=N, drop=drop_reason, seed=0):
+def advantage_artifact(root, n=N, drop=drop_reason, seed=0, tag="same"):
     """One generated-state row per usable input row, like stage one's advantage artifact."""
     layout = {"k": 8, "vocab_size": 5000, "with_ref": True}
-    with ArtifactWriter(Store(root), "advantage", {"synthetic": seed, "n": n, "drop": drop.__name__},
+    with ArtifactWriter(Store(root), "advantage", {"synthetic": seed, "n": n, "drop": tag},
                         token_topk.Codec, layout, n, max_shard_rows=9) as w:
         for i in range(n):
             if reason := drop(i):
@@ -47,11 +47,12 @@ def test_join_gives_each_usable_pair_once_with_the_right_rows(dirs):
 
 
 def test_artifacts_with_different_rows_are_refused(store_root, dirs):
-    other = advantage_artifact(store_root, drop=lambda i: "empty_response" if i % 6 == 0 else None)
+    other = advantage_artifact(store_root, drop=lambda i: "empty_response" if i % 6 == 0 else None,
+                               tag="fewer")
     bad = dict(dirs, advantage=Store(store_root).path(other["key"]))
     with pytest.raises(JoinError, match="same number of input rows"):
         PairStream(bad, "adpa", seed=0, buffer=8, batch_pairs=4)
-    shifted = advantage_artifact(store_root, drop=lambda i: drop_reason(i + 1))  # as many rows, other ones
+    shifted = advantage_artifact(store_root, drop=lambda i: drop_reason(i + 1), tag="shifted")  # as many rows, other ones
     bad = dict(dirs, advantage=Store(store_root).path(shifted["key"]))
     assert PairStream(bad, "adpa", seed=0, buffer=8, batch_pairs=4).n_pairs == N - 10
     with pytest.raises(JoinError, match="do not hold the same input rows"):
