@@ -45,11 +45,12 @@ class Hyper:
 
 
 def lr_multiplier(schedule: str, total: int, warmup_steps: int):
-    """Multiplier of the peak lr for optimizer step s (0-based): linear warm-up from lr / warmup_steps to lr,
-    then cosine (or linear) decay towards 0 at the end, or constant."""
+    """Multiplier of the peak lr for optimizer step s (0-based): linear warm-up over `warmup_steps` steps
+    ((s + 1) / (warmup_steps + 1): no step is wasted at lr 0), then the peak at step `warmup_steps`, then
+    cosine (or linear) decay towards 0 at the end, or constant."""
     def f(s: int) -> float:
         if s < warmup_steps:
-            return (s + 1) / warmup_steps
+            return (s + 1) / (warmup_steps + 1)
         p = (s - warmup_steps) / max(1, total - warmup_steps)
         if schedule == "cosine":
             return 0.5 * (1 + math.cos(math.pi * p))

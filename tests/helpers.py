@@ -1,8 +1,10 @@
 """Checks shared by the store tests: what a store returns against the originals."""
 
+import os
+
 import numpy as np
 
-from artifacts import ArtifactReader
+from artifacts import ArtifactReader, Store
 from schemas import token_topk as tt
 from synthetic import drop_reason, make_row
 
@@ -19,3 +21,14 @@ def assert_complete_and_exact(artifact_dir, n: int, seed: int = 0, with_ref: boo
         np.testing.assert_array_equal(r["token_ids"], o["token_ids"])
         assert np.abs(r["topk_logp"] - o["topk_logp"]).max() <= tt.LOGP_STEP / 2 + 1e-6
     return rows
+
+
+def linked_store(source: Store, path, kinds=("model-", "dataset-")) -> Store:
+    """A new store sharing `source`'s complete artifacts of these kinds by hard links (fast, no copies)."""
+    st = Store(path)
+    for d in source.root.iterdir():
+        if d.name.startswith(tuple(kinds)) and (d / "manifest.json").exists():
+            (st.root / d.name).mkdir(parents=True)
+            for f in d.iterdir():
+                os.link(f, st.root / d.name / f.name)
+    return st

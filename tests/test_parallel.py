@@ -10,7 +10,7 @@ import pytest
 
 from artifacts import ArtifactReader, verify_artifact
 from test_teacher_cache_cli import good
-from test_vllm_parity import linked_store
+from helpers import linked_store
 
 BIN = Path(sys.executable).parent
 

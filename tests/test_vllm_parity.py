@@ -13,15 +13,15 @@ Same real SmolLM2 weights, same real text, float32 on both sides. Tolerances, an
 """
 
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from artifacts import ArtifactReader, Store, verify_artifact
+from artifacts import ArtifactReader, verify_artifact
 from conftest import write_recipe
+from helpers import linked_store
 from pipeline.recipe import load_recipe
 from schemas.token_topk import LOGP_STEP
 from stages.models import resolve
@@ -29,17 +29,6 @@ from stages.teacher_cache import run_teacher_cache
 from test_teacher_cache_real import real_pairs
 
 K = 8
-
-
-def linked_store(model_store, path):
-    """A new store sharing the built models by hard links (fast, no copies)."""
-    st = Store(path)
-    for d in model_store.root.iterdir():
-        if d.name.startswith(("model-", "dataset-")):
-            (st.root / d.name).mkdir(parents=True)
-            for f in d.iterdir():
-                os.link(f, st.root / d.name / f.name)
-    return st
 
 
 @pytest.fixture(scope="module")

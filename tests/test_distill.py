@@ -1,0 +1,218 @@
+"""`adpa distill` as users run it, on real stage-one artifacts of the built-in models (12 pairs).
+
+Outputs a person and transformers can use; reuse of a finished student; a real SIGKILL in the
+middle of training, then --resume, ending with the weights of an uninterrupted run; 2 processes
+(torchrun, gloo) against 1 at the same global batch; and the caches it must refuse, each in
+one line naming the cache.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from artifacts import Store, verify_artifact
+from artifacts.keys import artifact_key
+from conftest import write_recipe
+from helpers import linked_store
+from pipeline.recipe import load_recipe
+from stages.teacher_cache import run_teacher_cache
+
+ADPA = str(Path(sys.executable).parent / "adpa")
+TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+PAIRS = 12
+
+
+@pytest.fixture(scope="module")
+def world(model_store, tmp_path_factory):
+    """A store with the built-in models and every stage-one artifact of a 12-pair recipe."""
+    d = tmp_path_factory.mktemp("distill")
+    st = linked_store(model_store, d / "store")
+    recipe = write_recipe(d / "recipe.yaml", "builtin:tiny-pairs", k=8, max_length=128, max_new_tokens=12)
+    raw = recipe.read_text().replace("limit: null", f"limit: {PAIRS}")
+    recipe.write_text(raw)
+    results = run_teacher_cache(load_recipe(str(recipe)), st, say=lambda *_: None)
+    return {"dir": d, "store": st, "recipe": recipe, "keys": {r.kind if r.kind != "seq-logp" else f"seq-{r.role}": r.key
+                                                              for r in results}}
+
+
+def adpa(*args, store, env=None, cwd=None, popen=False):
+    e = dict(os.environ, ADPA_STORE=str(store.root), OMP_NUM_THREADS="1", **(env or {}))
+    cmd = [ADPA, *map(str, args)]
+    if popen:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=e, cwd=cwd)
+    return subprocess.run(cmd, capture_output=True, text=True, env=e, cwd=cwd)
+
+
+def fresh_store(world, name):
+    return linked_store(world["store"], world["dir"] / name, kinds=("model-", "dataset-", "teacher-topk-",
+                                                                    "seq-logp-", "generations-", "advantage-"))
+
+
+def weights(run_dir):
+    return load_file(str(Path(run_dir) / "model" / "model.safetensors"))
+
+
+def test_distill_writes_a_student_people_and_transformers_can_use(world, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    st = fresh_store(world, "outputs")
+    run = tmp_path / "run"
+    r = adpa("distill", "-r", world["recipe"], "--loss", "dckd", "--batch-pairs", 4, "--output", run, store=st)
+    assert r.returncode == 0, r.stderr
+    assert "dckd     built" in r.stdout
+    model = AutoModelForCausalLM.from_pretrained(run / "model")
+    tok = AutoTokenizer.from_pretrained(run / "model")
+    init_dir = next(d for d in st.root.iterdir() if d.name.startswith("model-") and
+                    json.loads((d / "manifest.json").read_text())["inputs"].get("layers") == 6)
+    init_tok = AutoTokenizer.from_pretrained(init_dir)
+    assert tok.chat_template == init_tok.chat_template and tok.get_vocab() == init_tok.get_vocab()
+    init = load_file(str(init_dir / "model.safetensors"))
+    trained = weights(run)
+    assert max((trained[n] - init[n]).abs().max().item() for n in init) > 0  # it learned something
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+    assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] > ids.shape[1]
+
+    metrics = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert all(m["pairs"] == 4 and m["tokens"] > 0 and m["loss"] > 0 for m in metrics)
+    assert metrics[0]["lr"] < metrics[1]["lr"]  # warm-up, then cosine decay
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = (run / "model" / "README.md").read_text()
+    assert world["keys"]["teacher-topk"] in card and "dckd" in card and "alpha" in card
+    key = r.stdout.split("student-")[1].split()[0]
+    verify_artifact(st.path(f"student-{key}"))
+
+    again = adpa("distill", "-r", world["recipe"], "--loss", "dckd", "--batch-pairs", 4, "--output", run, store=st)
+    assert again.returncode == 0 and f"complete artifact student-{key} reused" in again.stdout
+
+
+def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(world, tmp_path):
+    args = ["distill", "-r", world["recipe"], "--loss", "adpa", "--batch-pairs", 2, "--save-every", 1]
+    whole = adpa(*args, "--output", tmp_path / "whole", store=fresh_store(world, "whole"))
+    assert whole.returncode == 0, whole.stderr
+
+    st = fresh_store(world, "killed")
+    run = tmp_path / "killed"
+    p = adpa(*args, "--output", run, store=st, popen=True)
+    ckpt = run / "checkpoints"
+    while p.poll() is None and not any(c.is_dir() and not c.name.endswith(".tmp") for c in
+                                       (ckpt.glob("step-*") if ckpt.exists() else [])):
+        time.sleep(0.02)
+    assert p.poll() is None, "the run ended before it could be killed"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (run / "model").exists()
+
+    refused = adpa(*args, "--output", run, store=st)
+    assert refused.returncode == 1 and "--resume" in refused.stderr
+
+    resumed = adpa(*args, "--output", run, "--resume", store=st)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout
+    a, b = weights(tmp_path / "whole"), weights(run)
+    assert max((a[n] - b[n]).abs().max().item() for n in a) <= 1e-6
+    steps = [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, PAIRS // 2 + 1))  # each step logged once across the kill
+
+
+def test_two_processes_match_one(world, tmp_path):
+    args = ["distill", "-r", world["recipe"], "--loss", "dckd", "--batch-pairs", 4, "--lr", "1e-4"]
+    one = adpa(*args, "--output", tmp_path / "one", store=fresh_store(world, "one"))
+    assert one.returncode == 0, one.stderr
+    st = fresh_store(world, "two")
+    e = dict(os.environ, ADPA_STORE=str(st.root), OMP_NUM_THREADS="1")
+    two = subprocess.run([TORCHRUN, "--nproc_per_node", "2", "--master_port", "29517", "--no-python", ADPA, *map(str, args),
+                          "--output", tmp_path / "two"], capture_output=True, text=True, env=e)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    init_change = max((a[n]).abs().max().item() for n in a)
+    assert init_change > 0
+    assert max((a[n] - b[n]).abs().max().item() for n in a) <= 1e-5
+    la = [json.loads(ln)["loss"] for ln in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(ln)["loss"] for ln in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert la == pytest.approx(lb, rel=1e-5)
+
+
+def _tampered_copy(st: Store, key: str, edit) -> str:
+    """A copy of an artifact whose manifest `edit` changes, under the key its new inputs hash to."""
+    m = json.loads((st.path(key) / "manifest.json").read_text())
+    edit(m)
+    m["inputs"] = dict(m["inputs"], tampered=True)
+    m["key"] = artifact_key(m["kind"], m["inputs"], m["shard_schema"])
+    d = st.path(m["key"])
+    shutil.copytree(st.path(key), d)
+    (d / "manifest.json").write_text(json.dumps(m))
+    return m["key"]
+
+
+def test_refuses_caches_that_cannot_train_this_student(world, tmp_path):
+    st = fresh_store(world, "refuse")
+    recipe = world["recipe"]
+    topk = world["keys"]["teacher-topk"]
+
+    def run(*extra, recipe=recipe):
+        r = adpa("distill", "-r", recipe, "--output", tmp_path / "r", *extra, store=st)
+        assert r.returncode == 1 and not (tmp_path / "r" / "model").exists()
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        return r.stderr
+
+    newer = _tampered_copy(st, topk, lambda m: m["shard_schema"].update(version="9.0"))
+    err = run("--loss", "kd", "--cache", f"teacher_topk={newer}")
+    assert newer in err and "version 9.0 is not supported" in err
+
+    gens = world["keys"]["generations"]
+    def as_seq_logp(m):  # noqa: E306 - a generations artifact relabelled: no realized_logp column
+        m["kind"] = "seq-logp"
+    fake = _tampered_copy(st, gens, as_seq_logp)
+    err = run("--loss", "dpo", "--cache", f"student_logp={fake}")
+    assert fake in err and "no realized_logp column" in err
+
+    err = run("--loss", "kd", "--cache", "teacher_topk=teacher-topk-00000000000000000000")
+    assert "teacher-topk-00000000000000000000" in err and "not complete" in err
+
+    # a student whose tokenizer has one more token than the one the cache was made with
+    from transformers import AutoTokenizer
+    init_dir = next(d for d in st.root.iterdir() if d.name.startswith("model-") and
+                    json.loads((d / "manifest.json").read_text())["inputs"].get("layers") == 6)
+    other = tmp_path / "other-student"
+    shutil.copytree(init_dir, other)
+    (other / "manifest.json").unlink()
+    tok = AutoTokenizer.from_pretrained(other)
+    tok.add_tokens(["<extra-token>"])
+    tok.save_pretrained(other)
+    raw = Path(recipe).read_text().replace("builtin:smollm2-135m-instruct-l6", str(other))
+    (tmp_path / "other.yaml").write_text(raw)
+    err = run("--loss", "kd", "--cache", f"teacher_topk={topk}", recipe=tmp_path / "other.yaml")
+    assert topk in err and "another vocabulary" in err and "49153" in err
+
+
+def test_vllm_loads_a_distilled_student(world, tmp_path):
+    """The saved folder is what vLLM serves: its greedy tokens equal transformers' on the same prompt."""
+    pytest.importorskip("vllm")
+    st = fresh_store(world, "vllm")
+    run = tmp_path / "run"
+    r = adpa("distill", "-r", world["recipe"], "--loss", "sft", "--output", run, store=st)
+    assert r.returncode == 0, r.stderr
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stages.vllm_backend import VLLMEngine
+    tok = AutoTokenizer.from_pretrained(run / "model")
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 4 + 4?"}], add_generation_prompt=True,
+                                     tokenize=True, return_dict=False)
+    engine = VLLMEngine(str(run / "model"), None, "float32", 256, 1024, 4, "cpu", 0)
+    try:
+        (got, _), = engine.generate([prompt], tok.eos_token_id, 8)
+    finally:
+        engine.close()
+    model = AutoModelForCausalLM.from_pretrained(run / "model", dtype=torch.float32)
+    want = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)[0, len(prompt):].tolist()
+    assert got[:len(want)] == want[:len(got)] and len(got) > 0
