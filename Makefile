@@ -11,7 +11,7 @@ STUDENT ?= tiny
 EXTRA ?= cpu
 export ADPA_STORE ?= $(CURDIR)/store
 
-.PHONY: setup test demo teacher-cache distill bench-store bench-teacher-cache clean
+.PHONY: setup test demo teacher-cache distill bench-store bench-teacher-cache bench-distill clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,9 @@ bench-store: setup
 
 bench-teacher-cache: setup
 	$(PY) -m benchmarks.teacher_cache
+
+bench-distill: setup
+	$(PY) -m benchmarks.distill
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -44,11 +44,13 @@ class MicroBatch:
     parts: dict
     n_pairs: int
     tokens: int  # scored (response) positions
+    forward_tokens: int  # tokens through the transformer, prompts included, padding not
 
     def to(self, device):
         move = lambda x: x.to(device, non_blocking=True) if isinstance(x, torch.Tensor) else x  # noqa: E731
         parts = {n: Part(**{f: move(getattr(p, f)) for f in p.__dataclass_fields__}) for n, p in self.parts.items()}
-        return MicroBatch(move(self.input_ids), move(self.attention_mask), parts, self.n_pairs, self.tokens)
+        return MicroBatch(move(self.input_ids), move(self.attention_mask), parts, self.n_pairs, self.tokens,
+                          self.forward_tokens)
 
 
 def pack(examples: list[Example], token_budget: int) -> list[list[Example]]:
@@ -99,7 +101,7 @@ def collate(examples: list[Example], loss: str, pad_id: int = 0) -> MicroBatch:
             p.init_logp_sum = torch.tensor([float(np.sum(r["realized_logp"], dtype=np.float64)) for r in rows])
         parts[name] = p
         tokens += int(sum(n))
-    return MicroBatch(torch.from_numpy(ids), torch.from_numpy(mask), parts, len(examples), tokens)
+    return MicroBatch(torch.from_numpy(ids), torch.from_numpy(mask), parts, len(examples), tokens, int(mask.sum()))
 
 
 def head_logprobs(out: OutputLayer, h: torch.Tensor, ids: torch.Tensor | None, targets: torch.Tensor,

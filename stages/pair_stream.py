@@ -64,9 +64,11 @@ def _grouped(reader: ArtifactReader, name: str) -> Iterator[tuple[int, list[dict
 
 
 def _part(rows: list[dict], side: str, where: str) -> dict:
+    """The row of this side, its arrays copied: a view would keep its whole decoded record batch alive
+    for as long as the shuffle buffer holds the pair."""
     for r in rows:
         if r["side"] == side or side == "generated":  # an advantage row's side names where its state came from
-            return r
+            return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in r.items()}
     raise JoinError(f"{where}: input row {rows[0]['input_index']} has no {side} row")
 
 
@@ -74,7 +76,8 @@ def joined(dirs: dict[str, Path], loss: str) -> Iterator[Example]:
     """Examples in input order; artifacts that disagree on which input rows they hold stop the run."""
     needs = NEEDS[loss]
     names = sorted({a for a, _ in needs.values()})
-    its = {n: _grouped(ArtifactReader(dirs[n]), n) for n in names}
+    # Decoding runs far ahead of training anyway; one decoded record batch in hand per artifact is enough.
+    its = {n: _grouped(ArtifactReader(dirs[n], prefetch=1), n) for n in names}
     while True:
         heads = {n: next(it, None) for n, it in its.items()}
         if all(h is None for h in heads.values()):

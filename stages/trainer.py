@@ -132,7 +132,7 @@ def train(model, stream: PairStream, settings: Settings, hp: Hyper, ranks, run_d
     for step, n_step, micro in background(steps(), depth=2, name="adpa-collate"):
         t_got = time.perf_counter()
         sums = defaultdict(float)
-        tokens = pairs = 0
+        tokens = pairs = forward = 0
         for mb in micro:
             mb = mb.to(device)
             with autocast:
@@ -141,12 +141,13 @@ def train(model, stream: PairStream, settings: Settings, hp: Hyper, ranks, run_d
             for name, v in terms.items():
                 sums[name] += v * mb.n_pairs
             tokens += mb.tokens
+            forward += mb.forward_tokens
             pairs += mb.n_pairs
         for p in params:
             if p.grad is None:  # a rank without pairs in this step still joins the sum
                 p.grad = torch.zeros_like(p)
         names = sorted(sums)
-        reduced = _sum_over_ranks([sums[n] for n in names] + [tokens, pairs], ranks)
+        reduced = _sum_over_ranks([sums[n] for n in names] + [tokens, forward, pairs], ranks)
         if ranks.world_size > 1:
             _all_reduce_grads(params, ranks)
         gnorm = torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm if hp.max_grad_norm > 0 else float("inf"))
@@ -157,12 +158,13 @@ def train(model, stream: PairStream, settings: Settings, hp: Hyper, ranks, run_d
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t_done = time.perf_counter()
-        tokens, pairs = int(reduced[-2]), int(reduced[-1])
+        tokens, forward, pairs = (int(x) for x in reduced[-3:])
         last = {n: v / max(pairs, 1) for n, v in zip(names, reduced)}
         rec = {"step": step + 1, "epoch": step // stream.steps_per_epoch, "lr": lr, **last,
-               "grad_norm": float(gnorm), "pairs": pairs, "tokens": tokens, "step_s": round(t_done - t_ready, 4),
+               "grad_norm": float(gnorm), "pairs": pairs, "tokens": tokens,
+               "forward_tokens": forward, "step_s": round(t_done - t_ready, 4),
                "data_wait_s": round(t_got - t_ready, 4), "tokens_per_s": round(tokens / (t_done - t_ready), 1)}
-        for n in ("tokens", "pairs", "step_s", "data_wait_s"):
+        for n in ("tokens", "forward_tokens", "pairs", "step_s", "data_wait_s"):
             totals[n] += rec[n]
         if ranks.rank == 0:
             with metrics_path.open("a") as f:
