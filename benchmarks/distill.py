@@ -142,6 +142,7 @@ def bare_run(dirs: dict, model, batch_pairs: int, steps: int, device: str, autoc
 
     from artifacts import ArtifactReader
     rows = [r for r in ArtifactReader(dirs["student_logp"]) if r["side"] == "chosen"]
+    model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     ctx = torch.autocast(device.split(":")[0], dtype=getattr(torch, autocast)) if autocast else torch.autocast(
         "cpu", enabled=False)
