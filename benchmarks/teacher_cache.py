@@ -38,7 +38,7 @@ def recipe_for(n: int, k: int):
     data = OUT / f"pairs-{n}.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
     data.write_text("\n".join(json.dumps(r) for r in pairs(n)))
-    r = load_recipe("tiny")
+    r = load_recipe("smollm2")
     r.data.source, r.data.format = str(data), "strings"
     r.teacher_cache.k, r.teacher_cache.max_length, r.teacher_cache.token_budget = k, 512, 4096
     return r

@@ -15,10 +15,6 @@ app = typer.Typer(help="ADPA / DCKD distillation: cache teacher signals once, tr
 app.add_typer(cache_cli.app, name="cache")
 
 
-def _not_yet(what: str, issue: int):
-    fail(f"{what} is not built yet (tracked in issue #{issue})", code=2)
-
-
 @app.command("teacher-cache")
 def teacher_cache(
     recipe: str = typer.Option("tiny", "--recipe", "-r", help="Recipe name (pipeline/recipes/NAME.yaml) or YAML path."),
@@ -133,15 +129,39 @@ def _training_ranks():
 
 
 @app.command("eval")
-def evaluate(store: StoreOpt = None):
-    """Evaluate students and teachers on held-out prompts."""
-    _not_yet("eval", 6)
+def evaluate(
+    recipe: str = typer.Option("tiny", "--recipe", "-r", help="Recipe name or YAML path: its teachers, student "
+                               "init, held-out data (data.eval_source) and reward (data.reward)."),
+    store: StoreOpt = None,
+    model: list[str] = typer.Option(None, help="NAME=FOLDER: a student to evaluate besides the recipe's teachers "
+                                    "and student init; repeatable."),
+    output: Path = typer.Option(Path("runs/eval"), help="Where eval.json, eval.png and generations/ go."),
+):
+    """Evaluate students and teachers on held-out prompts: reward, implicit reward, win rate, preference accuracy."""
+    from artifacts import Store
+    from pipeline.recipe import load_recipe
+    from stages.evaluate import run_eval, table
+
+    r = load_recipe(recipe)
+    students = {}
+    for item in model or []:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not Path(folder).is_dir():
+            fail(f"--model {item!r}: expected NAME=FOLDER with a model folder")
+        students[name] = folder
+    results = run_eval(r, Store(store), students, output, say=typer.echo)
+    typer.echo(table(results, len(results[0].r_seq)))
+    typer.echo(f"report: {output}/eval.json, chart: {output}/eval.png, generations: {output}/generations/")
 
 
 @app.command()
-def demo(store: StoreOpt = None):
-    """The whole method end to end on the built-in offline world."""
-    _not_yet("demo", 6)
+def demo(store: StoreOpt = None,
+         output: Path = typer.Option(Path("runs/demo"), help="Where the report, chart and students go.")):
+    """The whole method end to end on the built-in offline world: both stages for every method, then eval."""
+    from artifacts import Store
+    from pipeline.demo import run_demo
+
+    run_demo(Store(store), out_dir=output, say=typer.echo)
 
 
 def main() -> None:

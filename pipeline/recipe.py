@@ -27,6 +27,9 @@ class Data:
     split: str = "train"
     format: str = "auto"
     limit: int | None = None
+    eval_source: str | None = None  # held-out pairs for `adpa eval` (default: source)
+    eval_split: str = "test"
+    reward: str | None = None  # a built-in ground-truth reward for `adpa eval`: sorting
 
 
 @dataclass
@@ -75,7 +78,7 @@ class Distill:
     max_grad_norm: float = 1.0
     alpha: float = 0.1  # DCKD: weight of each KL term
     gamma: float = 1.5  # ADPA: weight of the expected advantage
-    advantage: str = "signed"  # signed (the paper) | clip01 (the released code)
+    advantage: str = "signed"  # signed (the paper) | clip01 (the released code) | flipped (a diagnostic: -A)
     beta: float = 0.1  # DPO on the student
     seed: int = 0
     shuffle_buffer: int = 1024  # pairs held for the seeded streaming shuffle
@@ -85,7 +88,7 @@ class Distill:
 
     def check(self):
         allowed = {"loss": LOSSES, "schedule": ("cosine", "linear", "constant"),
-                   "advantage": ("signed", "clip01"), "dtype": ("auto", "float32", "bfloat16")}
+                   "advantage": ("signed", "clip01", "flipped"), "dtype": ("auto", "float32", "bfloat16")}
         for name, values in allowed.items():
             if getattr(self, name) not in values:
                 raise RecipeError(f"distill.{name} is {getattr(self, name)!r}; expected one of {', '.join(values)}")

@@ -68,13 +68,17 @@ def check_caches(dirs: dict[str, Path], loss: str, tok, init_identity: dict) -> 
     for name, d in dirs.items():
         key = Path(d).name
         kind, flag, column = CACHE_KINDS[name]
+        kinds = (kind, "tokenized") if loss == "sft" else (kind,)  # SFT needs token ids only
+        if name == "student_logp" and loss != "dpo":
+            flag = None
         try:
             reader = ArtifactReader(d)
         except (ValueError, ManifestError, FileNotFoundError) as e:
             raise CacheRefused(f"cache {key}: {e}") from None
         m = reader.manifest
-        if m["kind"] != kind:
-            raise CacheRefused(f"cache {key} is a {m['kind']} artifact; loss {loss} reads {name} from a {kind} artifact")
+        if m["kind"] not in kinds:
+            raise CacheRefused(f"cache {key} is a {m['kind']} artifact; loss {loss} reads {name} from a "
+                               f"{' or '.join(kinds)} artifact")
         if flag and not getattr(reader.layout, flag):
             raise CacheRefused(f"cache {key} ({m['kind']}) has no {column} column, which loss {loss} needs")
         render = m["inputs"].get("render", {})
@@ -86,7 +90,7 @@ def check_caches(dirs: dict[str, Path], loss: str, tok, init_identity: dict) -> 
         if render.get("template_from") == "student" and made.get("chat_template_sha256") != fp["chat_template_sha256"]:
             raise CacheRefused(f"cache {key} was rendered with another chat template than the student's "
                                f"(sha256 {str(made.get('chat_template_sha256'))[:12]} vs {fp['chat_template_sha256'][:12]})")
-        if name == "student_logp" and m["inputs"].get("model") != init_identity:
+        if loss == "dpo" and m["inputs"].get("model") != init_identity:
             raise CacheRefused(f"cache {key} holds log-probs of {m['inputs'].get('model')}, not of the student's "
                                f"init model {init_identity} (the reference of {loss})")
         vocab = reader.layout.vocab_size

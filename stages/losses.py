@@ -80,13 +80,16 @@ def dckd_loss(sft: torch.Tensor, kl_chosen: torch.Tensor, kl_rejected: torch.Ten
 
 def advantages(t_logp: torch.Tensor, ref_logp: torch.Tensor, mode: str = "signed") -> torch.Tensor:
     """A(s, a) = log p(a|s) - log r(a|s) at the stored ids ("signed", the paper), or clip(A, 0, 1)
-    ("clip01", what the released code's probability clamp optimises)."""
+    ("clip01", what the released code's probability clamp optimises), or -A ("flipped": a diagnostic
+    that must make a student worse, used by the integrity tests)."""
     a = (t_logp - ref_logp).float()
     if mode == "signed":
         return a
     if mode == "clip01":
         return a.clamp(0.0, 1.0)
-    raise ValueError(f"advantage mode {mode!r} is not 'signed' or 'clip01'")
+    if mode == "flipped":
+        return -a
+    raise ValueError(f"advantage mode {mode!r} is not 'signed', 'clip01' or 'flipped'")
 
 
 def adpa_loss(sft: torch.Tensor, s_logp_states: torch.Tensor, adv: torch.Tensor, seq: torch.Tensor, n_seqs: int,

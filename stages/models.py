@@ -68,9 +68,11 @@ def load_smollm2(dtype=None):
 def resolve(spec: str, store=None) -> ResolvedModel:
     """Turn a recipe's model spec into a loadable source and an identity (builds built-ins once)."""
     if spec.startswith("builtin:"):
-        from stages.builtin_models import build
+        from stages import builtin_models, tiny_world
 
-        path, manifest = build(spec.removeprefix("builtin:"), store)
+        name = spec.removeprefix("builtin:")
+        build = tiny_world.build if name in tiny_world.MODELS else builtin_models.build
+        path, manifest = build(name, store)
         return ResolvedModel(spec, str(path), None, {"builtin": spec, "artifact": manifest["key"]})
     p = Path(spec)
     if p.is_dir():

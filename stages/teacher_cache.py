@@ -30,7 +30,7 @@ from artifacts.writer import assemble, producer_versions
 from pipeline.recipe import Recipe
 from schemas import sequences, token_topk
 from stages import models as model_sources
-from stages import parallel, tiny_data
+from stages import parallel, tiny_data, tiny_world
 from stages.generation import generate
 from stages.preference_data import FORMATS, DataError, detect_format, load_rows, parse_row
 from stages.render import Encoded, encode_pair
@@ -132,7 +132,11 @@ def pick_device_dtype(dtype: str, local_rank: int = 0) -> tuple[str, str]:
 def prepare(recipe: Recipe, store: Store, tok, strict: bool) -> tuple[list, dict, str]:
     """(Encoded-or-reason per input row, data fingerprint, format)."""
     d = recipe.data
-    source = str(tiny_data.build(store)) if d.source == "builtin:tiny-pairs" else d.source
+    source = d.source
+    if source == "builtin:tiny-pairs":
+        source = str(tiny_data.build(store))
+    elif source.removeprefix("builtin:") in tiny_world.DATASETS:
+        source = str(tiny_world.build(source.removeprefix("builtin:"), store)[0])
     ds, fp = load_rows(source, d.split)
     if d.limit is not None:
         ds = ds.select(range(min(d.limit, len(ds))))

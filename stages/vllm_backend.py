@@ -29,7 +29,10 @@ from stages.scoring import Sequence
 def _environment() -> None:
     """Defaults a user can override; read by vLLM at import, so set before it."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; a few suffice for scoring
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # our progress bar and summary say what happens
+    # Our progress bars and summaries say what happens; the engine's warnings here are start-up noise
+    # (deprecations, a chat-template warm-up that needs the tokenizer we skip, NUMA binding notes).
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
 
 @contextlib.contextmanager
@@ -44,6 +47,7 @@ def _own_engine_environment(device: str, local_rank: int):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
                  "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
         os.environ.pop(name, None)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")  # the engine's processes
     if device.startswith("cuda") and "WORLD_SIZE" in saved and int(saved["WORLD_SIZE"]) > 1:
         visible = saved.get("CUDA_VISIBLE_DEVICES")
         os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[local_rank] if visible else str(local_rank)

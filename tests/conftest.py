@@ -40,7 +40,7 @@ def write_recipe(path, data, **teacher_cache):
 
     from pipeline.recipe import RECIPES
 
-    raw = yaml.safe_load((RECIPES / "tiny.yaml").read_text())
+    raw = yaml.safe_load((RECIPES / "smollm2.yaml").read_text())
     raw["data"]["source"] = str(data)
     raw["teacher_cache"]["backend"] = "hf"  # vLLM has its own tests; its engines take ~25 s to start
     raw["teacher_cache"].update(teacher_cache)

@@ -1,0 +1,177 @@
+"""The built-in world (docs/TINY_WORLD.md): tokenizer, data and models, each an artifact built once.
+
+Built-in names (`builtin:NAME` in a recipe):
+
+* models `tiny-teacher-sft` (pi_ref), `tiny-teacher-dpo` (pi_dpo), `tiny-student-sft` (pi_init),
+  trained from random initialisation by this project's own trainer;
+* datasets `tiny-sort-train` and `tiny-sort-heldout` (preference pairs, `strings` format).
+
+Building a model builds what it needs first (the tokenizer, the data, the SFT teacher before its
+DPO), under the store's locks, so concurrent runs build each thing once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from artifacts import ArtifactWriter, Store
+from artifacts.folders import publish_folder
+from pipeline.recipe import Data, Distill, Models, Recipe, TeacherCache
+from schemas import sequences
+from stages import sorting_task
+
+# Everything that fixes the world; part of every key built from it.
+WORLD = {
+    "version": 2, "seed": 0, "sft_examples": 8192, "train_pairs": 1024, "heldout_pairs": 256,
+    "teacher": {"hidden": 128, "layers": 3, "heads": 4}, "student": {"hidden": 64, "layers": 2, "heads": 2},
+    "sft": {"sft_lr": 3e-3, "epochs": 4, "batch_pairs": 64, "warmup": 0.05},
+    "dpo": {"lr": 5e-5, "epochs": 2, "batch_pairs": 32, "beta": 0.1, "warmup": 0.1},
+}
+MODELS = ("tiny-teacher-sft", "tiny-teacher-dpo", "tiny-student-sft")
+DATASETS = {"tiny-sort-train": "train", "tiny-sort-heldout": "heldout"}
+SPECIAL = ["<pad>", "<|im_start|>", "<|im_end|>"]
+WORDS = ["system", "user", "assistant", "sort"] + [str(d) for d in range(10)]
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+MAX_LENGTH = 32
+
+
+def _quiet(say):
+    return say or (lambda *_: None)
+
+
+def tokenizer(store: Store) -> Path:
+    """A word-level tokenizer with a ChatML template, built with the `tokenizers` library."""
+    def build(d: Path):
+        from tokenizers import Tokenizer, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+        vocab = {t: i for i, t in enumerate(SPECIAL + WORDS)}
+        t = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+        t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        t.add_special_tokens(SPECIAL)
+        tok = PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", eos_token="<|im_end|>",
+                                      bos_token="<|im_start|>", unk_token="<pad>")
+        tok.chat_template = CHAT_TEMPLATE
+        tok.save_pretrained(d)
+        return {"vocab_size": len(vocab)}
+    folder, _, _ = publish_folder(store, "tokenizer", {"builtin": "tiny-sort", "special": SPECIAL, "words": WORDS,
+                                                       "template": CHAT_TEMPLATE, "version": 1}, build)
+    return folder
+
+
+def dataset(store: Store, split: str) -> Path:
+    """The jsonl file of a split: `sft` (prompt, response) or `train` / `heldout` preference pairs."""
+    n = {"sft": WORLD["sft_examples"], "train": WORLD["train_pairs"], "heldout": WORLD["heldout_pairs"]}[split]
+    seed = WORLD["seed"] + (1000 if split == "heldout" else 0)
+
+    def build(d: Path):
+        rows = sorting_task.sft_examples(seed, n) if split == "sft" else \
+            sorting_task.preference_pairs(seed, n, split)
+        (d / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return {"rows": n}
+    folder, _, _ = publish_folder(store, "dataset", {"builtin": f"tiny-sort-{split}", "n": n, "seed": seed,
+                                                     "version": WORLD["version"]}, build)
+    return folder / "data.jsonl"
+
+
+def _init_model(store: Store, role: str) -> Path:
+    """A randomly initialised Llama of the role's shape, with the world's tokenizer."""
+    tok_dir = tokenizer(store)
+    shape = WORLD[role]
+
+    def build(d: Path):
+        import torch
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+        tok = AutoTokenizer.from_pretrained(tok_dir)
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=shape["hidden"], intermediate_size=3 * shape["hidden"],
+                          num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
+                          num_key_value_heads=shape["heads"], max_position_embeddings=64, tie_word_embeddings=True,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        torch.manual_seed(WORLD["seed"] + (0 if role == "teacher" else 1))
+        model = LlamaForCausalLM(cfg)
+        model.generation_config.eos_token_id = tok.eos_token_id
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.save_pretrained(d)
+        tok.save_pretrained(d)
+        return {"parameters": sum(p.numel() for p in model.parameters())}
+    folder, _, _ = publish_folder(store, "model", {"builtin": f"tiny-{role}-init", "shape": shape,
+                                                   "tokenizer": tok_dir.name, "seed": WORLD["seed"]}, build)
+    return folder
+
+
+def _sft_tokens(store: Store) -> str:
+    """The SFT data rendered with the world's chat template, as a `tokenized` artifact (one chosen row each)."""
+    from transformers import AutoTokenizer
+
+    from stages.render import render_prompt, render_response
+    from stages.tokenizer_check import tokenizer_fingerprint
+    tok_dir = tokenizer(store)
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    rows = [json.loads(ln) for ln in dataset(store, "sft").read_text().splitlines()]
+    inputs = {"data": {"builtin": "tiny-sort-sft", "file": dataset(store, "sft").parent.name},
+              "render": {"tokenizer": tokenizer_fingerprint(tok), "template_from": "student",
+                         "max_length": MAX_LENGTH}}
+    with ArtifactWriter(store, "tokenized", inputs, sequences.Codec, {"vocab_size": len(tok), "with_logp": False},
+                        len(rows), max_shard_rows=len(rows)) as w:
+        if not w.reused:
+            for i, r in enumerate(rows):
+                msgs = [{"role": "user", "content": r["prompt"]}]
+                p = render_prompt(tok, msgs)
+                w.add(i, [{"pair_id": r["id"], "side": "chosen", "input_index": i, "finish": "",
+                           "token_ids": p + render_response(tok, msgs, p, r["response"]), "prompt_len": len(p)}])
+            w.publish({})
+        return w.key
+
+
+def world_recipe(student: str, teacher: str | None = None, reference: str | None = None,
+                 distill: Distill | None = None) -> Recipe:
+    """The recipe the world's own training runs use (its data: the train pairs)."""
+    return Recipe(name="tiny-world", path="", models=Models(teacher or student, reference or student, student),
+                  data=Data(source="builtin:tiny-sort-train", format="strings"),
+                  teacher_cache=TeacherCache(backend="hf", k=8, max_length=MAX_LENGTH, max_new_tokens=12,
+                                             token_budget=8192),
+                  distill=distill or Distill())
+
+
+def _sft(store: Store, role: str, say) -> Path:
+    from stages.distill import train_one
+    d = Distill(loss="sft", token_budget=8192, seed=WORLD["seed"], **WORLD["sft"])
+    init = _init_model(store, role)
+    res = train_one(world_recipe(str(init), distill=d), store, "sft", str(init), {"student_logp": _sft_tokens(store)},
+                    Path("runs") / f"tiny-world-{role}-sft", say=_quiet(say))
+    return res.model_dir
+
+
+def _dpo_teacher(store: Store, say) -> Path:
+    from stages.distill import train_one
+    from stages.teacher_cache import seq_logp, setup
+    sft = str(_sft(store, "teacher", say))
+    d = Distill(loss="dpo", token_budget=8192, seed=WORLD["seed"], **WORLD["dpo"])
+    recipe = world_recipe(sft, distill=d)
+    run = setup(recipe, store, say=_quiet(None))
+    try:
+        ref = seq_logp(run, "student", _quiet(None))
+    finally:
+        run.close()
+    res = train_one(recipe, store, "dpo", sft, {"student_logp": ref.key}, Path("runs") / "tiny-world-teacher-dpo",
+                    say=_quiet(say))
+    return res.model_dir
+
+
+def build(name: str, store: Store | None = None, say=None) -> tuple[Path, dict]:
+    """Folder (or data file) and manifest of a built-in of the world, building it if needed."""
+    store = store or Store()
+    if name in DATASETS:
+        path = dataset(store, DATASETS[name])
+    elif name == "tiny-teacher-sft":
+        path = _sft(store, "teacher", say)
+    elif name == "tiny-student-sft":
+        path = _sft(store, "student", say)
+    elif name == "tiny-teacher-dpo":
+        path = _dpo_teacher(store, say)
+    else:
+        raise ValueError(f"unknown built-in {name!r} of the tiny world (known: {', '.join(MODELS + tuple(DATASETS))})")
+    folder = path if path.is_dir() else path.parent
+    return path, store.manifest(folder.name)
+
