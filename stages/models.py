@@ -71,7 +71,7 @@ def resolve(spec: str, store=None) -> ResolvedModel:
         from stages import builtin_models, tiny_world
 
         name = spec.removeprefix("builtin:")
-        build = tiny_world.build if name in tiny_world.MODELS else builtin_models.build
+        build = tiny_world.build if tiny_world.known(name) else builtin_models.build
         path, manifest = build(name, store)
         return ResolvedModel(spec, str(path), None, {"builtin": spec, "artifact": manifest["key"]})
     p = Path(spec)

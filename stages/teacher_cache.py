@@ -135,7 +135,7 @@ def prepare(recipe: Recipe, store: Store, tok, strict: bool) -> tuple[list, dict
     source = d.source
     if source == "builtin:tiny-pairs":
         source = str(tiny_data.build(store))
-    elif source.removeprefix("builtin:") in tiny_world.DATASETS:
+    elif source.startswith("builtin:") and tiny_world.known(source.removeprefix("builtin:")):
         source = str(tiny_world.build(source.removeprefix("builtin:"), store)[0])
     ds, fp = load_rows(source, d.split)
     if d.limit is not None:

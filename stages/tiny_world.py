@@ -6,6 +6,9 @@ Built-in names (`builtin:NAME` in a recipe):
   trained from random initialisation by this project's own trainer;
 * datasets `tiny-sort-train` and `tiny-sort-heldout` (preference pairs, `strings` format).
 
+Each name takes an optional `:seedN` (`builtin:tiny-teacher-dpo:seed1`): the same world drawn
+from another seed (data, initialisations, data order), for repeated measurements.
+
 Building a model builds what it needs first (the tokenizer, the data, the SFT teacher before its
 DPO), under the store's locks, so concurrent runs build each thing once.
 """
@@ -23,7 +26,7 @@ from stages import sorting_task
 
 # Everything that fixes the world; part of every key built from it.
 WORLD = {
-    "version": 2, "seed": 0, "sft_examples": 8192, "train_pairs": 1024, "heldout_pairs": 256,
+    "version": 2, "sft_examples": 8192, "train_pairs": 1024, "heldout_pairs": 256,
     "teacher": {"hidden": 128, "layers": 3, "heads": 4}, "student": {"hidden": 64, "layers": 2, "heads": 2},
     "sft": {"sft_lr": 3e-3, "epochs": 4, "batch_pairs": 64, "warmup": 0.05},
     "dpo": {"lr": 5e-5, "epochs": 2, "batch_pairs": 32, "beta": 0.1, "warmup": 0.1},
@@ -60,10 +63,10 @@ def tokenizer(store: Store) -> Path:
     return folder
 
 
-def dataset(store: Store, split: str) -> Path:
+def dataset(store: Store, split: str, world_seed: int = 0) -> Path:
     """The jsonl file of a split: `sft` (prompt, response) or `train` / `heldout` preference pairs."""
     n = {"sft": WORLD["sft_examples"], "train": WORLD["train_pairs"], "heldout": WORLD["heldout_pairs"]}[split]
-    seed = WORLD["seed"] + (1000 if split == "heldout" else 0)
+    seed = world_seed + (1000 if split == "heldout" else 0)
 
     def build(d: Path):
         rows = sorting_task.sft_examples(seed, n) if split == "sft" else \
@@ -75,7 +78,7 @@ def dataset(store: Store, split: str) -> Path:
     return folder / "data.jsonl"
 
 
-def _init_model(store: Store, role: str) -> Path:
+def _init_model(store: Store, role: str, world_seed: int) -> Path:
     """A randomly initialised Llama of the role's shape, with the world's tokenizer."""
     tok_dir = tokenizer(store)
     shape = WORLD[role]
@@ -88,7 +91,7 @@ def _init_model(store: Store, role: str) -> Path:
                           num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
                           num_key_value_heads=shape["heads"], max_position_embeddings=64, tie_word_embeddings=True,
                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        torch.manual_seed(WORLD["seed"] + (0 if role == "teacher" else 1))
+        torch.manual_seed(2 * world_seed + (0 if role == "teacher" else 1))
         model = LlamaForCausalLM(cfg)
         model.generation_config.eos_token_id = tok.eos_token_id
         model.generation_config.pad_token_id = tok.pad_token_id
@@ -96,11 +99,11 @@ def _init_model(store: Store, role: str) -> Path:
         tok.save_pretrained(d)
         return {"parameters": sum(p.numel() for p in model.parameters())}
     folder, _, _ = publish_folder(store, "model", {"builtin": f"tiny-{role}-init", "shape": shape,
-                                                   "tokenizer": tok_dir.name, "seed": WORLD["seed"]}, build)
+                                                   "tokenizer": tok_dir.name, "seed": world_seed}, build)
     return folder
 
 
-def _sft_tokens(store: Store) -> str:
+def _sft_tokens(store: Store, world_seed: int) -> str:
     """The SFT data rendered with the world's chat template, as a `tokenized` artifact (one chosen row each)."""
     from transformers import AutoTokenizer
 
@@ -108,8 +111,9 @@ def _sft_tokens(store: Store) -> str:
     from stages.tokenizer_check import tokenizer_fingerprint
     tok_dir = tokenizer(store)
     tok = AutoTokenizer.from_pretrained(tok_dir)
-    rows = [json.loads(ln) for ln in dataset(store, "sft").read_text().splitlines()]
-    inputs = {"data": {"builtin": "tiny-sort-sft", "file": dataset(store, "sft").parent.name},
+    data = dataset(store, "sft", world_seed)
+    rows = [json.loads(ln) for ln in data.read_text().splitlines()]
+    inputs = {"data": {"builtin": "tiny-sort-sft", "file": data.parent.name},
               "render": {"tokenizer": tokenizer_fingerprint(tok), "template_from": "student",
                          "max_length": MAX_LENGTH}}
     with ArtifactWriter(store, "tokenized", inputs, sequences.Codec, {"vocab_size": len(tok), "with_logp": False},
@@ -124,52 +128,65 @@ def _sft_tokens(store: Store) -> str:
         return w.key
 
 
-def world_recipe(student: str, teacher: str | None = None, reference: str | None = None,
-                 distill: Distill | None = None) -> Recipe:
+def world_recipe(student: str, world_seed: int, distill: Distill) -> Recipe:
     """The recipe the world's own training runs use (its data: the train pairs)."""
-    return Recipe(name="tiny-world", path="", models=Models(teacher or student, reference or student, student),
-                  data=Data(source="builtin:tiny-sort-train", format="strings"),
+    return Recipe(name="tiny-world", path="", models=Models(student, student, student),
+                  data=Data(source=f"builtin:tiny-sort-train{_suffix(world_seed)}", format="strings"),
                   teacher_cache=TeacherCache(backend="hf", k=8, max_length=MAX_LENGTH, max_new_tokens=12,
                                              token_budget=8192),
-                  distill=distill or Distill())
+                  distill=distill)
 
 
-def _sft(store: Store, role: str, say) -> Path:
+def _suffix(world_seed: int) -> str:
+    return f":seed{world_seed}" if world_seed else ""
+
+
+def _sft(store: Store, role: str, world_seed: int, say) -> Path:
     from stages.distill import train_one
-    d = Distill(loss="sft", token_budget=8192, seed=WORLD["seed"], **WORLD["sft"])
-    init = _init_model(store, role)
-    res = train_one(world_recipe(str(init), distill=d), store, "sft", str(init), {"student_logp": _sft_tokens(store)},
-                    Path("runs") / f"tiny-world-{role}-sft", say=_quiet(say))
+    d = Distill(loss="sft", token_budget=8192, seed=world_seed, **WORLD["sft"])
+    init = _init_model(store, role, world_seed)
+    res = train_one(world_recipe(str(init), world_seed, d), store, "sft", str(init),
+                    {"student_logp": _sft_tokens(store, world_seed)},
+                    Path("runs") / f"tiny-world{_suffix(world_seed)}-{role}-sft", say=_quiet(say))
     return res.model_dir
 
 
-def _dpo_teacher(store: Store, say) -> Path:
+def _dpo_teacher(store: Store, world_seed: int, say) -> Path:
     from stages.distill import train_one
     from stages.teacher_cache import seq_logp, setup
-    sft = str(_sft(store, "teacher", say))
-    d = Distill(loss="dpo", token_budget=8192, seed=WORLD["seed"], **WORLD["dpo"])
-    recipe = world_recipe(sft, distill=d)
+    sft = str(_sft(store, "teacher", world_seed, say))
+    d = Distill(loss="dpo", token_budget=8192, seed=world_seed, **WORLD["dpo"])
+    recipe = world_recipe(sft, world_seed, d)
     run = setup(recipe, store, say=_quiet(None))
     try:
         ref = seq_logp(run, "student", _quiet(None))
     finally:
         run.close()
-    res = train_one(recipe, store, "dpo", sft, {"student_logp": ref.key}, Path("runs") / "tiny-world-teacher-dpo",
+    res = train_one(recipe, store, "dpo", sft, {"student_logp": ref.key}, Path("runs") / f"tiny-world{_suffix(world_seed)}-teacher-dpo",
                     say=_quiet(say))
     return res.model_dir
 
 
+def known(name: str) -> bool:
+    return name.partition(":seed")[0] in MODELS + tuple(DATASETS)
+
+
 def build(name: str, store: Store | None = None, say=None) -> tuple[Path, dict]:
-    """Folder (or data file) and manifest of a built-in of the world, building it if needed."""
+    """Folder (or data file) and manifest of a built-in of the world, building it if needed.
+    `NAME:seedN` is the same thing in the world of seed N (default 0)."""
     store = store or Store()
-    if name in DATASETS:
-        path = dataset(store, DATASETS[name])
-    elif name == "tiny-teacher-sft":
-        path = _sft(store, "teacher", say)
-    elif name == "tiny-student-sft":
-        path = _sft(store, "student", say)
-    elif name == "tiny-teacher-dpo":
-        path = _dpo_teacher(store, say)
+    base, _, seed_text = name.partition(":seed")
+    if seed_text and not seed_text.isdigit():
+        raise ValueError(f"built-in {name!r}: the world's seed must be a number (NAME:seed1)")
+    seed = int(seed_text or 0)
+    if base in DATASETS:
+        path = dataset(store, DATASETS[base], seed)
+    elif base == "tiny-teacher-sft":
+        path = _sft(store, "teacher", seed, say)
+    elif base == "tiny-student-sft":
+        path = _sft(store, "student", seed, say)
+    elif base == "tiny-teacher-dpo":
+        path = _dpo_teacher(store, seed, say)
     else:
         raise ValueError(f"unknown built-in {name!r} of the tiny world (known: {', '.join(MODELS + tuple(DATASETS))})")
     folder = path if path.is_dir() else path.parent
