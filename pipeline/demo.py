@@ -10,18 +10,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-METHODS = ("dpo", "kd", "dckd", "adpa", "adpa+")
+METHODS = ("sft", "dpo", "kd", "dckd", "adpa", "adpa+")  # sft: on the chosen responses of the pairs
 
 
-def run_demo(store, recipe_name: str = "tiny", out_dir: Path = Path("runs/demo"), methods=METHODS,
-             say=print) -> dict:
+def run_demo(store, recipe="tiny", out_dir: Path = Path("runs/demo"), methods=METHODS, say=print) -> dict:
+    """`recipe`: a name, a path or a Recipe."""
     from pipeline.recipe import load_recipe
     from stages.distill import run_distill
     from stages.evaluate import run_eval, table
     from stages.teacher_cache import run_teacher_cache, summary_table
 
     t0 = time.perf_counter()
-    recipe = load_recipe(recipe_name)
+    recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
     quiet = lambda *_: None  # noqa: E731
     say(f"[1/3] stage one: the world's models and the teacher cache ({recipe.name}, store {store.root})")
     say(summary_table(run_teacher_cache(recipe, store, say=quiet)))
