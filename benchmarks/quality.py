@@ -59,20 +59,10 @@ def main():
 
 
 def plot(summary, names, seeds, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.6 * len(METRICS), 3.8))
-    for ax, (k, title) in zip(axes, METRICS):
-        ax.bar(range(len(names)), [summary[n][k]["mean"] for n in names], yerr=[summary[n][k]["std"] for n in names],
-               capsize=3, color=["#888888" if "teacher" in n else "#3b75af" for n in names])
-        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-        ax.set_title(title)
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"tiny world, held-out prompts: mean ± std over seeds {seeds}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from stages.evaluate import bar_chart
+    panels = [(title, [summary[n][k]["mean"] for n in names], [summary[n][k]["std"] for n in names])
+              for k, title in METRICS]
+    bar_chart(names, panels, f"tiny world, held-out prompts: mean ± std over seeds {seeds}", path)
 
 
 if __name__ == "__main__":

@@ -119,26 +119,32 @@ def table(results: list[ModelResult], n: int) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[ModelResult], path: Path, n: int) -> Path:
+def bar_chart(names: list[str], panels: list[tuple[str, list[float], list[float]]], title: str, path: Path) -> Path:
+    """One bar panel per metric (title, means, error bars); teachers grey, students blue."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = [c for c in COLUMNS if _metric(results[0], c[0])[0]]
-    fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols), 3.8), squeeze=False)
-    names = [r.name for r in results]
-    for ax, (prefix, title, _) in zip(axes[0], cols):
-        vals = [_metric(r, prefix)[1] for r in results]
-        ax.bar(range(len(names)), [v[0] for v in vals], yerr=[v[1] for v in vals], capsize=3,
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.8), squeeze=False)
+    for ax, (panel, means, errs) in zip(axes[0], panels):
+        ax.bar(range(len(names)), means, yerr=errs, capsize=3,
                color=["#888888" if "teacher" in nm else "#3b75af" for nm in names])
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-        ax.set_title(title)
+        ax.set_title(panel)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"held-out evaluation ({n} prompts, bars: mean ± standard error)")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot(results: list[ModelResult], path: Path, n: int) -> Path:
+    cols = [c for c in COLUMNS if _metric(results[0], c[0])[0]]
+    panels = [(title, [_metric(r, prefix)[1][0] for r in results], [_metric(r, prefix)[1][1] for r in results])
+              for prefix, title, _ in cols]
+    return bar_chart([r.name for r in results], panels, f"held-out evaluation ({n} prompts, bars: mean ± standard error)",
+                     path)
 
 
 def heldout_pairs(recipe, store, tok) -> list:

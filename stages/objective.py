@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from stages import losses as L
 from stages.pair_stream import NEEDS, Example
-from stages.scoring import OutputLayer, base_model
+from stages.scoring import OutputLayer, base_model, token_budget_batches
 
 BLOCK_BYTES = 256 << 20  # the largest float32 logits block: [chunk, vocab]
 TOPK_PARTS = {"kd": ("chosen",), "dckd": ("chosen", "rejected"), "adpa": ("state",)}  # where the teacher's ids count
@@ -56,17 +56,8 @@ class MicroBatch:
 def pack(examples: list[Example], token_budget: int) -> list[list[Example]]:
     """Split a rank's pairs into micro-batches of at most `token_budget` padded tokens (a longer pair
     goes alone), longest first so that similar lengths share a batch."""
-    longest = lambda ex: max(len(r["token_ids"]) for r in ex.parts.values())  # noqa: E731
-    out, cur = [], []
-    for ex in sorted(examples, key=lambda ex: (-longest(ex), ex.index)):
-        seqs = len(ex.parts)
-        if cur and (len(cur) + 1) * seqs * longest(cur[0]) > token_budget:
-            out.append(cur)
-            cur = []
-        cur.append(ex)
-    if cur:
-        out.append(cur)
-    return out
+    cost = [len(ex.parts) * max(len(r["token_ids"]) for r in ex.parts.values()) for ex in examples]
+    return [[examples[i] for i in batch] for batch in token_budget_batches(cost, token_budget)]
 
 
 def _cat(rows: list[dict], field: str) -> torch.Tensor:
