@@ -66,7 +66,7 @@ def test_bad_input_is_one_line_and_nonzero(store, tmp_path):
     for args in (["cache", "show", "nonsense"], ["cache", "verify", "teacher-topk-" + "c" * 20],
                  ["cache", "pull", str(tmp_path / "nowhere")], ["cache", "push", "teacher-topk-" + "d" * 20, str(tmp_path)],
                  ["teacher-cache", "--recipe", "nope"], ["teacher-cache", "--k", "0"], ["distill", "--loss", "bogus"],
-                 ["distill", "--cache", "nonsense"],
+                 ["distill", "--cache", "nonsense"], ["eval", "--model", "nonsense"],
                  ["cache", "gc", "--older-than", "soon"]):
         p = adpa(*args, store=root)
         assert p.returncode != 0, args

@@ -41,7 +41,7 @@ def world(tmp_path_factory):
     d = tmp_path_factory.mktemp("world")
     store = Store(d / "store")
     recipe = load_recipe("tiny")
-    recipe.teacher_cache.backend = "hf"
+    recipe.teacher_cache.backend = "hf"  # the vLLM path has its own tests
     run_teacher_cache(recipe, store, say=lambda *_: None)
     students = {}
     for name, mode in (("adpa", "signed"), ("adpa-flipped", "flipped")):
@@ -51,7 +51,7 @@ def world(tmp_path_factory):
     results = run_eval(recipe, store, students, d / "eval", say=lambda *_: None)
     gens = {r.name: [json.loads(ln) for ln in (d / "eval" / "generations" / f"{r.name}.jsonl").read_text().splitlines()]
             for r in results}
-    return {"dir": d, "results": {r.name: r.metrics for r in results}, "r_seq": {r.name: r.r_seq for r in results},
+    return {"dir": d, "store": store, "recipe": recipe, "results": {r.name: r.metrics for r in results}, "r_seq": {r.name: r.r_seq for r in results},
             "reward": {n: np.array([sorting_task.reward(x["instruction"], x["output"]) for x in g])
                        for n, g in gens.items()}}
 
@@ -85,3 +85,14 @@ def test_eval_writes_a_report_a_chart_and_judge_ready_generations(world):
     assert rows[0]["instruction"].startswith("sort ") and rows[0]["generator"] == "adpa"
     acc = sum(sorting_task.reward(x["instruction"], x["output"]) for x in rows) / len(rows)
     assert acc == pytest.approx(world["results"]["adpa"]["reward"][0])  # the table is the exported outputs
+
+
+def test_demo_prints_one_table_with_the_teachers_as_reference_rows(world):
+    from pipeline.demo import run_demo
+    lines = []
+    out = run_demo(world["store"], world["recipe"], world["dir"] / "demo", methods=("sft", "dckd"), say=lines.append)
+    text = "\n".join(lines)
+    for row in ("teacher-sft", "teacher-dpo", "student-sft", "sft", "dckd"):
+        assert any(ln.startswith(row + " ") for ln in text.splitlines()), row
+    assert "reused" in text  # stage one's artifacts and the world come from the store
+    assert (world["dir"] / "demo" / "eval.png").exists() and set(out["students"]) == {"sft", "dckd"}
