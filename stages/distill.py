@@ -55,8 +55,9 @@ class Trained:
     caches: dict
 
 
-def planned_caches(recipe: Recipe, store: Store, say=print) -> dict[str, str]:
-    """The stage-one artifact keys of this recipe (computed from tokenizers and data, no model loaded)."""
+def planned_caches(recipe: Recipe, store: Store) -> dict[str, str]:
+    """The stage-one artifact keys of this recipe, computed from tokenizers and data without loading a
+    model (built-in models that are not in the store yet are built first: their keys name them)."""
     from stages.teacher_cache import planned_keys, setup
     return planned_keys(setup(recipe, store, False, lambda *_: None))
 
