@@ -20,6 +20,7 @@ from pathlib import Path
 
 from artifacts import ArtifactWriter, Store
 from artifacts.folders import publish_folder
+from artifacts.keys import artifact_key
 from pipeline.recipe import Data, Distill, Models, Recipe, TeacherCache
 from schemas import sequences
 from stages import sorting_task
@@ -154,7 +155,7 @@ def _sft(store: Store, role: str, world_seed: int, say) -> Path:
 def _dpo_teacher(store: Store, world_seed: int, say) -> Path:
     from stages.distill import train_one
     from stages.teacher_cache import seq_logp, setup
-    sft = str(_sft(store, "teacher", world_seed, say))
+    sft = str(build(f"tiny-teacher-sft{_suffix(world_seed)}", store, say)[0])
     d = Distill(loss="dpo", token_budget=8192, seed=world_seed, **WORLD["dpo"])
     recipe = world_recipe(sft, world_seed, d)
     run = setup(recipe, store, say=_quiet(None))
@@ -181,12 +182,13 @@ def build(name: str, store: Store | None = None, say=None) -> tuple[Path, dict]:
     seed = int(seed_text or 0)
     if base in DATASETS:
         path = dataset(store, DATASETS[base], seed)
-    elif base == "tiny-teacher-sft":
-        path = _sft(store, "teacher", seed, say)
-    elif base == "tiny-student-sft":
-        path = _sft(store, "student", seed, say)
-    elif base == "tiny-teacher-dpo":
-        path = _dpo_teacher(store, seed, say)
+    elif base in MODELS:
+        # Several processes (torchrun ranks, parallel runs) may ask at once: one trains, the others wait
+        # and then reuse what it published.
+        with store.lock(artifact_key("world", {"model": base, "seed": seed, "world": WORLD},
+                                     {"name": "lock", "version": "1"})):
+            path = _dpo_teacher(store, seed, say) if base == "tiny-teacher-dpo" else \
+                _sft(store, "teacher" if base == "tiny-teacher-sft" else "student", seed, say)
     else:
         raise ValueError(f"unknown built-in {name!r} of the tiny world (known: {', '.join(MODELS + tuple(DATASETS))})")
     folder = path if path.is_dir() else path.parent

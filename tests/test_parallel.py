@@ -18,7 +18,7 @@ BIN = Path(sys.executable).parent
 def run(store, data, backend, nproc):
     cmd = [str(BIN / "adpa")] if nproc == 1 else [str(BIN / "torchrun"), "--nproc_per_node", str(nproc),
                                                   "--no-python", str(BIN / "adpa")]
-    p = subprocess.run(cmd + ["teacher-cache", "--data", str(data), "--backend", backend, "--k", "4",
+    p = subprocess.run(cmd + ["teacher-cache", "--recipe", "smollm2", "--data", str(data), "--backend", backend, "--k", "4",
                               "--max-new-tokens", "8", "--shard-rows", "4"],
                        capture_output=True, text=True, env=dict(os.environ, ADPA_STORE=str(store.root)))
     assert p.returncode == 0, p.stderr[-3000:]
