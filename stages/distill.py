@@ -23,6 +23,7 @@ from artifacts import Store
 from artifacts.folders import publish_folder
 from artifacts.keys import artifact_key
 from artifacts.reader import ArtifactReader
+from artifacts.store import MANIFEST
 from pipeline.recipe import Recipe
 from schemas import files
 from schemas.manifest import ManifestError
@@ -52,7 +53,6 @@ class Trained:
     model_dir: Path  # the student's folder in the store
     run_dir: Path
     summary: dict
-    caches: dict
 
 
 def planned_caches(recipe: Recipe, store: Store) -> dict[str, str]:
@@ -98,8 +98,9 @@ def check_caches(dirs: dict[str, Path], loss: str, tok, init_identity: dict) -> 
     return vocab
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    for p in sorted(src.iterdir()):
+def _link_or_copy(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
+    """Hard links where the file system allows (no second copy of the weights), copies elsewhere."""
+    for p in sorted(q for q in src.iterdir() if q.name not in skip):
         try:
             os.link(p, dst / p.name)
         except OSError:
@@ -140,7 +141,10 @@ def train_one(recipe: Recipe, store: Store, loss: str, init_spec: str, caches: d
     run_dir = Path(run_dir)
     if store.manifest(key) is not None:
         say(f"student ({label}): complete artifact {key} reused")
-        return Trained(label, key, "reused", store.path(key), run_dir, store.manifest(key)["stats"], needed)
+        if ranks.rank == 0 and not (run_dir / "model").exists():  # the run folder shows the student either way
+            (run_dir / "model").mkdir(parents=True)
+            _link_or_copy(store.path(key), run_dir / "model", skip=(MANIFEST,))
+        return Trained(label, key, "reused", store.path(key), run_dir, store.manifest(key)["stats"])
 
     stream = PairStream(dirs, loss, d.seed, d.shuffle_buffer, d.batch_pairs)
     dropped = next(iter(ArtifactReader(p).manifest for p in dirs.values()))["dropped"]
@@ -173,7 +177,7 @@ def train_one(recipe: Recipe, store: Store, loss: str, init_spec: str, caches: d
         publish_folder(store, "student", inputs, lambda folder: (_link_or_copy(out, folder), summary)[1])
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the run is complete and published
     ranks.barrier()
-    return Trained(label, key, "resumed" if resumed else "built", store.path(key), run_dir, summary, needed)
+    return Trained(label, key, "resumed" if resumed else "built", store.path(key), run_dir, summary)
 
 
 def run_distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path | None = None,

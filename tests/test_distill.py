@@ -93,6 +93,12 @@ def test_distill_writes_a_student_people_and_transformers_can_use(world, tmp_pat
 
     again = adpa("distill", "-r", world["recipe"], "--loss", "dckd", "--batch-pairs", 4, "--output", run, store=st)
     assert again.returncode == 0 and f"complete artifact student-{key} reused" in again.stdout
+    elsewhere = adpa("distill", "-r", world["recipe"], "--loss", "dckd", "--batch-pairs", 4, "--output",
+                     tmp_path / "elsewhere", store=st)
+    assert elsewhere.returncode == 0 and "reused" in elsewhere.stdout
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "elsewhere" / "model") is not None  # the reused student
+    reused = weights(tmp_path / "elsewhere")
+    assert reused.keys() == trained.keys() and all(torch.equal(reused[n], trained[n]) for n in trained)
 
 
 def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(world, tmp_path):
