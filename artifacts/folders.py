@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from artifacts.fsutil import atomic_write_bytes, fsync_dir, fsync_file, sha256_file
-from artifacts.keys import artifact_key
+from schemas.keys import artifact_key
 from artifacts.store import MANIFEST, Store, StoreError, now_iso
 from artifacts.writer import producer_versions
 from schemas import files

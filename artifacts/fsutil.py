@@ -47,3 +47,15 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def fingerprint_files(paths: list[Path], root: Path | None = None) -> dict[str, str]:
+    """sha256 of each file, keyed by its path relative to `root`: hashes the bytes, not live objects.
+
+    A tokenizer object's hash can change after use, so callers hash its saved files.
+    """
+    out = {}
+    for p in sorted(Path(p) for p in paths):
+        name = str(p.relative_to(root)) if root else p.name
+        out[name] = sha256_file(p)
+    return out

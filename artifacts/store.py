@@ -17,7 +17,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from artifacts.keys import parse_key
+from schemas.keys import parse_key
 from schemas import manifest as mf
 
 MANIFEST = "manifest.json"

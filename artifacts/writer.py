@@ -26,7 +26,7 @@ from importlib import metadata
 import pyarrow as pa
 
 from artifacts.fsutil import atomic_write_bytes, commit_file, sha256_file
-from artifacts.keys import artifact_key
+from schemas.keys import artifact_key
 from artifacts.store import MANIFEST, PROGRESS, Store, StoreError, now_iso
 from schemas import manifest as mf
 

@@ -111,21 +111,22 @@ def build_caches(store, n: int, vocab: int, prompt: int, response: tuple[int, in
 
 def train_run(loss: str, dirs: dict, model, batch_pairs: int, token_budget: int, autocast, steps_dir: Path,
               buffer: int = 256, gradient_checkpointing: bool = False) -> dict:
-    from stages import parallel, trainer
-    from stages.objective import Settings
-    from stages.pair_stream import PairStream, artifacts_for
-    stream = PairStream({a: dirs[a] for a in artifacts_for(loss)}, loss, seed=0, buffer=buffer, batch_pairs=batch_pairs)
-    hp = trainer.Hyper(lr=1e-5, epochs=1, batch_pairs=batch_pairs, token_budget=token_budget, warmup=0.1,
-                       schedule="cosine", weight_decay=0.0, max_grad_norm=1.0, save_every=0,
-                       gradient_checkpointing=gradient_checkpointing, autocast=autocast)
+    from stages.common.ranks import Ranks, silent
+    from stages.distill import trainer
+    from stages.distill.losses import caches_of
+    from stages.distill.pair_stream import PairStream
+    from stages.distill.settings import Distill
+    stream = PairStream({a: dirs[a] for a in caches_of(loss)}, loss, seed=0, buffer=buffer, batch_pairs=batch_pairs)
+    hp = Distill(loss=loss, lr=1e-5, epochs=1, batch_pairs=batch_pairs, token_budget=token_budget,
+                 gradient_checkpointing=gradient_checkpointing)
     shutil.rmtree(steps_dir, ignore_errors=True)
     steps_dir.mkdir(parents=True)
     import torch
     cuda = next(model.parameters()).is_cuda
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    summary = trainer.train(model, stream, Settings(loss), hp, parallel.Ranks(), steps_dir, f"bench-{loss}", False,
-                            0, model.config.vocab_size, say=lambda *_: None)
+    summary = trainer.train(model, stream, loss, hp, hp.lr, autocast, Ranks(), steps_dir, f"bench-{loss}", False,
+                            0, model.config.vocab_size, say=silent)
     m = [json.loads(ln) for ln in (steps_dir / "metrics.jsonl").read_text().splitlines()]
     m = m[1:] or m  # step 1 warms up (allocations): not timed when there are others
     fwd, secs = sum(x["forward_tokens"] for x in m), sum(x["step_s"] for x in m)

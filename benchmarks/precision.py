@@ -21,24 +21,26 @@ def main():
     import torch
 
     from artifacts import Store
-    from stages.objective import Settings, collate, micro_loss
-    from stages.pair_stream import PairStream, artifacts_for
-    from stages.scoring import OutputLayer
+    from stages.common.lm import OutputLayer
+    from stages.distill.losses import caches_of
+    from stages.distill.objective import collate, micro_loss
+    from stages.distill.pair_stream import PairStream
+    from stages.distill.settings import Distill
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dirs = build_caches(Store(OUT / "distill-store"), a.pairs, SHAPES[a.shape][0], 48, (96, 192))
     model = make_model(a.shape, device)
     out = OutputLayer(model, SHAPES[a.shape][0])
     rows = []
     for loss in ("sft", "kd", "dckd", "adpa", "dpo"):
-        stream = PairStream({n: dirs[n] for n in artifacts_for(loss)}, loss, 0, 64, a.pairs)
+        stream = PairStream({n: dirs[n] for n in caches_of(loss)}, loss, 0, 64, a.pairs)
         _, pairs = next(stream.steps(1))
-        mb = collate(pairs, loss).to(device)
+        mb = collate(pairs, loss, 0).to(device)
         res = {}
         for name, ctx in (("fp32", torch.autocast(device, enabled=False)),
                           ("bf16", torch.autocast(device, dtype=torch.bfloat16))):
             model.zero_grad(set_to_none=True)
             with ctx:
-                value, _ = micro_loss(model, out, mb, Settings(loss))
+                value, _ = micro_loss(model, out, mb, loss, Distill())
             value.backward()
             res[name] = (value.item(), torch.cat([p.grad.flatten().float() for p in model.parameters()]))
         (v32, g32), (v16, g16) = res["fp32"], res["bf16"]

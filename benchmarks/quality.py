@@ -59,7 +59,7 @@ def main():
 
 
 def plot(summary, names, seeds, path):
-    from stages.evaluate import bar_chart
+    from stages.evaluate.report import bar_chart
     panels = [(title, [summary[n][k]["mean"] for n in names], [summary[n][k]["std"] for n in names])
               for k, title in METRICS]
     bar_chart(names, panels, f"tiny world, held-out prompts: mean ± std over seeds {seeds}", path)

@@ -23,7 +23,7 @@ def teacher_output(n_tokens: int, seq_len: int, kmax: int):
     import torch
 
     from benchmarks.real_text import real_text
-    from stages.models import load_smollm2
+    from pipeline.worlds.smollm2 import load_smollm2
 
     model, tok = load_smollm2()
     ids = tok(real_text())["input_ids"][: n_tokens + n_tokens // seq_len + 1]
@@ -68,8 +68,8 @@ def ours(seqs, k: int, vocab: int, root: Path, zstd_level: int = 1) -> dict:
     ids_equal = all(np.array_equal(g["topk_ids"], r["topk_ids"]) for g, r in zip(got, rows))
     above = orig > -10
     tail_err = np.abs(np.concatenate([g["tail_logp"] for g in got]) - np.concatenate([r["tail_logp"] for r in rows]))
-    best = min(_time(lambda: sum(b.tokens for b, _ in ArtifactReader(d, check_sha=False)._decoded())) for _ in range(3))
-    best_sha = min(_time(lambda: sum(b.tokens for b, _ in ArtifactReader(d)._decoded())) for _ in range(3))
+    best = min(_time(lambda: sum(b.tokens for b in ArtifactReader(d, check_sha=False).decoded())) for _ in range(3))
+    best_sha = min(_time(lambda: sum(b.tokens for b in ArtifactReader(d).decoded())) for _ in range(3))
     toks = m["totals"]["tokens"]
     return {"bytes_per_token": m["totals"]["bytes"] / toks, "tokens": toks, "ids_exact": ids_equal,
             "max_err_above_-10": float(np.abs(dec - orig)[above].max()), "max_err_all": float(np.abs(dec - orig).max()),

@@ -44,15 +44,25 @@ def recipe_for(n: int, k: int):
     return r
 
 
+def setup_run(recipe, store):
+    """Stage one's shared state for a benchmark recipe (its built-in models resolved first)."""
+    from pipeline import worlds
+    from stages.common.ranks import silent
+    from stages.teacher_cache.run import setup
+    return setup(worlds.resolve_models(recipe.models, store), worlds.resolve_data(recipe.data, store),
+                 recipe.teacher_cache, store, say=silent)
+
+
 def end_to_end(n: int, k: int, backend: str = "hf") -> dict:
     """One teacher-topk artifact from scratch; returns its figures (run in a child for RSS)."""
     from artifacts import Store
-    from stages.teacher_cache import setup, teacher_topk
+    from stages.common.ranks import silent
+    from stages.teacher_cache.run import teacher_topk
     store = Store(OUT / "store")
     recipe = recipe_for(n, k)
     recipe.teacher_cache.backend = backend
-    run = setup(recipe, store, say=lambda *_: None)
-    res = teacher_topk(run, say=lambda *_: None)
+    run = setup_run(recipe, store)
+    res = teacher_topk(run, say=silent)
     run.close()
     m = res.manifest
     shutil.rmtree(store.path(res.key))  # the next measurement starts from nothing again
@@ -65,16 +75,15 @@ def bare_forward(n: int, k: int) -> dict:
     import torch
 
     from artifacts import Store
-    from stages.render import Encoded
-    from stages.scoring import token_budget_batches
-    from stages.teacher_cache import setup
-    run = setup(recipe_for(n, k), Store(OUT / "store"), say=lambda *_: None)
-    model = run.model("teacher")
+    from stages.common.lm import token_budget_batches
+    from stages.teacher_cache.render import Encoded
+    run = setup_run(recipe_for(n, k), Store(OUT / "store"))
+    model = run.engine("teacher", "gather").model  # the transformers model
     seqs = [e.prompt_ids + resp for e in run.prepared if isinstance(e, Encoded) for resp in (e.chosen_ids, e.rejected_ids)]
     scored = sum(len(e.chosen_ids) + len(e.rejected_ids) for e in run.prepared if isinstance(e, Encoded))
     t0 = time.perf_counter()
     with torch.inference_mode():
-        for batch in token_budget_batches([len(s) for s in seqs], run.recipe.teacher_cache.token_budget):
+        for batch in token_budget_batches([len(s) for s in seqs], run.settings.token_budget):
             T = max(len(seqs[i]) for i in batch)
             ids = torch.zeros((len(batch), T), dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -88,20 +97,14 @@ def bare_forward(n: int, k: int) -> dict:
 def generation(n: int, backend: str, max_new_tokens: int = 64) -> dict:
     """Greedy generation by the teacher model for the N prompts, load time excluded."""
     from artifacts import Store
-    from stages.generation import generate
-    from stages.render import Encoded
-    from stages.teacher_cache import setup
+    from stages.teacher_cache.render import Encoded
     recipe = recipe_for(n, 50)
     recipe.teacher_cache.backend, recipe.teacher_cache.max_new_tokens = backend, max_new_tokens
-    run = setup(recipe, Store(OUT / "store"), say=lambda *_: None)
+    run = setup_run(recipe, Store(OUT / "store"))
     prompts = [e.prompt_ids for e in run.prepared if isinstance(e, Encoded)]
-    eos = run.tok.eos_token_id
-    run.load(run.on_backend("teacher"))
+    engine = run.engine("teacher", "generate")  # loaded before timing
     t0 = time.perf_counter()
-    if backend == "vllm":
-        outs = run.engine("teacher").generate(prompts, eos, max_new_tokens)
-    else:
-        outs = generate(run.model("teacher"), prompts, eos, eos, max_new_tokens, run.recipe.teacher_cache.token_budget)
+    outs = engine.generate(prompts, max_new_tokens)
     secs = time.perf_counter() - t0
     run.close()
     tokens = sum(len(ids) for ids, _ in outs)

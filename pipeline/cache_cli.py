@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from artifacts import Incomplete, Store, VerifyError, verify_artifact
-from artifacts.keys import parse_key
+from schemas.keys import parse_key
 from artifacts.store import MANIFEST, read_manifest
 from artifacts.transfer import pull as pull_artifact
 from artifacts.transfer import push as push_artifact

@@ -9,53 +9,56 @@ import typer
 
 from pipeline import cache_cli
 from pipeline.options import StoreOpt, fail
+from stages.common.settings import help_of
+from stages.distill.settings import Distill
+from stages.teacher_cache.settings import Data, TeacherCache
 
 app = typer.Typer(help="ADPA / DCKD distillation: cache teacher signals once, train students on them many times.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(cache_cli.app, name="cache")
 
 
+RecipeOpt = typer.Option("tiny", "--recipe", "-r", help="Recipe name (pipeline/recipes/NAME.yaml) or YAML path.")
+SetOpt = typer.Option(None, "--set", metavar="SECTION.NAME=VALUE",
+                      help="Override any recipe setting, typed and checked like the YAML (distill.lr=1e-5, "
+                      "teacher_cache.k=20, data.limit=100); repeatable. `adpa recipe show` lists them all.")
+
+
+def _recipe(name: str, overrides: list[str] | None, flags: dict[str, object] | None = None):
+    """The recipe with --set overrides, then the typed flags (SECTION.NAME -> value, None: not given)."""
+    from pipeline.recipe import load_recipe
+    given = [f"{k}={_yaml(v)}" for k, v in (flags or {}).items() if v is not None]
+    return load_recipe(name, list(overrides or []) + given)
+
+
+def _yaml(v) -> str:
+    import json
+    return v if isinstance(v, str) else json.dumps(v)
+
+
 @app.command("teacher-cache")
 def teacher_cache(
-    recipe: str = typer.Option("tiny", "--recipe", "-r", help="Recipe name (pipeline/recipes/NAME.yaml) or YAML path."),
+    recipe: str = RecipeOpt,
     store: StoreOpt = None,
-    backend: str = typer.Option(None, help="Scoring backend: auto (vllm when it imports, else hf) | vllm | hf."),
-    k: int = typer.Option(None, help="Top-k ids kept per position."),
-    max_length: int = typer.Option(None, help="Prompt + response tokens; longer responses are cut at the end."),
-    states: str = typer.Option(None, help="ADPA states: student | teacher (generated) | chosen | rejected."),
-    advantage_reference: str = typer.Option(None, help="reference (teacher's SFT, the paper) | student (released README)."),
-    data: str = typer.Option(None, help="Dataset: hub id or local .json/.jsonl/.parquet file."),
-    split: str = typer.Option(None, help="Dataset split."),
-    data_format: str = typer.Option(None, "--format", help="auto | strings | messages | transcripts."),
-    limit: int = typer.Option(None, help="Use only the first N rows."),
-    max_new_tokens: int = typer.Option(None, help="Generation length for ADPA states."),
-    dtype: str = typer.Option(None, help="auto | float32 | bfloat16 | float16."),
-    token_budget: int = typer.Option(None, help="Padded tokens per forward pass."),
-    shard_rows: int = typer.Option(None, help="Rows per shard: the unit a killed run resumes from."),
+    backend: str = typer.Option(None, help=help_of(TeacherCache, "backend") + ": auto | hf | vllm."),
+    data: str = typer.Option(None, help=help_of(Data, "source").capitalize() + "."),
+    limit: int = typer.Option(None, help=help_of(Data, "limit").capitalize() + "."),
+    overrides: list[str] = SetOpt,
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unusable row, naming it."),
 ):
     """Stage one: score preference data with the DPO teacher and its reference into shards."""
     from artifacts import Store
-    from pipeline.recipe import load_recipe
-    from stages import parallel
-    from stages.teacher_cache import run_teacher_cache, summary_table
+    from pipeline import orchestrate
+    from stages.common.ranks import from_env
+    from stages.teacher_cache.run import summary_table
 
-    r = load_recipe(recipe)
-    for name, value in (("backend", backend), ("k", k), ("max_length", max_length), ("states", states),
-                        ("advantage_reference", advantage_reference), ("max_new_tokens", max_new_tokens),
-                        ("dtype", dtype), ("token_budget", token_budget), ("shard_rows", shard_rows)):
-        if value is not None:
-            setattr(r.teacher_cache, name, value)
-    for name, value in (("source", data), ("split", split), ("format", data_format), ("limit", limit)):
-        if value is not None:
-            setattr(r.data, name, value)
-    r.teacher_cache.check()
+    r = _recipe(recipe, overrides, {"teacher_cache.backend": backend, "data.source": data, "data.limit": limit})
     st = Store(store)
-    ranks = parallel.from_env()
-    say = typer.echo if ranks.rank == 0 else (lambda *_: None)
+    ranks = from_env()
+    say = ranks.speaker(typer.echo)
     say(f"recipe {r.name} ({r.path}); store {st.root.resolve()}")
     try:
-        results = run_teacher_cache(r, st, strict=strict, say=say, ranks=ranks)
+        results = orchestrate.teacher_cache(r, st, strict=strict, say=say, ranks=ranks)
     finally:
         ranks.close()
     say(summary_table(results))
@@ -66,50 +69,33 @@ def distill(
     recipe: str = typer.Option("tiny", "--recipe", "-r", help="Recipe name (pipeline/recipes/NAME.yaml) or YAML path; "
                                "a student's recipe, e.g. danube3-500m."),
     store: StoreOpt = None,
-    loss: str = typer.Option(None, help="sft | kd | dckd | adpa | adpa+ | dpo (default: the recipe's distill.loss)."),
+    loss: str = typer.Option(None, help=help_of(Distill, "loss").capitalize() + " (default: the recipe's "
+                             "distill.loss): sft | kd | dckd | adpa | adpa+ | dpo."),
     output: Path = typer.Option(None, help="Run folder: model/, metrics.jsonl, loss.png, checkpoints/ "
                                 "(default runs/RECIPE-LOSS)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
     cache: list[str] = typer.Option(None, help="NAME=KEY: train on this artifact instead of the recipe's "
                                     "(NAME: teacher_topk, advantage, student_logp); repeatable."),
-    lr: float = typer.Option(None, help="Peak learning rate (loss sft uses distill.sft_lr)."),
-    epochs: int = typer.Option(None, help="Passes over the pairs."),
-    batch_pairs: int = typer.Option(None, help="Effective batch: pairs per optimizer step over all processes."),
-    token_budget: int = typer.Option(None, help="Padded tokens per micro-batch."),
-    alpha: float = typer.Option(None, help="DCKD: weight of each KL term."),
-    gamma: float = typer.Option(None, help="ADPA: weight of the expected advantage."),
-    advantage: str = typer.Option(None, help="ADPA advantage: signed (the paper) | clip01 (the released code)."),
-    beta: float = typer.Option(None, help="DPO: beta."),
-    seed: int = typer.Option(None, help="Data order and dropout seed."),
-    save_every: int = typer.Option(None, help="Checkpoint every N optimizer steps (0: none)."),
-    gradient_checkpointing: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing",
-                                                help="Recompute activations in the backward pass (less memory)."),
+    overrides: list[str] = SetOpt,
 ):
     """Stage two: train a student from cached teacher shards (run teacher-cache first)."""
     from artifacts import Store
-    from pipeline.recipe import load_recipe
-    from stages.distill import run_distill, summary_table
+    from pipeline import orchestrate
+    from stages.distill.run import CACHE_KINDS, summary_table
 
-    r = load_recipe(recipe)
-    for name, value in (("loss", loss), ("lr", lr), ("epochs", epochs), ("batch_pairs", batch_pairs),
-                        ("token_budget", token_budget), ("alpha", alpha), ("gamma", gamma),
-                        ("advantage", advantage), ("beta", beta), ("seed", seed), ("save_every", save_every),
-                        ("gradient_checkpointing", gradient_checkpointing)):
-        if value is not None:
-            setattr(r.distill, name, value)
-    r.distill.check()
-    overrides = {}
+    r = _recipe(recipe, overrides, {"distill.loss": loss})
+    caches = {}
     for item in cache or []:
         name, sep, key = item.partition("=")
-        if not sep or name not in ("teacher_topk", "advantage", "student_logp"):
-            fail(f"--cache {item!r}: expected NAME=KEY with NAME teacher_topk, advantage or student_logp")
-        overrides[name] = key
+        if not sep or name not in CACHE_KINDS:
+            fail(f"--cache {item!r}: expected NAME=KEY with NAME one of {', '.join(CACHE_KINDS)}")
+        caches[name] = key
     st = Store(store)
     ranks = _training_ranks()
-    say = typer.echo if ranks.rank == 0 else (lambda *_: None)
+    say = ranks.speaker(typer.echo)
     say(f"recipe {r.name} ({r.path}); store {st.root.resolve()}; loss {r.distill.loss}")
     try:
-        results = run_distill(r, st, r.distill.loss, output, resume, overrides, say, ranks)
+        results = orchestrate.distill(r, st, r.distill.loss, output, resume, caches, say, ranks)
     finally:
         ranks.close()
     say(summary_table(results))
@@ -121,11 +107,11 @@ def _training_ranks():
 
     import torch
 
-    from stages import parallel
+    from stages.common.ranks import from_env
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        return parallel.from_env("nccl")
-    return parallel.from_env("gloo")
+        return from_env("nccl")
+    return from_env("gloo")
 
 
 @app.command("eval")
@@ -133,23 +119,24 @@ def evaluate(
     recipe: str = typer.Option("tiny", "--recipe", "-r", help="Recipe name or YAML path: its teachers, student "
                                "init, held-out data (data.eval_source) and reward (data.reward)."),
     store: StoreOpt = None,
+    overrides: list[str] = SetOpt,
     model: list[str] = typer.Option(None, help="NAME=FOLDER: a student to evaluate besides the recipe's teachers "
                                     "and student init; repeatable."),
     output: Path = typer.Option(Path("runs/eval"), help="Where eval.json, eval.png and generations/ go."),
 ):
     """Evaluate students and teachers on held-out prompts: reward, implicit reward, win rate, preference accuracy."""
     from artifacts import Store
-    from pipeline.recipe import load_recipe
-    from stages.evaluate import run_eval, table
+    from pipeline import orchestrate
+    from stages.evaluate.report import table
 
-    r = load_recipe(recipe)
+    r = _recipe(recipe, overrides)
     students = {}
     for item in model or []:
         name, sep, folder = item.partition("=")
         if not sep or not name or not Path(folder).is_dir():
             fail(f"--model {item!r}: expected NAME=FOLDER with a model folder")
         students[name] = folder
-    results = run_eval(r, Store(store), students, output, say=typer.echo)
+    results = orchestrate.evaluate(r, Store(store), students, output, say=typer.echo)
     typer.echo(table(results, len(results[0].r_seq)))
     typer.echo(f"report: {output}/eval.json, chart: {output}/eval.png, generations: {output}/generations/")
 
@@ -162,6 +149,26 @@ def demo(store: StoreOpt = None,
     from pipeline.demo import run_demo
 
     run_demo(Store(store), out_dir=output, say=typer.echo)
+
+
+recipe_app = typer.Typer(help="Recipes: list them, or show one with every setting and its help.",
+                         no_args_is_help=True)
+app.add_typer(recipe_app, name="recipe")
+
+
+@recipe_app.command("ls")
+def recipe_ls():
+    """The built-in recipes (pipeline/recipes/)."""
+    from pipeline.recipe import RECIPES, load_recipe
+    for p in sorted(RECIPES.glob("*.yaml")):
+        typer.echo(f"{p.stem:14} {' '.join(load_recipe(str(p)).description.split())}")
+
+
+@recipe_app.command("show")
+def recipe_show(recipe: str = RecipeOpt, overrides: list[str] = SetOpt):
+    """A recipe as YAML with every setting (defaults included), its value and its help; copy and edit it."""
+    from pipeline.recipe import show
+    typer.echo(show(_recipe(recipe, overrides)))
 
 
 def main() -> None:

@@ -10,30 +10,31 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-METHODS = ("sft", "dpo", "kd", "dckd", "adpa", "adpa+")  # sft: on the chosen responses of the pairs
+from pipeline import orchestrate
+from pipeline.recipe import load_recipe
+from stages.common.ranks import silent
+from stages.distill.losses import LOSSES
+from stages.evaluate.report import table
+from stages.teacher_cache.run import summary_table
+
+METHODS = tuple(LOSSES)  # every declared loss; sft trains on the chosen responses of the pairs
 
 
 def run_demo(store, recipe="tiny", out_dir: Path = Path("runs/demo"), methods=METHODS, say=print) -> dict:
     """`recipe`: a name, a path or a Recipe."""
-    from pipeline.recipe import load_recipe
-    from stages.distill import run_distill
-    from stages.evaluate import run_eval, table
-    from stages.teacher_cache import run_teacher_cache, summary_table
-
     t0 = time.perf_counter()
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
-    quiet = lambda *_: None  # noqa: E731
     say(f"[1/3] stage one: the world's models and the teacher cache ({recipe.name}, store {store.root})")
-    say(summary_table(run_teacher_cache(recipe, store, say=quiet)))
+    say(summary_table(orchestrate.teacher_cache(recipe, store, say=silent)))
     say("[2/3] stage two: one student per method, from the SFT student")
     students = {}
     for loss in methods:
         t = time.perf_counter()
-        runs = run_distill(recipe, store, loss, Path(out_dir) / "students" / loss, say=quiet)
+        runs = orchestrate.distill(recipe, store, loss, Path(out_dir) / "students" / loss, say=silent)
         students[loss] = str(runs[-1].model_dir)
         say(f"  {loss:6} {runs[-1].status:8} {time.perf_counter() - t:6.1f} s  {runs[-1].key}")
     say("[3/3] evaluation on held-out prompts")
-    results = run_eval(recipe, store, students, Path(out_dir), say=quiet)
+    results = orchestrate.evaluate(recipe, store, students, Path(out_dir), say=silent)
     n = len(next(iter(results)).r_seq)
     say("\n" + table(results, n))
     secs = time.perf_counter() - t0

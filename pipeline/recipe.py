@@ -1,13 +1,25 @@
-"""Recipes: YAML files a user copies and edits. A name means `pipeline/recipes/<name>.yaml`."""
+"""Recipes: YAML files a user copies and edits, plus `--set section.name=value` overrides.
+
+A name means `pipeline/recipes/<name>.yaml`. Each section is a dataclass declared once with its
+help text (`models` here, `data` and `teacher_cache` in stage one, `distill` in stage two);
+`adpa recipe show NAME` prints a recipe with every setting and its help.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import copy
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from stages.common.settings import SettingError, build, describe, setting
+from stages.distill.settings import Distill
+from stages.teacher_cache.settings import Data, TeacherCache
+
 RECIPES = Path(__file__).parent / "recipes"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
 
 class RecipeError(ValueError):
@@ -16,99 +28,12 @@ class RecipeError(ValueError):
 
 @dataclass
 class Models:
-    teacher: str
-    reference: str
-    student: str
+    teacher: str = setting(help="pi_dpo, the aligned (DPO) teacher: hub id[@revision], folder or builtin:NAME")
+    reference: str = setting(help="pi_ref, the teacher's SFT model (its DPO reference)")
+    student: str = setting(help="pi_init, the student before distillation (its SFT model)")
 
 
-@dataclass
-class Data:
-    source: str
-    split: str = "train"
-    format: str = "auto"
-    limit: int | None = None
-    eval_source: str | None = None  # held-out pairs for `adpa eval` (default: source)
-    eval_split: str = "test"
-    reward: str | None = None  # a built-in ground-truth reward for `adpa eval`: sorting
-
-
-@dataclass
-class TeacherCache:
-    backend: str = "auto"
-    k: int = 50
-    max_length: int = 1024
-    chat_template: str = "student"
-    states: str = "student"
-    advantage_reference: str = "reference"
-    max_new_tokens: int = 256
-    dtype: str = "auto"
-    token_budget: int = 8192
-    shard_rows: int = 1024  # rows per shard: the unit a killed run resumes from
-
-    def check(self):
-        allowed = {"backend": ("auto", "hf", "vllm"), "chat_template": ("student", "teacher"),
-                   "states": ("student", "teacher", "chosen", "rejected"),
-                   "advantage_reference": ("reference", "student"),
-                   "dtype": ("auto", "float32", "bfloat16", "float16")}
-        for name, values in allowed.items():
-            if getattr(self, name) not in values:
-                raise RecipeError(f"teacher_cache.{name} is {getattr(self, name)!r}; expected one of {', '.join(values)}")
-        for name in ("k", "max_length", "max_new_tokens", "token_budget", "shard_rows"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise RecipeError(f"teacher_cache.{name} must be a positive integer, got {getattr(self, name)!r}")
-
-
-LOSSES = ("sft", "kd", "dckd", "adpa", "adpa+", "dpo")
-
-
-@dataclass
-class Distill:
-    """Stage two. Defaults are the paper's (DCKD/ADPA: lr 5e-7, 1 epoch, cosine with 10% warm-up,
-    effective batch 128, AdamW); an `sft` run uses `sft_lr` (the paper's SFT stages: 2e-5)."""
-
-    loss: str = "dckd"
-    lr: float = 5e-7
-    sft_lr: float = 2e-5
-    epochs: int = 1
-    batch_pairs: int = 128  # effective (global) batch in preference pairs, over all ranks and micro-batches
-    token_budget: int = 8192  # padded tokens per micro-batch (per rank)
-    warmup: float = 0.1  # fraction of the optimizer steps
-    schedule: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    alpha: float = 0.1  # DCKD: weight of each KL term
-    gamma: float = 1.5  # ADPA: weight of the expected advantage
-    advantage: str = "signed"  # signed (the paper) | clip01 (the released code) | flipped (a diagnostic: -A)
-    beta: float = 0.1  # DPO on the student
-    seed: int = 0
-    shuffle_buffer: int = 1024  # pairs held for the seeded streaming shuffle
-    save_every: int = 0  # optimizer steps between checkpoints; 0: only the last
-    gradient_checkpointing: bool = False
-    dtype: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU
-
-    def check(self):
-        allowed = {"loss": LOSSES, "schedule": ("cosine", "linear", "constant"),
-                   "advantage": ("signed", "clip01", "flipped"), "dtype": ("auto", "float32", "bfloat16")}
-        for name, values in allowed.items():
-            if getattr(self, name) not in values:
-                raise RecipeError(f"distill.{name} is {getattr(self, name)!r}; expected one of {', '.join(values)}")
-        for name in ("epochs", "batch_pairs", "token_budget", "shuffle_buffer"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise RecipeError(f"distill.{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("lr", "sft_lr", "weight_decay", "max_grad_norm", "alpha", "gamma", "beta", "warmup"):
-            v = getattr(self, name)
-            if isinstance(v, str):  # YAML 1.1 reads 5e-7 (no dot) as a string
-                try:
-                    v = float(v)
-                    setattr(self, name, v)
-                except ValueError:
-                    pass
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise RecipeError(f"distill.{name} must be a number >= 0, got {v!r}")
-        if self.warmup >= 1:
-            raise RecipeError(f"distill.warmup is a fraction of the steps, below 1; got {self.warmup}")
-        if not isinstance(self.save_every, int) or self.save_every < 0:
-            raise RecipeError(f"distill.save_every must be an integer >= 0, got {self.save_every!r}")
+SECTIONS = {"models": Models, "data": Data, "teacher_cache": TeacherCache, "distill": Distill}
 
 
 @dataclass
@@ -122,20 +47,32 @@ class Recipe:
     path: str = ""
 
 
-def _section(cls, raw, where: str):
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{where} must be a mapping")
-    known = {f.name for f in fields(cls)}
-    unknown = set(raw) - known
-    if unknown:
-        raise RecipeError(f"{where} has unknown keys {sorted(unknown)} (known: {sorted(known)})")
+def _value(text: str):
+    """A command-line value read as YAML reads it (numbers, true/false, null, lists), else the text."""
     try:
-        return cls(**raw)
-    except TypeError as e:
-        raise RecipeError(f"{where}: {e}") from None
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
-def load_recipe(name_or_path: str) -> Recipe:
+def apply_overrides(raw: dict, overrides: list[str], where: str = "--set") -> dict:
+    """`section.name=value` items applied to a raw recipe mapping (checked afterwards like the YAML)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        section, dot, name = path.partition(".")
+        if not sep or not dot or not name:
+            raise RecipeError(f"{where} {item!r}: expected SECTION.NAME=VALUE, e.g. distill.lr=1e-5")
+        if section not in SECTIONS:
+            raise RecipeError(f"{where} {item!r}: no section {section!r} (sections: {', '.join(SECTIONS)})")
+        target = raw.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise RecipeError(f"{where} {item!r}: section {section} of the recipe is not a mapping")
+        target[name] = _value(text)
+    return raw
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
     p = Path(name_or_path)
     if not p.suffix:
         p = RECIPES / f"{name_or_path}.yaml"
@@ -148,14 +85,24 @@ def load_recipe(name_or_path: str) -> Recipe:
         raise RecipeError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{p}: a recipe is a mapping")
-    r = Recipe(name=str(raw.get("name", p.stem)), description=str(raw.get("description", "")), path=str(p),
-               models=_section(Models, raw.get("models"), f"{p.name}: models"),
-               data=_section(Data, raw.get("data"), f"{p.name}: data"),
-               teacher_cache=_section(TeacherCache, raw.get("teacher_cache", {}), f"{p.name}: teacher_cache"),
-               distill=_section(Distill, raw.get("distill", {}), f"{p.name}: distill"))
-    unknown = set(raw) - {"name", "description", "models", "data", "teacher_cache", "distill"}
+    unknown = set(raw) - {"name", "description"} - set(SECTIONS)
     if unknown:
-        raise RecipeError(f"{p.name} has unknown sections {sorted(unknown)}")
-    r.teacher_cache.check()
-    r.distill.check()
-    return r
+        raise RecipeError(f"{p.name} has unknown sections {sorted(map(str, unknown))}")
+    raw = apply_overrides(raw, overrides or [])
+    name = raw.get("name", p.stem)
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise RecipeError(f"{p.name}: name must be a short word (letters, digits, . _ + -), got {name!r}")
+    try:
+        sections = {s: build(cls, raw.get(s, {} if s in ("teacher_cache", "distill") else None), f"{p.name}: {s}")
+                    for s, cls in SECTIONS.items()}
+    except SettingError as e:
+        raise RecipeError(str(e)) from None
+    return Recipe(name=name, description=str(raw.get("description", "")), path=str(p), **sections)
+
+
+def show(recipe: Recipe) -> str:
+    """The recipe as YAML with every setting, its value and its help."""
+    lines = [f"name: {recipe.name}", f"# from {recipe.path}"]
+    for s in SECTIONS:
+        lines += [""] + describe(getattr(recipe, s), s)
+    return "\n".join(lines)

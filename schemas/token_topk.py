@@ -63,9 +63,6 @@ class Layout:
     def rank_planes(self) -> int:
         return 2 if self.vocab_size <= 2**16 else (3 if self.vocab_size <= 2**24 else 4)
 
-    def to_meta(self) -> dict:
-        return {"k": self.k, "vocab_size": self.vocab_size, "with_ref": self.with_ref}
-
     @classmethod
     def from_meta(cls, meta: dict) -> "Layout":
         return cls(int(meta["k"]), int(meta["vocab_size"]), bool(meta.get("with_ref", False)))

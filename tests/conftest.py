@@ -15,7 +15,7 @@ def store_root(tmp_path):
 
 @pytest.fixture(scope="session")
 def smollm2_tokenizer():
-    from stages.models import smollm2_gguf
+    from pipeline.worlds.smollm2 import smollm2_gguf
     from transformers import AutoTokenizer
 
     folder, name = smollm2_gguf()
@@ -26,7 +26,7 @@ def smollm2_tokenizer():
 def model_store(tmp_path_factory):
     """A store holding the built-in models (real SmolLM2 weights and its cut-down copies), built once."""
     from artifacts import Store
-    from stages.builtin_models import BUILTINS, build
+    from pipeline.worlds.smollm2 import BUILTINS, build
 
     st = Store(tmp_path_factory.mktemp("models") / "store")
     for name in BUILTINS:

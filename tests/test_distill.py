@@ -20,11 +20,12 @@ import torch
 from safetensors.torch import load_file
 
 from artifacts import Store, verify_artifact
-from artifacts.keys import artifact_key
+from schemas.keys import artifact_key
 from conftest import write_recipe
 from helpers import linked_store
 from pipeline.recipe import load_recipe
-from stages.teacher_cache import run_teacher_cache
+from pipeline.orchestrate import teacher_cache as run_teacher_cache
+from stages.common.ranks import silent
 
 ADPA = str(Path(sys.executable).parent / "adpa")
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
@@ -39,7 +40,7 @@ def world(model_store, tmp_path_factory):
     recipe = write_recipe(d / "recipe.yaml", "builtin:tiny-pairs", k=8, max_length=128, max_new_tokens=12)
     raw = recipe.read_text().replace("limit: null", f"limit: {PAIRS}")
     recipe.write_text(raw)
-    results = run_teacher_cache(load_recipe(str(recipe)), st, say=lambda *_: None)
+    results = run_teacher_cache(load_recipe(str(recipe)), st, say=silent)
     return {"dir": d, "store": st, "recipe": recipe, "keys": {r.kind if r.kind != "seq-logp" else f"seq-{r.role}": r.key
                                                               for r in results}}
 
@@ -210,13 +211,15 @@ def test_vllm_loads_a_distilled_student(world, tmp_path):
     assert r.returncode == 0, r.stderr
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from stages.vllm_backend import VLLMEngine
+    from stages.common.models import resolve
+    from stages.teacher_cache.backends.vllm import VLLMBackend
     tok = AutoTokenizer.from_pretrained(run / "model")
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is 4 + 4?"}], add_generation_prompt=True,
                                      tokenize=True, return_dict=False)
-    engine = VLLMEngine(str(run / "model"), None, "float32", 256, 1024, 4, "cpu", 0)
+    engine = VLLMBackend(resolve(str(run / "model")), tok, dtype="float32", device="cpu", token_budget=1024,
+                         max_model_len=256, max_logprobs=4)
     try:
-        (got, _), = engine.generate([prompt], tok.eos_token_id, 8)
+        (got, _), = engine.generate([prompt], 8)
     finally:
         engine.close()
     model = AutoModelForCausalLM.from_pretrained(run / "model", dtype=torch.float32)

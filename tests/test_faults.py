@@ -105,7 +105,7 @@ def test_unknown_schema_versions(artifact):
     rewrite_manifest(d, lambda j: j.update(format_version="1.0"))
     assert cli_verify(d)[0] == 0
     # A shard schema version this adpa does not know (changes the key, as it must).
-    from artifacts.keys import artifact_key
+    from schemas.keys import artifact_key
 
     def bump(j):
         j["shard_schema"]["version"] = "9.0"

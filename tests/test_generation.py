@@ -2,8 +2,8 @@
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from stages.generation import generate
-from stages.models import resolve
+from stages.common.lm import generate
+from pipeline.worlds import resolve_model as resolve
 
 
 def test_left_padded_batches_match_single_prompts(model_store):

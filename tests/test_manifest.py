@@ -7,7 +7,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from artifacts.keys import artifact_key
+from schemas.keys import artifact_key
 from schemas import manifest as mf
 from synthetic import produce
 

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from stages import objective
-from stages.pair_stream import Example
-from stages.scoring import OutputLayer
+from stages.distill import objective
+from stages.distill.settings import Distill
+from stages.distill.pair_stream import Example
+from stages.common.lm import OutputLayer
 
 V, K = 64, 5
 
@@ -122,12 +123,12 @@ def reference_loss(model64, pairs, truth, loss, alpha=0.1, gamma=1.5, beta=0.1, 
 
 def ours(model, pairs, loss, mode="signed", splits=(None,)):
     """The trainer's accumulation: micro-batch losses weighted by their share of the pairs."""
-    settings = objective.Settings(loss, advantage=mode)
+    settings = Distill(loss=loss, advantage=mode)
     out = OutputLayer(model, V)
     total = 0.0
     groups = [pairs] if splits == (None,) else [pairs[a:b] for a, b in splits]
     for g in groups:
-        part_loss, _ = objective.micro_loss(model, out, objective.collate(g, loss), settings)
+        part_loss, _ = objective.micro_loss(model, out, objective.collate(g, loss, 0), loss, settings)
         (part_loss * len(g) / len(pairs)).backward()
         total += part_loss.item() * len(g) / len(pairs)
     return total
@@ -168,8 +169,7 @@ def test_prompt_tokens_never_contribute():
     """Scored positions are exactly the response positions: prompt tokens are inputs only."""
     pairs, _ = make_pairs(4)
     model = tiny_model(4)
-    settings = objective.Settings("dckd")
-    mb = objective.collate(pairs, "dckd")
+    mb = objective.collate(pairs, "dckd", 0)
     for name, p in mb.parts.items():  # every scored position predicts a response token, each exactly once
         assert len(p.cols) == sum(len(ex.parts[name]["token_ids"]) - ex.parts[name]["prompt_len"] for ex in pairs)
         rows, cols = p.rows.numpy(), p.cols.numpy()
@@ -177,7 +177,7 @@ def test_prompt_tokens_never_contribute():
             ex = pairs[r % len(pairs)]
             name = list(mb.parts)[r // len(pairs)]
             assert c + 1 >= ex.parts[name]["prompt_len"]
-    loss, _ = objective.micro_loss(model, OutputLayer(model, V), mb, settings)
+    loss, _ = objective.micro_loss(model, OutputLayer(model, V), mb, "dckd", Distill())
     assert torch.isfinite(loss)
 
 

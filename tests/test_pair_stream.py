@@ -5,7 +5,7 @@ import pytest
 
 from artifacts import ArtifactWriter, Store
 from schemas import token_topk
-from stages.pair_stream import JoinError, PairStream, joined, shuffled
+from stages.distill.pair_stream import JoinError, PairStream, joined, shuffled
 from synthetic import drop_reason, make_row, produce
 
 N = 70

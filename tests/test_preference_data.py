@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages.preference_data import DataError, Pair, detect_format, load_rows, parse_row
-from stages.render import encode_pair
+from stages.teacher_cache.pairs import DataError, Pair, detect_format, load_rows, parse_row
+from stages.teacher_cache.render import encode_pair
 
 U = lambda t: {"role": "user", "content": t}  # noqa: E731
 A = lambda t: {"role": "assistant", "content": t}  # noqa: E731

@@ -73,7 +73,7 @@ def test_strict_stops_at_the_first_bad_row_naming_it(model_store, bad_rows_file)
 def test_a_student_with_another_vocabulary_is_refused_before_any_model_work(model_store, tmp_path, bad_rows_file):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from stages.models import resolve
+    from pipeline.worlds import resolve_model as resolve
     tok = AutoTokenizer.from_pretrained(resolve("builtin:smollm2-135m-instruct", model_store).source)
     tok.add_special_tokens({"additional_special_tokens": ["<|extra|>"]})
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,

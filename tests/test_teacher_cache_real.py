@@ -21,7 +21,8 @@ from benchmarks.real_text import real_text
 from conftest import write_recipe
 from pipeline.recipe import load_recipe
 from schemas.token_topk import LOGP_STEP
-from stages.teacher_cache import run_teacher_cache
+from pipeline.orchestrate import teacher_cache as run_teacher_cache
+from stages.common.ranks import silent
 
 K = 8
 
@@ -40,12 +41,12 @@ def world(model_store, tmp_path_factory):
     data.write_text("\n".join(json.dumps(r) for r in real_pairs()))
     recipe = load_recipe(str(write_recipe(d / "recipe.yaml", data, k=K, max_length=160, max_new_tokens=12,
                                           shard_rows=4)))
-    results = run_teacher_cache(recipe, model_store, say=lambda *_: None)
+    results = run_teacher_cache(recipe, model_store, say=silent)
     return model_store, recipe, {(r.kind, r.role.split(",")[0]): r for r in results}
 
 
 def f64(store, role_spec):
-    from stages.models import resolve
+    from pipeline.worlds import resolve_model as resolve
     return AutoModelForCausalLM.from_pretrained(resolve(role_spec, store).source, dtype=torch.float64).eval()
 
 
@@ -122,7 +123,7 @@ def test_sequence_logprobs_of_reference_and_student(world):
 
 def test_generations_are_the_students_greedy_continuations(world):
     store, recipe, res = world
-    from stages.models import resolve
+    from pipeline.worlds import resolve_model as resolve
     student = AutoModelForCausalLM.from_pretrained(resolve(recipe.models.student, store).source).eval()
     for r in ArtifactReader(store.path(res[("generations", "student")].key)):
         prompt = r["token_ids"][: r["prompt_len"]]
@@ -137,6 +138,6 @@ def test_generations_are_the_students_greedy_continuations(world):
 
 def test_a_second_run_reuses_everything(world):
     store, recipe, res = world
-    again = run_teacher_cache(recipe, store, say=lambda *_: None)
+    again = run_teacher_cache(recipe, store, say=silent)
     assert [r.status for r in again] == ["reused"] * 5
     assert {r.key for r in again} == {r.key for r in res.values()}

@@ -24,9 +24,10 @@ from conftest import write_recipe
 from helpers import linked_store
 from pipeline.recipe import load_recipe
 from schemas.token_topk import LOGP_STEP
-from stages.models import resolve
-from stages.teacher_cache import run_teacher_cache
+from pipeline.worlds import resolve_model as resolve
+from pipeline.orchestrate import teacher_cache as run_teacher_cache
 from test_teacher_cache_real import real_pairs
+from stages.common.ranks import silent
 
 K = 8
 
@@ -41,7 +42,7 @@ def both(model_store, tmp_path_factory):
         st = linked_store(model_store, d / backend)
         recipe = load_recipe(str(write_recipe(d / f"{backend}.yaml", data, k=K, max_length=160, max_new_tokens=12,
                                               backend=backend)))
-        res = run_teacher_cache(recipe, st, say=lambda *_: None)
+        res = run_teacher_cache(recipe, st, say=silent)
         out[backend] = (st, recipe, {(r.kind, r.role.split(",")[0]): r for r in res})
     return out
 

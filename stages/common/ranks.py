@@ -1,4 +1,4 @@
-"""Data-parallel stage one: RANK / WORLD_SIZE / LOCAL_RANK from the launcher (torchrun, accelerate, slurm).
+"""Data-parallel processes: RANK / WORLD_SIZE / LOCAL_RANK from the launcher (torchrun, accelerate, slurm).
 
 Stage one: each rank scores its own contiguous slice of the input rows into its own shards; ranks
 meet at a barrier after every artifact, then rank 0 publishes the one manifest. The barrier is a
@@ -13,11 +13,19 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 
+def silent(*_) -> None:
+    """A `say` that says nothing."""
+
+
 @dataclass
 class Ranks:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+
+    def speaker(self, say):
+        """`say` on rank 0, silence elsewhere: rank 0 speaks for all."""
+        return say if self.rank == 0 else silent
 
     def barrier(self) -> None:
         if self.world_size > 1:

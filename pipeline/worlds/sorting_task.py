@@ -29,13 +29,6 @@ def reward(prompt: str, response: str) -> float:
     return float(xs is not None and digits(response) == sorted(xs))
 
 
-def position_score(prompt: str, response: str) -> float:
-    """Fraction of the sorted list's positions the response gets right (length differences count as wrong)."""
-    want = sorted(digits(prompt) or [])
-    got = (digits(response) or [])
-    return sum(a == b for a, b in zip(want, got)) / max(len(want), len(got), 1)
-
-
 def last_pair_swapped(xs: list[int]) -> list[int] | None:
     """The systematic flaw: a sort that stopped one pass early leaves its last two digits swapped.
     Possible when the list has at least 4 digits and its two largest differ."""

@@ -3,7 +3,7 @@
 Only response positions reach the output layer. Its float32 logits exist one chunk of positions
 at a time: with more than one chunk, each chunk runs under activation checkpointing, so the
 backward pass recomputes it instead of keeping every chunk's [chunk, vocab] block alive.
-The losses themselves are the pure functions of `stages.losses`.
+What each part carries and how the loss combines the parts is read from `losses.LOSSES`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from stages import losses as L
-from stages.pair_stream import NEEDS, Example
-from stages.scoring import OutputLayer, base_model, token_budget_batches
+from stages.common.lm import OutputLayer, base_model, token_budget_batches
+from stages.distill.losses import LOSSES, Scored, student_logprobs
+from stages.distill.pair_stream import Example
 
 BLOCK_BYTES = 256 << 20  # the largest float32 logits block: [chunk, vocab]
-TOPK_PARTS = {"kd": ("chosen",), "dckd": ("chosen", "rejected"), "adpa": ("state",)}  # where the teacher's ids count
 
 
 @dataclass
@@ -64,8 +63,11 @@ def _cat(rows: list[dict], field: str) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([r[field] for r in rows]))
 
 
-def collate(examples: list[Example], loss: str, pad_id: int = 0) -> MicroBatch:
-    names = list(NEEDS[loss])
+def collate(examples: list[Example], loss: str, pad_id: int) -> MicroBatch:
+    """Right-padded token ids of every part of every pair, and per part the flat response positions
+    with the cached columns the loss reads there."""
+    reads = LOSSES[loss].reads
+    names = list(reads)
     seqs = [ex.parts[n] for n in names for ex in examples]
     T = max(len(r["token_ids"]) for r in seqs)
     ids = np.full((len(seqs), T), pad_id, dtype=np.int64)
@@ -83,12 +85,13 @@ def collate(examples: list[Example], loss: str, pad_id: int = 0) -> MicroBatch:
         p = Part(rows=torch.from_numpy(srow), cols=torch.from_numpy(cols),
                  targets=torch.from_numpy(ids[srow, cols + 1]),
                  pair=torch.from_numpy(np.concatenate([np.full(m, b) for b, m in enumerate(n)])))
-        if name in TOPK_PARTS.get(loss, ()):
+        columns = reads[name].columns
+        if "topk" in columns:
             p.topk_ids = _cat(rows, "topk_ids").long()
             p.topk_logp, p.tail_logp = _cat(rows, "topk_logp"), _cat(rows, "tail_logp")
-        if loss == "adpa" and name == "state":
+        if "ref_topk" in columns:
             p.ref_topk_logp = _cat(rows, "ref_topk_logp")
-        if loss == "dpo":
+        if "realized_logp" in columns:
             p.init_logp_sum = torch.tensor([float(np.sum(r["realized_logp"], dtype=np.float64)) for r in rows])
         parts[name] = p
         tokens += int(sum(n))
@@ -99,7 +102,7 @@ def head_logprobs(out: OutputLayer, h: torch.Tensor, ids: torch.Tensor | None, t
                   chunk: int) -> tuple[torch.Tensor | None, torch.Tensor]:
     """The student's log-probs at `ids` [N, k] (or None) and at `targets` [N], one logits chunk at a time."""
     def one(h_c, ids_c, t_c):
-        return L.student_logprobs(out(h_c), ids_c, t_c, chunk=len(h_c))
+        return student_logprobs(out(h_c), ids_c, t_c, chunk=len(h_c))
 
     if len(h) <= chunk:
         return one(h, ids, targets)
@@ -109,52 +112,14 @@ def head_logprobs(out: OutputLayer, h: torch.Tensor, ids: torch.Tensor | None, t
     return at_ids, torch.cat([p[1] for p in parts])
 
 
-@dataclass
-class Settings:
-    loss: str  # sft | kd | dckd | adpa | dpo (adpa+ trains as adpa)
-    alpha: float = 0.1
-    gamma: float = 1.5
-    advantage: str = "signed"
-    beta: float = 0.1
-
-
-def micro_loss(model, out: OutputLayer, mb: MicroBatch, cfg: Settings) -> tuple[torch.Tensor, dict]:
-    """The loss of one micro-batch (a mean over its pairs) and its terms (floats, means over its pairs)."""
+def micro_loss(model, out: OutputLayer, mb: MicroBatch, loss: str, settings) -> tuple[torch.Tensor, dict]:
+    """The loss of one micro-batch (a mean over its pairs) and its terms (floats, means over its pairs);
+    `settings`: the distill section (the loss reads its coefficients there)."""
     hidden = base_model(model)(input_ids=mb.input_ids, attention_mask=mb.attention_mask).last_hidden_state
     chunk = max(1, BLOCK_BYTES // (4 * out.vocab_size))
-    n = mb.n_pairs
-    s_ids, s_real = {}, {}
+    at_ids, realized = {}, {}
     for name, p in mb.parts.items():
-        s_ids[name], s_real[name] = head_logprobs(out, hidden[p.rows, p.cols], p.topk_ids, p.targets, chunk)
-    c = mb.parts["chosen"]
-    terms = {}
-    if cfg.loss == "dpo":
-        r = mb.parts["rejected"]
-        pi_w = torch.zeros(n, device=hidden.device).index_add(0, c.pair, s_real["chosen"])
-        pi_l = torch.zeros(n, device=hidden.device).index_add(0, r.pair, s_real["rejected"])
-        loss = L.dpo_loss(pi_w, pi_l, c.init_logp_sum, r.init_logp_sum, cfg.beta)
-        margin = cfg.beta * ((pi_w - c.init_logp_sum) - (pi_l - r.init_logp_sum))
-        terms = {"dpo_margin": margin.mean().item(), "dpo_accuracy": (margin > 0).float().mean().item()}
-    else:
-        sft = L.sft_loss(s_real["chosen"], c.pair, n)
-        terms["sft"] = sft.item()
-        if cfg.loss == "sft":
-            loss = sft
-        elif cfg.loss == "kd":
-            loss = L.kd_loss(c.topk_logp, c.tail_logp, s_ids["chosen"], c.pair, n)
-            terms["kl_chosen"] = loss.item()
-        elif cfg.loss == "dckd":
-            r = mb.parts["rejected"]
-            kl_w = L.kd_loss(c.topk_logp, c.tail_logp, s_ids["chosen"], c.pair, n)
-            kl_l = L.kd_loss(r.topk_logp, r.tail_logp, s_ids["rejected"], r.pair, n)
-            loss = L.dckd_loss(sft, kl_w, kl_l, cfg.alpha)
-            terms |= {"kl_chosen": kl_w.item(), "kl_rejected": kl_l.item()}
-        elif cfg.loss == "adpa":
-            s = mb.parts["state"]
-            adv = L.advantages(s.topk_logp, s.ref_topk_logp, cfg.advantage)
-            loss = L.adpa_loss(sft, s_ids["state"], adv, s.pair, n, cfg.gamma)
-            terms["expected_advantage"] = ((sft - loss) / cfg.gamma).item() if cfg.gamma else 0.0
-        else:
-            raise ValueError(f"unknown loss {cfg.loss!r}")
-    terms["loss"] = loss.item()
-    return loss, terms
+        at_ids[name], realized[name] = head_logprobs(out, hidden[p.rows, p.cols], p.topk_ids, p.targets, chunk)
+    value, terms = LOSSES[loss].compute(Scored(mb.n_pairs, mb.parts, at_ids, realized), settings)
+    terms = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()} | {"loss": value.item()}
+    return value, terms

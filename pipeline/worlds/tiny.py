@@ -20,10 +20,17 @@ from pathlib import Path
 
 from artifacts import ArtifactWriter, Store
 from artifacts.folders import publish_folder
-from artifacts.keys import artifact_key
-from pipeline.recipe import Data, Distill, Models, Recipe, TeacherCache
+from pipeline.worlds import sorting_task
 from schemas import sequences
-from stages import sorting_task
+from schemas.keys import artifact_key
+from stages.common.models import resolve
+from stages.common.ranks import silent
+from stages.common.tokenizers import tokenizer_fingerprint
+from stages.distill.run import train_one
+from stages.distill.settings import Distill
+from stages.teacher_cache import run as stage_one
+from stages.teacher_cache.render import render_prompt, render_response
+from stages.teacher_cache.settings import Data, TeacherCache
 
 # Everything that fixes the world; part of every key built from it.
 WORLD = {
@@ -39,10 +46,6 @@ WORDS = ["system", "user", "assistant", "sort"] + [str(d) for d in range(10)]
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 MAX_LENGTH = 32
-
-
-def _quiet(say):
-    return say or (lambda *_: None)
 
 
 def tokenizer(store: Store) -> Path:
@@ -108,8 +111,6 @@ def _sft_tokens(store: Store, world_seed: int) -> str:
     """The SFT data rendered with the world's chat template, as a `tokenized` artifact (one chosen row each)."""
     from transformers import AutoTokenizer
 
-    from stages.render import render_prompt, render_response
-    from stages.tokenizer_check import tokenizer_fingerprint
     tok_dir = tokenizer(store)
     tok = AutoTokenizer.from_pretrained(tok_dir)
     data = dataset(store, "sft", world_seed)
@@ -129,42 +130,33 @@ def _sft_tokens(store: Store, world_seed: int) -> str:
         return w.key
 
 
-def world_recipe(student: str, world_seed: int, distill: Distill) -> Recipe:
-    """The recipe the world's own training runs use (its data: the train pairs)."""
-    return Recipe(name="tiny-world", path="", models=Models(student, student, student),
-                  data=Data(source=f"builtin:tiny-sort-train{_suffix(world_seed)}", format="strings"),
-                  teacher_cache=TeacherCache(backend="hf", k=8, max_length=MAX_LENGTH, max_new_tokens=12,
-                                             token_budget=8192),
-                  distill=distill)
-
-
 def _suffix(world_seed: int) -> str:
     return f":seed{world_seed}" if world_seed else ""
 
 
+# How the world's own stage-one run renders and scores (its data: the train pairs).
+SCORING = TeacherCache(backend="hf", k=8, max_length=MAX_LENGTH, max_new_tokens=12, token_budget=8192)
+
+
 def _sft(store: Store, role: str, world_seed: int, say) -> Path:
-    from stages.distill import train_one
     d = Distill(loss="sft", token_budget=8192, seed=world_seed, **WORLD["sft"])
-    init = _init_model(store, role, world_seed)
-    res = train_one(world_recipe(str(init), world_seed, d), store, "sft", str(init),
-                    {"student_logp": _sft_tokens(store, world_seed)},
-                    Path("runs") / f"tiny-world{_suffix(world_seed)}-{role}-sft", say=_quiet(say))
+    init = resolve(str(_init_model(store, role, world_seed)))
+    res = train_one(store, "sft", init, d, {"student_logp": _sft_tokens(store, world_seed)},
+                    Path("runs") / f"tiny-world{_suffix(world_seed)}-{role}-sft", say=say or silent, title="tiny-world")
     return res.model_dir
 
 
 def _dpo_teacher(store: Store, world_seed: int, say) -> Path:
-    from stages.distill import train_one
-    from stages.teacher_cache import seq_logp, setup
-    sft = str(build(f"tiny-teacher-sft{_suffix(world_seed)}", store, say)[0])
+    sft = resolve(str(build(f"tiny-teacher-sft{_suffix(world_seed)}", store, say)[0]))
     d = Distill(loss="dpo", token_budget=8192, seed=world_seed, **WORLD["dpo"])
-    recipe = world_recipe(sft, world_seed, d)
-    run = setup(recipe, store, say=_quiet(None))
+    data = Data(source=str(dataset(store, "train", world_seed)), format="strings")
+    run = stage_one.setup({"teacher": sft, "reference": sft, "student": sft}, data, SCORING, store, say=silent)
     try:
-        ref = seq_logp(run, "student", _quiet(None))
+        ref = stage_one.seq_logp(run, "student", silent)
     finally:
         run.close()
-    res = train_one(recipe, store, "dpo", sft, {"student_logp": ref.key}, Path("runs") / f"tiny-world{_suffix(world_seed)}-teacher-dpo",
-                    say=_quiet(say))
+    res = train_one(store, "dpo", sft, d, {"student_logp": ref.key},
+                    Path("runs") / f"tiny-world{_suffix(world_seed)}-teacher-dpo", say=say or silent, title="tiny-world")
     return res.model_dir
 
 

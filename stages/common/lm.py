@@ -1,4 +1,5 @@
-"""The transformers scoring backend: teacher-forced log-probs at response positions.
+"""Causal-LM helpers every stage uses: teacher-forced scoring at response positions, greedy
+generation, the output layer, and token-budget batching.
 
 Only response positions reach the output layer, in chunks, so the largest float32 block alive
 is [chunk, vocab] (bounded by `block_bytes`), never [batch, length, vocab]. Per chunk: the
@@ -65,7 +66,9 @@ def base_model(model):
 
 
 class HFScorer:
-    def __init__(self, model, vocab_size: int, token_budget: int = 4096, block_bytes: int = 256 << 20):
+    """Teacher-forced log-probs of a transformers causal LM at the response positions of sequences."""
+
+    def __init__(self, model, vocab_size: int, pad_id: int, token_budget: int = 4096, block_bytes: int = 256 << 20):
         self.model = model
         self.device = next(model.parameters()).device
         self.base = base_model(model)
@@ -73,7 +76,7 @@ class HFScorer:
         self.vocab_size = vocab_size
         self.token_budget = token_budget
         self.chunk = max(1, block_bytes // (4 * vocab_size))
-        self.pad_id = 0
+        self.pad_id = pad_id  # right padding, masked: it never changes a value
 
     @torch.inference_mode()
     def score(self, seqs: list[Sequence], k: int | None = None, gather: list[np.ndarray] | None = None) -> list[dict]:
@@ -118,3 +121,33 @@ class HFScorer:
         flat = {name: torch.cat(v).cpu().numpy() for name, v in parts.items() if v}
         bounds = np.cumsum([0] + [s.n for s in seqs])
         return [{name: v[bounds[b]:bounds[b + 1]] for name, v in flat.items()} for b in range(len(seqs))]
+
+
+@torch.inference_mode()
+def generate(model, prompts: list[list[int]], eos_id: int, pad_id: int, max_new_tokens: int,
+             token_budget: int = 4096) -> list[tuple[list[int], str]]:
+    """Greedy decoding: (response ids through the first end-of-turn token, "stop" | "length") per prompt,
+    in input order.
+
+    Prompts are left-padded in batches of similar length; padding can flip a greedy choice where
+    two tokens are within float rounding of each other.
+    """
+    device = next(model.parameters()).device
+    out: list = [None] * len(prompts)
+    lengths = [len(p) + max_new_tokens for p in prompts]
+    for batch in token_budget_batches(lengths, token_budget):
+        T = max(len(prompts[i]) for i in batch)
+        ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), T), dtype=torch.long)
+        for b, i in enumerate(batch):
+            ids[b, T - len(prompts[i]):] = torch.as_tensor(prompts[i])
+            mask[b, T - len(prompts[i]):] = 1
+        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=eos_id, pad_token_id=pad_id)
+        for b, i in enumerate(batch):
+            new = gen[b, T:].tolist()
+            if eos_id in new:
+                out[i] = (new[: new.index(eos_id) + 1], "stop")
+            else:
+                out[i] = (new, "length")
+    return out

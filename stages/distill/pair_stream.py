@@ -17,17 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from artifacts.reader import ArtifactReader
-
-# loss -> {part: (artifact, side)}; artifacts: teacher_topk (kind teacher-topk), student_logp (seq-logp of
-# the student's init model), advantage (kind advantage, one row per pair: the ADPA state).
-NEEDS = {
-    "sft": {"chosen": ("student_logp", "chosen")},
-    "dpo": {"chosen": ("student_logp", "chosen"), "rejected": ("student_logp", "rejected")},
-    "kd": {"chosen": ("teacher_topk", "chosen")},
-    "dckd": {"chosen": ("teacher_topk", "chosen"), "rejected": ("teacher_topk", "rejected")},
-    "adpa": {"chosen": ("teacher_topk", "chosen"), "state": ("advantage", "generated")},
-}
-
+from stages.distill.losses import LOSSES
 
 class JoinError(ValueError):
     pass
@@ -41,10 +31,6 @@ class Example:
     @property
     def tokens(self) -> int:
         return sum(len(r["token_ids"]) for r in self.parts.values())
-
-
-def artifacts_for(loss: str) -> list[str]:
-    return sorted({a for a, _ in NEEDS[loss].values()})
 
 
 def _grouped(reader: ArtifactReader, name: str) -> Iterator[tuple[int, list[dict]]]:
@@ -74,8 +60,8 @@ def _part(rows: list[dict], side: str, where: str) -> dict:
 
 def joined(dirs: dict[str, Path], loss: str) -> Iterator[Example]:
     """Examples in input order; artifacts that disagree on which input rows they hold stop the run."""
-    needs = NEEDS[loss]
-    names = sorted({a for a, _ in needs.values()})
+    reads = LOSSES[loss].reads
+    names = sorted({r.cache for r in reads.values()})
     # Decoding runs far ahead of training anyway; one decoded record batch in hand per artifact is enough.
     its = {n: _grouped(ArtifactReader(dirs[n], prefetch=1), n) for n in names}
     while True:
@@ -88,8 +74,8 @@ def joined(dirs: dict[str, Path], loss: str) -> Iterator[Example]:
             where = ", ".join(f"{Path(dirs[n]).name} ({n}) at {present.get(n, 'its end')}" for n in names)
             raise JoinError(f"artifacts do not hold the same input rows (input row {first}): {where}")
         i = next(iter(present.values()))
-        yield Example(i, {part: _part(heads[a][1], side, f"{Path(dirs[a]).name} ({a})")
-                          for part, (a, side) in needs.items()})
+        yield Example(i, {part: _part(heads[r.cache][1], r.side, f"{Path(dirs[r.cache]).name} ({r.cache})")
+                          for part, r in reads.items()})
 
 
 def shuffled(items, buffer: int, rng: np.random.Generator):

@@ -1,0 +1,69 @@
+"""The pipeline's flow for one recipe: built-ins resolved -> stage one -> store -> stage two -> evaluation.
+
+Stages never call each other; this module does, passing keys and folders along:
+* stage one gets resolved models, the data file and its settings;
+* stage two gets the keys stage one computes for the same recipe (or keys the user names), and a
+  chained loss (ADPA+) runs its steps here: the first student, stage one's states from it, the second;
+* evaluation gets the models, the held-out split and the recipe's reward.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from artifacts import Store
+from pipeline import worlds
+from pipeline.recipe import Recipe
+from stages.common.models import resolve
+from stages.common.ranks import Ranks
+from stages.distill.losses import LOSSES, caches_of
+from stages.distill.run import Trained, train_one
+from stages.evaluate.run import run_eval
+from stages.teacher_cache.run import Result, plan, run_states, run_teacher_cache
+
+
+def teacher_cache(recipe: Recipe, store: Store, strict: bool = False, say=print,
+                  ranks: Ranks | None = None) -> list[Result]:
+    models = worlds.resolve_models(recipe.models, store)
+    return run_teacher_cache(models, worlds.resolve_data(recipe.data, store), recipe.teacher_cache, store, strict,
+                             say, ranks)
+
+
+def planned_caches(recipe: Recipe, store: Store) -> dict[str, str]:
+    """The stage-one artifact keys of this recipe, computed from tokenizers and data without loading a
+    model (built-in models not in the store yet are built first: their keys name them)."""
+    return plan(worlds.resolve_models(recipe.models, store), worlds.resolve_data(recipe.data, store),
+                recipe.teacher_cache, store)
+
+
+def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path | None = None, resume: bool = False,
+            caches: dict[str, str] | None = None, say=print, ranks: Ranks | None = None) -> list[Trained]:
+    """Train the recipe's student with `loss` (default: the recipe's). A chained loss trains its steps in
+    turn; the run folders are runs/RECIPE-LOSS unless `output` names the last one."""
+    ranks = ranks or Ranks()
+    say = ranks.speaker(say)
+    loss = loss or recipe.distill.loss
+    keys = dict(caches or {})
+    if not all(name in keys for name in caches_of(loss)):
+        keys = planned_caches(recipe, store) | keys
+    runs, d = Path("runs"), recipe.distill
+    common = {"resume": resume, "say": say, "ranks": ranks, "title": recipe.name}
+    init = worlds.resolve_model(recipe.models.student, store)
+    spec = LOSSES[loss]
+    if spec.then is None:
+        return [train_one(store, loss, init, d, keys, output or runs / f"{recipe.name}-{loss}", **common)]
+    first_loss, then_loss = spec.then
+    first = train_one(store, first_loss, init, d, keys, runs / f"{recipe.name}-{first_loss}", **common)
+    say(f"{loss}: states for {then_loss} from the {first_loss} student {first.key}")
+    models = worlds.resolve_models(recipe.models, store) | {"student": resolve(str(first.model_dir))}
+    states = run_states(models, worlds.resolve_data(recipe.data, store), recipe.teacher_cache, store, say, ranks)
+    second = train_one(store, then_loss, models["student"], d, keys | {"advantage": states[-1].key},
+                       output or runs / f"{recipe.name}-{loss}", label=loss, **common)
+    return [first, second]
+
+
+def evaluate(recipe: Recipe, store: Store, students: dict[str, str], out_dir: Path, say=print):
+    """The recipe's teachers and student init plus `students` (name -> folder) on its held-out pairs."""
+    models = worlds.resolve_models(recipe.models, store)
+    return run_eval(models, worlds.heldout(recipe.data, store), recipe.teacher_cache, students, out_dir,
+                    worlds.reward(recipe.data.reward), say)

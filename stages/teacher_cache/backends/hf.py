@@ -1,0 +1,40 @@
+"""The transformers backend: every task, on any model `from_pretrained` loads (exact gathers included)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stages.common.device import pad_id
+from stages.common.lm import HFScorer, Sequence, generate
+from stages.common.models import ResolvedModel, load_model
+
+
+class HFBackend:
+    TASKS = frozenset({"topk", "gather", "seq_logp", "generate"})
+
+    @staticmethod
+    def available() -> bool:
+        return True
+
+    def __init__(self, model: ResolvedModel, tok, vocab_size: int, dtype: str, device: str, token_budget: int,
+                 **_):
+        import torch
+        self.model = load_model(model, getattr(torch, dtype), device)
+        self.eos, self.pad = tok.eos_token_id, pad_id(tok)
+        self.token_budget = token_budget
+        self.scorer = HFScorer(self.model, vocab_size, self.pad, token_budget)
+
+    def topk(self, seqs: list[Sequence], k: int) -> list[dict]:
+        return self.scorer.score(seqs, k=k)
+
+    def gather(self, seqs: list[Sequence], ids: list[np.ndarray]) -> list[dict]:
+        return self.scorer.score(seqs, gather=ids)
+
+    def seq_logp(self, seqs: list[Sequence]) -> list[dict]:
+        return self.scorer.score(seqs)
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[tuple[list[int], str]]:
+        return generate(self.model, prompts, self.eos, self.pad, max_new_tokens, self.token_budget)
+
+    def close(self) -> None:
+        self.model = self.scorer = None
