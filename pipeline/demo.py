@@ -17,11 +17,14 @@ from stages.distill.losses import LOSSES
 from stages.evaluate.report import table
 from stages.teacher_cache.run import summary_table
 
-METHODS = tuple(LOSSES)  # every declared loss; sft trains on the chosen responses of the pairs
+def default_methods() -> tuple[str, ...]:
+    """Every declared loss (sft trains on the chosen responses of the pairs)."""
+    return tuple(LOSSES)
 
 
-def run_demo(store, recipe="tiny", out_dir: Path = Path("runs/demo"), methods=METHODS, say=print) -> dict:
-    """`recipe`: a name, a path or a Recipe."""
+def run_demo(store, recipe="tiny", out_dir: Path = Path("runs/demo"), methods=None, say=print) -> dict:
+    """`recipe`: a name, a path or a Recipe; `methods`: the losses to train (default: all)."""
+    methods = default_methods() if methods is None else methods
     t0 = time.perf_counter()
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
     say(f"[1/3] stage one: the world's models and the teacher cache ({recipe.name}, store {store.root})")

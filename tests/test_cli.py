@@ -14,7 +14,8 @@ from synthetic import produce
 
 ADPA = str(Path(sys.executable).parent / "adpa")
 COMMANDS = [[], ["teacher-cache"], ["distill"], ["eval"], ["demo"], ["cache"], ["cache", "ls"], ["cache", "show"],
-            ["cache", "verify"], ["cache", "push"], ["cache", "pull"], ["cache", "gc"]]
+            ["cache", "verify"], ["cache", "push"], ["cache", "pull"], ["cache", "gc"], ["recipe"], ["recipe", "ls"],
+            ["recipe", "show"]]
 
 
 def adpa(*args, store=None, env=None):
@@ -28,7 +29,7 @@ def adpa(*args, store=None, env=None):
 def test_every_command_has_help(cmd):
     p = adpa(*cmd, "--help")
     assert p.returncode == 0 and "Usage" in p.stdout, p.stderr
-    if cmd and cmd != ["cache"]:
+    if cmd and cmd != ["cache"] and cmd[0] != "recipe":
         assert "--store" in p.stdout
 
 
@@ -65,7 +66,7 @@ def test_bad_input_is_one_line_and_nonzero(store, tmp_path):
     root, _ = store
     for args in (["cache", "show", "nonsense"], ["cache", "verify", "teacher-topk-" + "c" * 20],
                  ["cache", "pull", str(tmp_path / "nowhere")], ["cache", "push", "teacher-topk-" + "d" * 20, str(tmp_path)],
-                 ["teacher-cache", "--recipe", "nope"], ["teacher-cache", "--k", "0"], ["distill", "--loss", "bogus"],
+                 ["teacher-cache", "--recipe", "nope"], ["teacher-cache", "--set", "teacher_cache.k=0"], ["distill", "--loss", "bogus"],
                  ["distill", "--cache", "nonsense"], ["eval", "--model", "nonsense"],
                  ["cache", "gc", "--older-than", "soon"]):
         p = adpa(*args, store=root)

@@ -38,8 +38,7 @@ def world(model_store, tmp_path_factory):
     d = tmp_path_factory.mktemp("distill")
     st = linked_store(model_store, d / "store")
     recipe = write_recipe(d / "recipe.yaml", "builtin:tiny-pairs", k=8, max_length=128, max_new_tokens=12)
-    raw = recipe.read_text().replace("limit: null", f"limit: {PAIRS}")
-    recipe.write_text(raw)
+    recipe.write_text(recipe.read_text().replace("data:\n", f"data:\n  limit: {PAIRS}\n"))
     results = run_teacher_cache(load_recipe(str(recipe)), st, say=silent)
     return {"dir": d, "store": st, "recipe": recipe, "keys": {r.kind if r.kind != "seq-logp" else f"seq-{r.role}": r.key
                                                               for r in results}}
@@ -66,7 +65,7 @@ def test_distill_writes_a_student_people_and_transformers_can_use(world, tmp_pat
     from transformers import AutoModelForCausalLM, AutoTokenizer
     st = fresh_store(world, "outputs")
     run = tmp_path / "run"
-    r = adpa("distill", "-r", world["recipe"], "--loss", "dckd", "--batch-pairs", 4, "--output", run, store=st)
+    r = adpa("distill", "-r", world["recipe"], "--loss", "dckd", "--set", "distill.batch_pairs=4", "--output", run, store=st)
     assert r.returncode == 0, r.stderr
     assert "dckd     built" in r.stdout
     model = AutoModelForCausalLM.from_pretrained(run / "model")
@@ -92,9 +91,9 @@ def test_distill_writes_a_student_people_and_transformers_can_use(world, tmp_pat
     key = r.stdout.split("student-")[1].split()[0]
     verify_artifact(st.path(f"student-{key}"))
 
-    again = adpa("distill", "-r", world["recipe"], "--loss", "dckd", "--batch-pairs", 4, "--output", run, store=st)
+    again = adpa("distill", "-r", world["recipe"], "--loss", "dckd", "--set", "distill.batch_pairs=4", "--output", run, store=st)
     assert again.returncode == 0 and f"complete artifact student-{key} reused" in again.stdout
-    elsewhere = adpa("distill", "-r", world["recipe"], "--loss", "dckd", "--batch-pairs", 4, "--output",
+    elsewhere = adpa("distill", "-r", world["recipe"], "--loss", "dckd", "--set", "distill.batch_pairs=4", "--output",
                      tmp_path / "elsewhere", store=st)
     assert elsewhere.returncode == 0 and "reused" in elsewhere.stdout
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "elsewhere" / "model") is not None  # the reused student
@@ -103,7 +102,7 @@ def test_distill_writes_a_student_people_and_transformers_can_use(world, tmp_pat
 
 
 def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(world, tmp_path):
-    args = ["distill", "-r", world["recipe"], "--loss", "adpa", "--batch-pairs", 2, "--save-every", 1]
+    args = ["distill", "-r", world["recipe"], "--loss", "adpa", "--set", "distill.batch_pairs=2", "--set", "distill.save_every=1"]
     whole = adpa(*args, "--output", tmp_path / "whole", store=fresh_store(world, "whole"))
     assert whole.returncode == 0, whole.stderr
 
@@ -132,7 +131,7 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(world, tmp_path
 
 
 def test_two_processes_match_one(world, tmp_path):
-    args = ["distill", "-r", world["recipe"], "--loss", "dckd", "--batch-pairs", 4, "--lr", "1e-4"]
+    args = ["distill", "-r", world["recipe"], "--loss", "dckd", "--set", "distill.batch_pairs=4", "--set", "distill.lr=1e-4"]
     one = adpa(*args, "--output", tmp_path / "one", store=fresh_store(world, "one"))
     assert one.returncode == 0, one.stderr
     st = fresh_store(world, "two")
@@ -225,3 +224,32 @@ def test_vllm_loads_a_distilled_student(world, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(run / "model", dtype=torch.float32)
     want = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)[0, len(prompt):].tolist()
     assert got[:len(want)] == want[:len(got)] and len(got) > 0
+
+
+def test_a_new_loss_is_its_function_and_its_declaration(world, tmp_path, monkeypatch):
+    """A toy loss added as a contributor would (one function, one declaration) is checked by the recipe,
+    streamed, trained, logged, plotted, carded, keyed and listed by the demo with no other change."""
+    from pipeline import demo, orchestrate
+    from stages.distill import losses as L
+
+    def kl_rejected(b, d):
+        r = b.parts["rejected"]
+        kl = L.kd_loss(r.topk_logp, r.tail_logp, b.at_ids["rejected"], r.pair, b.n)
+        return kl, {"kl_rejected": kl}
+
+    monkeypatch.setitem(L.LOSSES, "kd-rejected", L.Loss(
+        "kd-rejected", "L = (1/|y_l|) sum_t KL(pi_dpo || pi_theta) on rejected responses",
+        {"rejected": L.Reads("teacher_topk", "rejected", ("topk",))}, kl_rejected, ("kl_rejected",)))
+    recipe = load_recipe(str(world["recipe"]), ["distill.loss=kd-rejected", "distill.batch_pairs=4"])
+    st = fresh_store(world, "toy")
+    (run,) = orchestrate.distill(recipe, st, output=tmp_path / "run", say=silent)
+    assert run.status == "built" and run.loss == "kd-rejected"
+    metrics = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 3 and all(m["kl_rejected"] == m["loss"] > 0 for m in metrics)
+    assert all(m["grad_norm"] > 0 for m in metrics)
+    assert (tmp_path / "run" / "loss.png").exists()
+    assert "on rejected responses" in (tmp_path / "run" / "model" / "README.md").read_text()
+    manifest = verify_artifact(st.path(run.key))
+    assert manifest["inputs"]["caches"] == {"teacher_topk": world["keys"]["teacher-topk"]}
+    assert not {"alpha", "gamma", "beta"} & set(manifest["inputs"]["settings"])
+    assert "kd-rejected" in demo.default_methods()

@@ -49,7 +49,7 @@ def bad_rows_file(tmp_path_factory):
 
 def test_bad_rows_are_counted_by_reason_in_every_artifact(model_store, bad_rows_file):
     data, recipe = bad_rows_file
-    p = adpa("teacher-cache", "--recipe", recipe, "--format", "messages", store=model_store)
+    p = adpa("teacher-cache", "--recipe", recipe, "--set", "data.format=messages", store=model_store)
     assert p.returncode == 0, p.stderr
     assert "dropped input rows by reason" in p.stdout
     keys = [line.split()[-1] for line in p.stdout.splitlines() if line.split() and line.split()[-1].count("-") >= 1
@@ -66,7 +66,7 @@ def test_bad_rows_are_counted_by_reason_in_every_artifact(model_store, bad_rows_
 
 def test_strict_stops_at_the_first_bad_row_naming_it(model_store, bad_rows_file):
     _, recipe = bad_rows_file
-    p = adpa("teacher-cache", "--recipe", recipe, "--strict", "--k", "5", store=model_store)
+    p = adpa("teacher-cache", "--recipe", recipe, "--strict", "--set", "teacher_cache.k=5", store=model_store)
     assert p.returncode == 1 and "row 1: no shared prompt" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 

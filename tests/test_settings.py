@@ -1,0 +1,87 @@
+"""Settings are declared once: the YAML, `--set` overrides and `adpa recipe show` read the same
+declarations; one device/dtype rule and one pad rule serve every stage."""
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.recipe import SECTIONS, RecipeError, load_recipe, show
+from stages.common.device import compute_dtype, pad_id, pick_device
+from stages.common.settings import in_key
+from stages.distill.losses import LOSSES
+from stages.distill.run import key_settings
+from stages.distill.settings import Distill
+
+ADPA = str(Path(sys.executable).parent / "adpa")
+
+
+@pytest.mark.parametrize("setting,device,want", [
+    ("auto", "cpu", "float32"), ("auto", "cuda", "bfloat16"), ("auto", "cuda:0", "bfloat16"),
+    ("auto", "cuda:1", "bfloat16"), ("float32", "cuda:1", "float32"), ("bfloat16", "cpu", "bfloat16"),
+    ("float16", "cuda:3", "float16")])
+def test_one_dtype_rule_for_every_device(setting, device, want):
+    assert compute_dtype(setting, device) == want
+
+
+def test_each_process_owns_its_gpu():
+    assert pick_device(0, cuda=False) == "cpu" and pick_device(3, cuda=False) == "cpu"
+    assert pick_device(0, cuda=True) == "cuda:0" and pick_device(1, cuda=True) == "cuda:1"
+    assert compute_dtype("auto", pick_device(1, cuda=True)) == "bfloat16"  # the stage-one bug: cuda:1 ran float32
+
+
+def test_one_pad_rule():
+    class Tok:
+        def __init__(self, pad, eos):
+            self.pad_token_id, self.eos_token_id = pad, eos
+    assert pad_id(Tok(5, 2)) == 5 and pad_id(Tok(None, 2)) == 2
+    with pytest.raises(ValueError, match="neither a pad nor an eos"):
+        pad_id(Tok(None, None))
+
+
+def test_overrides_are_typed_and_checked_like_the_yaml():
+    r = load_recipe("tiny", ["distill.lr=1e-5", "teacher_cache.k=4", "data.limit=100", "distill.gradient_checkpointing=true",
+                             "data.eval_source=null"])
+    assert r.distill.lr == 1e-5 and isinstance(r.distill.lr, float)
+    assert r.teacher_cache.k == 4 and r.data.limit == 100 and r.distill.gradient_checkpointing is True
+    assert r.data.eval_source is None
+    for bad, says in [("distill.lr=fast", "distill.lr must be a number"), ("teacher_cache.k=true", "must be an integer"),
+                      ("teacher_cache.k=0", "teacher_cache.k must be >= 1"), ("data.limit=-1", "data.limit must be >= 1"),
+                      ("distill.loss=magic", "expected one of sft"), ("distill.warmup=1", "must be below 1"),
+                      ("distill.bogus=1", "unknown keys ['bogus']"), ("optimizer.lr=1", "no section 'optimizer'"),
+                      ("lr=1", "expected SECTION.NAME=VALUE"), ("data.source=123", "data.source must be a string")]:
+        with pytest.raises(RecipeError, match=says.replace("[", r"\[").replace("]", r"\]")):
+            load_recipe("tiny", [bad])
+
+
+def test_show_lists_every_declared_setting_with_its_help():
+    text = show(load_recipe("danube3-500m"))
+    for cls in SECTIONS.values():
+        for f in dataclasses.fields(cls):
+            line = next(ln for ln in text.splitlines() if ln.startswith(f"  {f.name}:"))
+            assert "#" in line and len(line.split("#", 1)[1].strip()) > 3, line
+    assert "lr: 5.0e-07" in text  # the paper's default, not written in the recipe file
+
+
+def test_the_cli_flags_and_set_reach_the_recipe():
+    r = subprocess.run([ADPA, "recipe", "show", "-r", "smollm2", "--set", "distill.gamma=0.3"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert any(ln.startswith("  gamma: 0.3 ") for ln in r.stdout.splitlines())
+    bad = subprocess.run([ADPA, "distill", "--set", "distill.gamma=high"], capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "distill.gamma must be a number" in bad.stderr
+
+
+def test_a_students_key_holds_only_what_its_loss_uses():
+    d = Distill()
+    assert "alpha" in key_settings(d, "dckd") and "gamma" not in key_settings(d, "dckd")
+    assert {"gamma", "advantage"} <= set(key_settings(d, "adpa")) and "alpha" not in key_settings(d, "adpa")
+    assert "beta" in key_settings(d, "dpo") and not {"alpha", "gamma", "beta"} & set(key_settings(d, "sft"))
+    changed = dataclasses.replace(d, advantage="clip01", gamma=0.3)
+    assert key_settings(changed, "dckd") == key_settings(d, "dckd")  # adpa+ keeps its DCKD half
+    assert key_settings(d, "sft")["lr"] == d.sft_lr and key_settings(d, "adpa")["lr"] == d.lr
+    assert not {"save_every", "token_budget", "gradient_checkpointing"} & set(key_settings(d, "adpa"))
+    assert set(in_key(Distill)) >= {"lr", "epochs", "seed", "loss"}
+    assert all(spec.then or spec.compute for spec in LOSSES.values())
