@@ -40,9 +40,9 @@ def _yaml(v) -> str:
 def teacher_cache(
     recipe: str = RecipeOpt,
     store: StoreOpt = None,
-    backend: str = typer.Option(None, help=help_of(TeacherCache, "backend") + ": auto | hf | vllm."),
-    data: str = typer.Option(None, help=help_of(Data, "source").capitalize() + "."),
-    limit: int = typer.Option(None, help=help_of(Data, "limit").capitalize() + "."),
+    backend: str = typer.Option(None, help=help_of(TeacherCache, "backend")),
+    data: str = typer.Option(None, help=help_of(Data, "source")),
+    limit: int = typer.Option(None, help=help_of(Data, "limit")),
     overrides: list[str] = SetOpt,
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unusable row, naming it."),
 ):
@@ -69,8 +69,8 @@ def distill(
     recipe: str = typer.Option("tiny", "--recipe", "-r", help="Recipe name (pipeline/recipes/NAME.yaml) or YAML path; "
                                "a student's recipe, e.g. danube3-500m."),
     store: StoreOpt = None,
-    loss: str = typer.Option(None, help=help_of(Distill, "loss").capitalize() + " (default: the recipe's "
-                             "distill.loss): sft | kd | dckd | adpa | adpa+ | dpo."),
+    loss: str = typer.Option(None, help=help_of(Distill, "loss") + " Default: the recipe's distill.loss; "
+                             "`adpa recipe show` lists the losses."),
     output: Path = typer.Option(None, help="Run folder: model/, metrics.jsonl, loss.png, checkpoints/ "
                                 "(default runs/RECIPE-LOSS)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),

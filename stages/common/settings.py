@@ -28,7 +28,13 @@ def setting(default=dataclasses.MISSING, help: str = "", *, choices: tuple | Cal
 
 
 def help_of(cls, name: str) -> str:
-    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
+    """A setting's help as a sentence for a command-line flag, with its choices when they are a fixed list."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    text = f.metadata.get("help", "")
+    choices = f.metadata.get("choices")
+    if choices and not callable(choices):
+        text += f" ({' | '.join(map(str, choices))})"
+    return text[:1].upper() + text[1:] + "."
 
 
 def choices_of(f: dataclasses.Field) -> tuple | None:
