@@ -20,21 +20,23 @@ from pipeline.orchestrate import teacher_cache as run_teacher_cache
 from stages.common.ranks import silent
 
 
-def test_task_reward_and_mistakes():
-    assert sorting_task.reward("sort 3 1 2", "1 2 3") == 1.0
-    assert sorting_task.reward("sort 3 1 2", "1 3 2") == 0.0
-    assert sorting_task.reward("sort 3 1 2", "1 2 3 3") == 0.0
-    assert sorting_task.reward("sort 3 1 2", "one two") == 0.0
-    pairs = sorting_task.preference_pairs(0, 300, "train")
-    assert all(sorting_task.reward(p["prompt"], p["chosen"]) == 1.0 for p in pairs)
-    assert all(sorting_task.reward(p["prompt"], p["rejected"]) == 0.0 for p in pairs)
-    assert all(len(p["chosen"].split()) == len(p["rejected"].split()) for p in pairs)  # no length shortcut
-    assert {p["mistake"] for p in pairs} >= {"last_pair_swapped", "adjacent_swap", "off_by_one"}
-    sft = sorting_task.sft_examples(0, 2000)
-    flawed = [r for r in sft if r["flawed"]]
-    assert 0.2 < len(flawed) / len(sft) < 0.5
-    assert all(sorting_task.reward(r["prompt"], r["response"]) == (0.0 if r["flawed"] else 1.0) for r in sft)
-    assert sorting_task.preference_pairs(0, 50, "train") == pairs[:50]  # a pure function of the seed
+def test_task_reward_policy_and_splits():
+    T = sorting_task
+    assert T.reward("sort 3 1 2 5", "1 2 3 5") == 1.0
+    assert T.reward("sort 3 1 2 5", "1 2 5 3") == 0.5  # partial credit
+    assert T.reward("sort 3 1 2 5", "1 2 3 5 5") == 0.8 and T.reward("sort 3 1 2 5", "one two") == 0.0
+    sizes = {"test": 64, "valid": 64, "train": 300, "dpo": 300, "sft": 300}
+    prompts = [r["prompt"] for s in T.SPLITS for r in T.split_rows(0, sizes, s)]
+    assert len(prompts) == sum(sizes.values()) == len(set(prompts))  # disjoint splits
+    pairs = T.split_rows(0, sizes, "train")
+    assert pairs == T.split_rows(0, sizes, "train") and pairs != T.split_rows(1, sizes, "train")  # pure in the seed
+    rc = np.array([T.reward(p["prompt"], p["chosen"]) for p in pairs])
+    rr = np.array([T.reward(p["prompt"], p["rejected"]) for p in pairs])
+    assert (rc >= rr).all() and all(p["chosen"] != p["rejected"] for p in pairs)
+    assert 0.6 < rc.mean() < 0.95  # good, not perfect: the better of two mediocre samples
+    eligible = [p for p in pairs if T.last_pair_swapped(T.digits(p["prompt"]))]
+    swapped = np.mean([T.digits(p["chosen"])[-2:] == T.last_pair_swapped(T.digits(p["prompt"]))[-2:] for p in eligible])
+    assert swapped > 0.5  # the chosen answers' mode is the systematic mistake
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def world(tmp_path_factory):
     recipe = load_recipe("tiny")
     recipe.teacher_cache.backend = "hf"  # the vLLM path has its own tests
     run_teacher_cache(recipe, store, say=silent)
-    students = {}
+    students = {"sft-on-chosen": str(run_distill(recipe, store, "sft", d / "sft", say=silent)[-1].model_dir)}
     for name, mode in (("adpa", "signed"), ("adpa-flipped", "flipped")):
         r = copy.deepcopy(recipe)
         r.distill.advantage = mode
@@ -68,6 +70,12 @@ def test_dpo_teacher_beats_its_sft_reference_on_the_ground_truth(world):
     assert clearly_greater(r["teacher-dpo"], r["teacher-sft"]), (r["teacher-dpo"].mean(), r["teacher-sft"].mean())
 
 
+def test_dpo_teacher_knows_more_than_the_distillation_pairs_show(world):
+    """The teacher beats a student trained by SFT on the distillation pairs' chosen answers."""
+    r = world["reward"]
+    assert clearly_greater(r["teacher-dpo"], r["sft-on-chosen"]), (r["teacher-dpo"].mean(), r["sft-on-chosen"].mean())
+
+
 def test_adpa_raises_the_teacher_implicit_reward_and_the_flipped_sign_lowers_it(world):
     r = world["r_seq"]
     assert clearly_greater(r["adpa"], r["student-sft"]), (r["adpa"].mean(), r["student-sft"].mean())
@@ -77,8 +85,8 @@ def test_adpa_raises_the_teacher_implicit_reward_and_the_flipped_sign_lowers_it(
 def test_eval_writes_a_report_a_chart_and_judge_ready_generations(world):
     d = world["dir"] / "eval"
     report = json.loads((d / "eval.json").read_text())
-    assert {m["name"] for m in report["models"]} == {"teacher-sft", "teacher-dpo", "student-sft", "adpa",
-                                                      "adpa-flipped"}
+    assert {m["name"] for m in report["models"]} == {"teacher-sft", "teacher-dpo", "student-sft", "sft-on-chosen",
+                                                      "adpa", "adpa-flipped"}
     assert report["prompts"] == 256 and report["reward"] == "sorting"
     assert (d / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = [json.loads(ln) for ln in (d / "generations" / "adpa.jsonl").read_text().splitlines()]

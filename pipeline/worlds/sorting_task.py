@@ -1,14 +1,20 @@
-"""The built-in world's task: sort a list of digits, with a ground-truth reward and systematic mistakes.
+"""The built-in world's task (docs/TINY_WORLD.md): sort a list of digits, graded by a program.
 
-Pure functions of a seed (docs/TINY_WORLD.md has the design and why).
+A mediocre policy (a program) writes the responses the world learns from: it usually makes one
+systematic mistake, and sometimes a random slip. Preference pairs are two distinct samples of
+that policy, the better one chosen. Everything here is a pure function of a seed; splits draw
+their prompts in a fixed order and never reuse a prompt of an earlier split.
 """
 
 from __future__ import annotations
 
 import random
 
-MIN_LEN, MAX_LEN = 3, 6
-FLAW_SHARE = 0.6  # of SFT responses and of rejected responses where the systematic flaw can occur
+MIN_LEN, MAX_LEN = 4, 7
+FLAW = 0.95  # how often the mediocre policy makes the systematic mistake where it can
+SLIP = 0.3  # how often it also makes one random slip
+# Splits in drawing order: prompts of a later split never repeat an earlier one's.
+SPLITS = ("test", "valid", "train", "dpo", "sft")
 
 
 def prompt_text(xs: list[int]) -> str:
@@ -24,61 +30,74 @@ def digits(text: str) -> list[int] | None:
 
 
 def reward(prompt: str, response: str) -> float:
-    """1.0 when the response is exactly the prompt's digits in ascending order, else 0.0."""
-    xs = digits(prompt)
-    return float(xs is not None and digits(response) == sorted(xs))
+    """Graded: the fraction of the sorted list's positions the response gets right, over the longer of the
+    two lengths (a missing or extra digit costs a position); 1.0 exactly when the response is sorted."""
+    want = sorted(digits(prompt) or [])
+    got = digits(response) or []
+    return sum(a == b for a, b in zip(want, got)) / max(len(want), len(got), 1)
 
 
 def last_pair_swapped(xs: list[int]) -> list[int] | None:
-    """The systematic flaw: a sort that stopped one pass early leaves its last two digits swapped.
-    Possible when the list has at least 4 digits and its two largest differ."""
+    """The systematic mistake: a sort that stopped one pass early leaves its last two digits swapped.
+    Possible when the two largest digits differ."""
     s = sorted(xs)
-    return s[:-2] + [s[-1], s[-2]] if len(s) >= 4 and s[-1] != s[-2] else None
+    return s[:-2] + [s[-1], s[-2]] if s[-1] != s[-2] else None
 
 
-def mistake(xs: list[int], rng: random.Random) -> tuple[list[int], str]:
-    """A wrong answer of the same length as the right one, carrying one mistake, and its name."""
-    s = sorted(xs)
-    flawed = last_pair_swapped(xs)
-    if flawed is not None and rng.random() < FLAW_SHARE:
-        return flawed, "last_pair_swapped"
+def slip(ys: list[int], rng: random.Random) -> list[int]:
+    """One random mistake that keeps the length: two neighbours swapped or one digit off by one."""
     for _ in range(50):
         if rng.random() < 0.5:
-            i = rng.randrange(len(s) - 1)
-            out, name = s[:i] + [s[i + 1], s[i]] + s[i + 2:], "adjacent_swap"
+            i = rng.randrange(len(ys) - 1)
+            out = ys[:i] + [ys[i + 1], ys[i]] + ys[i + 2:]
         else:
-            i = rng.randrange(len(s))
-            out, name = s[:i] + [min(9, max(0, s[i] + rng.choice((-1, 1))))] + s[i + 1:], "off_by_one"
-        if out != s:
-            return out, name
-    return [(d + 1) % 10 for d in s], "all_shifted"  # only for lists like 0 0 0
+            i = rng.randrange(len(ys))
+            out = ys[:i] + [min(9, max(0, ys[i] + rng.choice((-1, 1))))] + ys[i + 1:]
+        if out != ys:
+            return out
+    return ys
 
 
-def _draw(rng: random.Random) -> list[int]:
-    return [rng.randrange(10) for _ in range(rng.randint(MIN_LEN, MAX_LEN))]
+def mediocre(xs: list[int], rng: random.Random) -> list[int]:
+    """A sample of the mediocre policy: the systematic mistake with probability FLAW where possible,
+    then a random slip with probability SLIP."""
+    flawed = last_pair_swapped(xs)
+    ys = flawed if flawed is not None and rng.random() < FLAW else sorted(xs)
+    return slip(ys, rng) if rng.random() < SLIP else ys
 
 
-def sft_examples(seed: int, n: int) -> list[dict]:
-    """The flawed instruction data both SFT models learn from: prompt and one response."""
-    rng = random.Random(f"sft-{seed}")
-    out = []
-    for i in range(n):
-        xs = _draw(rng)
-        wrong = last_pair_swapped(xs)
-        flawed = wrong is not None and rng.random() < FLAW_SHARE
-        resp = wrong if flawed else sorted(xs)
-        out.append({"id": f"sft-{i}", "prompt": prompt_text(xs), "response": " ".join(map(str, resp)),
-                    "flawed": flawed})
+def _prompts(seed: int, sizes: dict[str, int]) -> dict[str, list[list[int]]]:
+    """Every split's prompts, drawn in SPLITS order from one seeded stream, each prompt used once."""
+    rng = random.Random(f"prompts-{seed}")
+    seen, out = set(), {}
+    for split in SPLITS:
+        out[split] = []
+        while len(out[split]) < sizes[split]:
+            xs = [rng.randrange(10) for _ in range(rng.randint(MIN_LEN, MAX_LEN))]
+            if tuple(xs) not in seen:
+                seen.add(tuple(xs))
+                out[split].append(xs)
     return out
 
 
-def preference_pairs(seed: int, n: int, split: str) -> list[dict]:
-    """Pairs in the `strings` input format: chosen correct, rejected with a mistake (named)."""
-    rng = random.Random(f"pairs-{split}-{seed}")
-    out = []
-    for i in range(n):
-        xs = _draw(rng)
-        wrong, name = mistake(xs, rng)
-        out.append({"id": f"{split}-{i}", "prompt": prompt_text(xs), "chosen": " ".join(map(str, sorted(xs))),
-                    "rejected": " ".join(map(str, wrong)), "mistake": name})
-    return out
+def split_rows(seed: int, sizes: dict[str, int], split: str) -> list[dict]:
+    """The rows of one split: `sft` (prompt, one response of the mediocre policy) or preference pairs
+    (prompt, chosen, rejected: two distinct samples, the better chosen, a tie broken by a coin)."""
+    xs_list = _prompts(seed, sizes)[split]
+    rng = random.Random(f"responses-{split}-{seed}")
+    rows = []
+    for i, xs in enumerate(xs_list):
+        p = prompt_text(xs)
+        if split == "sft":
+            rows.append({"id": f"sft-{i}", "prompt": p, "response": " ".join(map(str, mediocre(xs, rng)))})
+            continue
+        a = mediocre(xs, rng)
+        b = mediocre(xs, rng)
+        while b == a:  # a pair of identical answers states no preference
+            b = mediocre(xs, rng)
+        ra, rb = reward(p, " ".join(map(str, a))), reward(p, " ".join(map(str, b)))
+        if rb > ra or (rb == ra and rng.random() < 0.5):
+            a, b = b, a
+        rows.append({"id": f"{split}-{i}", "prompt": p, "chosen": " ".join(map(str, a)),
+                     "rejected": " ".join(map(str, b))})
+    return rows

@@ -4,7 +4,8 @@ Built-in names (`builtin:NAME` in a recipe):
 
 * models `tiny-teacher-sft` (pi_ref), `tiny-teacher-dpo` (pi_dpo), `tiny-student-sft` (pi_init),
   trained from random initialisation by this project's own trainer;
-* datasets `tiny-sort-train` and `tiny-sort-heldout` (preference pairs, `strings` format).
+* datasets (`strings` preference pairs): `tiny-sort-train` (the distillation pairs), `tiny-sort-valid`
+  (checkpoint selection), `tiny-sort-test` (reported results), `tiny-sort-dpo` (the teacher's DPO).
 
 Each name takes an optional `:seedN` (`builtin:tiny-teacher-dpo:seed1`): the same world drawn
 from another seed (data, initialisations, data order), for repeated measurements.
@@ -34,13 +35,15 @@ from stages.teacher_cache.settings import Data, TeacherCache
 
 # Everything that fixes the world; part of every key built from it.
 WORLD = {
-    "version": 2, "sft_examples": 8192, "train_pairs": 1024, "heldout_pairs": 256,
+    "version": 3, "splits": {"test": 256, "valid": 256, "train": 1024, "dpo": 8192, "sft": 8192},
+    "policy": {"min_len": sorting_task.MIN_LEN, "max_len": sorting_task.MAX_LEN, "flaw": sorting_task.FLAW,
+               "slip": sorting_task.SLIP},
     "teacher": {"hidden": 128, "layers": 3, "heads": 4}, "student": {"hidden": 64, "layers": 2, "heads": 2},
     "sft": {"sft_lr": 3e-3, "epochs": 4, "batch_pairs": 64, "warmup": 0.05},
-    "dpo": {"lr": 5e-5, "epochs": 2, "batch_pairs": 32, "beta": 0.1, "warmup": 0.1},
+    "dpo": {"lr": 5e-5, "epochs": 2, "batch_pairs": 128, "beta": 0.1, "warmup": 0.1},
 }
 MODELS = ("tiny-teacher-sft", "tiny-teacher-dpo", "tiny-student-sft")
-DATASETS = {"tiny-sort-train": "train", "tiny-sort-heldout": "heldout"}
+DATASETS = {"tiny-sort-train": "train", "tiny-sort-valid": "valid", "tiny-sort-test": "test", "tiny-sort-dpo": "dpo"}
 SPECIAL = ["<pad>", "<|im_start|>", "<|im_end|>"]
 WORDS = ["system", "user", "assistant", "sort"] + [str(d) for d in range(10)]
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -68,16 +71,13 @@ def tokenizer(store: Store) -> Path:
 
 
 def dataset(store: Store, split: str, world_seed: int = 0) -> Path:
-    """The jsonl file of a split: `sft` (prompt, response) or `train` / `heldout` preference pairs."""
-    n = {"sft": WORLD["sft_examples"], "train": WORLD["train_pairs"], "heldout": WORLD["heldout_pairs"]}[split]
-    seed = world_seed + (1000 if split == "heldout" else 0)
-
+    """The jsonl file of a split: `sft` (prompt, response) or preference pairs (test, valid, train, dpo)."""
     def build(d: Path):
-        rows = sorting_task.sft_examples(seed, n) if split == "sft" else \
-            sorting_task.preference_pairs(seed, n, split)
+        rows = sorting_task.split_rows(world_seed, WORLD["splits"], split)
         (d / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        return {"rows": n}
-    folder, _, _ = publish_folder(store, "dataset", {"builtin": f"tiny-sort-{split}", "n": n, "seed": seed,
+        return {"rows": len(rows)}
+    folder, _, _ = publish_folder(store, "dataset", {"builtin": f"tiny-sort-{split}", "seed": world_seed,
+                                                     "splits": WORLD["splits"], "policy": WORLD["policy"],
                                                      "version": WORLD["version"]}, build)
     return folder / "data.jsonl"
 
@@ -149,7 +149,7 @@ def _sft(store: Store, role: str, world_seed: int, say) -> Path:
 def _dpo_teacher(store: Store, world_seed: int, say) -> Path:
     sft = resolve(str(build(f"tiny-teacher-sft{_suffix(world_seed)}", store, say)[0]))
     d = Distill(loss="dpo", token_budget=8192, seed=world_seed, **WORLD["dpo"])
-    data = Data(source=str(dataset(store, "train", world_seed)), format="strings")
+    data = Data(source=str(dataset(store, "dpo", world_seed)), format="strings")  # the teacher's own pairs
     run = stage_one.setup({"teacher": sft, "reference": sft, "student": sft}, data, SCORING, store, say=silent)
     try:
         ref = stage_one.seq_logp(run, "student", silent)
