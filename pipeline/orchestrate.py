@@ -18,7 +18,7 @@ from stages.common.models import resolve
 from stages.common.ranks import Ranks
 from stages.distill.losses import LOSSES, caches_of
 from stages.distill.run import Trained, train_one
-from stages.evaluate.run import run_eval
+from stages.evaluate.run import Validator, run_eval
 from stages.teacher_cache.run import Result, plan, run_states, run_teacher_cache
 
 
@@ -47,7 +47,7 @@ def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path 
     if not all(name in keys for name in caches_of(loss)):
         keys = planned_caches(recipe, store) | keys
     runs, d = Path("runs"), recipe.distill
-    common = {"resume": resume, "say": say, "ranks": ranks, "title": recipe.name}
+    common = {"resume": resume, "say": say, "ranks": ranks, "title": recipe.name, "validate": validator(recipe, store)}
     init = worlds.resolve_model(recipe.models.student, store)
     spec = LOSSES[loss]
     if spec.then is None:
@@ -60,6 +60,19 @@ def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path 
     second = train_one(store, then_loss, models["student"], d, keys | {"advantage": states[-1].key},
                        output or runs / f"{recipe.name}-{loss}", label=loss, **common)
     return [first, second]
+
+
+def validator(recipe: Recipe, store: Store) -> Validator | None:
+    """Checkpoint selection's measure on the recipe's validation pairs, when distill.eval_every asks for one."""
+    if not recipe.distill.eval_every:
+        return None
+    if not recipe.data.valid_source:
+        raise ValueError("distill.eval_every > 0 needs validation pairs: set data.valid_source")
+    if recipe.distill.select_by == "reward" and not recipe.data.reward:
+        raise ValueError("distill.select_by reward needs a ground-truth reward: set data.reward")
+    valid = worlds.validation(recipe.data, store)
+    return Validator(worlds.resolve_models(recipe.models, store), valid, recipe.teacher_cache,
+                     worlds.reward(recipe.data.reward))
 
 
 def evaluate(recipe: Recipe, store: Store, students: dict[str, str], out_dir: Path, say=print):

@@ -105,3 +105,56 @@ def test_demo_prints_one_table_with_the_teachers_as_reference_rows(world):
         assert any(ln.startswith(row + " ") for ln in text.splitlines()), row
     assert "reused" in text  # stage one's artifacts and the world come from the store
     assert (world["dir"] / "demo" / "eval.png").exists() and set(out["students"]) == {"sft", "dckd"}
+
+
+def test_selection_keeps_the_checkpoint_best_on_validation(world, tmp_path):
+    """With eval_every and select_by, the student is the state with the best validation value: measured
+    again, it gives exactly that value; the curve is in metrics.jsonl and loss.png, the step in the card."""
+    from pipeline.orchestrate import validator
+
+    recipe = load_recipe("tiny", ["distill.eval_every=16", "distill.select_by=reward", "teacher_cache.backend=hf"])
+    (run,) = run_distill(recipe, world["store"], "kd", tmp_path / "kd", say=silent)
+    valid = [json.loads(ln) for ln in (tmp_path / "kd" / "metrics.jsonl").read_text().splitlines()
+             if '"split": "valid"' in ln]
+    assert [v["step"] for v in valid] == [0, 16, 32, 48, 64]
+    best = max(valid, key=lambda v: (v["reward"], -v["step"]))  # the first of equals is kept
+    assert run.summary["selected"] == {"by": "reward", "step": best["step"], "value": best["reward"]}
+    from transformers import AutoModelForCausalLM
+    again = validator(recipe, world["store"])(AutoModelForCausalLM.from_pretrained(run.model_dir))
+    assert again == {k: v for k, v in best.items() if k not in ("step", "split")}
+    assert f"step {best['step']}, the best on the validation pairs by reward" in (run.model_dir / "README.md").read_text()
+
+
+def test_the_guard_marks_students_that_over_optimise():
+    from stages.evaluate.report import over_optimised, table
+    from stages.evaluate.run import ModelResult
+
+    def res(name, r, reward):
+        return ModelResult(name, "", {"reward": (reward, 0.01), "implicit_reward": (r, 0.1),
+                                      "kl_to_init": (0.1, 0.01)})
+    results = [res("teacher-dpo", 4.0, 0.9), res("student-sft", -5.0, 0.72), res("hacker", 7.7, 0.59),
+               res("good", 5.0, 0.8), res("meek", 1.0, 0.6)]
+    assert over_optimised(results) == {"hacker"}
+    text = table(results, 256)
+    assert any(ln.startswith("hacker") and ln.endswith("  !") for ln in text.splitlines())
+    assert "KL(init)/tok" in text and "over-optimised" in text
+
+
+def test_a_world_model_trains_to_the_same_bits_under_other_thread_counts(tmp_path):
+    """Reproducible: the SFT student of the world, trained in two processes with 1 and 2 OpenMP threads
+    (each from an empty store), has byte-identical weights."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+    code = ("import sys; from artifacts import Store; from pipeline.worlds import tiny; "
+            "print(tiny.build('tiny-student-sft', Store(sys.argv[1]))[0])")
+    digests = []
+    for threads in ("1", "2"):
+        env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        p = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"store-{threads}")], capture_output=True,
+                           text=True, env=env, cwd=tmp_path)
+        assert p.returncode == 0, p.stderr[-2000:]
+        folder = p.stdout.strip().splitlines()[-1]
+        digests.append(hashlib.sha256((tmp_path / folder / "model.safetensors").read_bytes()).hexdigest())
+    assert digests[0] == digests[1]

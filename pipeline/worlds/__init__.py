@@ -60,6 +60,12 @@ def heldout(data: Data, store: Store) -> Data:
                                split=data.eval_split, limit=None)
 
 
+def validation(data: Data, store: Store) -> Data:
+    """The validation split as a data section of its own (never limited)."""
+    return dataclasses.replace(data, source=resolve_source(data.valid_source, store), split=data.valid_split,
+                               limit=None, eval_source=None)
+
+
 def reward(name: str | None):
     """(name, function) of a built-in ground-truth reward, or None."""
     if name is None:

@@ -92,7 +92,8 @@ class HFScorer:
                 out[i] = res
         return out
 
-    def _score_batch(self, seqs, k, gather):
+    def response_hidden(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final hidden states at the positions that predict response tokens [N, d], and those tokens [N]."""
         T = max(len(s.ids) for s in seqs)
         ids = torch.full((len(seqs), T), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), T), dtype=torch.long)
@@ -103,7 +104,10 @@ class HFScorer:
         hidden = self.base(input_ids=ids, attention_mask=mask).last_hidden_state
         rows = torch.cat([torch.full((s.n,), b, dtype=torch.long) for b, s in enumerate(seqs)]).to(self.device)
         cols = torch.cat([torch.arange(s.prompt_len - 1, len(s.ids) - 1) for s in seqs]).to(self.device)
-        h, targets = hidden[rows, cols], ids[rows, cols + 1]
+        return hidden[rows, cols], ids[rows, cols + 1]
+
+    def _score_batch(self, seqs, k, gather):
+        h, targets = self.response_hidden(seqs)
         g = torch.as_tensor(np.concatenate(gather), dtype=torch.long, device=self.device) if gather else None
         parts = {"realized_logp": [], "topk_ids": [], "topk_logp": [], "tail_logp": [], "gathered_logp": []}
         for c in range(0, len(h), self.chunk):
@@ -121,6 +125,26 @@ class HFScorer:
         flat = {name: torch.cat(v).cpu().numpy() for name, v in parts.items() if v}
         bounds = np.cumsum([0] + [s.n for s in seqs])
         return [{name: v[bounds[b]:bounds[b + 1]] for name, v in flat.items()} for b in range(len(seqs))]
+
+    @torch.inference_mode()
+    def kl_to(self, other: "HFScorer", seqs: list[Sequence]) -> list[np.ndarray]:
+        """Per sequence, KL(self || other) over the full shared vocabulary at each response position (nats):
+            KL_t = sum_v p(v|s_t) (log p(v|s_t) - log q(v|s_t)),  p = this model, q = `other`."""
+        out: list = [None] * len(seqs)
+        for batch in token_budget_batches([len(s.ids) for s in seqs], self.token_budget):
+            part = [seqs[i] for i in batch]
+            hp, _ = self.response_hidden(part)
+            hq, _ = other.response_hidden(part)
+            kl = []
+            for c in range(0, len(hp), self.chunk):
+                lp = torch.log_softmax(self._logits(hp[c:c + self.chunk]), -1)
+                lq = torch.log_softmax(other._logits(hq[c:c + self.chunk]), -1)
+                kl.append((lp.exp() * (lp - lq)).sum(-1))
+            flat = torch.cat(kl).cpu().numpy()
+            bounds = np.cumsum([0] + [s.n for s in part])
+            for j, i in enumerate(batch):
+                out[i] = flat[bounds[j]:bounds[j + 1]]
+        return out
 
 
 @torch.inference_mode()

@@ -40,8 +40,10 @@ def complete(run_dir: Path) -> list[Path]:
     return sorted(p for p in d.glob(f"{PREFIX}*") if p.is_dir() and not p.name.endswith(".tmp")) if d.is_dir() else []
 
 
-def save(run_dir: Path, step: int, key: str, model, optimizer, scheduler, ranks, keep: int = 2) -> Path:
-    """Every rank calls this; rank 0 writes the shared state, each rank its RNG state."""
+def save(run_dir: Path, step: int, key: str, model, optimizer, scheduler, ranks, keep: int = 2,
+         extra: dict | None = None) -> Path:
+    """Every rank calls this; rank 0 writes the shared state (and `extra`: the best state so far when
+    checkpoints are selected), each rank its RNG state."""
     d = Path(run_dir) / "checkpoints"
     final = d / f"{PREFIX}{step:08d}"
     tmp = final.with_name(final.name + ".tmp")
@@ -57,7 +59,7 @@ def save(run_dir: Path, step: int, key: str, model, optimizer, scheduler, ranks,
         state = tmp / "state.pt"
         torch.save({"key": key, "step": step, "world_size": ranks.world_size,
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict()}, state)
+                    "scheduler": scheduler.state_dict(), "extra": extra}, state)
         fsync_file(state)
         fsync_dir(tmp)
         if final.exists():
@@ -71,7 +73,7 @@ def save(run_dir: Path, step: int, key: str, model, optimizer, scheduler, ranks,
 
 
 def load(path: Path, key: str, model, optimizer, scheduler, ranks) -> dict:
-    """Restore a checkpoint into the given objects; returns its step."""
+    """Restore a checkpoint into the given objects; returns its step and what `save` got as `extra`."""
     state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
     if state["key"] != key:
         raise ValueError(f"{path}: a checkpoint of run {state['key']}, not of {key} (other settings or data); "
@@ -82,4 +84,4 @@ def load(path: Path, key: str, model, optimizer, scheduler, ranks) -> dict:
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(torch.load(Path(path) / f"rng-rank{ranks.rank}.pt", weights_only=False))
-    return {"step": state["step"]}
+    return {"step": state["step"], "extra": state.get("extra")}

@@ -12,7 +12,10 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_loss(metrics: list[dict], title: str, path: Path) -> Path | None:
-    """loss.png: the loss per optimizer step, and its terms in a second panel when there are any."""
+    """loss.png: the loss per optimizer step, its terms in a second panel when there are any, and the
+    validation curves in a third when the run validated."""
+    valid = [m for m in metrics if m.get("split") == "valid"]
+    metrics = [m for m in metrics if m.get("split") != "valid"]
     if not metrics:
         return None
     import matplotlib
@@ -21,7 +24,8 @@ def plot_loss(metrics: list[dict], title: str, path: Path) -> Path | None:
 
     steps = [m["step"] for m in metrics]
     terms = [k for k in dict.fromkeys(t for spec in LOSSES.values() for t in spec.terms) if k in metrics[0]]
-    fig, axes = plt.subplots(1, 2 if terms else 1, figsize=(11 if terms else 6, 4), squeeze=False)
+    n = 1 + bool(terms) + bool(valid)
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4), squeeze=False)
     ax = axes[0][0]
     ax.plot(steps, [m["loss"] for m in metrics], marker="." if len(steps) < 50 else None)
     ax.set(xlabel="optimizer step", ylabel="loss", title=title)
@@ -32,6 +36,13 @@ def plot_loss(metrics: list[dict], title: str, path: Path) -> Path | None:
             ax.plot(steps, [m[k] for m in metrics], label=k)
         ax.set(xlabel="optimizer step", title="terms (means over each step's pairs)")
         ax.legend()
+        ax.grid(alpha=0.3)
+    if valid:
+        ax = axes[0][n - 1]
+        for k in sorted(k for k in valid[0] if k not in ("step", "split")):
+            ax.plot([m["step"] for m in valid], [m[k] for m in valid], marker=".", label=k)
+        ax.set(xlabel="optimizer step", title="validation (means over the validation pairs)")
+        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -45,6 +56,10 @@ def model_card(*, title: str, loss: str, init_spec: str, settings: dict, caches:
     rows = "\n".join(f"| {k} | {v} |" for k, v in settings.items())
     cache_rows = "\n".join(f"| {name} | `{k}` |" for name, k in caches.items())
     metric_rows = "\n".join(f"| {k} | {v:.6g} |" for k, v in final.items())
+    sel = summary.get("selected", {})
+    selected = (f"The weights are those of step {sel['step']}, the best on the validation pairs by {sel['by']} "
+                f"({sel['value']:.6g})." if sel.get("by", "last") != "last" and "value" in sel
+                else "The weights are those of the last step.")
     return f"""---
 library_name: transformers
 base_model: {init_spec}
@@ -80,6 +95,8 @@ This student's own artifact key: `{key}`.
 {summary.get('steps')} optimizer steps over {summary.get('pairs_per_epoch')} pairs per epoch, {summary.get('tokens_this_run')}
 scored tokens in {summary.get('seconds')} s ({summary.get('tokens_per_s')} tokens/s, data wait
 {summary.get('data_wait_fraction')} of step time).
+
+{selected}
 
 Final step (means over its pairs):
 

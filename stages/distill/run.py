@@ -112,9 +112,11 @@ def _link_or_copy(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
 
 def train_one(store: Store, loss: str, init: ResolvedModel, settings: Distill, caches: dict[str, str], run_dir: Path,
               resume: bool = False, say=print, ranks: Ranks | None = None, label: str | None = None,
-              title: str = "", command: str = "") -> Trained:
+              title: str = "", command: str = "", validate=None) -> Trained:
     """One training run: `loss` is what the objective computes (a loss of `LOSSES` that is not a chain),
-    `label` what the run is called (adpa+ trains its second step as adpa), `caches` name -> artifact key."""
+    `label` what the run is called (adpa+ trains its second step as adpa), `caches` name -> artifact key.
+    `validate`: a callable model -> {metric: mean} with an `identity` (what it measures on), needed when
+    `settings.eval_every` > 0."""
     import torch
 
     ranks = ranks or Ranks()
@@ -137,8 +139,12 @@ def train_one(store: Store, loss: str, init: ResolvedModel, settings: Distill, c
     precision = compute_dtype(d.dtype, device)
     autocast = precision if precision != "float32" else None
     settings_in_key = key_settings(d, loss)
+    if bool(d.eval_every) != (validate is not None):
+        raise ValueError("distill.eval_every > 0 needs validation pairs (data.valid_source), and only then")
+    if d.select_by != "last" and not d.eval_every:
+        raise ValueError(f"distill.select_by {d.select_by} needs distill.eval_every > 0 (when to validate)")
     inputs = {"init": init.identity, "loss": label, "caches": needed, "settings": settings_in_key,
-              "precision": precision}
+              "precision": precision} | ({"validation": validate.identity} if validate is not None else {})
     key = artifact_key("student", inputs, {"name": files.NAME, "version": files.VERSION})
     run_dir = Path(run_dir)
     if store.manifest(key) is not None:
@@ -159,7 +165,7 @@ def train_one(store: Store, loss: str, init: ResolvedModel, settings: Distill, c
     model = load_model(init, torch.float32, device)
     resumed = resume and bool(checkpoints.complete(run_dir))
     summary = trainer.train(model, stream, loss, d, settings_in_key["lr"], autocast, ranks, run_dir, key, resume,
-                            pad_id(tok), vocab, say)
+                            pad_id(tok), vocab, say, validate)
     summary["dropped_in_stage_one"] = dropped
     if ranks.rank == 0:
         out = run_dir / "model"

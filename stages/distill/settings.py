@@ -9,6 +9,10 @@ from dataclasses import dataclass
 from stages.common.settings import setting
 
 
+SELECT_BY = ("last", "reward", "implicit_reward", "implicit_reward_per_token", "preference_accuracy", "chosen_nll")
+LOWER_IS_BETTER = ("chosen_nll", "kl_to_init")
+
+
 def _losses() -> tuple:
     from stages.distill.losses import LOSSES  # torch: read when a recipe is checked, not when --help is shown
     return tuple(LOSSES)
@@ -42,3 +46,7 @@ class Distill:
                                            in_key=False)
     dtype: str = setting("auto", "auto: bfloat16 autocast on CUDA, float32 on CPU",
                          choices=("auto", "float32", "bfloat16"))
+    eval_every: int = setting(0, "validate on data.valid_source every N optimizer steps, at the start and at the "
+                              "end (0: never)", minimum=0)
+    select_by: str = setting("last", "which state becomes the student: the last, or the best on the validation "
+                             "pairs by this metric (chosen_nll: lower is better)", choices=SELECT_BY)

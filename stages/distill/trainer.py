@@ -6,7 +6,9 @@ tokens. Each micro-batch's loss (a mean over its pairs) is weighted by its share
 pairs, so the accumulated gradient is the gradient of the mean over all of the step's pairs,
 whatever the number of processes or micro-batches. Ranks sum their gradients (all-reduce),
 then clip, AdamW, and the learning-rate schedule step. Data are collated on a background
-thread; the time the loop waits for them is measured.
+thread; the time the loop waits for them is measured. With `eval_every`, a `validate` callback
+measures the model on validation pairs at the start, every `eval_every` steps and at the end, and
+with `select_by` the best state (not the last) is what the run leaves in `model`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from stages.common.lm import OutputLayer
 from stages.distill import checkpoints
 from stages.distill.objective import collate, micro_loss, pack
 from stages.distill.pair_stream import PairStream
-from stages.distill.settings import Distill
+from stages.distill.settings import LOWER_IS_BETTER, Distill
 
 
 def lr_multiplier(schedule: str, total: int, warmup_steps: int):
@@ -74,9 +76,10 @@ def _sum_over_ranks(values: list[float], ranks) -> list[float]:
 
 
 def train(model, stream: PairStream, loss: str, hp: Distill, lr: float, autocast: str | None, ranks, run_dir: Path,
-          key: str, resume: bool, pad_id: int, vocab_size: int, say=print) -> dict:
+          key: str, resume: bool, pad_id: int, vocab_size: int, say=print, validate=None) -> dict:
     """Train `model` in place with objective `loss` at peak learning rate `lr` (autocast: "bfloat16" or
-    None); returns the run's summary. Rank 0 writes metrics.jsonl and checkpoints."""
+    None); returns the run's summary. Rank 0 writes metrics.jsonl and checkpoints. `validate(model)`
+    -> {metric: mean} is called when `hp.eval_every` asks for it."""
     device = next(model.parameters()).device
     out = OutputLayer(model, vocab_size)
     if hp.gradient_checkpointing:
@@ -88,19 +91,37 @@ def train(model, stream: PairStream, loss: str, hp: Distill, lr: float, autocast
     warmup_steps = max(1, round(hp.warmup * total)) if hp.warmup > 0 else 0
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier(hp.schedule, total, warmup_steps))
 
-    start = 0
+    start, best = 0, None  # best: {"step", "value", "state"} under select_by
     found = checkpoints.complete(run_dir)
     if found and not resume:
         raise ValueError(f"{run_dir} holds checkpoints ({found[-1].name}); pass --resume to continue that run "
                          f"or choose another --output")
     if resume and found:
-        start = checkpoints.load(found[-1], key, model, opt, sched, ranks)["step"]
+        restored = checkpoints.load(found[-1], key, model, opt, sched, ranks)
+        start, best = restored["step"], restored["extra"]
         say(f"resuming from {found[-1]} (step {start} of {total})")
     metrics_path = Path(run_dir) / "metrics.jsonl"
     if ranks.rank == 0:
         kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= start] \
             if metrics_path.exists() and start else []
         metrics_path.write_text("".join(ln + "\n" for ln in kept))
+
+    def validation(step: int):
+        nonlocal best
+        values = validate(model)
+        if ranks.rank == 0:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps({"step": step, "split": "valid", **values}) + "\n")
+        if hp.select_by != "last":
+            v = values[hp.select_by]
+            if best is None or (v < best["value"] if hp.select_by in LOWER_IS_BETTER else v > best["value"]):
+                best = {"step": step, "value": v, "state": {k: t.detach().to("cpu", copy=True)
+                                                             for k, t in model.state_dict().items()}}
+        say(f"validation at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(values.items())))
+
+    validating = bool(hp.eval_every and validate)
+    if validating and start == 0:
+        validation(0)
 
     def steps():
         for step, pairs in stream.steps(hp.epochs, start):
@@ -157,15 +178,22 @@ def train(model, stream: PairStream, loss: str, hp: Distill, lr: float, autocast
                 f.write(json.dumps(rec) + "\n")
         bar.update(1)
         bar.set_postfix_str(f"loss {last['loss']:.4f} {totals['tokens'] / totals['step_s']:,.0f} tok/s")
+        if validating and ((step + 1) % hp.eval_every == 0 or step + 1 == total):
+            validation(step + 1)
         if hp.save_every and (step + 1) % hp.save_every == 0 and step + 1 < total:
-            checkpoints.save(run_dir, step + 1, key, model, opt, sched, ranks)
+            checkpoints.save(run_dir, step + 1, key, model, opt, sched, ranks, extra=best)
         t_ready = time.perf_counter()
     bar.close()
+    selected = {"by": hp.select_by, "step": total}
+    if best is not None:
+        model.load_state_dict(best["state"])
+        selected = {"by": hp.select_by, "step": best["step"], "value": best["value"]}
+        say(f"selected the state of step {best['step']} of {total} by validation {hp.select_by} {best['value']:.4f}")
     model.eval()
     secs = time.perf_counter() - t_start
     return {"steps": total, "steps_this_run": total - start, "pairs_per_epoch": stream.n_pairs,
             "tokens_this_run": int(totals["tokens"]), "seconds": round(secs, 2),
             "tokens_per_s": round(totals["tokens"] / totals["step_s"], 1) if totals["step_s"] else None,
             "data_wait_fraction": round(totals["data_wait_s"] / totals["step_s"], 4) if totals["step_s"] else None,
-            "final": last}
+            "final": last, "selected": selected}
 

@@ -1,4 +1,5 @@
-"""What `adpa eval` shows: one table with standard errors, and a bar chart per metric."""
+"""What `adpa eval` shows: one table with standard errors, the over-optimisation guard, and a bar chart
+per metric."""
 
 from __future__ import annotations
 
@@ -6,7 +7,20 @@ from pathlib import Path
 
 COLUMNS = [("reward", "reward", "{:.3f}"), ("implicit_reward", "r(y) seq", "{:+.3f}"),
            ("implicit_reward_per_token", "r(y)/tok", "{:+.3f}"), ("win_rate_vs_", "win vs base", "{:.3f}"),
-           ("preference_accuracy", "pref acc", "{:.3f}")]
+           ("preference_accuracy", "pref acc", "{:.3f}"), ("kl_to_init", "KL(init)/tok", "{:.3f}")]
+TEACHER, INIT = "teacher-dpo", "student-sft"  # the rows the guard compares a student with
+
+
+def over_optimised(results: list) -> set[str]:
+    """Students whose mean implicit reward exceeds the DPO teacher's own while their ground-truth reward
+    falls below their init's: they maximise the teacher's reward past what the teacher itself earns
+    and get worse at the task (needs a ground-truth reward)."""
+    by = {r.name: r.metrics for r in results}
+    if TEACHER not in by or INIT not in by or "reward" not in by[INIT]:
+        return set()
+    return {r.name for r in results if r.name not in (TEACHER, INIT, "teacher-sft")
+            and r.metrics["implicit_reward"][0] > by[TEACHER]["implicit_reward"][0]
+            and r.metrics["reward"][0] < by[INIT]["reward"][0]}
 
 
 def _metric(r, prefix: str):
@@ -17,14 +31,19 @@ def table(results: list, n: int) -> str:
     cols = [c for c in COLUMNS if _metric(results[0], c[0])[0]]
     head = f"{'model':18}" + "".join(f"{title:>18}" for _, title, _ in cols)
     lines = [head]
+    flagged = over_optimised(results)
     for r in results:
         cells = ""
         for prefix, _, fmt in cols:
             m, s = _metric(r, prefix)[1]
             cells += f"{fmt.format(m) + ' ± ' + f'{s:.3f}':>18}"
-        lines.append(f"{r.name:18}{cells}")
+        lines.append(f"{r.name:18}{cells}" + ("  !" if r.name in flagged else ""))
     lines.append(f"(means over {n} held-out prompts ± standard error; r(y) = log pi_dpo(y|x) - log pi_ref(y|x) of "
-                 f"greedy generations; win rate by r against the baseline's generation of the same prompt)")
+                 f"greedy generations; win rate by r against the baseline's generation of the same prompt; KL(init)/tok "
+                 f"= KL(model || student init) per token of its own generations)")
+    if flagged:
+        lines.append(f"! over-optimised: implicit reward above the DPO teacher's own while the ground-truth reward is "
+                     f"below the student init's ({', '.join(sorted(flagged))})")
     return "\n".join(lines)
 
 

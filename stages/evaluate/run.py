@@ -49,41 +49,65 @@ def _seq_logp(scorer, seqs) -> np.ndarray:
     return np.array([float(np.sum(r["realized_logp"], dtype=np.float64)) for r in scorer.score(seqs)])
 
 
-def evaluate(models: dict[str, str], teacher: str, reference: str, pairs: list, tok,
-             reward: tuple[str, Callable[[str, str], float]] | None, baseline: str, out_dir: Path,
-             max_new_tokens: int, token_budget: int = 8192, say=print) -> list[ModelResult]:
-    """`models`: display name -> loadable folder or hub id; `pairs`: Encoded held-out pairs;
-    `reward`: (name, function of prompt and response text) or None."""
-    import torch
+class Judge:
+    """Scores any model on a fixed set of pairs: its greedy answers' ground-truth reward and the DPO
+    teacher's implicit reward of them, its preference accuracy and chosen-response NLL, and the
+    per-token KL(model || student init) on its own answers (the over-optimisation guard).
+    Loads the teacher, its reference and the init once; used by `evaluate` and by checkpoint selection."""
 
-    from stages.evaluate.report import plot
+    def __init__(self, teacher: str, reference: str, init: str, pairs: list, tok,
+                 reward: tuple[str, Callable[[str, str], float]] | None, max_new_tokens: int,
+                 token_budget: int = 8192):
+        import torch
+        self.device = pick_device()
+        self.tok, self.pairs, self.reward, self.max_new_tokens = tok, pairs, reward, max_new_tokens
+        self.token_budget, self.vocab, self.pad, self.eos = token_budget, len(tok), pad_id(tok), tok.eos_token_id
+        self.load = lambda spec: load_model(resolve(spec), torch.float32, self.device)  # noqa: E731
+        self.dpo, self.ref, self.init = (self.scorer(self.load(spec)) for spec in (teacher, reference, init))
+
+    def scorer(self, model) -> HFScorer:
+        return HFScorer(model, self.vocab, self.pad, self.token_budget)
+
+    def score(self, model) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Per-prompt values of every metric, and the decoded greedy answers."""
+        was_training, cache = model.training, model.config.use_cache
+        model.eval()
+        model.config.use_cache = True  # a trainer turns the KV cache off; generation wants it
+        prompts = [e.prompt_ids for e in self.pairs]
+        outs = generate(model, prompts, self.eos, self.pad, self.max_new_tokens, self.token_budget)
+        seqs = [Sequence(p + (ids or [self.eos]), len(p)) for p, (ids, _) in zip(prompts, outs)]
+        r_seq = _seq_logp(self.dpo, seqs) - _seq_logp(self.ref, seqs)
+        n_tok = np.array([s.n for s in seqs])
+        me = self.scorer(model)
+        chosen = [Sequence(e.prompt_ids + e.chosen_ids, len(e.prompt_ids)) for e in self.pairs]
+        lp_chosen = _seq_logp(me, chosen)
+        margin = lp_chosen - _seq_logp(me, [Sequence(e.prompt_ids + e.rejected_ids, len(e.prompt_ids))
+                                            for e in self.pairs])
+        values = {"implicit_reward": r_seq, "implicit_reward_per_token": r_seq / n_tok,
+                  "preference_accuracy": (margin > 0).astype(float),
+                  "chosen_nll": -lp_chosen / np.array([c.n for c in chosen]),
+                  "kl_to_init": np.array([k.mean() for k in me.kl_to(self.init, seqs)])}
+        decoded = [self.tok.decode(ids, skip_special_tokens=True).strip() for ids, _ in outs]
+        if self.reward:
+            texts = [e.pair.prompt[-1]["content"] for e in self.pairs]
+            values["reward"] = np.array([self.reward[1](t, d) for t, d in zip(texts, decoded)])
+        model.train(was_training)
+        model.config.use_cache = cache
+        return values, decoded
+
+
+def evaluate(models: dict[str, str], judge: Judge, baseline: str, out_dir: Path, say=print) -> list[ModelResult]:
+    """`models`: display name -> loadable folder or hub id, each scored by `judge` on its pairs; writes
+    eval.json, eval.png and generations/NAME.jsonl."""
+    from stages.evaluate.report import over_optimised, plot
 
     out_dir = Path(out_dir)
     (out_dir / "generations").mkdir(parents=True, exist_ok=True)
-    device = pick_device()
-    load = lambda spec: load_model(resolve(spec), torch.float32, device)  # noqa: E731
-    vocab = len(tok)
-    eos, pad = tok.eos_token_id, pad_id(tok)
-    prompts = [e.prompt_ids for e in pairs]
+    pairs, results = judge.pairs, []
     texts = [e.pair.prompt[-1]["content"] for e in pairs]
-    judge = {role: HFScorer(load(spec), vocab, pad, token_budget) for role, spec in (("dpo", teacher), ("ref", reference))}
-    gens, results = {}, []
     for name, spec in models.items():
-        model = load(spec)
-        outs = generate(model, prompts, eos, pad, max_new_tokens, token_budget)
-        gens[name] = [ids for ids, _ in outs]
-        seqs = [Sequence(p + (ids or [eos]), len(p)) for p, ids in zip(prompts, gens[name])]
-        r_seq = _seq_logp(judge["dpo"], seqs) - _seq_logp(judge["ref"], seqs)
-        n_tok = np.array([s.n for s in seqs])
-        scorer = HFScorer(model, vocab, pad, token_budget)
-        margin = _seq_logp(scorer, [Sequence(e.prompt_ids + e.chosen_ids, len(e.prompt_ids)) for e in pairs]) - \
-            _seq_logp(scorer, [Sequence(e.prompt_ids + e.rejected_ids, len(e.prompt_ids)) for e in pairs])
-        decoded = [tok.decode(ids, skip_special_tokens=True).strip() for ids in gens[name]]
-        res = ModelResult(name, str(spec), {"implicit_reward": _mean_se(r_seq),
-                                            "implicit_reward_per_token": _mean_se(r_seq / n_tok),
-                                            "preference_accuracy": _mean_se(margin > 0)}, r_seq)
-        if reward:
-            res.metrics["reward"] = _mean_se([reward[1](t, d) for t, d in zip(texts, decoded)])
+        values, decoded = judge.score(judge.load(spec))
+        res = ModelResult(name, str(spec), {k: _mean_se(v) for k, v in values.items()}, values["implicit_reward"])
         with open(out_dir / "generations" / f"{name}.jsonl", "w") as f:
             for e, t, d in zip(pairs, texts, decoded):
                 f.write(json.dumps({"instruction": t, "output": d, "generator": name, "id": e.pair.pair_id}) + "\n")
@@ -93,12 +117,32 @@ def evaluate(models: dict[str, str], teacher: str, reference: str, pairs: list, 
     for r in results:
         r.metrics["win_rate_vs_" + baseline] = _mean_se(np.where(r.r_seq > base, 1.0,
                                                                  np.where(r.r_seq == base, 0.5, 0.0)))
+    flagged = over_optimised(results)
     (out_dir / "eval.json").write_text(json.dumps(
-        {"prompts": len(pairs), "teacher": teacher, "reference": reference, "baseline": baseline, "reward": reward[0] if reward else None,
-         "models": [{"name": r.name, "source": r.source,
+        {"prompts": len(pairs), "baseline": baseline, "reward": judge.reward[0] if judge.reward else None,
+         "models": [{"name": r.name, "source": r.source, "over_optimised": r.name in flagged,
                      **{k: {"mean": m, "se": s} for k, (m, s) in r.metrics.items()}} for r in results]}, indent=1))
     plot(results, out_dir / "eval.png", len(pairs))
     return results
+
+
+class Validator:
+    """Checkpoint selection's measure: a Judge on the validation pairs, as means per metric."""
+
+    def __init__(self, models: dict[str, ResolvedModel], valid: Data, tc: TeacherCache, reward=None):
+        tok = load_tokenizer(models["student"])
+        prepared, fp, _ = prepare(valid, tc, tok, False)
+        pairs = [e for e in prepared if isinstance(e, Encoded)]
+        if not pairs:
+            raise ValueError(f"{valid.source}: no usable validation pairs")
+        self.judge = Judge(models["teacher"].source, models["reference"].source, models["student"].source, pairs,
+                           tok, reward, tc.max_new_tokens, tc.token_budget)
+        self.identity = {"data": fp, "pairs": len(pairs), "reward": reward[0] if reward else None,
+                         **{role: models[role].identity for role in ("teacher", "reference", "student")}}
+
+    def __call__(self, model) -> dict[str, float]:
+        values, _ = self.judge.score(model)
+        return {k: float(np.mean(v)) for k, v in values.items()}
 
 
 def heldout_pairs(heldout: Data, tc: TeacherCache, tok) -> list[Encoded]:
@@ -118,5 +162,6 @@ def run_eval(models: dict[str, ResolvedModel], heldout: Data, tc: TeacherCache, 
     named = {"teacher-sft": models["reference"].source, "teacher-dpo": models["teacher"].source,
              "student-sft": models["student"].source} | students
     say(f"eval: {len(named)} models on {len(pairs)} held-out pairs")
-    return evaluate(named, models["teacher"].source, models["reference"].source, pairs, tok, reward, "student-sft",
-                    out_dir, tc.max_new_tokens, tc.token_budget, say)
+    judge = Judge(models["teacher"].source, models["reference"].source, models["student"].source, pairs, tok, reward,
+                  tc.max_new_tokens, tc.token_budget)
+    return evaluate(named, judge, "student-sft", out_dir, say)

@@ -17,6 +17,8 @@ class Data:
     limit: int | None = setting(None, "use only the first N rows (null: all)", minimum=1)
     eval_source: str | None = setting(None, "held-out pairs for adpa eval (null: source)")
     eval_split: str = setting("test", "split of eval_source")
+    valid_source: str | None = setting(None, "validation pairs for checkpoint selection (distill.eval_every)")
+    valid_split: str = setting("valid", "split of valid_source")
     reward: str | None = setting(None, "a built-in ground-truth reward for adpa eval (sorting)")
 
 
