@@ -188,3 +188,20 @@ def test_pack_respects_the_token_budget():
     for b in batches:
         longest = max(len(r["token_ids"]) for ex in b for r in ex.parts.values())
         assert len(b) == 1 or len(b) * 3 * longest <= 40
+
+
+def test_kl_to_init_matches_float64_full_vocabulary():
+    """The guard's KL(p || q) per response position, against float64 softmaxes of the same models."""
+    from stages.common.lm import HFScorer, Sequence
+    p, q = tiny_model(7), tiny_model(8)
+    seqs = [Sequence([1, 5, 7, 2, 9, 4], 2), Sequence([3, 3, 8, 1], 3), Sequence([2, 6, 6, 6, 1, 7, 5], 4)]
+    got = HFScorer(p, V, 0, token_budget=12).kl_to(HFScorer(q, V, 0, token_budget=12), seqs)
+    for s, kl in zip(seqs, got):
+        ids = torch.tensor([s.ids])
+        with torch.no_grad():
+            lp = torch.log_softmax(p.double()(ids).logits[0], -1)
+            lq = torch.log_softmax(q.double()(ids).logits[0], -1)
+        p.float(), q.float()
+        want = (lp.exp() * (lp - lq)).sum(-1)[s.prompt_len - 1:len(s.ids) - 1].numpy()
+        assert kl.shape == want.shape and np.allclose(kl, want, atol=1e-5), (kl, want)
+    assert all((k >= -1e-6).all() for k in got)
