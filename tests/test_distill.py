@@ -253,3 +253,21 @@ def test_a_new_loss_is_its_function_and_its_declaration(world, tmp_path, monkeyp
     assert manifest["inputs"]["caches"] == {"teacher_topk": world["keys"]["teacher-topk"]}
     assert not {"alpha", "gamma", "beta"} & set(manifest["inputs"]["settings"])
     assert "kd-rejected" in demo.default_methods()
+
+
+class _Planted:
+    def __reduce__(self):
+        return (os.system, ("touch planted-code-ran",))
+
+
+def test_a_planted_checkpoint_is_refused_without_running_its_code(tmp_path, monkeypatch):
+    """Checkpoints load as data only (weights_only): a pickle that would run code is refused, and nothing runs."""
+    from stages.common.ranks import Ranks
+    from stages.distill import checkpoints
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "run" / "checkpoints" / "step-00000001"
+    d.mkdir(parents=True)
+    torch.save({"key": "k", "step": 1, "evil": _Planted()}, d / "state.pt")
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+        checkpoints.load(d, "k", None, None, None, Ranks())
+    assert not (tmp_path / "planted-code-ran").exists()

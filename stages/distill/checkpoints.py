@@ -23,13 +23,17 @@ PREFIX = "step-"
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    """Plain tensors, numbers and lists only, so that loading needs no unpickling of arbitrary objects."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                      gauss],
+            "python": random.getstate(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def _set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
+    kind, keys, pos, has_gauss, gauss = s["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(s["python"])
     if s["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
@@ -74,7 +78,8 @@ def save(run_dir: Path, step: int, key: str, model, optimizer, scheduler, ranks,
 
 def load(path: Path, key: str, model, optimizer, scheduler, ranks) -> dict:
     """Restore a checkpoint into the given objects; returns its step and what `save` got as `extra`."""
-    state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
+    # weights_only: a checkpoint is data (tensors, numbers, strings), never code to run
+    state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=True)
     if state["key"] != key:
         raise ValueError(f"{path}: a checkpoint of run {state['key']}, not of {key} (other settings or data); "
                          f"use another --output or remove it")
@@ -83,5 +88,5 @@ def load(path: Path, key: str, model, optimizer, scheduler, ranks) -> dict:
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(torch.load(Path(path) / f"rng-rank{ranks.rank}.pt", weights_only=False))
+    _set_rng_state(torch.load(Path(path) / f"rng-rank{ranks.rank}.pt", weights_only=True))
     return {"step": state["step"], "extra": state.get("extra")}
