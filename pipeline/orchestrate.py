@@ -29,13 +29,6 @@ def teacher_cache(recipe: Recipe, store: Store, strict: bool = False, say=print,
                              say, ranks)
 
 
-def planned_caches(recipe: Recipe, store: Store) -> dict[str, str]:
-    """The stage-one artifact keys of this recipe, computed from tokenizers and data without loading a
-    model (built-in models not in the store yet are built first: their keys name them)."""
-    return plan(worlds.resolve_models(recipe.models, store), worlds.resolve_data(recipe.data, store),
-                recipe.teacher_cache, store)
-
-
 def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path | None = None, resume: bool = False,
             caches: dict[str, str] | None = None, say=print, ranks: Ranks | None = None) -> list[Trained]:
     """Train the recipe's student with `loss` (default: the recipe's). A chained loss trains its steps in
@@ -43,27 +36,29 @@ def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path 
     ranks = ranks or Ranks()
     say = ranks.speaker(say)
     loss = loss or recipe.distill.loss
+    models = worlds.resolve_models(recipe.models, store)  # once: a folder's weights are hashed on each resolve
     keys = dict(caches or {})
     if not all(name in keys for name in caches_of(loss)):
-        keys = planned_caches(recipe, store) | keys
+        keys = plan(models, worlds.resolve_data(recipe.data, store), recipe.teacher_cache, store) | keys
     runs, d = Path("runs"), recipe.distill
-    common = {"resume": resume, "say": say, "ranks": ranks, "title": recipe.name, "validate": validator(recipe, store)}
-    init = worlds.resolve_model(recipe.models.student, store)
+    common = {"resume": resume, "say": say, "ranks": ranks, "title": recipe.name,
+              "validate": validator(recipe, store, models)}
     spec = LOSSES[loss]
     if spec.then is None:
-        return [train_one(store, loss, init, d, keys, output or runs / f"{recipe.name}-{loss}", **common)]
+        return [train_one(store, loss, models["student"], d, keys, output or runs / f"{recipe.name}-{loss}", **common)]
     first_loss, then_loss = spec.then
-    first = train_one(store, first_loss, init, d, keys, runs / f"{recipe.name}-{first_loss}", **common)
+    first = train_one(store, first_loss, models["student"], d, keys, runs / f"{recipe.name}-{first_loss}", **common)
     say(f"{loss}: states for {then_loss} from the {first_loss} student {first.key}")
-    models = worlds.resolve_models(recipe.models, store) | {"student": resolve(str(first.model_dir))}
+    models = models | {"student": resolve(str(first.model_dir))}
     states = run_states(models, worlds.resolve_data(recipe.data, store), recipe.teacher_cache, store, say, ranks)
     second = train_one(store, then_loss, models["student"], d, keys | {"advantage": states[-1].key},
                        output or runs / f"{recipe.name}-{loss}", label=loss, **common)
     return [first, second]
 
 
-def validator(recipe: Recipe, store: Store) -> Validator | None:
-    """Checkpoint selection's measure on the recipe's validation pairs, when distill.eval_every asks for one."""
+def validator(recipe: Recipe, store: Store, models: dict | None = None) -> Validator | None:
+    """Checkpoint selection's measure on the recipe's validation pairs, when distill.eval_every asks for one
+    (`models`: the recipe's, when already resolved)."""
     if not recipe.distill.eval_every:
         return None
     if not recipe.data.valid_source:
@@ -71,7 +66,7 @@ def validator(recipe: Recipe, store: Store) -> Validator | None:
     if recipe.distill.select_by == "reward" and not recipe.data.reward:
         raise ValueError("distill.select_by reward needs a ground-truth reward: set data.reward")
     valid = worlds.validation(recipe.data, store)
-    return Validator(worlds.resolve_models(recipe.models, store), valid, recipe.teacher_cache,
+    return Validator(models or worlds.resolve_models(recipe.models, store), valid, recipe.teacher_cache,
                      worlds.reward(recipe.data.reward))
 
 

@@ -49,21 +49,22 @@ def resolve_source(source: str, store: Store) -> str:
 
 
 def resolve_data(data: Data, store: Store) -> Data:
-    """The data section with its built-in sources replaced by their files."""
-    return dataclasses.replace(data, source=resolve_source(data.source, store),
-                               eval_source=resolve_source(data.eval_source, store) if data.eval_source else None)
+    """The data section stage one reads, its built-in source replaced by its file (only that split is built)."""
+    return dataclasses.replace(data, source=resolve_source(data.source, store))
+
+
+def _split(data: Data, source: str, split: str, store: Store) -> Data:
+    return dataclasses.replace(data, source=resolve_source(source, store), split=split, limit=None)
 
 
 def heldout(data: Data, store: Store) -> Data:
     """The held-out split as a data section of its own (eval_source, else source; never limited)."""
-    return dataclasses.replace(resolve_data(data, store), source=resolve_source(data.eval_source or data.source, store),
-                               split=data.eval_split, limit=None)
+    return _split(data, data.eval_source or data.source, data.eval_split, store)
 
 
 def validation(data: Data, store: Store) -> Data:
     """The validation split as a data section of its own (never limited)."""
-    return dataclasses.replace(data, source=resolve_source(data.valid_source, store), split=data.valid_split,
-                               limit=None, eval_source=None)
+    return _split(data, data.valid_source, data.valid_split, store)
 
 
 def reward(name: str | None):
