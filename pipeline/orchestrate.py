@@ -40,9 +40,9 @@ def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path 
     keys = dict(caches or {})
     if not all(name in keys for name in caches_of(loss)):
         keys = plan(models, worlds.resolve_data(recipe.data, store), recipe.teacher_cache, store) | keys
-    runs, d = Path("runs"), recipe.distill
+    runs, d = Path("runs"), recipe.distill_for(loss)
     common = {"resume": resume, "say": say, "ranks": ranks, "title": recipe.name,
-              "validate": validator(recipe, store, models)}
+              "validate": validator(recipe, d, store, models)}
     spec = LOSSES[loss]
     if spec.then is None:
         return [train_one(store, loss, models["student"], d, keys, output or runs / f"{recipe.name}-{loss}", **common)]
@@ -56,14 +56,14 @@ def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path 
     return [first, second]
 
 
-def validator(recipe: Recipe, store: Store, models: dict | None = None) -> Validator | None:
-    """Checkpoint selection's measure on the recipe's validation pairs, when distill.eval_every asks for one
-    (`models`: the recipe's, when already resolved)."""
-    if not recipe.distill.eval_every:
+def validator(recipe: Recipe, d, store: Store, models: dict | None = None) -> Validator | None:
+    """Checkpoint selection's measure on the recipe's validation pairs, when `d` (the distill settings of
+    one loss) asks for one with eval_every (`models`: the recipe's, when already resolved)."""
+    if not d.eval_every:
         return None
     if not recipe.data.valid_source:
         raise ValueError("distill.eval_every > 0 needs validation pairs: set data.valid_source")
-    if recipe.distill.select_by == "reward" and not recipe.data.reward:
+    if d.select_by == "reward" and not recipe.data.reward:
         raise ValueError("distill.select_by reward needs a ground-truth reward: set data.reward")
     valid = worlds.validation(recipe.data, store)
     return Validator(models or worlds.resolve_models(recipe.models, store), valid, recipe.teacher_cache,

@@ -3,18 +3,24 @@
 A name means `pipeline/recipes/<name>.yaml`. Each section is a dataclass declared once with its
 help text (`models` here, `data` and `teacher_cache` in stage one, `distill` in stage two);
 `adpa recipe show NAME` prints a recipe with every setting and its help.
+
+`per_loss:` holds `distill` settings for one loss (`per_loss: {adpa: {advantage: clip01}}`): a recipe's
+tuned choice per method. A chained loss (adpa+) applies its entry to every step of its chain. On the
+command line `--set per_loss.adpa.gamma=0.3` sets one of them, and `--set distill.NAME=VALUE` sets NAME
+for every loss (it replaces the per-loss values of NAME).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from stages.common.settings import SettingError, build, describe, setting
+from stages.common.settings import SettingError, build, check, describe, setting
 from stages.distill.settings import Distill
 from stages.teacher_cache.settings import Data, TeacherCache
 
@@ -45,6 +51,13 @@ class Recipe:
     distill: Distill = field(default_factory=Distill)
     description: str = ""
     path: str = ""
+    per_loss: dict[str, dict] = field(default_factory=dict)
+
+    def distill_for(self, loss: str) -> Distill:
+        """The `distill` settings loss `loss` trains with: the section, then its `per_loss` entry."""
+        d = dataclasses.replace(self.distill, loss=loss, **self.per_loss.get(loss, {}))
+        check(d, f"{self.name}: per_loss.{loss}")
+        return d
 
 
 def _value(text: str):
@@ -63,13 +76,48 @@ def apply_overrides(raw: dict, overrides: list[str], where: str = "--set") -> di
         section, dot, name = path.partition(".")
         if not sep or not dot or not name:
             raise RecipeError(f"{where} {item!r}: expected SECTION.NAME=VALUE, e.g. distill.lr=1e-5")
-        if section not in SECTIONS:
-            raise RecipeError(f"{where} {item!r}: no section {section!r} (sections: {', '.join(SECTIONS)})")
+        if section not in SECTIONS and section != "per_loss":
+            raise RecipeError(f"{where} {item!r}: no section {section!r} (sections: {', '.join(SECTIONS)}, per_loss)")
         target = raw.setdefault(section, {})
+        if section == "per_loss":
+            loss, dot, name = name.partition(".")
+            if not dot or not name:
+                raise RecipeError(f"{where} {item!r}: expected per_loss.LOSS.NAME=VALUE, e.g. per_loss.adpa.gamma=0.3")
+            target = target.setdefault(loss, {}) if isinstance(target, dict) else None
         if not isinstance(target, dict):
             raise RecipeError(f"{where} {item!r}: section {section} of the recipe is not a mapping")
         target[name] = _value(text)
+        if section == "distill":  # one value for every loss: the per-loss ones of this setting give way
+            for entry in (raw.get("per_loss") or {}).values():
+                if isinstance(entry, dict):
+                    entry.pop(name, None)
     return raw
+
+
+def _per_loss(raw, distill: Distill, where: str) -> dict[str, dict]:
+    """`per_loss:` checked: known losses, known distill settings, each loss's settings valid together."""
+    if raw is None:
+        return {}
+    from stages.distill.losses import LOSSES  # torch: only for a recipe that has per-loss settings
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: per_loss must be a mapping of loss -> distill settings, got {type(raw).__name__}")
+    known = [f.name for f in dataclasses.fields(Distill) if f.name != "loss"]
+    out = {}
+    for loss, entry in raw.items():
+        if loss not in LOSSES:
+            raise RecipeError(f"{where}: per_loss.{loss}: no loss {loss!r} (losses: {', '.join(LOSSES)})")
+        if not isinstance(entry, dict):
+            raise RecipeError(f"{where}: per_loss.{loss} must be a mapping of distill settings, got {entry!r}")
+        unknown = sorted(set(map(str, entry)) - set(known))
+        if unknown:
+            raise RecipeError(f"{where}: per_loss.{loss} has unknown keys {unknown} (known: {', '.join(known)})")
+        try:
+            d = dataclasses.replace(distill, **entry)
+            check(d, f"{where}: per_loss.{loss}")
+        except SettingError as e:
+            raise RecipeError(str(e)) from None
+        out[loss] = {k: getattr(d, k) for k in entry}  # normalised, e.g. '5e-7' -> 5e-7
+    return out
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
@@ -85,7 +133,7 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
         raise RecipeError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{p}: a recipe is a mapping")
-    unknown = set(raw) - {"name", "description"} - set(SECTIONS)
+    unknown = set(raw) - {"name", "description", "per_loss"} - set(SECTIONS)
     if unknown:
         raise RecipeError(f"{p.name} has unknown sections {sorted(map(str, unknown))}")
     raw = apply_overrides(raw, overrides or [])
@@ -97,7 +145,9 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
                     for s, cls in SECTIONS.items()}
     except SettingError as e:
         raise RecipeError(str(e)) from None
-    return Recipe(name=name, description=str(raw.get("description", "")), path=str(p), **sections)
+    per_loss = _per_loss(raw.get("per_loss"), sections["distill"], p.name)
+    return Recipe(name=name, description=str(raw.get("description", "")), path=str(p), per_loss=per_loss,
+                  **sections)
 
 
 def show(recipe: Recipe) -> str:
@@ -105,4 +155,7 @@ def show(recipe: Recipe) -> str:
     lines = [f"name: {recipe.name}", f"# from {recipe.path}"]
     for s in SECTIONS:
         lines += [""] + describe(getattr(recipe, s), s)
+    lines += ["", "per_loss:" + ("" if recipe.per_loss else " {}") + "  # distill settings of one loss, over the above"]
+    lines += [f"  {loss}: {yaml.safe_dump(entry, default_flow_style=True).strip()}"
+              for loss, entry in recipe.per_loss.items()]
     return "\n".join(lines)

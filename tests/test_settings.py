@@ -85,3 +85,23 @@ def test_a_students_key_holds_only_what_its_loss_uses():
     assert not {"save_every", "token_budget", "gradient_checkpointing"} & set(key_settings(d, "adpa"))
     assert set(in_key(Distill)) >= {"lr", "epochs", "seed", "loss"}
     assert all(spec.then or spec.compute for spec in LOSSES.values())
+
+
+def test_per_loss_settings_are_each_methods_choice_and_a_set_on_distill_wins():
+    r = load_recipe("tiny")
+    assert r.distill_for("adpa").advantage == "clip01" and r.distill_for("kd").advantage == r.distill.advantage
+    assert r.distill_for("dpo").lr == 1e-4 and r.distill_for("dpo").beta == 0.5 and r.distill_for("kd").lr == 4e-4
+    assert r.distill_for("adpa+").advantage == "clip01"  # a chain's entry: for every step of adpa+
+    assert r.distill_for("dpo").loss == "dpo"
+    r = load_recipe("tiny", ["distill.lr=1e-5", "per_loss.adpa.gamma=0.3", "per_loss.sft.epochs=1"])
+    assert r.distill_for("dpo").lr == r.distill_for("kd").lr == 1e-5  # one value for every loss
+    assert r.distill_for("adpa").gamma == 0.3 and r.distill_for("adpa").advantage == "clip01"
+    assert r.distill_for("sft").epochs == 1 and r.distill_for("kd").epochs == 3
+    assert "  adpa: {advantage: clip01, gamma: 0.3}" in show(r).splitlines()
+    for bad, says in [("per_loss.magic.lr=1", "per_loss.magic: no loss 'magic'"),
+                      ("per_loss.adpa.gamma=high", "per_loss.adpa.gamma must be a number"),
+                      ("per_loss.adpa.gamma=-1", "per_loss.adpa.gamma must be >= 0"),
+                      ("per_loss.adpa.bogus=1", "per_loss.adpa has unknown keys"),
+                      ("per_loss.adpa=1", "expected per_loss.LOSS.NAME=VALUE")]:
+        with pytest.raises(RecipeError, match=says):
+            load_recipe("tiny", [bad])

@@ -5,7 +5,6 @@ runs stage one with the transformers backend (vLLM's engines take ~25 s each to 
 path has its own tests), trains ADPA and ADPA with the advantage's sign flipped, evaluates.
 """
 
-import copy
 import json
 
 import numpy as np
@@ -39,17 +38,21 @@ def test_task_reward_policy_and_splits():
     assert swapped > 0.5  # the chosen answers' mode is the systematic mistake
 
 
+# The integrity checks' students: one shared setting, 2 epochs, no selection (cheaper than the protocol's
+# per-method choices, and a student the teacher must beat without tuning in its favour).
+CHECKS = ["distill.epochs=2", "distill.eval_every=0", "distill.select_by=last", "distill.sft_lr=2e-4",
+          "distill.lr=2e-4", "distill.gamma=1.5"]
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     d = tmp_path_factory.mktemp("world")
     store = Store(d / "store")
-    recipe = load_recipe("tiny")
-    recipe.teacher_cache.backend = "hf"  # the vLLM path has its own tests
+    recipe = load_recipe("tiny", CHECKS)
     run_teacher_cache(recipe, store, say=silent)
     students = {"sft-on-chosen": str(run_distill(recipe, store, "sft", d / "sft", say=silent)[-1].model_dir)}
     for name, mode in (("adpa", "signed"), ("adpa-flipped", "flipped")):
-        r = copy.deepcopy(recipe)
-        r.distill.advantage = mode
+        r = load_recipe("tiny", CHECKS + [f"distill.advantage={mode}"])
         students[name] = str(run_distill(r, store, "adpa", d / name, say=silent)[-1].model_dir)
     results = run_eval(recipe, store, students, d / "eval", say=silent)
     gens = {r.name: [json.loads(ln) for ln in (d / "eval" / "generations" / f"{r.name}.jsonl").read_text().splitlines()]
@@ -112,7 +115,7 @@ def test_selection_keeps_the_checkpoint_best_on_validation(world, tmp_path):
     again, it gives exactly that value; the curve is in metrics.jsonl and loss.png, the step in the card."""
     from pipeline.orchestrate import validator
 
-    recipe = load_recipe("tiny", ["distill.eval_every=16", "distill.select_by=reward", "teacher_cache.backend=hf"])
+    recipe = load_recipe("tiny", CHECKS + ["distill.eval_every=16", "distill.select_by=reward"])
     (run,) = run_distill(recipe, world["store"], "kd", tmp_path / "kd", say=silent)
     valid = [json.loads(ln) for ln in (tmp_path / "kd" / "metrics.jsonl").read_text().splitlines()
              if '"split": "valid"' in ln]
@@ -120,7 +123,7 @@ def test_selection_keeps_the_checkpoint_best_on_validation(world, tmp_path):
     best = max(valid, key=lambda v: (v["reward"], -v["step"]))  # the first of equals is kept
     assert run.summary["selected"] == {"by": "reward", "step": best["step"], "value": best["reward"]}
     from transformers import AutoModelForCausalLM
-    again = validator(recipe, world["store"])(AutoModelForCausalLM.from_pretrained(run.model_dir))
+    again = validator(recipe, recipe.distill_for("kd"), world["store"])(AutoModelForCausalLM.from_pretrained(run.model_dir))
     assert again == {k: v for k, v in best.items() if k not in ("step", "split")}
     assert f"step {best['step']}, the best on the validation pairs by reward" in (run.model_dir / "README.md").read_text()
 
