@@ -82,7 +82,7 @@ def test_unreadable_sources_are_one_line_errors(tmp_path):
         load_rows(str(tmp_path / "x.csv"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
-    with pytest.raises(DataError, match="cannot load dataset"):
+    with pytest.raises(DataError, match="bad.jsonl: line 1 is not JSON"):
         load_rows(str(bad))
 
 
@@ -99,3 +99,30 @@ def test_rendering_with_the_real_chat_template(smollm2_tokenizer):
     assert len(enc.prompt_ids) + len(enc.chosen_ids) == 64 and enc.truncated == 1
     assert tok.decode(enc.chosen_ids).startswith("word word")  # the start of the response is kept
     assert encode_pair(tok, long, len(enc.prompt_ids)) == "prompt_too_long"
+
+
+def test_a_file_replaced_under_the_same_mtime_is_read_anew(tmp_path):
+    """The fingerprint and the rows come from the same bytes: a file swapped for other rows of the same
+    size and mtime (`cp -p`, `rsync -a`, tar) gives the new rows, never datasets' cached copy of the old."""
+    import hashlib
+    import os
+    import shutil
+    f, other = tmp_path / "pairs.jsonl", tmp_path / "other.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in ROWS))
+    other.write_text("\n".join(json.dumps(r | {"prompt": r["prompt"].upper()}) for r in ROWS))
+    st = f.stat()
+    ds, fp = load_rows(str(f))
+    assert ds[0]["prompt"] == ROWS[0]["prompt"]
+    shutil.copy2(other, f)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert f.stat().st_mtime_ns == st.st_mtime_ns and f.stat().st_size == st.st_size
+    ds, fp = load_rows(str(f))
+    assert ds[0]["prompt"] == ROWS[0]["prompt"].upper() and fp["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+def test_missing_empty_and_odd_local_sources_say_so_in_one_line(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    for source, says in [(tmp_path / "empty.jsonl", "no rows"), (tmp_path / "absent.jsonl", "no such file"),
+                         ("./data/absent", "no such file"), (tmp_path, "unsupported file type")]:
+        with pytest.raises(DataError, match=says):
+            load_rows(str(source))

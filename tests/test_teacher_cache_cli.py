@@ -70,6 +70,14 @@ def test_strict_stops_at_the_first_bad_row_naming_it(model_store, bad_rows_file)
     assert p.returncode == 1 and "row 1: no shared prompt" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
+def test_a_run_that_would_use_no_row_fails_with_the_drop_counts(model_store, bad_rows_file):
+    _, recipe = bad_rows_file
+    p = adpa("teacher-cache", "--recipe", recipe, "--set", "teacher_cache.max_length=3", store=model_store)
+    assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "no usable row of 9 (dropped: " in p.stderr and "prompt_too_long" in p.stderr
+    assert not [k for k in model_store.keys() if not model_store.is_complete(k)]  # nothing half-made left
+
+
 def test_a_student_with_another_vocabulary_is_refused_before_any_model_work(model_store, tmp_path, bad_rows_file):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 

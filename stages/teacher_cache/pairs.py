@@ -37,26 +37,66 @@ class DataError(ValueError):
 
 
 def load_rows(source: str, split: str = "train"):
-    """(datasets.Dataset, readable fingerprint) from a local json/jsonl/parquet file or a hub id."""
+    """(rows as dicts, readable fingerprint) from a local json/jsonl/parquet file or a hub id.
+
+    A local file is read once: the bytes that are hashed into the fingerprint are the bytes parsed
+    (datasets' own file cache is keyed by path and mtime, and would serve old rows for a file replaced
+    with `cp -p`, `rsync -a` or a tar extraction). Rows stay plain dicts, so a row whose fields have
+    other types than its neighbours' is a counted drop, not a failed load."""
     import datasets
 
     datasets.disable_progress_bars()
-    path = Path(source)
+    path = Path(source).expanduser()
+    if not path.exists() and looks_like_a_path(source):
+        raise DataError(f"{source}: no such file")
     try:
         if path.exists():
-            builder = LOCAL_BUILDERS.get(path.suffix.lower())
-            if builder is None:
-                raise DataError(f"{source}: unsupported file type {path.suffix!r} (use json, jsonl or parquet)")
-            ds = datasets.load_dataset(builder, data_files={split: str(path)}, split=split)
-            fp = {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "split": split}
+            if path.is_dir() or (builder := LOCAL_BUILDERS.get(path.suffix.lower())) is None:
+                raise DataError(f"{source}: unsupported file type {path.suffix or 'folder'!r} "
+                                f"(use json, jsonl or parquet)")
+            raw = path.read_bytes()
+            rows = _parse_local(raw, builder, path.suffix.lower(), source)
+            fp = {"file": path.name, "sha256": hashlib.sha256(raw).hexdigest(), "split": split}
         else:
             ds = datasets.load_dataset(source, split=split)
-            fp = {"hub_id": source, "revision": None, "split": split, "fingerprint": ds._fingerprint}
+            rows, fp = ds.to_list(), {"hub_id": source, "revision": None, "split": split, "fingerprint": ds._fingerprint}
     except DataError:
         raise
-    except Exception as e:  # datasets raises many types; the user needs the source and the reason
+    except Exception as e:  # datasets and pyarrow raise many types; the user needs the source and the reason
         raise DataError(f"cannot load dataset {source!r} split {split!r}: {str(e).splitlines()[0]}") from None
-    return ds, fp
+    if not rows:
+        raise DataError(f"{source}: no rows")
+    return rows, fp
+
+
+def looks_like_a_path(source: str) -> bool:
+    """A local path rather than a hub id ("org/name" has one slash and no file suffix)."""
+    return (source.startswith(("/", "./", "../", "~")) or source.count("/") > 1
+            or Path(source).suffix.lower() in LOCAL_BUILDERS)
+
+
+def _parse_local(raw: bytes, builder: str, suffix: str, source: str) -> list[dict]:
+    """The rows in `raw`: JSON lines, a JSON list of rows, or Parquet."""
+    import io
+    import json
+
+    import pyarrow.parquet as pq
+    if builder == "parquet":
+        return pq.read_table(io.BytesIO(raw)).to_pylist()
+    text = raw.decode("utf-8")
+    if suffix == ".jsonl" or not text.lstrip().startswith("["):
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{source}: line {n} is not JSON ({e.msg})") from None
+    else:
+        rows = json.loads(text)
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise DataError(f"{source}: expected one JSON object per row")
+    return rows
 
 
 def detect_format(columns: list[str], first: dict | None) -> str:

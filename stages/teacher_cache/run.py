@@ -93,17 +93,21 @@ class Run:
 
 def prepare(data: Data, tc: TeacherCache, tok, strict: bool) -> tuple[list, dict, str]:
     """(Encoded-or-reason per input row, data fingerprint, format). `data.source` is a file or a hub id."""
-    ds, fp = load_rows(data.source, data.split)
-    if data.limit is not None:
-        ds = ds.select(range(min(data.limit, len(ds))))
-    fmt = data.format if data.format != "auto" else detect_format(ds.column_names, ds[0] if len(ds) else None)
+    rows, fp = load_rows(data.source, data.split)
+    rows = rows[:data.limit] if data.limit is not None else rows
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    fmt = data.format if data.format != "auto" else detect_format(columns, rows[0])
     prepared = []
-    for i, row in enumerate(ds):
+    for i, row in enumerate(rows):
         parsed = parse_row(i, row, fmt)
         enc = parsed if isinstance(parsed, str) else encode_pair(tok, parsed, tc.max_length)
         if strict and isinstance(enc, str):
             raise DataError(f"{data.source} row {i}: {enc.replace('_', ' ')} (--strict stops at the first unusable row)")
         prepared.append(enc)
+    if all(isinstance(e, str) for e in prepared):  # nothing would be learnt from empty artifacts
+        drops = ", ".join(f"{r} {n}" for r, n in sorted(Counter(prepared).items()))
+        raise DataError(f"{data.source}: no usable row of {len(prepared)} (dropped: {drops}); "
+                        f"teacher_cache.max_length is {tc.max_length}")
     return prepared, fp, fmt
 
 
