@@ -58,7 +58,8 @@ class ArtifactWriter:
 
     After entering: `reused` is True when a complete artifact already exists (then `manifest` is
     it and nothing may be written); else `resume_from` is the first input row still to produce and
-    `end` the end of this rank's slice.
+    `end` the end of this rank's slice (`resume_from == end` when another process of the same key
+    already finished this slice and only the manifest is pending: `finish()` then keeps its record).
     """
 
     def __init__(self, store: Store, kind: str, inputs: dict, codec, layout: dict, input_rows: int, *,
@@ -77,7 +78,7 @@ class ArtifactWriter:
         self.max_shard_rows, self.max_shard_bytes, self.batch_tokens = max_shard_rows, max_shard_bytes, batch_tokens
         # Level 1 beat 3 and 9 on real top-k byte planes, in size and speed (make bench-store).
         self.ipc_options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", zstd_level))
-        self.reused, self.manifest, self.resume_from = False, None, self.start
+        self.reused, self.manifest, self.resume_from, self.done = False, None, self.start, False
         self._lock = None
 
     def _name(self, i: int) -> str:
@@ -88,18 +89,22 @@ class ArtifactWriter:
 
     # ---- lifecycle ---------------------------------------------------------------------
     def __enter__(self):
-        # Each rank has its own lock; the key's lock is taken only to publish (assemble).
+        # Each rank has its own lock, held while it writes. The key's lock serialises publishing
+        # (assemble): it is held here too while this rank looks at the folder, so that a producer of
+        # the same key that finished its slice and is publishing is never seen half way.
         self._lock = self.store.lock(f"{self.key}.r{self.rank:03d}")
         self._lock.__enter__()
         try:
-            self.manifest = self.store.manifest(self.key)
-            if self.manifest is not None:
-                self.reused = True
-                return self
-            (self.dir / PROGRESS).mkdir(parents=True, exist_ok=True)
-            self._check_world_size()
-            self._records = self._recover()
-            self.resume_from = self._records[-1]["input_end"] if self._records else self.start
+            with self.store.lock(self.key, quiet=True):
+                self.manifest = self.store.manifest(self.key)
+                if self.manifest is not None:
+                    self.reused = True
+                    return self
+                (self.dir / PROGRESS).mkdir(parents=True, exist_ok=True)
+                self._check_world_size()
+                self._records, self.done = self._recover()
+            self.resume_from = self.end if self.done else (
+                self._records[-1]["input_end"] if self._records else self.start)
             self.next_index = self.resume_from
             self._pending, self._pending_tokens = [], 0
             self._drops, self._used = Counter(), 0
@@ -136,8 +141,9 @@ class ArtifactWriter:
         if not marker.exists():
             atomic_write_bytes(marker, str(self.world_size).encode())
 
-    def _recover(self) -> list[dict]:
-        """Keep this rank's committed prefix of shards that still match their records; delete its other files."""
+    def _recover(self) -> tuple[list[dict], bool]:
+        """Keep this rank's committed prefix of shards that still match their records, and its done
+        record when every shard it counts is kept; delete its other files. Returns (records, done)."""
         prog = self.dir / PROGRESS
         kept, expect = [], self.start
         while (rec_path := prog / self._record_name(len(kept))).exists():
@@ -152,12 +158,18 @@ class ArtifactWriter:
                 break
             kept.append(rec)
             expect = rec["input_end"]
-        keep = {r["file"] for r in kept} | {self._record_name(i) for i in range(len(kept))}
+        done_path = prog / f"r{self.rank:03d}-of-{self.world_size:03d}.done"
+        try:
+            done = json.loads(done_path.read_text())["shards"] == len(kept)
+        except (OSError, ValueError, KeyError, TypeError):
+            done = False
+        keep = {r["file"] for r in kept} | {self._record_name(i) for i in range(len(kept))} \
+            | ({done_path.name} if done else set())
         mine = (f"shard-{self.rank:03d}-", f".shard-{self.rank:03d}-", f"r{self.rank:03d}-")
         for p in list(self.dir.iterdir()) + list(prog.iterdir()):
             if p.is_file() and p.name.startswith(mine) and p.name not in keep:
                 p.unlink()
-        return kept
+        return kept, done
 
     # ---- producing ---------------------------------------------------------------------
     def _take(self, index: int):
@@ -226,7 +238,7 @@ class ArtifactWriter:
 
     def finish(self, stats: dict | None = None) -> None:
         """Close the last shard and mark this rank's slice done (its remaining drops included)."""
-        if self.reused:
+        if self.reused or self.done:
             return
         if self.next_index != self.end:
             raise StoreError(f"{self.key}: rank {self.rank} produced rows up to {self.next_index}, "

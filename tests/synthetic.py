@@ -17,6 +17,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from artifacts import ArtifactWriter, Store  # noqa: E402
+from artifacts.writer import assemble  # noqa: E402
 from schemas import token_topk  # noqa: E402
 
 K, VOCAB, PROMPT = 8, 5000, 4
@@ -53,14 +54,21 @@ def spec(seed: int = 0, n: int = 0, with_ref: bool = False):
 
 
 def produce(root, n: int, seed: int = 0, sleep: float = 0.0, max_shard_rows: int = 16, with_ref: bool = False,
-            fail_at: int | None = None, rank: int = 0, world_size: int = 1) -> tuple[dict | None, bool]:
+            fail_at: int | None = None, rank: int = 0, world_size: int = 1,
+            assemble_after: bool = False, pause_before_assemble: float = 0.0,
+            load_time: float = 0.0) -> tuple[dict | None, bool]:
     """Produce (or resume, or reuse) the synthetic artifact or one rank's slice of it; returns
-    (manifest or None while other ranks are pending, reused)."""
+    (manifest or None while other ranks are pending, reused). `assemble_after`: as stage one does,
+    finish the slice inside the writer and assemble the manifest after leaving it."""
     kind, inputs, codec, layout = spec(seed, n, with_ref)
     with ArtifactWriter(Store(root), kind, inputs, codec, layout, n, rank=rank, world_size=world_size,
                         max_shard_rows=max_shard_rows, batch_tokens=200) as w:
         if w.reused:
             return w.manifest, True
+        if w.done:
+            assert w.resume_from == w.end
+        else:
+            time.sleep(load_time)  # as stage one loads its engines when there is work
         for i in range(w.resume_from, w.end):
             if i == fail_at:
                 raise RuntimeError(f"injected failure at row {i}")
@@ -70,7 +78,11 @@ def produce(root, n: int, seed: int = 0, sleep: float = 0.0, max_shard_rows: int
                 w.add(i, [make_row(seed, i, "chosen", with_ref=with_ref), make_row(seed, i, "rejected", with_ref=with_ref)])
             if sleep:
                 time.sleep(sleep)
-        return w.publish(stats={"note": "synthetic"}), False
+        if not assemble_after:
+            return w.publish(stats={"note": "synthetic"}), False
+        w.finish({"note": "synthetic"})
+    time.sleep(pause_before_assemble)  # a slow barrier between the ranks' finish and the manifest
+    return assemble(Store(root), kind, inputs, codec, layout, n), w.done
 
 
 if __name__ == "__main__":
@@ -82,6 +94,10 @@ if __name__ == "__main__":
     ap.add_argument("--max-shard-rows", type=int, default=16)
     ap.add_argument("--rank", type=int, default=0)
     ap.add_argument("--world-size", type=int, default=1)
+    ap.add_argument("--assemble-after", action="store_true")
+    ap.add_argument("--pause-before-assemble", type=float, default=0.0)
+    ap.add_argument("--load-time", type=float, default=0.0)
     a = ap.parse_args()
-    m, reused = produce(a.store, a.n, a.seed, a.sleep, a.max_shard_rows, rank=a.rank, world_size=a.world_size)
+    m, reused = produce(a.store, a.n, a.seed, a.sleep, a.max_shard_rows, rank=a.rank, world_size=a.world_size,
+                        assemble_after=a.assemble_after, pause_before_assemble=a.pause_before_assemble, load_time=a.load_time)
     print("reused " + m["key"] if reused else ("published " + m["key"] if m else f"rank {a.rank} done"), flush=True)

@@ -168,6 +168,30 @@ def test_two_concurrent_producers_end_with_one_artifact(tmp_path):
     assert_complete_and_exact(st.path(st.keys()[0]), n)
 
 
+def test_concurrent_producers_that_publish_after_the_writer_both_succeed(tmp_path):
+    """Stage one's pattern (finish inside the writer, assemble after it) with two processes of one key,
+    started at random offsets over many trials: both exit 0, one complete artifact with exact values.
+    Before the fix the second deleted the first's done record between its rank lock and its key lock."""
+    rng = np.random.default_rng(20261202)
+    n, seen = 17, []  # row 16, the last, is a drop: it is counted in the done record, not in a shard's
+    for trial in range(12):
+        root = tmp_path / f"t{trial}"
+        cmd = [sys.executable, PRODUCER, str(root), str(n), "--assemble-after", "--max-shard-rows", "8",
+               "--sleep", "0.02", "--load-time", "0.5",
+               "--pause-before-assemble", str(float(rng.choice([0.0, 0.3, 1.0])))]
+        first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(float(rng.uniform(0.0, 2.5)))
+        second = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        outs = [p.communicate(timeout=300) for p in (first, second)]
+        assert [p.returncode for p in (first, second)] == [0, 0], (trial, outs)
+        seen += [o[0].split()[0] for o in outs]
+        st = Store(root)
+        assert len(st.keys()) == 1
+        verify_artifact(st.path(st.keys()[0]))
+        assert_complete_and_exact(st.path(st.keys()[0]), n)
+    assert "published" in seen and "reused" in seen, seen
+
+
 def test_verify_rejects_a_shard_swapped_for_a_valid_but_different_one(artifact):
     """Checksums bind content: a well-formed shard from elsewhere in the same slot is caught."""
     d, m = artifact

@@ -142,11 +142,13 @@ def _produce(run: Run, kind: str, role: str, inputs: dict, codec, layout: dict, 
         if w.reused:
             say(f"{kind} ({role}): complete artifact {w.key} reused")
             return Result(kind, role, w.key, "reused", w.manifest)
-        for role_, task in engines:  # loaded only when there is work, and outside the timing
+        if w.done:
+            say(f"{kind} ({role}): {w.key} was produced by another process; publishing it")
+        for role_, task in engines if not w.done else ():  # loaded only when there is work, outside the timing
             run.engine(role_, task)
         t0 = time.perf_counter()
-        status = "resumed" if w.resume_from > w.start else "built"
-        if w.resume_from > w.start:
+        status = "reused" if w.done else "resumed" if w.resume_from > w.start else "built"
+        if w.start < w.resume_from < w.end:
             say(f"{kind} ({role}): resuming {w.key} at input row {w.resume_from}")
         tokens = 0
         # A block never spans more than one shard (2 sequences per input row at most), so a killed
