@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 from pathlib import Path
@@ -59,3 +61,27 @@ def fingerprint_files(paths: list[Path], root: Path | None = None) -> dict[str, 
         name = str(p.relative_to(root)) if root else p.name
         out[name] = sha256_file(p)
     return out
+
+
+class FolderInUse(OSError):
+    """Another process holds the folder (the message names it and that process)."""
+
+
+@contextlib.contextmanager
+def exclusive_folder(path: Path, what: str = "folder"):
+    """Hold `path/.lock` (an advisory flock the kernel releases when the holder dies) or raise
+    FolderInUse at once, naming the holder's pid: two writers never interleave in one folder."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise FolderInUse(f"{what} {path} is in use by another process (pid {holder}); wait for it, or "
+                              f"choose another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -145,7 +145,12 @@ def read_manifest(path: Path, key: str | None = None) -> dict:
         m = json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise mf.ManifestError(f"{path}: not valid JSON ({e})") from None
-    return mf.validate(m, key)
+    except RecursionError:
+        raise mf.ManifestError(f"{path}: nested deeper than {mf.MAX_DEPTH} levels") from None
+    try:
+        return mf.validate(m, key)
+    except mf.ManifestError as e:
+        raise mf.ManifestError(f"{path}: {e}") from None
 
 
 def _newest_mtime(p: Path) -> float:

@@ -13,7 +13,7 @@ from schemas.keys import parse_key
 from artifacts.store import MANIFEST, read_manifest
 from artifacts.transfer import pull as pull_artifact
 from artifacts.transfer import push as push_artifact
-from pipeline.options import StoreOpt, fail
+from pipeline.options import StoreOpt, fail, printable
 
 app = typer.Typer(help="Inspect and move artifacts of the store.", no_args_is_help=True)
 
@@ -50,10 +50,10 @@ def ls(store: StoreOpt = None, as_json: bool = typer.Option(False, "--json", hel
 def _print_tree(obj, indent: int = 2):
     for k, v in obj.items():
         if isinstance(v, dict) and v:
-            typer.echo(" " * indent + f"{k}:")
+            typer.echo(" " * indent + f"{printable(k)}:")
             _print_tree(v, indent + 2)
-        else:
-            typer.echo(" " * indent + f"{k}: {json.dumps(v) if isinstance(v, (list, dict)) else v}")
+        else:  # values from a manifest someone else wrote: never a control character on the terminal
+            typer.echo(" " * indent + printable(f"{k}: {json.dumps(v) if isinstance(v, (list, dict)) else v}"))
 
 
 @app.command()
@@ -73,7 +73,7 @@ def show(key: str = typer.Argument(..., help="Artifact key or folder."), store: 
     dropped = sum(m["dropped"].values())
     typer.echo(f"  input rows: {m['input_rows']:,} = {m['rows_used']:,} used + {dropped:,} dropped")
     for reason, n in m["dropped"].items():
-        typer.echo(f"    dropped {reason}: {n:,}")
+        typer.echo(f"    dropped {printable(reason)}: {n:,}")
     for section in ("inputs", "producer", "stats"):
         typer.echo(f"  {section}:")
         _print_tree(m[section], 4)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from pipeline import cache_cli
-from pipeline.options import StoreOpt, fail
+from pipeline.options import StoreOpt, fail, one_line
 from stages.common.settings import help_of
 from stages.distill.settings import Distill
 from stages.teacher_cache.settings import Data, TeacherCache
@@ -171,15 +171,40 @@ def recipe_show(recipe: str = RecipeOpt, overrides: list[str] = SetOpt):
     typer.echo(show(_recipe(recipe, overrides)))
 
 
-def main() -> None:
-    """Entry point: known failures become one line and exit 1, never a traceback."""
-    from artifacts import StoreError, VerifyError
-    from artifacts.shards import ShardError
-    from schemas.manifest import ManifestError
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show the traceback of a failure (before the command: "
+                                     "adpa --debug distill ...).")):
+    """ADPA / DCKD distillation: cache teacher signals once, train students on them many times."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every failure becomes one line and exit 1 (2 for usage, 130 on Ctrl-C), never a
+    traceback unless --debug asks for it."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv[: next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))]
+    interrupted = ("adpa: interrupted: committed shards and checkpoints are kept; run the same command again to "
+                   "resume (distill: add --resume)")
     try:
-        app()
-    except (StoreError, VerifyError, ShardError, ManifestError, FileNotFoundError, PermissionError, ValueError) as e:
-        typer.echo(f"adpa: error: {e}", err=True)
+        code = app(argv, standalone_mode=False)  # typer.Exit comes back as its code; Ctrl-C as 130
+        if code == 130:
+            typer.echo(interrupted, err=True)
+        sys.exit(code if isinstance(code, int) else 0)
+    except KeyboardInterrupt:
+        typer.echo(interrupted, err=True)
+        sys.exit(130)
+    except typer.Abort:
+        typer.echo("adpa: aborted", err=True)
+        sys.exit(130)
+    except typer.TyperException as e:  # usage: unknown command or option, bad value, missing argument
+        e.show()
+        sys.exit(getattr(e, "exit_code", 2))
+    except Exception as e:
+        if debug:
+            raise
+        expected = isinstance(e, (OSError, ValueError, LookupError, RecursionError, RuntimeError)) \
+            or type(e).__module__.split(".")[0] in ("artifacts", "schemas", "stages", "pipeline")
+        hint = "" if expected else f" ({type(e).__name__}; adpa --debug ... shows the traceback)"
+        typer.echo(f"adpa: error: {one_line(e)}{hint}", err=True)
         sys.exit(1)
 
 

@@ -14,5 +14,22 @@ StoreOpt = Annotated[Path | None, typer.Option(
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """One line on stderr naming what is wrong, then a non-zero exit."""
-    typer.echo(f"adpa: error: {message}", err=True)
+    typer.echo(f"adpa: error: {printable(message)}", err=True)
     raise typer.Exit(code)
+
+
+def one_line(e: BaseException) -> str:
+    """An expected failure as one printable line that names the input: OS errors with their path,
+    control characters (from a file, a manifest, a recipe) shown escaped, never as new lines."""
+    if isinstance(e, OSError) and e.strerror:
+        text = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+        text += f" (errno {e.errno})" if e.errno else ""
+    elif isinstance(e, RecursionError):
+        text = "input nested too deeply to read"
+    else:
+        text = str(e) or type(e).__name__
+    return printable(text)
+
+
+def printable(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))

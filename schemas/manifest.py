@@ -19,6 +19,7 @@ MAX_SHARDS = 100_000
 MAX_SHARD_ROWS = 10_000_000
 MAX_SHARD_BYTES = 64 << 30
 MAX_COUNT = 10**13
+MAX_DEPTH = 32  # manifests are a few levels deep; a deeper one is refused before anything walks it
 SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")  # no '/', no '..', no leading '.'
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -45,9 +46,23 @@ def check_shard_name(name) -> str:
     return name
 
 
+def depth(obj) -> int:
+    """Nesting depth of parsed JSON, without recursion (a hostile manifest may be deep)."""
+    deepest, todo = 0, [(obj, 1)]
+    while todo:
+        o, d = todo.pop()
+        if isinstance(o, (dict, list)):
+            deepest = max(deepest, d)
+            if d <= MAX_DEPTH:
+                todo.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return deepest
+
+
 def validate(m, key: str | None = None) -> dict:
     """Check a parsed manifest; `key` is the name it was found under. Returns it unchanged."""
     _dict(m, "manifest")
+    if depth(m) > MAX_DEPTH:
+        raise ManifestError(f"manifest nested deeper than {MAX_DEPTH} levels")
     if m.get("format") != FORMAT:
         raise ManifestError(f"not an adpa manifest (format {m.get('format')!r}, expected {FORMAT!r})")
     ver = m.get("format_version")
@@ -69,6 +84,9 @@ def validate(m, key: str | None = None) -> dict:
     if artifact_key(kind, inputs, sch) != m["key"]:
         raise ManifestError(f"key {m['key']} is not the hash of the manifest's inputs (tampered or mislabelled)")
     _dict(m.get("producer"), "producer")
+    _dict(m.get("stats"), "stats")
+    if not isinstance(m.get("created"), str):
+        raise ManifestError(f"created must be a time string, got {m.get('created')!r}")
     shards = m.get("shards")
     if not isinstance(shards, list) or len(shards) > MAX_SHARDS:
         raise ManifestError(f"shards must be a list of at most {MAX_SHARDS} entries")
@@ -90,8 +108,8 @@ def validate(m, key: str | None = None) -> dict:
             raise ManifestError(f"totals.{what} is {totals.get(what)!r} but the shards add up to {got}")
     dropped = _dict(m.get("dropped"), "dropped")
     for reason, n in dropped.items():
-        if not isinstance(reason, str) or not reason or len(reason) > 200:
-            raise ManifestError(f"dropped reason {reason!r} is not a short string")
+        if not isinstance(reason, str) or not reason or len(reason) > 200 or not reason.isprintable():
+            raise ManifestError(f"dropped reason {reason!r} is not a short printable string")
         _int(n, f"dropped[{reason}]", MAX_COUNT)
     rows_in = _int(m.get("input_rows"), "input_rows", MAX_COUNT)
     used = _int(m.get("rows_used"), "rows_used", MAX_COUNT)

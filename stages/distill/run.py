@@ -12,6 +12,7 @@ DCKD student generated), are the pipeline's business: this stage never imports s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from artifacts import Store
 from artifacts.folders import publish_folder
+from artifacts.fsutil import exclusive_folder
 from artifacts.reader import ArtifactReader
 from artifacts.store import MANIFEST
 from schemas import files
@@ -147,39 +149,42 @@ def train_one(store: Store, loss: str, init: ResolvedModel, settings: Distill, c
               "precision": precision} | ({"validation": validate.identity} if validate is not None else {})
     key = artifact_key("student", inputs, {"name": files.NAME, "version": files.VERSION})
     run_dir = Path(run_dir)
-    if store.manifest(key) is not None:
-        say(f"student ({label}): complete artifact {key} reused")
-        if ranks.rank == 0 and not (run_dir / "model").exists():  # the run folder shows the student either way
-            (run_dir / "model").mkdir(parents=True)
-            _link_or_copy(store.path(key), run_dir / "model", skip=(MANIFEST,))
-        return Trained(label, key, "reused", store.path(key), run_dir, store.manifest(key)["stats"])
+    # One run per folder: a second `adpa distill` into it refuses at once (its metrics, checkpoints
+    # and model would interleave with the first's). Rank 0 holds it for the whole launch.
+    with exclusive_folder(run_dir, "run folder") if ranks.rank == 0 else contextlib.nullcontext():
+        if store.manifest(key) is not None:
+            say(f"student ({label}): complete artifact {key} reused")
+            if ranks.rank == 0 and not (run_dir / "model").exists():  # the run folder shows the student either way
+                (run_dir / "model").mkdir(parents=True)
+                _link_or_copy(store.path(key), run_dir / "model", skip=(MANIFEST,))
+            return Trained(label, key, "reused", store.path(key), run_dir, store.manifest(key)["stats"])
 
-    stream = PairStream(dirs, loss, d.seed, d.shuffle_buffer, d.batch_pairs)
-    dropped = next(iter(ArtifactReader(p).manifest for p in dirs.values()))["dropped"]
-    say(f"student ({label}): {init.spec} on {stream.n_pairs} pairs"
-        + (f" (stage one dropped {sum(dropped.values())}: {dropped})" if dropped else "")
-        + f"; {stream.steps_per_epoch * d.epochs} steps of {d.batch_pairs} pairs; {device}"
-        + (f" {autocast} autocast" if autocast else " float32") + f"; run folder {run_dir}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(d.seed + ranks.rank)
-    model = load_model(init, torch.float32, device)
-    resumed = resume and bool(checkpoints.complete(run_dir))
-    summary = trainer.train(model, stream, loss, d, settings_in_key["lr"], autocast, ranks, run_dir, key, resume,
-                            pad_id(tok), vocab, say, validate)
-    summary["dropped_in_stage_one"] = dropped
-    if ranks.rank == 0:
-        out = run_dir / "model"
-        shutil.rmtree(out, ignore_errors=True)
-        model.save_pretrained(out, safe_serialization=True)
-        tok.save_pretrained(out)
-        report.plot_loss(report.read_metrics(run_dir / "metrics.jsonl"), f"{title}: {label}", run_dir / "loss.png")
-        (out / "README.md").write_text(report.model_card(
-            title=title, loss=label, init_spec=init.spec, settings=settings_in_key, caches=needed, summary=summary,
-            key=key, command=command or f"adpa distill -r {title} --loss {label}"))
-        publish_folder(store, "student", inputs, lambda folder: (_link_or_copy(out, folder), summary)[1])
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the run is complete and published
-    ranks.barrier()
-    return Trained(label, key, "resumed" if resumed else "built", store.path(key), run_dir, summary)
+        stream = PairStream(dirs, loss, d.seed, d.shuffle_buffer, d.batch_pairs)
+        dropped = next(iter(ArtifactReader(p).manifest for p in dirs.values()))["dropped"]
+        say(f"student ({label}): {init.spec} on {stream.n_pairs} pairs"
+            + (f" (stage one dropped {sum(dropped.values())}: {dropped})" if dropped else "")
+            + f"; {stream.steps_per_epoch * d.epochs} steps of {d.batch_pairs} pairs; {device}"
+            + (f" {autocast} autocast" if autocast else " float32") + f"; run folder {run_dir}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(d.seed + ranks.rank)
+        model = load_model(init, torch.float32, device)
+        resumed = resume and bool(checkpoints.complete(run_dir))
+        summary = trainer.train(model, stream, loss, d, settings_in_key["lr"], autocast, ranks, run_dir, key, resume,
+                                pad_id(tok), vocab, say, validate)
+        summary["dropped_in_stage_one"] = dropped
+        if ranks.rank == 0:
+            out = run_dir / "model"
+            shutil.rmtree(out, ignore_errors=True)
+            model.save_pretrained(out, safe_serialization=True)
+            tok.save_pretrained(out)
+            report.plot_loss(report.read_metrics(run_dir / "metrics.jsonl"), f"{title}: {label}", run_dir / "loss.png")
+            (out / "README.md").write_text(report.model_card(
+                title=title, loss=label, init_spec=init.spec, settings=settings_in_key, caches=needed, summary=summary,
+                key=key, command=command or f"adpa distill -r {title} --loss {label}"))
+            publish_folder(store, "student", inputs, lambda folder: (_link_or_copy(out, folder), summary)[1])
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the run is complete and published
+        ranks.barrier()
+        return Trained(label, key, "resumed" if resumed else "built", store.path(key), run_dir, summary)
 
 
 def summary_table(results: list[Trained]) -> str:
