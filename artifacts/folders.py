@@ -10,7 +10,7 @@ from pathlib import Path
 from artifacts.fsutil import atomic_write_bytes, fsync_dir, fsync_file, sha256_file
 from schemas.keys import artifact_key
 from artifacts.store import MANIFEST, Store, StoreError, now_iso
-from artifacts.writer import producer_versions
+from artifacts.writer import checked_for_reuse, producer_versions
 from schemas import files
 from schemas import manifest as mf
 
@@ -25,7 +25,7 @@ def publish_folder(store: Store, kind: str, inputs: dict, build: Callable[[Path]
     key = artifact_key(kind, inputs, shard_schema)
     d = store.path(key)
     with store.lock(key):
-        m = store.manifest(key)
+        m = checked_for_reuse(store, key)
         if m is not None:
             return d, m, True
         if d.exists():

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from artifacts.prefetch import background
-from artifacts.shards import codec_and_layout, open_shard
-from artifacts.store import MANIFEST, read_manifest
+from artifacts.shards import ShardError, codec_and_layout, open_shard
+from artifacts.store import MANIFEST, read_manifest, repair_hint
 
 
 class ArtifactReader:
@@ -25,7 +25,10 @@ class ArtifactReader:
     def decoded(self):
         """Decoded record batches in manifest order (each shard's sha256 checked first, unless told not to)."""
         for entry in self.manifest["shards"]:
-            reader, state = open_shard(self.dir, entry, self.codec, self.layout, self.check_sha)
+            try:
+                reader, state = open_shard(self.dir, entry, self.codec, self.layout, self.check_sha)
+            except ShardError as e:
+                raise ShardError(f"artifact {self.dir.name}: {e}; {repair_hint(self.dir.name)}") from None
             for i in range(reader.num_record_batches):
                 yield self.codec.decode(reader.get_batch(i), self.layout, state)
 

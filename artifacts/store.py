@@ -34,6 +34,12 @@ class StoreError(Exception):
     """A store operation that cannot go on; the message is one line naming the artifact."""
 
 
+def repair_hint(key: str) -> str:
+    """What to run about a damaged artifact, said wherever one is found."""
+    return (f"repair it: adpa cache repair {key} URL (a good copy from another store), or adpa cache repair {key} "
+            f"(removes it), then run the command that made it again")
+
+
 class Store:
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else default_root()

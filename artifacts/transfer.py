@@ -3,7 +3,8 @@
 push: shards first, manifest last, so a reader of the remote store never sees a manifest whose
 shards are not there yet. pull: everything lands in `<store>/.incoming/`, is verified in full
 (manifest rules, sizes, sha256, schema, counts) and only then renamed into place under the key's
-lock; a bad remote artifact never becomes visible.
+lock; a bad remote artifact never becomes visible, and a damaged local copy of the key is replaced.
+repair: a damaged local artifact replaced by a pulled copy, or removed so that its producer rebuilds it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import uuid
 import fsspec
 
 from artifacts.store import INCOMING, MANIFEST, Store, StoreError
-from artifacts.verify import verify_artifact
+from artifacts.verify import Incomplete, VerifyError, verify_artifact
 from schemas import manifest as mf
 
 CHUNK = 4 << 20
@@ -30,13 +31,21 @@ def _fs(url: str):
 def push(store: Store, key: str, url: str) -> str:
     """Copy a complete, verified artifact to `<url>/<key>/`; returns the remote artifact URL."""
     src = store.path(key)
-    m = verify_artifact(src)
+    try:
+        m = verify_artifact(src)
+    except Incomplete as e:
+        raise StoreError(f"cannot push {key}: {e}") from None
     fs, root = _fs(url)
     dest = f"{root}/{key}"
-    fs.makedirs(dest, exist_ok=True)
-    for s in m["shards"]:
-        fs.put_file(str(src / s["file"]), f"{dest}/{s['file']}")
-    fs.put_file(str(src / MANIFEST), f"{dest}/{MANIFEST}")
+    target = dest
+    try:
+        fs.makedirs(dest, exist_ok=True)
+        for name in [s["file"] for s in m["shards"]] + [MANIFEST]:
+            target = f"{dest}/{name}"
+            fs.put_file(str(src / name), target)
+    except OSError as e:  # the destination's fault (full, read-only, gone): name it, not the local file
+        raise StoreError(f"push {key} to {url}: {e.strerror or e} writing {target}; the remote copy has no "
+                         f"manifest, so no reader takes it as complete") from None
     return url.rstrip("/") + "/" + key
 
 
@@ -56,7 +65,7 @@ def pull(store: Store, url: str) -> tuple[str, bool]:
     name = remote.rsplit("/", 1)[-1]
     if name != key:
         raise StoreError(f"{url}: folder is named {name!r} but its manifest is for {key}")
-    if store.is_complete(key):
+    if _sound(store, key):
         return key, True
     work = store.root / INCOMING / uuid.uuid4().hex
     tmp = work / key  # verified under its own name, then renamed into place
@@ -67,15 +76,52 @@ def pull(store: Store, url: str) -> tuple[str, bool]:
         (tmp / MANIFEST).write_bytes(json.dumps(m, indent=1).encode())
         verify_artifact(tmp)
         with store.lock(key):
-            if store.is_complete(key):
+            if _sound(store, key):
                 return key, True
             dest = store.path(key)
-            if dest.exists():  # an abandoned local attempt at the same key; we hold its lock
-                shutil.rmtree(dest)
+            if dest.exists():  # an abandoned attempt or a damaged copy of the same key; we hold its lock
+                dest.rename(work / "replaced")
             tmp.rename(dest)
         return key, False
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _sound(store: Store, key: str) -> bool:
+    """A complete local copy that verifies in full (a damaged one is to be replaced)."""
+    if not store.is_complete(key):
+        return False
+    try:
+        verify_artifact(store.path(key))
+        return True
+    except VerifyError:
+        return False
+
+
+def repair(store: Store, key: str, url: str | None = None) -> str:
+    """Verify `key`; when it is damaged, replace it with the verified copy at `url` (that store's folder
+    of the key, or the store itself), or remove it when no url is given. Returns what was done."""
+    d = store.path(key)
+    if not d.is_dir():
+        raise StoreError(f"no artifact {key} in {store.root}")
+    try:
+        verify_artifact(d)
+        return f"{key} is sound; nothing to repair"
+    except Incomplete:
+        return f"{key} is incomplete (not damaged): run its producer again to finish it, or adpa cache gc"
+    except VerifyError as e:
+        problem = str(e)
+    if url:
+        if url.rstrip("/").rsplit("/", 1)[-1] != key:
+            url = url.rstrip("/") + "/" + key
+        pull(store, url)
+        return f"{key} was damaged ({problem}); replaced with the verified copy from {url}"
+    with store.lock(key):
+        trash = store.root / INCOMING / f"removed-{uuid.uuid4().hex}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        d.rename(trash)  # one rename: readers never see a half-deleted artifact
+    shutil.rmtree(trash, ignore_errors=True)
+    return f"{key} was damaged ({problem}); removed: run the command that made it again to rebuild it"
 
 
 def _fetch(fs, src: str, dest, size: int, sha256: str) -> None:

@@ -13,6 +13,7 @@ from schemas.keys import parse_key
 from artifacts.store import MANIFEST, read_manifest
 from artifacts.transfer import pull as pull_artifact
 from artifacts.transfer import push as push_artifact
+from artifacts.transfer import repair as repair_artifact
 from pipeline.options import StoreOpt, fail, printable
 
 app = typer.Typer(help="Inspect and move artifacts of the store.", no_args_is_help=True)
@@ -103,9 +104,19 @@ def push(key: str = typer.Argument(..., help="Artifact key."),
 @app.command()
 def pull(url: str = typer.Argument(..., help="The artifact's folder in another store: path or fsspec URL."),
          store: StoreOpt = None):
-    """Fetch an artifact; it becomes visible only after it verifies in full."""
+    """Fetch an artifact; it becomes visible only after it verifies in full (it replaces a damaged local copy)."""
     key, reused = pull_artifact(Store(store), url)
     typer.echo(f"{'already complete, reused' if reused else 'pulled and verified'} {key}")
+
+
+@app.command()
+def repair(key: str = typer.Argument(..., help="Artifact key."),
+           url: str = typer.Argument(None, help="A store (or that store's folder of the key) holding a good copy: "
+                                     "path or fsspec URL."),
+           store: StoreOpt = None):
+    """Verify an artifact; when damaged, replace it with a verified copy from URL, or remove it so that the
+    command that made it rebuilds it."""
+    typer.echo(repair_artifact(Store(store), key, url))
 
 
 def parse_duration(text: str) -> float:

@@ -45,6 +45,7 @@ def teacher_cache(
     limit: int = typer.Option(None, help=help_of(Data, "limit")),
     overrides: list[str] = SetOpt,
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unusable row, naming it."),
+    verify_reuse: bool = typer.Option(None, "--verify-reuse", help=help_of(TeacherCache, "verify_reuse")),
 ):
     """Stage one: score preference data with the DPO teacher and its reference into shards."""
     from artifacts import Store
@@ -52,7 +53,8 @@ def teacher_cache(
     from stages.common.ranks import from_env
     from stages.teacher_cache.run import summary_table
 
-    r = _recipe(recipe, overrides, {"teacher_cache.backend": backend, "data.source": data, "data.limit": limit})
+    r = _recipe(recipe, overrides, {"teacher_cache.backend": backend, "data.source": data, "data.limit": limit,
+                                    "teacher_cache.verify_reuse": verify_reuse})
     st = Store(store)
     ranks = from_env()
     say = ranks.speaker(typer.echo)

@@ -271,3 +271,17 @@ def test_a_planted_checkpoint_is_refused_without_running_its_code(tmp_path, monk
     with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
         checkpoints.load(d, "k", None, None, None, Ranks())
     assert not (tmp_path / "planted-code-ran").exists()
+
+
+def test_a_second_run_into_a_folder_in_use_refuses_in_one_line(world, tmp_path):
+    """Two `adpa distill` into one --output never interleave metrics.jsonl: while a process holds the run
+    folder (here this test, by the same lock a running distill holds), another refuses at once, naming it."""
+    from artifacts.fsutil import exclusive_folder
+    st, run = fresh_store(world, "busy"), tmp_path / "run"
+    with exclusive_folder(run, "run folder"):
+        r = adpa("distill", "-r", world["recipe"], "--loss", "sft", "--output", run, store=st)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"run folder {run} is in use by another process (pid {os.getpid()})" in r.stderr
+    assert not (run / "metrics.jsonl").exists()
+    r = adpa("distill", "-r", world["recipe"], "--loss", "sft", "--output", run, store=st)
+    assert r.returncode == 0 and "sft      built" in r.stdout, r.stdout + r.stderr

@@ -138,7 +138,8 @@ def _produce(run: Run, kind: str, role: str, inputs: dict, codec, layout: dict, 
     `engines`: the (role, task) pairs it runs, loaded only when there is work; the first names the backend."""
     rk = run.ranks
     with ArtifactWriter(run.store, kind, inputs, codec, layout, len(items), rank=rk.rank, world_size=rk.world_size,
-                        max_shard_rows=run.settings.shard_rows, max_shard_bytes=64 << 20) as w:
+                        max_shard_rows=run.settings.shard_rows, max_shard_bytes=64 << 20,
+                        verify_reuse=run.settings.verify_reuse) as w:
         if w.reused:
             say(f"{kind} ({role}): complete artifact {w.key} reused")
             return Result(kind, role, w.key, "reused", w.manifest)

@@ -40,3 +40,5 @@ class TeacherCache:
                          choices=("auto", "float32", "bfloat16", "float16"))
     token_budget: int = setting(8192, "padded tokens per forward pass", minimum=1, in_key=False)
     shard_rows: int = setting(1024, "rows per shard: the unit a killed run resumes from", minimum=1, in_key=False)
+    verify_reuse: bool = setting(False, "re-hash every shard of a complete artifact before reusing it (sizes are "
+                                 "always checked, and hashes of artifacts up to 256 MiB)", in_key=False)
