@@ -17,6 +17,7 @@ import uuid
 import fsspec
 
 from artifacts.store import INCOMING, MANIFEST, Store, StoreError
+from artifacts.signing import MAX_SIGNATURES_BYTES, SIGNATURES, SignatureError, check_trusted
 from artifacts.verify import Incomplete, VerifyError, verify_artifact
 from schemas import manifest as mf
 
@@ -40,7 +41,8 @@ def push(store: Store, key: str, url: str) -> str:
     target = dest
     try:
         fs.makedirs(dest, exist_ok=True)
-        for name in [s["file"] for s in m["shards"]] + [MANIFEST]:
+        signed = [SIGNATURES] if (src / SIGNATURES).exists() else []
+        for name in [s["file"] for s in m["shards"]] + [MANIFEST] + signed:
             target = f"{dest}/{name}"
             fs.put_file(str(src / name), target)
     except OSError as e:  # the destination's fault (full, read-only, gone): name it, not the local file
@@ -49,8 +51,9 @@ def push(store: Store, key: str, url: str) -> str:
     return url.rstrip("/") + "/" + key
 
 
-def pull(store: Store, url: str) -> tuple[str, bool]:
-    """Fetch the artifact at `url` (its folder) into the store; returns (key, reused)."""
+def pull(store: Store, url: str, trust: dict | None = None) -> tuple[str, bool]:
+    """Fetch the artifact at `url` (its folder) into the store; returns (key, reused). `trust`
+    (signing.trusted_keys): the artifact must carry a signature by one of those keys to become visible."""
     fs, remote = _fs(url)
     mpath = f"{remote}/{MANIFEST}"
     if not fs.exists(mpath):
@@ -58,14 +61,17 @@ def pull(store: Store, url: str) -> tuple[str, bool]:
     if fs.size(mpath) > mf.MAX_MANIFEST_BYTES:
         raise StoreError(f"{url}: manifest exceeds {mf.MAX_MANIFEST_BYTES} bytes")
     try:
-        m = mf.validate(json.loads(fs.cat_file(mpath)))
+        raw = fs.cat_file(mpath)
+        m = mf.validate(json.loads(raw))
+    except RecursionError:
+        raise StoreError(f"{url}: manifest nested deeper than {mf.MAX_DEPTH} levels") from None
     except (ValueError, mf.ManifestError) as e:
         raise StoreError(f"{url}: {e}") from None
     key = m["key"]
     name = remote.rsplit("/", 1)[-1]
     if name != key:
         raise StoreError(f"{url}: folder is named {name!r} but its manifest is for {key}")
-    if _sound(store, key):
+    if _sound(store, key, trust):
         return key, True
     work = store.root / INCOMING / uuid.uuid4().hex
     tmp = work / key  # verified under its own name, then renamed into place
@@ -73,10 +79,16 @@ def pull(store: Store, url: str) -> tuple[str, bool]:
     try:
         for s in m["shards"]:
             _fetch(fs, f"{remote}/{s['file']}", tmp / mf.check_shard_name(s["file"]), s["bytes"], s["sha256"])
-        (tmp / MANIFEST).write_bytes(json.dumps(m, indent=1).encode())
+        (tmp / MANIFEST).write_bytes(raw)  # the exact bytes: signatures are over them
+        if fs.exists(f"{remote}/{SIGNATURES}"):
+            if fs.size(f"{remote}/{SIGNATURES}") > MAX_SIGNATURES_BYTES:
+                raise StoreError(f"{url}: {SIGNATURES} exceeds {MAX_SIGNATURES_BYTES} bytes")
+            (tmp / SIGNATURES).write_bytes(fs.cat_file(f"{remote}/{SIGNATURES}"))
         verify_artifact(tmp)
+        if trust is not None:
+            check_trusted(tmp, trust)
         with store.lock(key):
-            if _sound(store, key):
+            if _sound(store, key, trust):
                 return key, True
             dest = store.path(key)
             if dest.exists():  # an abandoned attempt or a damaged copy of the same key; we hold its lock
@@ -87,14 +99,17 @@ def pull(store: Store, url: str) -> tuple[str, bool]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _sound(store: Store, key: str) -> bool:
-    """A complete local copy that verifies in full (a damaged one is to be replaced)."""
+def _sound(store: Store, key: str, trust: dict | None = None) -> bool:
+    """A complete local copy that verifies in full, and carries a trusted signature when `trust` asks
+    for one (a damaged or untrusted one is to be replaced)."""
     if not store.is_complete(key):
         return False
     try:
         verify_artifact(store.path(key))
+        if trust is not None:
+            check_trusted(store.path(key), trust)
         return True
-    except VerifyError:
+    except (VerifyError, SignatureError):
         return False
 
 

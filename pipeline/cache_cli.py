@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from artifacts import Incomplete, Store, VerifyError, verify_artifact
+from artifacts import Incomplete, Store, VerifyError, signing, verify_artifact
 from schemas.keys import parse_key
 from artifacts.store import MANIFEST, read_manifest
 from artifacts.transfer import pull as pull_artifact
@@ -80,17 +80,44 @@ def show(key: str = typer.Argument(..., help="Artifact key or folder."), store: 
         _print_tree(m[section], 4)
 
 
+TrustOpt = typer.Option(None, "--trust", help="Folder of trusted signers' public keys (NAME.pub): the artifact "
+                        "must carry a signature by one of them.")
+
+
 @app.command()
-def verify(key: str = typer.Argument(..., help="Artifact key or folder."), store: StoreOpt = None):
-    """Re-check every shard's size, sha256, schema and counts. Exit 0 when sound, 1 otherwise."""
+def verify(key: str = typer.Argument(..., help="Artifact key or folder."), store: StoreOpt = None,
+           trust: Path = TrustOpt):
+    """Re-check every shard's size, sha256, schema and counts (and, with --trust, the signature). Exit 0
+    when sound, 1 otherwise."""
     d = _artifact_dir(Store(store), key)
     try:
         m = verify_artifact(d)
-    except (Incomplete, VerifyError) as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(1) from None
+        signed = signing.check_trusted(d, signing.trusted_keys(trust)) if trust else None
+    except (Incomplete, VerifyError, signing.SignatureError) as e:
+        fail(str(e))
     t = m["totals"]
-    typer.echo(f"ok {m['key']}: {t['shards']} shards, {t['rows']:,} rows, {t['tokens']:,} tokens verified")
+    typer.echo(f"ok {m['key']}: {t['shards']} shards, {t['rows']:,} rows, {t['tokens']:,} tokens verified"
+               + (f"; signed by {signed['trusted_as']} (key sha256 {signed['public_key_sha256'][:16]}…, "
+                  f"{signed['signed']})" if signed else ""))
+
+
+@app.command()
+def keygen(name: str = typer.Argument(..., help="The signer's name (a team or a person)."),
+           out: Path = typer.Option(Path("."), help="Folder for NAME.key (private) and NAME.pub (to hand out).")):
+    """Make an Ed25519 signing key: keep NAME.key private, give NAME.pub to the teams that trust you."""
+    priv, pub = signing.keygen(name, out)
+    typer.echo(f"private key {priv} (mode 0600; never share it), public key {pub} (put it in their --trust folder)")
+
+
+@app.command()
+def sign(key: str = typer.Argument(..., help="Artifact key or folder."),
+         key_file: Path = typer.Option(..., "--key", help="Your private key (NAME.key from adpa cache keygen)."),
+         store: StoreOpt = None):
+    """Sign a verified artifact's manifest: it then says who produced it (signatures.json travels with push)."""
+    d = _artifact_dir(Store(store), key)
+    verify_artifact(d)  # never vouch for shards that do not match their manifest
+    e = signing.sign(d, key_file)
+    typer.echo(f"signed {d.name} as {e['signer']} (key sha256 {e['public_key_sha256'][:16]}…)")
 
 
 @app.command()
@@ -103,9 +130,9 @@ def push(key: str = typer.Argument(..., help="Artifact key."),
 
 @app.command()
 def pull(url: str = typer.Argument(..., help="The artifact's folder in another store: path or fsspec URL."),
-         store: StoreOpt = None):
+         store: StoreOpt = None, trust: Path = TrustOpt):
     """Fetch an artifact; it becomes visible only after it verifies in full (it replaces a damaged local copy)."""
-    key, reused = pull_artifact(Store(store), url)
+    key, reused = pull_artifact(Store(store), url, signing.trusted_keys(trust) if trust else None)
     typer.echo(f"{'already complete, reused' if reused else 'pulled and verified'} {key}")
 
 

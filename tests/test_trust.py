@@ -160,3 +160,59 @@ def test_debug_shows_the_traceback(tmp_path):
     one_line_error(rc, err, "no artifact teacher-topk-0123456789abcdef0123")
     rc, _, err = adpa("--debug", "cache", "repair", "teacher-topk-0123456789abcdef0123", store=tmp_path)
     assert rc == 1 and "Traceback" in err
+
+
+def forge(st, m, seed=7):
+    """Another team's trick: other values under the same key, shards and sha256s recomputed."""
+    other, _ = produce(st.root / "elsewhere", N, seed=seed, max_shard_rows=8)
+    d, src = st.path(m["key"]), st.root / "elsewhere" / other["key"]
+    for s in m["shards"]:
+        (d / s["file"]).unlink()
+    for s in other["shards"]:
+        shutil.copy(src / s["file"], d / s["file"])
+    forged = json.loads((d / MANIFEST).read_text()) | {"shards": other["shards"], "totals": other["totals"]}
+    (d / MANIFEST).write_text(json.dumps(forged))
+    shutil.rmtree(st.root / "elsewhere")
+
+
+def test_a_signature_tells_a_forged_artifact_from_the_producers(built, tmp_path):
+    st, m, good = built
+    key, keys, trust = m["key"], tmp_path / "keys", tmp_path / "trust"
+    trust.mkdir()
+    for who in ("team-a", "mallory"):
+        rc, out, err = adpa("cache", "keygen", who, "--out", keys)
+        assert rc == 0, err
+        assert (keys / f"{who}.key").stat().st_mode & 0o077 == 0  # private key readable by its owner only
+    shutil.copy(keys / "team-a.pub", trust)
+    rc, out, err = adpa("cache", "sign", good / key, "--key", keys / "team-a.key")
+    assert rc == 0 and "signed" in out and "team-a" in out, err
+    rc, out, _ = adpa("cache", "verify", good / key, "--trust", trust)
+    assert rc == 0 and "signed by team-a" in out
+
+    remote = tmp_path / "remote"
+    assert adpa("cache", "push", key, remote, store=good)[0] == 0  # the signature travels with the artifact
+    shutil.rmtree(st.path(key))
+    rc, out, err = adpa("cache", "pull", remote / key, "--trust", trust, store=st.root)
+    assert rc == 0 and "pulled and verified" in out, err
+    assert adpa("cache", "verify", key, "--trust", trust, store=st.root)[0] == 0
+
+    forge(st, m)  # shards and sha256s recomputed: plain verification cannot tell
+    assert adpa("cache", "verify", key, store=st.root)[0] == 0
+    rc, _, err = adpa("cache", "verify", key, "--trust", trust, store=st.root)
+    one_line_error(rc, err, "signature of team-a does not verify")
+    assert adpa("cache", "sign", key, "--key", keys / "mallory.key", store=st.root)[0] == 0  # re-signed by mallory
+    (st.path(key) / "signatures.json").write_text(json.dumps(
+        {"format": "adpa.signatures", "signatures": [s for s in json.loads(
+            (st.path(key) / "signatures.json").read_text())["signatures"] if s["signer"] == "mallory"]}))
+    rc, _, err = adpa("cache", "verify", key, "--trust", trust, store=st.root)
+    one_line_error(rc, err, "signed by mallory, none of them a key of the trust folder")
+
+    forged_remote = tmp_path / "forged"
+    assert adpa("cache", "push", key, forged_remote, store=st.root)[0] == 0
+    fresh = tmp_path / "fresh"
+    rc, _, err = adpa("cache", "pull", forged_remote / key, "--trust", trust, store=fresh)
+    one_line_error(rc, err, "none of them a key of the trust folder")
+    assert not Store(fresh).keys()  # a refused artifact never becomes visible
+    rc, out, _ = adpa("cache", "pull", remote / key, "--trust", trust, store=st.root)  # a trusted copy replaces it
+    assert rc == 0 and "pulled and verified" in out
+    assert_complete_and_exact(st.path(key), N)
