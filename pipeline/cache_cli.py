@@ -137,6 +137,26 @@ def pull(url: str = typer.Argument(..., help="The artifact's folder in another s
 
 
 @app.command()
+def audit(key: str = typer.Argument(..., help="Artifact key (teacher-topk, seq-logp or advantage)."),
+          sample: int = typer.Option(32, "--sample", help="Rows drawn at random and scored again."),
+          seed: int = typer.Option(0, help="Which rows are drawn."),
+          model: list[str] = typer.Option(None, "--model", help="ROLE=PATH: your copy of a model the manifest "
+                                          "names as a local folder (ROLE: model, teacher, reference); its "
+                                          "weights must hash to the manifest's."),
+          slack: float = typer.Option(0.01, help="Nats allowed beyond the stored fidelity for other engines and "
+                                      "kernels."),
+          store: StoreOpt = None):
+    """Re-score sampled rows with the models the manifest names and compare: exit 1 when a stored value lies
+    beyond the stated fidelity (a forged or mislabelled artifact), without trusting its producer."""
+    from stages.teacher_cache.audit import audit as run_audit
+    from stages.teacher_cache.audit import parse_models, report
+    findings, n = run_audit(Store(store), key, sample, seed, parse_models(model), slack, say=typer.echo)
+    typer.echo(report(key, findings, n))
+    if not all(f.ok for f in findings):
+        raise typer.Exit(1)
+
+
+@app.command()
 def repair(key: str = typer.Argument(..., help="Artifact key."),
            url: str = typer.Argument(None, help="A store (or that store's folder of the key) holding a good copy: "
                                      "path or fsspec URL."),

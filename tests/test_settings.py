@@ -105,3 +105,16 @@ def test_per_loss_settings_are_each_methods_choice_and_a_set_on_distill_wins():
                       ("per_loss.adpa=1", "expected per_loss.LOSS.NAME=VALUE")]:
         with pytest.raises(RecipeError, match=says):
             load_recipe("tiny", [bad])
+
+
+def test_a_model_folder_that_asks_to_run_its_own_code_is_refused_and_nothing_runs(tmp_path):
+    from stages.common.models import resolve
+    marker = tmp_path / "ran"
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "evil", "auto_map": {"AutoModelForCausalLM": '
+                                                '"modeling_evil.EvilModel"}}')
+    (tmp_path / "m" / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(ValueError, match="asks to run the model's own code"):
+        resolve(str(tmp_path / "m"))
+    assert not marker.exists()

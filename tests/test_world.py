@@ -161,3 +161,36 @@ def test_a_world_model_trains_to_the_same_bits_under_other_thread_counts(tmp_pat
         folder = p.stdout.strip().splitlines()[-1]
         digests.append(hashlib.sha256((tmp_path / folder / "model.safetensors").read_bytes()).hexdigest())
     assert digests[0] == digests[1]
+
+
+def test_audit_passes_the_teachers_own_values_and_catches_a_mislabelled_artifact(world, tmp_path):
+    """`adpa cache audit` re-scores sampled rows with the models the manifest names. The real teacher-topk
+    passes; the same key holding the SFT reference's top-k (shards and sha256s recomputed, so that plain
+    verification passes) is caught, exit 1."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers import linked_store
+    adpa = str(Path(sys.executable).parent / "adpa")
+    st = linked_store(world["store"], tmp_path / "store", kinds=("student-", "tokenizer-", "dataset-", "teacher-topk-"))
+    legit = next(k for k in st.keys() if k.startswith("teacher-topk-"))
+    run = lambda *a: subprocess.run([adpa, "cache", *a, "--store", str(st.root)], capture_output=True, text=True)  # noqa: E731
+    ok = run("audit", legit, "--sample", "24")
+    assert ok.returncode == 0 and "within the stated fidelity" in ok.stdout, ok.stdout + ok.stderr
+
+    wrong = load_recipe("tiny", CHECKS + ["models.teacher=builtin:tiny-teacher-sft"])
+    other = next(r for r in run_teacher_cache(wrong, world["store"], say=silent) if r.kind == "teacher-topk")
+    d, src = st.path(legit), world["store"].path(other.key)
+    forged = json.loads((d / "manifest.json").read_text())
+    for s in forged["shards"]:
+        (d / s["file"]).unlink()
+    for s in other.manifest["shards"]:
+        shutil.copy(src / s["file"], d / s["file"])
+    (d / "manifest.json").unlink()  # the hard link is shared with the world's store: write a new file
+    (d / "manifest.json").write_text(json.dumps(forged | {"shards": other.manifest["shards"],
+                                                          "totals": other.manifest["totals"]}))
+    assert run("verify", legit).returncode == 0  # checksums cannot tell
+    bad = run("audit", legit, "--sample", "24")
+    assert bad.returncode == 1 and "BEYOND THE STATED FIDELITY" in bad.stdout, bad.stdout + bad.stderr

@@ -138,11 +138,17 @@ def _suffix(world_seed: int) -> str:
 SCORING = TeacherCache(backend="hf", k=8, max_length=MAX_LENGTH, max_new_tokens=12, token_budget=8192)
 
 
+def _run_dir(store: Store, what: str, world_seed: int) -> Path:
+    """Where a world model's training run (metrics, loss curve) goes: inside its store, so that worlds of
+    two stores never share a run folder."""
+    return store.root / ".world-runs" / f"tiny-world{_suffix(world_seed)}-{what}"
+
+
 def _sft(store: Store, role: str, world_seed: int, say) -> Path:
     d = Distill(loss="sft", token_budget=8192, seed=world_seed, **WORLD["sft"])
     init = resolve(str(_init_model(store, role, world_seed)))
     res = train_one(store, "sft", init, d, {"student_logp": _sft_tokens(store, world_seed)},
-                    Path("runs") / f"tiny-world{_suffix(world_seed)}-{role}-sft", say=say or silent, title="tiny-world")
+                    _run_dir(store, f"{role}-sft", world_seed), say=say or silent, title="tiny-world")
     return res.model_dir
 
 
@@ -156,7 +162,7 @@ def _dpo_teacher(store: Store, world_seed: int, say) -> Path:
     finally:
         run.close()
     res = train_one(store, "dpo", sft, d, {"student_logp": ref.key},
-                    Path("runs") / f"tiny-world{_suffix(world_seed)}-teacher-dpo", say=say or silent, title="tiny-world")
+                    _run_dir(store, "teacher-dpo", world_seed), say=say or silent, title="tiny-world")
     return res.model_dir
 
 

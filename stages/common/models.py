@@ -46,12 +46,28 @@ def resolve(spec: str) -> ResolvedModel:
         raise ValueError(f"{spec}: built-in models are resolved by the pipeline (pipeline.worlds), not by a stage")
     p = Path(spec)
     if p.is_dir():
+        refuse_custom_code(p)
         weights = [f for f in p.iterdir() if f.suffix in WEIGHT_SUFFIXES]
         if not weights:
             raise FileNotFoundError(f"{spec}: a folder without weight files ({', '.join(WEIGHT_SUFFIXES)})")
         return ResolvedModel(spec, str(p), None, {"folder": p.name, "weights_sha256": fingerprint_files(weights)})
     hub_id, _, revision = spec.partition("@")
     return ResolvedModel(spec, hub_id, revision or None, {"hub_id": hub_id, "revision": revision or "main"})
+
+
+def refuse_custom_code(folder: Path) -> None:
+    """A folder whose config asks for its own Python code (`auto_map`) is refused: code that comes with a
+    model is never run, so such a model would load as something else or not at all."""
+    import json
+    for name in ("config.json", "tokenizer_config.json"):
+        f = folder / name
+        try:
+            cfg = json.loads(f.read_text()) if f.is_file() else {}
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError(f"{f}: not valid JSON") from None
+        if isinstance(cfg, dict) and cfg.get("auto_map"):
+            raise ValueError(f"{folder}: its {name} asks to run the model's own code (auto_map); adpa never runs "
+                             f"code that comes with a model: use a standard transformers architecture")
 
 
 def load_tokenizer(m: ResolvedModel):
