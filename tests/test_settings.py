@@ -118,3 +118,10 @@ def test_a_model_folder_that_asks_to_run_its_own_code_is_refused_and_nothing_run
     with pytest.raises(ValueError, match="asks to run the model's own code"):
         resolve(str(tmp_path / "m"))
     assert not marker.exists()
+
+
+def test_a_recipe_name_that_is_not_a_short_word_is_refused(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("name: [1, 2]\nmodels: {teacher: a, reference: b, student: c}\ndata: {source: x.jsonl}\n")
+    with pytest.raises(RecipeError, match=r"name must be a short word .* got \[1, 2\]"):
+        load_recipe(str(p))
