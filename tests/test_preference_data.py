@@ -63,13 +63,20 @@ ROWS = [{"prompt": "What is the capital of France?", "chosen": "Paris.", "reject
         {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."}]
 
 
-@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".parquet"])
+@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".json.gz", ".jsonl.gz", ".parquet", ".csv"])
 def test_local_files_of_each_type(tmp_path, suffix):
+    import csv
+    import gzip
     f = tmp_path / f"pairs{suffix}"
-    if suffix == ".json":
-        f.write_text(json.dumps(ROWS))
-    elif suffix == ".jsonl":
-        f.write_text("\n".join(json.dumps(r) for r in ROWS))
+    if suffix.startswith(".json"):
+        text = json.dumps(ROWS) if suffix.startswith(".json.") or suffix == ".json" else \
+            "\n".join(json.dumps(r) for r in ROWS)
+        f.write_bytes(gzip.compress(text.encode()) if suffix.endswith(".gz") else text.encode())
+    elif suffix == ".csv":
+        with f.open("w", newline="") as out:
+            w = csv.DictWriter(out, fieldnames=list(ROWS[0]))
+            w.writeheader()
+            w.writerows(ROWS)
     else:
         pq.write_table(pa.Table.from_pylist(ROWS), f)
     ds, fp = load_rows(str(f), "train")
@@ -77,9 +84,9 @@ def test_local_files_of_each_type(tmp_path, suffix):
 
 
 def test_unreadable_sources_are_one_line_errors(tmp_path):
-    (tmp_path / "x.csv").write_text("a,b\n")
-    with pytest.raises(DataError, match="unsupported file type"):
-        load_rows(str(tmp_path / "x.csv"))
+    (tmp_path / "x.tsv").write_text("a\tb\n")
+    with pytest.raises(DataError, match="unsupported file type '.tsv'"):
+        load_rows(str(tmp_path / "x.tsv"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
     with pytest.raises(DataError, match="bad.jsonl: line 1 is not JSON"):
@@ -99,6 +106,37 @@ def test_rendering_with_the_real_chat_template(smollm2_tokenizer):
     assert len(enc.prompt_ids) + len(enc.chosen_ids) == 64 and enc.truncated == 1
     assert tok.decode(enc.chosen_ids).startswith("word word")  # the start of the response is kept
     assert encode_pair(tok, long, len(enc.prompt_ids)) == "prompt_too_long"
+
+
+def test_a_save_to_disk_folder_is_read_by_split_and_keyed_by_its_files(tmp_path):
+    import datasets
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS),
+                          "test": datasets.Dataset.from_list(ROWS[:1])}).save_to_disk(str(tmp_path / "saved"))
+    rows, fp = load_rows(str(tmp_path / "saved"), "test")
+    assert rows == ROWS[:1] and fp["folder"] == "saved" and len(fp["files_sha256"]) >= 3
+    train, fp_train = load_rows(str(tmp_path / "saved"), "train")
+    assert train == ROWS and fp_train["files_sha256"] == fp["files_sha256"] and fp_train["split"] == "train"
+    with pytest.raises(DataError, match="no split 'valid' \\(splits: train, test\\)"):
+        load_rows(str(tmp_path / "saved"), "valid")
+
+
+def test_a_hub_dataset_is_keyed_by_the_commit_its_revision_resolves_to(monkeypatch):
+    """A moving branch must not reuse an artifact made from another commit: the fingerprint holds the
+    resolved commit (the hub is unreachable here: its two calls are replaced, nothing else)."""
+    import datasets
+
+    from stages.teacher_cache import pairs
+    head = {"main": "a" * 40}
+    monkeypatch.setattr(pairs, "hub_commit", lambda repo, rev: head[rev or "main"] if rev in (None, "main") else rev)
+    asked = []
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda repo, split, revision: asked.append(revision) or datasets.Dataset.from_list(ROWS))
+    _, before = load_rows("org/pairs", "train")
+    head["main"] = "b" * 40  # someone pushes to main
+    _, after = load_rows("org/pairs", "train", "main")
+    _, pinned = load_rows("org/pairs", "train", "c" * 40)
+    assert before["revision"] == "a" * 40 and after["revision"] == "b" * 40 and pinned["revision"] == "c" * 40
+    assert asked == ["a" * 40, "b" * 40, "c" * 40]  # the rows come from the commit that is keyed
 
 
 def test_a_file_replaced_under_the_same_mtime_is_read_anew(tmp_path):
@@ -123,6 +161,6 @@ def test_a_file_replaced_under_the_same_mtime_is_read_anew(tmp_path):
 def test_missing_empty_and_odd_local_sources_say_so_in_one_line(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     for source, says in [(tmp_path / "empty.jsonl", "no rows"), (tmp_path / "absent.jsonl", "no such file"),
-                         ("./data/absent", "no such file"), (tmp_path, "unsupported file type")]:
+                         ("./data/absent", "no such file"), (tmp_path, "not a datasets save_to_disk folder")]:
         with pytest.raises(DataError, match=says):
             load_rows(str(source))

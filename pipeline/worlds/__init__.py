@@ -54,7 +54,8 @@ def resolve_data(data: Data, store: Store) -> Data:
 
 
 def _split(data: Data, source: str, split: str, store: Store) -> Data:
-    return dataclasses.replace(data, source=resolve_source(source, store), split=split, limit=None)
+    return dataclasses.replace(data, source=resolve_source(source, store), split=split, limit=None,
+                               revision=data.revision if source == data.source else None)
 
 
 def heldout(data: Data, store: Store) -> Data:

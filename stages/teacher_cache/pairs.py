@@ -13,14 +13,17 @@ A row that cannot be used is not an error but a counted drop, unless `strict` is
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from artifacts.fsutil import fingerprint_files
+
 FORMATS = ("strings", "messages", "transcripts")
 ROLES = ("system", "user", "assistant")
-LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+LOCAL_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".parquet", ".csv")
 
 
 @dataclass
@@ -36,13 +39,16 @@ class DataError(ValueError):
     """Input that cannot be used at all (unreadable source, unknown shape), or a bad row under --strict."""
 
 
-def load_rows(source: str, split: str = "train"):
-    """(rows as dicts, readable fingerprint) from a local json/jsonl/parquet file or a hub id.
+def load_rows(source: str, split: str = "train", revision: str | None = None):
+    """(rows as dicts, readable fingerprint) from a local file (json, jsonl, parquet, csv, the first two
+    also gzipped), a `datasets.save_to_disk` folder, or a hub id at `revision`.
 
     A local file is read once: the bytes that are hashed into the fingerprint are the bytes parsed
     (datasets' own file cache is keyed by path and mtime, and would serve old rows for a file replaced
-    with `cp -p`, `rsync -a` or a tar extraction). Rows stay plain dicts, so a row whose fields have
-    other types than its neighbours' is a counted drop, not a failed load."""
+    with `cp -p`, `rsync -a` or a tar extraction). A hub dataset is fingerprinted by the commit its
+    revision resolves to, so a moving branch never reuses an artifact made from another commit. Rows
+    stay plain dicts, so a row whose fields have other types than its neighbours' is a counted drop,
+    not a failed load."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -50,16 +56,20 @@ def load_rows(source: str, split: str = "train"):
     if not path.exists() and looks_like_a_path(source):
         raise DataError(f"{source}: no such file")
     try:
-        if path.exists():
-            if path.is_dir() or (builder := LOCAL_BUILDERS.get(path.suffix.lower())) is None:
-                raise DataError(f"{source}: unsupported file type {path.suffix or 'folder'!r} "
-                                f"(use json, jsonl or parquet)")
+        if path.is_dir():
+            rows, fp = _saved_folder(path, split, source)
+        elif path.exists():
+            suffix = _suffix(path)
+            if suffix not in LOCAL_SUFFIXES:
+                raise DataError(f"{source}: unsupported file type {suffix or path.name!r} "
+                                f"(use {', '.join(LOCAL_SUFFIXES)}, or a datasets save_to_disk folder)")
             raw = path.read_bytes()
-            rows = _parse_local(raw, builder, path.suffix.lower(), source)
+            rows = _parse_local(gzip.decompress(raw) if suffix.endswith(".gz") else raw, suffix, source)
             fp = {"file": path.name, "sha256": hashlib.sha256(raw).hexdigest(), "split": split}
         else:
-            ds = datasets.load_dataset(source, split=split)
-            rows, fp = ds.to_list(), {"hub_id": source, "revision": None, "split": split, "fingerprint": ds._fingerprint}
+            commit = hub_commit(source, revision)
+            ds = datasets.load_dataset(source, split=split, revision=commit)
+            rows, fp = ds.to_list(), {"hub_id": source, "revision": commit, "split": split}
     except DataError:
         raise
     except Exception as e:  # datasets and pyarrow raise many types; the user needs the source and the reason
@@ -69,22 +79,56 @@ def load_rows(source: str, split: str = "train"):
     return rows, fp
 
 
+def hub_commit(repo: str, revision: str | None) -> str:
+    """The commit a hub dataset's revision (branch, tag or commit; None: main) resolves to."""
+    from huggingface_hub import HfApi
+    return HfApi().dataset_info(repo, revision=revision).sha
+
+
+def _suffix(path: Path) -> str:
+    s = "".join(path.suffixes[-2:]).lower()
+    return s if s.endswith(".gz") else path.suffix.lower()
+
+
+def _saved_folder(path: Path, split: str, source: str) -> tuple[list[dict], dict]:
+    """Rows of a `save_to_disk` folder (a Dataset, or a DatasetDict and its `split`), fingerprinted by the
+    sha256 of its files."""
+    import datasets
+
+    if not (path / "state.json").exists() and not (path / "dataset_dict.json").exists():
+        raise DataError(f"{source}: a folder that is not a datasets save_to_disk folder (no state.json or "
+                        f"dataset_dict.json)")
+    files = sorted(f for f in path.rglob("*") if f.is_file())
+    digest = fingerprint_files(files, root=path)
+    ds = datasets.load_from_disk(str(path), keep_in_memory=True)
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(f"{source}: no split {split!r} (splits: {', '.join(ds)})")
+        ds = ds[split]
+    if fingerprint_files(files, root=path) != digest:
+        raise DataError(f"{source}: changed while it was read; try again")
+    return ds.to_list(), {"folder": path.name, "files_sha256": digest, "split": split}
+
+
 def looks_like_a_path(source: str) -> bool:
     """A local path rather than a hub id ("org/name" has one slash and no file suffix)."""
     return (source.startswith(("/", "./", "../", "~")) or source.count("/") > 1
-            or Path(source).suffix.lower() in LOCAL_BUILDERS)
+            or _suffix(Path(source)) in LOCAL_SUFFIXES)
 
 
-def _parse_local(raw: bytes, builder: str, suffix: str, source: str) -> list[dict]:
-    """The rows in `raw`: JSON lines, a JSON list of rows, or Parquet."""
+def _parse_local(raw: bytes, suffix: str, source: str) -> list[dict]:
+    """The rows in `raw` (already decompressed): JSON lines, a JSON list of rows, Parquet or CSV."""
+    import csv
     import io
     import json
 
     import pyarrow.parquet as pq
-    if builder == "parquet":
+    if suffix == ".parquet":
         return pq.read_table(io.BytesIO(raw)).to_pylist()
     text = raw.decode("utf-8")
-    if suffix == ".jsonl" or not text.lstrip().startswith("["):
+    if suffix == ".csv":
+        return list(csv.DictReader(io.StringIO(text, newline="")))
+    if suffix.startswith(".jsonl") or not text.lstrip().startswith("["):
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():

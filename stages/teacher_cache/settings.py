@@ -11,8 +11,11 @@ from stages.teacher_cache.pairs import FORMATS
 
 @dataclass
 class Data:
-    source: str = setting(help="preference pairs: a hub id, or a local .json / .jsonl / .parquet file")
+    source: str = setting(help="preference pairs: a hub id, a local .json / .jsonl (also .gz) / .parquet / .csv "
+                          "file, or a datasets save_to_disk folder")
     split: str = setting("train", "dataset split")
+    revision: str | None = setting(None, "hub dataset revision: branch, tag or commit (null: main); the commit it "
+                                   "resolves to is in the artifact keys")
     format: str = setting("auto", "row shape", choices=("auto",) + FORMATS)
     limit: int | None = setting(None, "use only the first N rows (null: all)", minimum=1)
     eval_source: str | None = setting(None, "held-out pairs for adpa eval (null: source)")
