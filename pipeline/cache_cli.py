@@ -102,6 +102,19 @@ def verify(key: str = typer.Argument(..., help="Artifact key or folder."), store
 
 
 @app.command()
+def export(key: str = typer.Argument(..., help="Artifact key or folder."),
+           out: Path = typer.Argument(..., help="Output file: .parquet or .jsonl (by its suffix)."),
+           limit: int = typer.Option(None, "--limit", min=1, help="Only the first N rows."),
+           store: StoreOpt = None):
+    """Decode an artifact to plain columns (token ids, per-position top-k ids and log-probs, tail, realized,
+    reference) for datasets, polars, duckdb or pandas; streams, one batch in memory."""
+    from artifacts.export import export as export_artifact
+    d = _artifact_dir(Store(store), key)
+    n = export_artifact(d, out, limit)
+    typer.echo(f"exported {n:,} rows of {d.name} to {out}")
+
+
+@app.command()
 def keygen(name: str = typer.Argument(..., help="The signer's name (a team or a person)."),
            out: Path = typer.Option(Path("."), help="Folder for NAME.key (private) and NAME.pub (to hand out).")):
     """Make an Ed25519 signing key: keep NAME.key private, give NAME.pub to the teams that trust you."""

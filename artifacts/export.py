@@ -1,0 +1,80 @@
+"""An artifact in the shapes other tools read: plain rows, Parquet or JSON lines, a `datasets` view.
+
+The shards are compact codes (byte planes, id ranks, log-prob deltas) only our codecs decode. Here
+each row becomes plain columns: pair_id, side, input_index, token_ids, prompt_len, and per response
+position the stored signals (topk_ids, topk_logp, tail_logp, realized_logp; ref_topk_logp and
+ref_realized_logp in advantage rows; finish for generations), decoded exactly as stage two sees
+them. Everything streams: one record batch of rows in memory at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from artifacts.reader import ArtifactReader
+
+FORMATS = (".parquet", ".jsonl")
+BATCH_ROWS = 1024
+
+
+def plain_rows(artifact_dir: Path, limit: int | None = None) -> Iterator[dict]:
+    """Rows as dicts of Python values (lists for arrays), in manifest order, at most `limit`."""
+    for i, row in enumerate(ArtifactReader(artifact_dir)):
+        if limit is not None and i >= limit:
+            return
+        yield {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in row.items()}
+
+
+def export(artifact_dir: Path, out: Path, limit: int | None = None) -> int:
+    """Write the artifact's rows to `out` (.parquet or .jsonl, by its suffix); returns the rows written.
+    The file appears under its name only when complete."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    if out.suffix not in FORMATS:
+        raise ValueError(f"{out}: export writes {' or '.join(FORMATS)} (by the file's suffix)")
+    tmp, n = out.with_name(f".{out.name}.tmp"), 0
+    try:
+        if out.suffix == ".jsonl":
+            with tmp.open("w") as f:
+                for n, row in enumerate(plain_rows(artifact_dir, limit), 1):
+                    f.write(json.dumps(row) + "\n")
+        else:
+            writer, batch = None, []
+            for n, row in enumerate(plain_rows(artifact_dir, limit), 1):
+                batch.append(row)
+                if len(batch) == BATCH_ROWS:
+                    writer = _write(writer, batch, tmp, pa, pq)
+                    batch = []
+            if batch or writer is None:
+                writer = _write(writer, batch, tmp, pa, pq)
+            writer.close()
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n
+
+
+def _write(writer, batch: list[dict], path: Path, pa, pq):
+    table = pa.Table.from_pylist(batch, schema=writer.schema if writer else None)
+    writer = writer or pq.ParquetWriter(str(path), table.schema, compression="zstd")
+    writer.write_table(table)
+    return writer
+
+
+def as_dataset(artifact_dir: str | Path, streaming: bool = True, limit: int | None = None):
+    """The artifact as a `datasets.IterableDataset` read straight from its shards (no copy on disk), or,
+    with `streaming=False`, a `datasets.Dataset` (materialised in datasets' cache)."""
+    import datasets
+
+    folder = str(Path(artifact_dir).resolve())
+    gen_kwargs = {"artifact_dir": folder, "limit": limit}
+    make = datasets.IterableDataset.from_generator if streaming else datasets.Dataset.from_generator
+    return make(_generate, gen_kwargs=gen_kwargs)
+
+
+def _generate(artifact_dir: str, limit: int | None):
+    yield from plain_rows(Path(artifact_dir), limit)
