@@ -4,8 +4,10 @@ A name means `pipeline/recipes/<name>.yaml`. Each section is a dataclass declare
 help text (`models` here, `data` and `teacher_cache` in stage one, `distill` in stage two);
 `adpa recipe show NAME` prints a recipe with every setting and its help.
 
+A nested section is set by its dotted path (`--set distill.lora.r=16`).
+
 `per_loss:` holds `distill` settings for one loss (`per_loss: {adpa: {advantage: clip01}}`): a recipe's
-tuned choice per method. A chained loss (adpa+) applies its entry to every step of its chain. On the
+tuned choice per method (a nested section given there replaces the section's whole). A chained loss (adpa+) applies its entry to every step of its chain. On the
 command line `--set per_loss.adpa.gamma=0.3` sets one of them, and `--set distill.NAME=VALUE` sets NAME
 for every loss (it replaces the per-loss values of NAME).
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from stages.common.settings import SettingError, build, check, describe, setting
+from stages.common.settings import SettingError, build, check, describe, plain, setting
 from stages.distill.settings import Distill
 from stages.teacher_cache.settings import Data, TeacherCache
 
@@ -86,11 +88,18 @@ def apply_overrides(raw: dict, overrides: list[str], where: str = "--set") -> di
             target = target.setdefault(loss, {}) if isinstance(target, dict) else None
         if not isinstance(target, dict):
             raise RecipeError(f"{where} {item!r}: section {section} of the recipe is not a mapping")
-        target[name] = _value(text)
+        *inner, last = name.split(".")  # distill.lora.r: a setting of a nested section
+        for part in inner:
+            if not isinstance(target.get(part), dict):
+                target[part] = {}
+            target = target[part]
+        target[last] = _value(text)
         if section == "distill":  # one value for every loss: the per-loss ones of this setting give way
             for entry in (raw.get("per_loss") or {}).values():
+                for part in inner:
+                    entry = entry.get(part) if isinstance(entry, dict) else None
                 if isinstance(entry, dict):
-                    entry.pop(name, None)
+                    entry.pop(last, None)
     return raw
 
 
@@ -156,6 +165,6 @@ def show(recipe: Recipe) -> str:
     for s in SECTIONS:
         lines += [""] + describe(getattr(recipe, s), s)
     lines += ["", "per_loss:" + ("" if recipe.per_loss else " {}") + "  # distill settings of one loss, over the above"]
-    lines += [f"  {loss}: {yaml.safe_dump(entry, default_flow_style=True).strip()}"
+    lines += [f"  {loss}: {yaml.safe_dump({k: plain(v) for k, v in entry.items()}, default_flow_style=True).strip()}"
               for loss, entry in recipe.per_loss.items()]
     return "\n".join(lines)

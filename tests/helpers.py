@@ -32,3 +32,32 @@ def linked_store(source: Store, path, kinds=("model-", "dataset-")) -> Store:
             for f in d.iterdir():
                 os.link(f, st.root / d.name / f.name)
     return st
+
+
+def wandb_history(run_dir) -> list[dict]:
+    """The history rows of the offline W&B run in `run_dir`, read from its .wandb file (a LevelDB-style log
+    of protobuf records: 7-byte file header, 32 KiB blocks, records of crc32 / length / type)."""
+    import glob
+    import json
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    path, = glob.glob(os.path.join(run_dir, "wandb", "offline-run-*", "*.wandb"))
+    data = open(path, "rb").read()
+    assert data[:4] == b":W&B", path
+    pos, block, buf, rows = 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's trailer: too short for a record header
+            pos += block - pos % block
+            continue
+        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        buf += data[pos + 7:pos + 7 + n]
+        pos += 7 + n
+        if kind in (1, 4):  # full, or last of a split record
+            r = pb.Record()
+            r.ParseFromString(buf)
+            buf = b""
+            if r.WhichOneof("record_type") == "history":
+                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
+    return rows

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from artifacts import Store, verify_artifact
 from schemas.keys import artifact_key
 from conftest import write_recipe
-from helpers import linked_store
+from helpers import linked_store, wandb_history
 from pipeline.recipe import load_recipe
 from pipeline.orchestrate import teacher_cache as run_teacher_cache
 from stages.common.ranks import silent
@@ -99,6 +99,64 @@ def test_distill_writes_a_student_people_and_transformers_can_use(world, tmp_pat
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "elsewhere" / "model") is not None  # the reused student
     reused = weights(tmp_path / "elsewhere")
     assert reused.keys() == trained.keys() and all(torch.equal(reused[n], trained[n]) for n in trained)
+
+
+def test_report_to_tensorboard_and_wandb_hold_the_metrics(world, tmp_path):
+    """`distill.report_to`: real TensorBoard event files and an offline W&B run, read back with their own
+    readers, hold every train scalar of metrics.jsonl at its step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run = tmp_path / "run"
+    r = adpa("distill", "-r", world["recipe"], "--loss", "kd", "--set", "distill.batch_pairs=4", "--set",
+             "distill.report_to=[tensorboard, wandb]", "--output", run, store=fresh_store(world, "report"),
+             env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    assert r.returncode == 0, r.stderr
+    metrics = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    names = [k for k, v in metrics[0].items() if k != "step" and isinstance(v, (int, float))]
+    assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(names)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {f"train/{n}" for n in names}
+    history = {row["_step"]: row for row in wandb_history(run)}
+    for n in names:
+        tb = events.Scalars(f"train/{n}")
+        assert [e.step for e in tb] == [m["step"] for m in metrics] == sorted(history)
+        assert [e.value for e in tb] == pytest.approx([m[n] for m in metrics], rel=1e-6)  # float32 in the event file
+        assert [history[m["step"]][f"train/{n}"] for m in metrics] == [m[n] for m in metrics]
+
+
+def test_a_lora_student_trains_its_adapters_only_and_loads_merged_and_as_an_adapter(world, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    st = fresh_store(world, "lora")
+    run = tmp_path / "run"
+    lora = ["--set", "distill.lora.r=4", "--set", "distill.lora.target_modules=[q_proj, v_proj]"]
+    r = adpa("distill", "-r", world["recipe"], "--loss", "dckd", "--set", "distill.batch_pairs=4", "--set",
+             "distill.lr=1e-3", *lora, "--output", run, store=st)
+    assert r.returncode == 0, r.stderr
+    key = r.stdout.split("student-")[1].split()[0]
+    m = json.loads((st.path(f"student-{key}") / "manifest.json").read_text())
+    assert m["inputs"]["settings"]["lora"] == {"r": 4, "alpha": 32.0, "dropout": 0.05,
+                                               "target_modules": ["q_proj", "v_proj"]}
+    adapter = m["stats"]["adapter"]
+    verify_artifact(st.path(adapter))
+    verify_artifact(st.path(f"student-{key}"))
+    init_dir = next(d for d in st.root.iterdir() if d.name.startswith("model-") and
+                    json.loads((d / "manifest.json").read_text())["inputs"].get("layers") == 6)
+    init, merged = load_file(str(init_dir / "model.safetensors")), weights(run)
+    assert merged.keys() == init.keys()  # a plain transformers model: no LoRA tensors left
+    changed = {n for n in init if not torch.equal(init[n], merged[n])}
+    assert changed and all(".q_proj." in n or ".v_proj." in n for n in changed), sorted(changed)[:5]
+    again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(init_dir), st.path(adapter))
+    folded = again.merge_and_unload().state_dict()
+    assert max((folded[n] - merged[n]).abs().max().item() for n in changed) <= 1e-6
+    assert (run / "adapter" / "adapter_config.json").exists() and not (run / "model" / "adapter_config.json").exists()
+
+    full = adpa("distill", "-r", world["recipe"], "--loss", "dckd", "--set", "distill.batch_pairs=4", "--set",
+                "distill.lr=1e-3", "--output", tmp_path / "full", store=st)
+    assert full.returncode == 0 and key not in full.stdout  # the LoRA settings are in the key
+    bad = adpa("distill", "-r", world["recipe"], "--set", "distill.lora.target_modules=[no_such_proj]", "--output",
+               tmp_path / "bad", store=st)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "no_such_proj" in bad.stderr
 
 
 def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(world, tmp_path):

@@ -107,6 +107,25 @@ def test_per_loss_settings_are_each_methods_choice_and_a_set_on_distill_wins():
             load_recipe("tiny", [bad])
 
 
+def test_nested_sections_and_lists_are_set_checked_and_shown_like_the_rest():
+    r = load_recipe("tiny")
+    assert r.distill.lora is None and r.distill.report_to == () and "lora" not in key_settings(r.distill, "adpa")
+    r = load_recipe("tiny", ["distill.lora.r=8", "distill.report_to=wandb", "per_loss.kd.lora.alpha=4"])
+    assert r.distill.lora.r == 8 and r.distill.lora.alpha == 32.0 and r.distill.report_to == ("wandb",)
+    assert r.distill_for("kd").lora.alpha == 4.0 and r.distill_for("kd").lora.r == 16  # an entry replaces the whole
+    assert key_settings(r.distill_for("adpa"), "adpa")["lora"]["target_modules"] == ["all-linear"]
+    text = show(r)
+    assert "    r: 8 " in text and "  report_to: [wandb] " in text
+    r = load_recipe("tiny", ["distill.lora.r=8", "distill.lora=null"])
+    assert r.distill.lora is None
+    for bad, says in [("distill.lora.rank=8", "distill.lora has unknown keys"),
+                      ("distill.lora.r=0", "distill.lora.r must be >= 1"),
+                      ("distill.lora.target_modules=[1, 2]", "must be a list of strings"),
+                      ("distill.report_to=[tensorboard, mlflow]", "is 'mlflow'; expected one of tensorboard, wandb")]:
+        with pytest.raises(RecipeError, match=says):
+            load_recipe("tiny", [bad])
+
+
 def test_a_model_folder_that_asks_to_run_its_own_code_is_refused_and_nothing_runs(tmp_path):
     from stages.common.models import resolve
     marker = tmp_path / "ran"

@@ -78,6 +78,16 @@ def _coerce(value, typ, where: str):
         if not isinstance(value, str):
             raise SettingError(f"{where} must be a string, got {value!r}")
         return value
+    if typing.get_origin(typ) is tuple:  # a list of strings; one string is a list of one
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+            raise SettingError(f"{where} must be a list of strings, got {value!r}")
+        return tuple(items)
+    if dataclasses.is_dataclass(typ):  # a nested section, e.g. distill.lora
+        if isinstance(value, typ):
+            check(value, where)
+            return value
+        return build(typ, value, where)
     raise TypeError(f"{where}: settings of type {typ} are not supported")
 
 
@@ -88,8 +98,9 @@ def check(section, name: str) -> None:
         where = f"{name}.{f.name}"
         v = _coerce(getattr(section, f.name), hints[f.name], where)
         choices = choices_of(f)
-        if v is not None and choices is not None and v not in choices:
-            raise SettingError(f"{where} is {v!r}; expected one of {', '.join(map(str, choices))}")
+        for item in (v if isinstance(v, tuple) else (v,)):
+            if item is not None and choices is not None and item not in choices:
+                raise SettingError(f"{where} is {item!r}; expected one of {', '.join(map(str, choices))}")
         lo, hi = f.metadata.get("minimum"), f.metadata.get("below")
         if v is not None and lo is not None and v < lo:
             raise SettingError(f"{where} must be >= {lo}, got {v!r}")
@@ -115,13 +126,25 @@ def build(cls, raw, name: str):
     return section
 
 
-def describe(section, name: str) -> list[str]:
+def plain(value):
+    """A setting's value as JSON and YAML hold it: nested sections as mappings, lists of strings as lists."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return list(value) if isinstance(value, tuple) else value
+
+
+def describe(section, name: str, indent: str = "") -> list[str]:
     """YAML lines for a section: each setting, its value and its help as a comment."""
     import yaml
 
-    lines = [f"{name}:"]
+    lines = [f"{indent}{name}:"]
     for f in dataclasses.fields(section):
-        value = yaml.safe_dump(getattr(section, f.name), default_flow_style=True).strip().removesuffix("\n...")
+        v = getattr(section, f.name)
         extra = f" ({' | '.join(map(str, choices_of(f)))})" if choices_of(f) else ""
-        lines.append(f"  {f.name}: {value}".ljust(40) + f"  # {f.metadata.get('help', '')}{extra}")
+        help = f"  # {f.metadata.get('help', '')}{extra}"
+        if dataclasses.is_dataclass(v):
+            lines += [f"{indent}  {f.name}:".ljust(40) + help] + describe(v, f.name, indent + "  ")[1:]
+            continue
+        value = yaml.safe_dump(plain(v), default_flow_style=True).strip().removesuffix("\n...")
+        lines.append(f"{indent}  {f.name}: {value}".ljust(40) + help)
     return lines

@@ -39,6 +39,23 @@ def _set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
+def trained_state(model) -> dict:
+    """What training changes: the whole state, or only the trainable parameters when some are frozen
+    (LoRA: the adapters, not a second copy of the base model)."""
+    if all(p.requires_grad for p in model.parameters()):
+        return model.state_dict()
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def restore(model, state: dict) -> None:
+    """Load what `trained_state` gave; a state that misses a trainable parameter is refused."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if unexpected or trainable & set(missing):
+        raise ValueError(f"a state of another model: unexpected {unexpected[:3]}, missing "
+                         f"{sorted(trainable & set(missing))[:3]}")
+
+
 def complete(run_dir: Path) -> list[Path]:
     d = Path(run_dir) / "checkpoints"
     return sorted(p for p in d.glob(f"{PREFIX}*") if p.is_dir() and not p.name.endswith(".tmp")) if d.is_dir() else []
@@ -62,7 +79,7 @@ def save(run_dir: Path, step: int, key: str, model, optimizer, scheduler, ranks,
     if ranks.rank == 0:
         state = tmp / "state.pt"
         torch.save({"key": key, "step": step, "world_size": ranks.world_size,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "model": trained_state(model), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "extra": extra}, state)
         fsync_file(state)
         fsync_dir(tmp)
@@ -85,7 +102,7 @@ def load(path: Path, key: str, model, optimizer, scheduler, ranks) -> dict:
                          f"use another --output or remove it")
     if state["world_size"] != ranks.world_size:
         raise ValueError(f"{path}: written by {state['world_size']} processes; resume with the same number")
-    model.load_state_dict(state["model"])
+    restore(model, state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(torch.load(Path(path) / f"rng-rank{ranks.rank}.pt", weights_only=True))

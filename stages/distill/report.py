@@ -57,6 +57,9 @@ def model_card(*, title: str, loss: str, init_spec: str, settings: dict, caches:
     cache_rows = "\n".join(f"| {name} | `{k}` |" for name, k in caches.items())
     metric_rows = "\n".join(f"| {k} | {v:.6g} |" for k, v in final.items())
     sel = summary.get("selected", {})
+    adapter = (f"\n\nTrained as a LoRA adapter (artifact `{summary['adapter']}`, loadable with "
+               f"`peft.PeftModel.from_pretrained(init, folder)`); these weights are the merged model."
+               if summary.get("adapter") else "")
     selected = (f"The weights are those of step {sel['step']}, the best on the validation pairs by {sel['by']} "
                 f"({sel['value']:.6g})." if sel.get("by", "last") != "last" and "value" in sel
                 else "The weights are those of the last step.")
@@ -88,7 +91,7 @@ Reproduce: `{command}`
 |---|---|
 {cache_rows}
 
-This student's own artifact key: `{key}`.
+This student's own artifact key: `{key}`.{adapter}
 
 ## Run
 

@@ -4,7 +4,9 @@ For a loss and the keys of the artifacts it reads: refuse any cache that cannot 
 (one line naming the cache), train, and save the student with `save_pretrained`, its tokenizer and
 chat template, a model card, metrics.jsonl and loss.png in the run folder. The student is then
 published in the store under a key of everything that went into it (init model, loss, the settings
-that loss uses, cache keys): the same run asked again is reused, not retrained.
+that loss uses, cache keys): the same run asked again is reused, not retrained. A LoRA student
+(`distill.lora`) is published merged; its adapter is an `adapter-` artifact of the same inputs,
+named in the student's stats, and `adapter/` in the run folder.
 
 Which keys a recipe's stage one produced, and chains such as ADPA+ (DCKD, then ADPA on states the
 DCKD student generated), are the pipeline's business: this stage never imports stage one.
@@ -29,9 +31,9 @@ from schemas.manifest import ManifestError
 from stages.common.device import compute_dtype, pad_id, pick_device
 from stages.common.models import ResolvedModel, load_model, load_tokenizer
 from stages.common.ranks import Ranks
-from stages.common.settings import in_key
+from stages.common.settings import in_key, plain
 from stages.common.tokenizers import tokenizer_fingerprint
-from stages.distill import checkpoints, report, trainer
+from stages.distill import checkpoints, lora, report, trainer
 from stages.distill.losses import LOSSES, caches_of
 from stages.distill.pair_stream import PairStream
 from stages.distill.settings import Distill
@@ -98,8 +100,10 @@ def key_settings(d: Distill, loss: str) -> dict:
     spec = LOSSES[loss]
     per_loss = {u for s in LOSSES.values() for u in s.uses}
     lrs = {s.lr for s in LOSSES.values()}
-    out = {n: getattr(d, n) for n in in_key(Distill)
+    out = {n: plain(getattr(d, n)) for n in in_key(Distill)
            if n != "loss" and n not in lrs and (n not in per_loss or n in spec.uses)}
+    if out["lora"] is None:  # full fine-tuning: keys as before LoRA existed
+        del out["lora"]
     return out | {"lr": getattr(d, spec.lr)}
 
 
@@ -154,9 +158,11 @@ def train_one(store: Store, loss: str, init: ResolvedModel, settings: Distill, c
     with exclusive_folder(run_dir, "run folder") if ranks.rank == 0 else contextlib.nullcontext():
         if store.manifest(key) is not None:
             say(f"student ({label}): complete artifact {key} reused")
-            if ranks.rank == 0 and not (run_dir / "model").exists():  # the run folder shows the student either way
-                (run_dir / "model").mkdir(parents=True)
-                _link_or_copy(store.path(key), run_dir / "model", skip=(MANIFEST,))
+            adapter = store.manifest(key)["stats"].get("adapter")
+            for sub, src in (("model", key), ("adapter", adapter)):  # the run folder shows the student either way
+                if src and ranks.rank == 0 and not (run_dir / sub).exists():
+                    (run_dir / sub).mkdir(parents=True)
+                    _link_or_copy(store.path(src), run_dir / sub, skip=(MANIFEST,))
             return Trained(label, key, "reused", store.path(key), run_dir, store.manifest(key)["stats"])
 
         stream = PairStream(dirs, loss, d.seed, d.shuffle_buffer, d.batch_pairs)
@@ -168,6 +174,7 @@ def train_one(store: Store, loss: str, init: ResolvedModel, settings: Distill, c
         run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(d.seed + ranks.rank)
         model = load_model(init, torch.float32, device)
+        adapted = lora.attach(model, d.lora) if d.lora else None
         resumed = resume and bool(checkpoints.complete(run_dir))
         summary = trainer.train(model, stream, loss, d, settings_in_key["lr"], autocast, ranks, run_dir, key, resume,
                                 pad_id(tok), vocab, say, validate)
@@ -175,6 +182,12 @@ def train_one(store: Store, loss: str, init: ResolvedModel, settings: Distill, c
         if ranks.rank == 0:
             out = run_dir / "model"
             shutil.rmtree(out, ignore_errors=True)
+            if adapted is not None:  # the adapter is an artifact of its own: its folder must not sit in the model's
+                shutil.rmtree(run_dir / "adapter", ignore_errors=True)
+                model = lora.export(adapted, run_dir / "adapter")
+                adapter, _, _ = publish_folder(store, "adapter", inputs, lambda f: _link_or_copy(run_dir / "adapter", f))
+                summary["adapter"] = adapter.name
+                say(f"student ({label}): LoRA adapter {adapter.name}, merged into the student")
             model.save_pretrained(out, safe_serialization=True)
             tok.save_pretrained(out)
             report.plot_loss(report.read_metrics(run_dir / "metrics.jsonl"), f"{title}: {label}", run_dir / "loss.png")

@@ -13,6 +13,19 @@ SELECT_BY = ("last", "reward", "implicit_reward", "implicit_reward_per_token", "
 LOWER_IS_BETTER = ("chosen_nll", "kl_to_init")
 
 
+REPORT_TO = ("tensorboard", "wandb")
+
+
+@dataclass
+class Lora:
+    """`distill.lora`: train low-rank adapters (PEFT LoRA) instead of every weight."""
+    r: int = setting(16, "rank of each adapter", minimum=1)
+    alpha: float = setting(32.0, "scale: the adapter's update is multiplied by alpha / r", minimum=0)
+    dropout: float = setting(0.05, "dropout on the adapter's input", minimum=0, below=1)
+    target_modules: tuple[str, ...] = setting(("all-linear",), "modules that get an adapter: all-linear (every "
+                                              "linear layer but the output layer) or names such as q_proj, v_proj")
+
+
 def _losses() -> tuple:
     from stages.distill.losses import LOSSES  # torch: read when a recipe is checked, not when --help is shown
     return tuple(LOSSES)
@@ -48,5 +61,13 @@ class Distill:
                          choices=("auto", "float32", "bfloat16"))
     eval_every: int = setting(0, "validate on data.valid_source every N optimizer steps, at the start and at the "
                               "end (0: never)", minimum=0)
+    lora: Lora | None = setting(None, "LoRA adapters instead of full fine-tuning (null: full; --set "
+                                "distill.lora.r=16 turns them on); the student is the merged model, the adapter "
+                                "is published beside it")
+    fsdp: bool = setting(False, "shard parameters, gradients and optimizer state over the torchrun processes "
+                         "(PyTorch FSDP2), for students larger than one GPU", in_key=False)
+    report_to: tuple[str, ...] = setting((), "where the run's scalars go besides metrics.jsonl: tensorboard (event "
+                                         "files in the run folder), wandb (WANDB_MODE=offline works)",
+                                         choices=REPORT_TO, in_key=False)
     select_by: str = setting("last", "which state becomes the student: the last, or the best on the validation "
                              "pairs by this metric (chosen_nll: lower is better)", choices=SELECT_BY)

@@ -13,7 +13,6 @@ with `select_by` the best state (not the last) is what the run leaves in `model`
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import defaultdict
@@ -27,7 +26,9 @@ from artifacts.prefetch import background
 from stages.common.lm import OutputLayer
 from stages.distill import checkpoints
 from stages.distill.objective import collate, micro_loss, pack
+from stages.common.settings import plain
 from stages.distill.pair_stream import PairStream
+from stages.distill.run_log import RunLog
 from stages.distill.settings import LOWER_IS_BETTER, Distill
 
 
@@ -100,23 +101,28 @@ def train(model, stream: PairStream, loss: str, hp: Distill, lr: float, autocast
         restored = checkpoints.load(found[-1], key, model, opt, sched, ranks)
         start, best = restored["step"], restored["extra"]
         say(f"resuming from {found[-1]} (step {start} of {total})")
-    metrics_path = Path(run_dir) / "metrics.jsonl"
-    if ranks.rank == 0:
-        kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= start] \
-            if metrics_path.exists() and start else []
-        metrics_path.write_text("".join(ln + "\n" for ln in kept))
+    with RunLog(run_dir, hp.report_to, start, name=f"{Path(run_dir).name} ({loss})",
+                config={"loss": loss, "key": key, "lr": lr} | {k: plain(v) for k, v in vars(hp).items()},
+                rank=ranks.rank) as log:
+        return _loop(model, out, stream, loss, hp, opt, sched, params, start, best, autocast, ranks, run_dir, key,
+                     pad_id, say, validate, log)
+
+
+def _loop(model, out, stream, loss, hp, opt, sched, params, start, best, autocast, ranks, run_dir, key, pad_id,
+          say, validate, log: RunLog) -> dict:
+    """The optimizer steps from `start` to the end, validation and checkpoints among them."""
+    device = next(model.parameters()).device
+    total = stream.steps_per_epoch * hp.epochs
 
     def validation(step: int):
         nonlocal best
         values = validate(model)
-        if ranks.rank == 0:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps({"step": step, "split": "valid", **values}) + "\n")
+        log.write({"step": step, "split": "valid", **values})
         if hp.select_by != "last":
             v = values[hp.select_by]
             if best is None or (v < best["value"] if hp.select_by in LOWER_IS_BETTER else v > best["value"]):
                 best = {"step": step, "value": v, "state": {k: t.detach().to("cpu", copy=True)
-                                                             for k, t in model.state_dict().items()}}
+                                                             for k, t in checkpoints.trained_state(model).items()}}
         say(f"validation at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(values.items())))
 
     validating = bool(hp.eval_every and validate)
@@ -173,9 +179,7 @@ def train(model, stream: PairStream, loss: str, hp: Distill, lr: float, autocast
                "data_wait_s": round(t_got - t_ready, 4), "tokens_per_s": round(tokens / (t_done - t_ready), 1)}
         for n in ("tokens", "forward_tokens", "pairs", "step_s", "data_wait_s"):
             totals[n] += rec[n]
-        if ranks.rank == 0:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
+        log.write(rec)
         bar.update(1)
         bar.set_postfix_str(f"loss {last['loss']:.4f} {totals['tokens'] / totals['step_s']:,.0f} tok/s")
         if validating and ((step + 1) % hp.eval_every == 0 or step + 1 == total):
@@ -186,7 +190,7 @@ def train(model, stream: PairStream, loss: str, hp: Distill, lr: float, autocast
     bar.close()
     selected = {"by": hp.select_by, "step": total}
     if best is not None:
-        model.load_state_dict(best["state"])
+        checkpoints.restore(model, best["state"])
         selected = {"by": hp.select_by, "step": best["step"], "value": best["value"]}
         say(f"selected the state of step {best['step']} of {total} by validation {hp.select_by} {best['value']:.4f}")
     model.eval()

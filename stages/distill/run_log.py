@@ -1,0 +1,70 @@
+"""Where a training run's scalars go: metrics.jsonl always, TensorBoard and Weights & Biases when
+`distill.report_to` names them (the transformers `report_to` convention).
+
+One record per optimizer step (`split` absent: train) and one per validation (`split: valid`);
+every number in a record becomes the scalar `<split>/<name>` at its step, so TensorBoard and W&B
+hold exactly what metrics.jsonl holds. A resumed run keeps metrics.jsonl up to its checkpoint's
+step, starts TensorBoard with `purge_step` there (later events of the killed run are hidden),
+and continues the same W&B run (its id is kept in the run folder). Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+NOT_SCALARS = ("step", "split")
+WANDB_ID = "wandb-run-id"
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, report_to: tuple[str, ...], start: int, name: str, config: dict,
+                 rank: int = 0):
+        self.active = rank == 0
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.tensorboard = self.wandb = None
+        if not self.active:
+            return
+        kept = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["step"] <= start] \
+            if self.path.exists() and start else []
+        self.path.write_text("".join(ln + "\n" for ln in kept))
+        if "tensorboard" in report_to:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start + 1 if start else None)
+        if "wandb" in report_to:
+            import wandb
+            id_file = Path(run_dir) / WANDB_ID
+            resuming = bool(start) and id_file.exists()
+            run_id = id_file.read_text().strip() if resuming else secrets.token_hex(4)
+            id_file.write_text(run_id)
+            self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "adpa-pipeline"), name=name, id=run_id,
+                                    dir=str(run_dir), config=config, resume="allow" if resuming else None)
+
+    def write(self, record: dict) -> None:
+        if not self.active:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        split = record.get("split", "train")
+        scalars = {f"{split}/{k}": v for k, v in record.items()
+                   if k not in NOT_SCALARS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.tensorboard is not None:
+            for tag, v in scalars.items():
+                self.tensorboard.add_scalar(tag, v, record["step"])
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=record["step"])
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        self.tensorboard = self.wandb = None
