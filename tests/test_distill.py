@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -204,6 +205,40 @@ def test_two_processes_match_one(world, tmp_path):
     la = [json.loads(ln)["loss"] for ln in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     lb = [json.loads(ln)["loss"] for ln in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert la == pytest.approx(lb, rel=1e-5)
+
+
+def test_fsdp_on_two_processes_killed_and_resumed_ends_with_the_weights_of_one(world, tmp_path):
+    """distill.fsdp under torchrun (gloo, 2 processes, FSDP2 shards): a real SIGKILL of the whole launch after
+    its first checkpoint (torch.distributed.checkpoint), then --resume; the exported student and every step's
+    loss equal a plain 1-process run's."""
+    args = ["distill", "-r", world["recipe"], "--loss", "adpa", "--set", "distill.batch_pairs=2", "--set",
+            "distill.lr=1e-4"]
+    one = adpa(*args, "--output", tmp_path / "one", store=fresh_store(world, "fsdp-one"))
+    assert one.returncode == 0, one.stderr
+    st = fresh_store(world, "fsdp-two")
+    run = tmp_path / "two"
+    e = dict(os.environ, ADPA_STORE=str(st.root), OMP_NUM_THREADS="1")
+    cmd = [TORCHRUN, "--nproc_per_node", "2", "--master_port", "29531", "--no-python", ADPA, *map(str, args), "--set",
+           "distill.fsdp=true", "--set", "distill.save_every=1", "--output", str(run)]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=e)
+    ckpt = run / "checkpoints"
+    while p.poll() is None and not any(c.is_dir() and not c.name.endswith(".tmp") for c in
+                                       (ckpt.glob("step-*") if ckpt.exists() else [])):
+        time.sleep(0.02)
+    assert p.poll() is None, "the run ended before it could be killed"
+    launch = [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]  # workers: own groups
+    for proc in launch:
+        proc.send_signal(signal.SIGKILL)
+    psutil.wait_procs(launch)
+    assert not (run / "model").exists() and any((c / "dcp").is_dir() for c in ckpt.glob("step-*"))
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=e)
+    assert resumed.returncode == 0, [ln for ln in resumed.stderr.splitlines() if "error" in ln.lower()][:5]
+    assert "resuming from" in resumed.stdout
+    a, b = weights(tmp_path / "one"), weights(run)
+    assert a.keys() == b.keys() and max((a[n] - b[n]).abs().max().item() for n in a) <= 1e-5
+    la = [json.loads(ln)["loss"] for ln in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(ln)["loss"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(lb) == PAIRS // 2 and la == pytest.approx(lb, rel=1e-5)  # each step logged once across the kill
 
 
 def _tampered_copy(st: Store, key: str, edit) -> str:

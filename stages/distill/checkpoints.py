@@ -1,7 +1,8 @@
 """Training checkpoints, written whole or not at all, and found again by `--resume`.
 
 `<run>/checkpoints/step-00000012/` holds `state.pt` (model, optimizer, scheduler, the step and the
-run's key; the data position follows from the step) and one `rng-rankN.pt` per rank. Everything is
+run's key; the data position follows from the step) and one `rng-rankN.pt` per rank; a sharded
+(FSDP) run keeps model and optimizer in `dcp/`, written by every rank with torch.distributed.checkpoint. Everything is
 written into a `.tmp` folder that is renamed into place once complete (rename is atomic), so a kill at any
 moment leaves either the previous checkpoint or the new one, never half of one. Only the newest
 `keep` checkpoints stay.
@@ -62,9 +63,10 @@ def complete(run_dir: Path) -> list[Path]:
 
 
 def save(run_dir: Path, step: int, key: str, model, optimizer, scheduler, ranks, keep: int = 2,
-         extra: dict | None = None) -> Path:
+         extra: dict | None = None, sharded=None) -> Path:
     """Every rank calls this; rank 0 writes the shared state (and `extra`: the best state so far when
-    checkpoints are selected), each rank its RNG state."""
+    checkpoints are selected), each rank its RNG state. `sharded` (the FSDP root): model and optimizer
+    go to `dcp/` instead, each rank writing its own shards."""
     d = Path(run_dir) / "checkpoints"
     final = d / f"{PREFIX}{step:08d}"
     tmp = final.with_name(final.name + ".tmp")
@@ -75,11 +77,15 @@ def save(run_dir: Path, step: int, key: str, model, optimizer, scheduler, ranks,
     rng = tmp / f"rng-rank{ranks.rank}.pt"
     torch.save(_rng_state(), rng)
     fsync_file(rng)
+    if sharded is not None:
+        from stages.distill import sharding
+        sharding.save(sharded, optimizer, tmp / "dcp")
     ranks.barrier()
     if ranks.rank == 0:
         state = tmp / "state.pt"
-        torch.save({"key": key, "step": step, "world_size": ranks.world_size,
-                    "model": trained_state(model), "optimizer": optimizer.state_dict(),
+        weights = {"sharded": True} if sharded is not None else {"model": trained_state(model),
+                                                                 "optimizer": optimizer.state_dict()}
+        torch.save({"key": key, "step": step, "world_size": ranks.world_size, **weights,
                     "scheduler": scheduler.state_dict(), "extra": extra}, state)
         fsync_file(state)
         fsync_dir(tmp)
@@ -93,7 +99,7 @@ def save(run_dir: Path, step: int, key: str, model, optimizer, scheduler, ranks,
     return final
 
 
-def load(path: Path, key: str, model, optimizer, scheduler, ranks) -> dict:
+def load(path: Path, key: str, model, optimizer, scheduler, ranks, sharded=None) -> dict:
     """Restore a checkpoint into the given objects; returns its step and what `save` got as `extra`."""
     # weights_only: a checkpoint is data (tensors, numbers, strings), never code to run
     state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=True)
@@ -102,8 +108,15 @@ def load(path: Path, key: str, model, optimizer, scheduler, ranks) -> dict:
                          f"use another --output or remove it")
     if state["world_size"] != ranks.world_size:
         raise ValueError(f"{path}: written by {state['world_size']} processes; resume with the same number")
-    restore(model, state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    if state.get("sharded", False) != (sharded is not None):
+        raise ValueError(f"{path}: written {'with' if state.get('sharded') else 'without'} distill.fsdp; resume "
+                         f"the same way")
+    if sharded is not None:
+        from stages.distill import sharding
+        sharding.load(sharded, optimizer, Path(path) / "dcp")
+    else:
+        restore(model, state["model"])
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(torch.load(Path(path) / f"rng-rank{ranks.rank}.pt", weights_only=True))
     return {"step": state["step"], "extra": state.get("extra")}

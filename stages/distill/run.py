@@ -29,11 +29,12 @@ from schemas import files
 from schemas.keys import artifact_key
 from schemas.manifest import ManifestError
 from stages.common.device import compute_dtype, pad_id, pick_device
+from stages.common.lm import OutputLayer
 from stages.common.models import ResolvedModel, load_model, load_tokenizer
 from stages.common.ranks import Ranks
 from stages.common.settings import in_key, plain
 from stages.common.tokenizers import tokenizer_fingerprint
-from stages.distill import checkpoints, lora, report, trainer
+from stages.distill import checkpoints, lora, report, sharding, trainer
 from stages.distill.losses import LOSSES, caches_of
 from stages.distill.pair_stream import PairStream
 from stages.distill.settings import Distill
@@ -149,6 +150,10 @@ def train_one(store: Store, loss: str, init: ResolvedModel, settings: Distill, c
         raise ValueError("distill.eval_every > 0 needs validation pairs (data.valid_source), and only then")
     if d.select_by != "last" and not d.eval_every:
         raise ValueError(f"distill.select_by {d.select_by} needs distill.eval_every > 0 (when to validate)")
+    sharded = d.fsdp and ranks.world_size > 1  # one process: nothing to shard over
+    if sharded and (d.eval_every or d.lora):
+        raise ValueError("distill.fsdp trains without distill.eval_every and distill.lora for now (validation and "
+                         "adapters on a sharded student are not built); set them to 0 / null")
     inputs = {"init": init.identity, "loss": label, "caches": needed, "settings": settings_in_key,
               "precision": precision} | ({"validation": validate.identity} if validate is not None else {})
     key = artifact_key("student", inputs, {"name": files.NAME, "version": files.VERSION})
@@ -172,13 +177,17 @@ def train_one(store: Store, loss: str, init: ResolvedModel, settings: Distill, c
             + f"; {stream.steps_per_epoch * d.epochs} steps of {d.batch_pairs} pairs; {device}"
             + (f" {autocast} autocast" if autocast else " float32") + f"; run folder {run_dir}")
         run_dir.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(d.seed + ranks.rank)
+        torch.manual_seed(d.seed)  # the same model (LoRA's initial adapters included) on every rank
         model = load_model(init, torch.float32, device)
         adapted = lora.attach(model, d.lora) if d.lora else None
+        if ranks.world_size > 1:
+            torch.manual_seed(d.seed + ranks.rank)  # dropout: each rank its own draws
+        root = sharding.shard(model, OutputLayer(model, vocab), loss, d) if sharded else None
         resumed = resume and bool(checkpoints.complete(run_dir))
         summary = trainer.train(model, stream, loss, d, settings_in_key["lr"], autocast, ranks, run_dir, key, resume,
-                                pad_id(tok), vocab, say, validate)
+                                pad_id(tok), vocab, say, validate, sharded=root)
         summary["dropped_in_stage_one"] = dropped
+        whole = sharding.full_state(root) if root is not None else None  # every rank gathers, rank 0 keeps
         if ranks.rank == 0:
             out = run_dir / "model"
             shutil.rmtree(out, ignore_errors=True)
@@ -188,7 +197,7 @@ def train_one(store: Store, loss: str, init: ResolvedModel, settings: Distill, c
                 adapter, _, _ = publish_folder(store, "adapter", inputs, lambda f: _link_or_copy(run_dir / "adapter", f))
                 summary["adapter"] = adapter.name
                 say(f"student ({label}): LoRA adapter {adapter.name}, merged into the student")
-            model.save_pretrained(out, safe_serialization=True)
+            model.save_pretrained(out, safe_serialization=True, state_dict=whole)
             tok.save_pretrained(out)
             report.plot_loss(report.read_metrics(run_dir / "metrics.jsonl"), f"{title}: {label}", run_dir / "loss.png")
             (out / "README.md").write_text(report.model_card(

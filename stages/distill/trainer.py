@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from artifacts.prefetch import background
 from stages.common.lm import OutputLayer
-from stages.distill import checkpoints
+from stages.distill import checkpoints, sharding
 from stages.distill.objective import collate, micro_loss, pack
 from stages.common.settings import plain
 from stages.distill.pair_stream import PairStream
@@ -77,16 +77,17 @@ def _sum_over_ranks(values: list[float], ranks) -> list[float]:
 
 
 def train(model, stream: PairStream, loss: str, hp: Distill, lr: float, autocast: str | None, ranks, run_dir: Path,
-          key: str, resume: bool, pad_id: int, vocab_size: int, say=print, validate=None) -> dict:
+          key: str, resume: bool, pad_id: int, vocab_size: int, say=print, validate=None, sharded=None) -> dict:
     """Train `model` in place with objective `loss` at peak learning rate `lr` (autocast: "bfloat16" or
     None); returns the run's summary. Rank 0 writes metrics.jsonl and checkpoints. `validate(model)`
-    -> {metric: mean} is called when `hp.eval_every` asks for it."""
-    device = next(model.parameters()).device
-    out = OutputLayer(model, vocab_size)
+    -> {metric: mean} is called when `hp.eval_every` asks for it. `sharded`: the FSDP root over `model`
+    (`sharding.shard`), whose forward computes a micro-batch's loss."""
     if hp.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
-    params = [p for p in model.parameters() if p.requires_grad]
+    out = OutputLayer(model, vocab_size)
+    compute = sharded or (lambda mb: micro_loss(model, out, mb, loss, hp))
+    params = [p for p in (sharded or model).parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=hp.weight_decay)
     total = stream.steps_per_epoch * hp.epochs
     warmup_steps = max(1, round(hp.warmup * total)) if hp.warmup > 0 else 0
@@ -98,18 +99,18 @@ def train(model, stream: PairStream, loss: str, hp: Distill, lr: float, autocast
         raise ValueError(f"{run_dir} holds checkpoints ({found[-1].name}); pass --resume to continue that run "
                          f"or choose another --output")
     if resume and found:
-        restored = checkpoints.load(found[-1], key, model, opt, sched, ranks)
+        restored = checkpoints.load(found[-1], key, model, opt, sched, ranks, sharded)
         start, best = restored["step"], restored["extra"]
         say(f"resuming from {found[-1]} (step {start} of {total})")
     with RunLog(run_dir, hp.report_to, start, name=f"{Path(run_dir).name} ({loss})",
                 config={"loss": loss, "key": key, "lr": lr} | {k: plain(v) for k, v in vars(hp).items()},
                 rank=ranks.rank) as log:
-        return _loop(model, out, stream, loss, hp, opt, sched, params, start, best, autocast, ranks, run_dir, key,
-                     pad_id, say, validate, log)
+        return _loop(model, compute, stream, loss, hp, opt, sched, params, start, best, autocast, ranks, run_dir, key,
+                     pad_id, say, validate, log, sharded)
 
 
-def _loop(model, out, stream, loss, hp, opt, sched, params, start, best, autocast, ranks, run_dir, key, pad_id,
-          say, validate, log: RunLog) -> dict:
+def _loop(model, compute, stream, loss, hp, opt, sched, params, start, best, autocast, ranks, run_dir, key, pad_id,
+          say, validate, log: RunLog, sharded) -> dict:
     """The optimizer steps from `start` to the end, validation and checkpoints among them."""
     device = next(model.parameters()).device
     total = stream.steps_per_epoch * hp.epochs
@@ -132,7 +133,8 @@ def _loop(model, out, stream, loss, hp, opt, sched, params, start, best, autocas
     def steps():
         for step, pairs in stream.steps(hp.epochs, start):
             mine = pairs[ranks.rank::ranks.world_size]
-            yield step, len(pairs), [collate(m, loss, pad_id) for m in pack(mine, hp.token_budget)]
+            micro = [collate(m, loss, pad_id) for m in pack(mine, hp.token_budget)]
+            yield step, len(pairs), micro, (micro or [collate(pairs[:1], loss, pad_id)])[0] if sharded else None
 
     amp = torch.autocast(device.type, dtype=getattr(torch, autocast)) if autocast else nullcontext()
     bar = tqdm(total=total, initial=start, desc=f"distill ({loss})", unit="step", dynamic_ncols=True,
@@ -142,15 +144,21 @@ def _loop(model, out, stream, loss, hp, opt, sched, params, start, best, autocas
     totals = defaultdict(float)
     last = {}
     model.train()
-    for step, n_step, micro in background(steps(), depth=2, name="adpa-collate"):
+    # sharded: every rank runs as many forwards as the busiest one (zero-weighted spares), and FSDP's
+    # average over ranks becomes the sum the weights below are made for
+    scale = ranks.world_size if sharded else 1
+    for step, n_step, micro, spare in background(steps(), depth=2, name="adpa-collate"):
         t_got = time.perf_counter()
         sums = defaultdict(float)
         tokens = pairs = forward = 0
-        for mb in micro:
-            mb = mb.to(device)
+        n_micro = sharding.micro_batch_count(len(micro)) if sharded else len(micro)
+        for i in range(n_micro):
+            mb = (micro[i] if i < len(micro) else spare).to(device)
             with amp:
-                value, terms = micro_loss(model, out, mb, loss, hp)
-            (value * (mb.n_pairs / n_step)).backward()
+                value, terms = compute(mb)
+            (value * (scale * mb.n_pairs / n_step if i < len(micro) else 0.0)).backward()
+            if i >= len(micro):
+                continue
             for name, v in terms.items():
                 sums[name] += v * mb.n_pairs
             tokens += mb.tokens
@@ -161,9 +169,10 @@ def _loop(model, out, stream, loss, hp, opt, sched, params, start, best, autocas
                 p.grad = torch.zeros_like(p)
         names = sorted(sums)
         reduced = _sum_over_ranks([sums[n] for n in names] + [tokens, forward, pairs], ranks)
-        if ranks.world_size > 1:
+        if ranks.world_size > 1 and not sharded:
             _all_reduce_grads(params, ranks)
         gnorm = torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm if hp.max_grad_norm > 0 else float("inf"))
+        gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # sharded: a DTensor
         lr = sched.get_last_lr()[0]
         opt.step()
         sched.step()
@@ -185,7 +194,7 @@ def _loop(model, out, stream, loss, hp, opt, sched, params, start, best, autocas
         if validating and ((step + 1) % hp.eval_every == 0 or step + 1 == total):
             validation(step + 1)
         if hp.save_every and (step + 1) % hp.save_every == 0 and step + 1 < total:
-            checkpoints.save(run_dir, step + 1, key, model, opt, sched, ranks, extra=best)
+            checkpoints.save(run_dir, step + 1, key, model, opt, sched, ranks, extra=best, sharded=sharded)
         t_ready = time.perf_counter()
     bar.close()
     selected = {"by": hp.select_by, "step": total}
