@@ -131,7 +131,7 @@ def _per_loss(raw, distill: Distill, where: str) -> dict[str, dict]:
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
     p = Path(name_or_path)
-    if not p.suffix:
+    if p.suffix not in (".yaml", ".yml"):  # a name (names may hold dots: danube2-1.8b)
         p = RECIPES / f"{name_or_path}.yaml"
     if not p.is_file():
         known = ", ".join(sorted(q.stem for q in RECIPES.glob("*.yaml")))

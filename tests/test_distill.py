@@ -366,6 +366,19 @@ def test_a_planted_checkpoint_is_refused_without_running_its_code(tmp_path, monk
     assert not (tmp_path / "planted-code-ran").exists()
 
 
+def test_a_planted_sharded_checkpoint_is_refused_without_running_its_code(tmp_path, monkeypatch):
+    """A sharded (FSDP) checkpoint's DCP `.metadata` is a pickle: only checkpoint records come out of it."""
+    import pickle
+
+    from stages.distill.sharding import _reader
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dcp").mkdir()
+    (tmp_path / "dcp" / ".metadata").write_bytes(pickle.dumps(_Planted()))
+    with pytest.raises(pickle.UnpicklingError, match="not checkpoint data"):
+        _reader(tmp_path / "dcp").read_metadata()
+    assert not (tmp_path / "planted-code-ran").exists()
+
+
 def test_a_second_run_into_a_folder_in_use_refuses_in_one_line(world, tmp_path):
     """Two `adpa distill` into one --output never interleave metrics.jsonl: while a process holds the run
     folder (here this test, by the same lock a running distill holds), another refuses at once, naming it."""

@@ -98,11 +98,19 @@ def test_a_student_with_another_vocabulary_is_refused_before_any_model_work(mode
     assert set(Store(model_store.root).keys()) == before  # nothing was scored
 
 
-def test_the_danube3_recipe_fails_fast_offline(tmp_path):
-    p = subprocess.run([ADPA, "teacher-cache", "--recipe", "danube3-500m", "--store", str(tmp_path)],
-                       capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    assert p.returncode == 1 and "Traceback" not in p.stderr
-    assert "HuggingFaceH4/zephyr-7b-beta" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+@pytest.mark.parametrize("recipe,model", [("danube3-500m", "HuggingFaceH4/zephyr-7b-beta"),
+                                          ("danube2-1.8b", "HuggingFaceH4/zephyr-7b-beta"),
+                                          ("llama2-7b", "allenai/tulu-2-dpo-13b")])
+@pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE", "hub unreachable"])
+def test_the_paper_recipes_fail_fast_offline_naming_the_model(tmp_path, recipe, model, offline):
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"))  # an empty cache
+    env.update({"HF_HUB_OFFLINE": "1"} if offline == "HF_HUB_OFFLINE" else {"HF_ENDPOINT": "http://127.0.0.1:9"})
+    for stage in ("teacher-cache", "distill"):
+        p = subprocess.run([ADPA, stage, "--recipe", recipe, "--store", str(tmp_path / "store")],
+                           capture_output=True, text=True, env=env)
+        assert p.returncode == 1 and "Traceback" not in p.stderr
+        assert model in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert ("HF_HUB_OFFLINE" if offline == "HF_HUB_OFFLINE" else "cannot be reached") in p.stderr
 
 
 def test_sigkill_mid_run_then_resume(model_store, tmp_path):

@@ -52,7 +52,30 @@ def resolve(spec: str) -> ResolvedModel:
             raise FileNotFoundError(f"{spec}: a folder without weight files ({', '.join(WEIGHT_SUFFIXES)})")
         return ResolvedModel(spec, str(p), None, {"folder": p.name, "weights_sha256": fingerprint_files(weights)})
     hub_id, _, revision = spec.partition("@")
+    check_hub_reachable(hub_id, revision or None)
     return ResolvedModel(spec, hub_id, revision or None, {"hub_id": hub_id, "revision": revision or "main"})
+
+
+def check_hub_reachable(hub_id: str, revision: str | None) -> None:
+    """A hub model not in the local cache needs the hub: one connection attempt (5 s) decides, so an offline
+    run fails in one line naming the model instead of after minutes of retried downloads."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(hub_id, "config.json", revision=revision), str):
+        return
+    where = f"model {hub_id}{'@' + revision if revision else ''} is not in the local Hugging Face cache " \
+            f"({constants.HF_HUB_CACHE})"
+    fetch = f"download it where the hub is reachable (hf download {hub_id}) and copy the cache here, or give a folder"
+    if constants.HF_HUB_OFFLINE:
+        raise FileNotFoundError(f"{where} and HF_HUB_OFFLINE is set: {fetch}")
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
+    except OSError as e:
+        raise FileNotFoundError(f"{where} and the hub {constants.ENDPOINT} cannot be reached ({e}): {fetch}") from None
 
 
 def refuse_custom_code(folder: Path) -> None:
