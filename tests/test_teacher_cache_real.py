@@ -141,3 +141,55 @@ def test_a_second_run_reuses_everything(world):
     again = run_teacher_cache(recipe, store, say=silent)
     assert [r.status for r in again] == ["reused"] * 5
     assert {r.key for r in again} == {r.key for r in res.values()}
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_a_prompt_shared_by_its_continuations_scores_as_each_sequence_alone(attn):
+    """Prompt sharing (one packed row per prompt, tree-shaped mask) against scoring every sequence on its
+    own, on the real SmolLM2 weights: multi-turn chat prompts rendered by its template, one-token
+    responses, a one-token prompt, a sequence at max_length, three continuations of one prompt, and
+    a token budget small enough that packed rows are batched alone."""
+    from pipeline.worlds.smollm2 import load_smollm2
+    from stages.common.lm import HFScorer, Sequence, pack_by_prompt
+    from stages.teacher_cache.render import render_prompt, render_response
+    model, tok = load_smollm2()
+    model.config._attn_implementation = attn
+    paras = [p.strip() for p in real_text().split("\n\n") if 100 < len(p.strip()) < 250]
+    seqs = []
+    for i in range(4):
+        chat = [{"role": "user", "content": paras[4 * i][:200]}, {"role": "assistant", "content": paras[4 * i + 1]},
+                {"role": "user", "content": f"And what about this ({i})?"}]
+        prompt = render_prompt(tok, chat)
+        for text in (paras[4 * i + 2], paras[4 * i + 3], "Yes.")[: 2 + (i == 0)]:
+            seqs.append(Sequence(prompt + render_response(tok, chat, prompt, text), len(prompt)))
+    seqs += [Sequence(seqs[0].ids[:seqs[0].prompt_len + 1], seqs[0].prompt_len),  # one-token responses
+             Sequence(seqs[3].ids[:seqs[3].prompt_len + 1], seqs[3].prompt_len),
+             Sequence([1, 504, 2683], 1), Sequence([1, 4310, 17, 905], 1),  # a one-token prompt
+             Sequence(seqs[5].ids[:160], 159)]  # at max_length = 160: a prompt of 159, one response token
+    rows = pack_by_prompt(seqs)
+    assert len(rows) < len(seqs) and sum(len(r.ids) for r in rows) == (
+        sum(s.n for s in seqs) + sum(len(r.ids) - sum(seqs[i].n for i in r.members) for r in rows))
+    assert {len(r.members) for r in rows} >= {1, 2, 3, 4}
+    gather = [np.random.default_rng(i).integers(0, 49152, (s.n, 5)) for i, s in enumerate(seqs)]
+    for budget in (4096, 64) if attn == "sdpa" else (4096,):
+        shared = HFScorer(model, 49152, 0, budget)
+        alone = HFScorer(model, 49152, 0, budget, share_prompts=False)
+        assert shared.share_prompts and not alone.share_prompts
+        for task in ({"k": 8, "gather": gather},):  # realized log-probs, top-k, tail and gathers in one pass
+            a, b = shared.score(seqs, **task), alone.score(seqs, **task)
+            for s, x, y in zip(seqs, a, b):
+                assert set(x) == {"realized_logp", "topk_ids", "topk_logp", "tail_logp", "gathered_logp"}
+                assert x.keys() == y.keys() and len(x["realized_logp"]) == s.n
+                for name in x:
+                    if name == "topk_ids":  # near-ties may swap; the values must agree anyway
+                        assert (x[name][:, 0] == y[name][:, 0]).mean() > 0.95
+                    else:
+                        assert np.abs(x[name] - y[name]).max() <= 2e-4, (attn, budget, name)
+    if attn == "eager":
+        return
+    # ... and against plain float64 full-vocabulary log-probs, one sequence at a time
+    m64 = model.double()
+    for s, x in zip(seqs, a):
+        want = full_logp(m64, s.ids, s.prompt_len)
+        got = want.gather(1, torch.as_tensor(s.ids[s.prompt_len:])[:, None])[:, 0].numpy()
+        assert np.abs(x["realized_logp"] - got).max() <= 1e-3

@@ -65,10 +65,73 @@ def base_model(model):
     return getattr(model, model.base_model_prefix)
 
 
-class HFScorer:
-    """Teacher-forced log-probs of a transformers causal LM at the response positions of sequences."""
+@dataclass
+class Packed:
+    """Sequences that share a prompt, as one row: the prompt once, then each continuation, every
+    continuation placed right after the prompt (positions restart at prompt_len) and seeing only the
+    prompt and itself (a tree-shaped causal mask). Scoring it equals scoring each sequence alone."""
 
-    def __init__(self, model, vocab_size: int, pad_id: int, token_budget: int = 4096, block_bytes: int = 256 << 20):
+    ids: list[int]
+    positions: list[int]
+    branch: list[int]  # -1 on the prompt, j on continuation j
+    members: list[int]  # the input index of each continuation's sequence
+    predict: list[np.ndarray]  # per member: the row positions whose hidden states predict its response
+
+    @property
+    def shared(self) -> bool:
+        return len(self.members) > 1
+
+
+def pack_by_prompt(seqs: list[Sequence], share: bool = True) -> list[Packed]:
+    """One Packed row per distinct prompt (in first-seen order), or one per sequence when not `share`."""
+    groups: dict = {}
+    for i, s in enumerate(seqs):
+        groups.setdefault(tuple(s.ids[:s.prompt_len]) if share else i, []).append(i)
+    out = []
+    for members in groups.values():
+        P = seqs[members[0]].prompt_len
+        ids, positions, branch, predict = list(seqs[members[0]].ids[:P]), list(range(P)), [-1] * P, []
+        for j, i in enumerate(members):
+            resp = seqs[i].ids[P:]
+            o = len(ids)
+            # The prompt's last position predicts the first response token; the continuation's own
+            # positions (all but its last) predict the rest.
+            predict.append(np.concatenate([[P - 1], np.arange(o, o + len(resp) - 1)]).astype(np.int64))
+            ids += resp
+            positions += range(P, P + len(resp))
+            branch += [j] * len(resp)
+        out.append(Packed(ids, positions, branch, members, predict))
+    return out
+
+
+def tree_mask(rows: list[Packed], T: int, dtype: torch.dtype | None) -> torch.Tensor:
+    """[B, 1, T, T] attention mask of packed rows: causal, and a continuation sees the prompt and itself.
+    Boolean (True attends) for sdpa, additive float (0 / dtype min) when `dtype` is given (eager).
+    Padding rows attend to themselves only, so no softmax row is empty (an empty one is NaN)."""
+    allowed = torch.zeros((len(rows), T, T), dtype=torch.bool)
+    causal = torch.ones((T, T), dtype=torch.bool).tril()
+    for b, r in enumerate(rows):
+        L = len(r.ids)
+        br = torch.as_tensor(r.branch)
+        allowed[b, :L, :L] = causal[:L, :L] & ((br[None, :] == -1) | (br[None, :] == br[:, None]))
+        allowed[b, range(L, T), range(L, T)] = True
+    allowed = allowed[:, None]
+    if dtype is None:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+class HFScorer:
+    """Teacher-forced log-probs of a transformers causal LM at the response positions of sequences.
+
+    With `share_prompts` (the default), sequences with the same prompt (a pair's chosen and rejected)
+    run as one packed row with a tree-shaped mask: each prompt token is computed once per call
+    (`pack_by_prompt`). Models whose attention takes no custom 4D mask (flash attention) or that use
+    a sliding window run each sequence alone.
+    """
+
+    def __init__(self, model, vocab_size: int, pad_id: int, token_budget: int = 4096, block_bytes: int = 256 << 20,
+                 share_prompts: bool = True):
         self.model = model
         self.device = next(model.parameters()).device
         self.base = base_model(model)
@@ -77,6 +140,10 @@ class HFScorer:
         self.token_budget = token_budget
         self.chunk = max(1, block_bytes // (4 * vocab_size))
         self.pad_id = pad_id  # right padding, masked: it never changes a value
+        attn = getattr(model.config, "_attn_implementation", "eager")
+        self._mask_dtype = None if attn == "sdpa" else next(model.parameters()).dtype
+        self.share_prompts = (share_prompts and attn in ("sdpa", "eager")
+                              and getattr(model.config, "sliding_window", None) is None)
 
     @torch.inference_mode()
     def score(self, seqs: list[Sequence], k: int | None = None, gather: list[np.ndarray] | None = None) -> list[dict]:
@@ -86,28 +153,44 @@ class HFScorer:
             if s.prompt_len < 1 or s.n < 1:
                 raise ValueError(f"a sequence needs a prompt and a response (prompt {s.prompt_len}, response {s.n})")
         out: list[dict | None] = [None] * len(seqs)
-        for batch in token_budget_batches([len(s.ids) for s in seqs], self.token_budget):
-            for i, res in zip(batch, self._score_batch([seqs[i] for i in batch], k,
-                                                       [gather[i] for i in batch] if gather is not None else None)):
-                out[i] = res
+        rows = pack_by_prompt(seqs, self.share_prompts)
+        for batch in token_budget_batches([len(r.ids) for r in rows], self.token_budget):
+            part = [rows[b] for b in batch]
+            members = [i for r in part for i in r.members]
+            res = self._score_rows(part, [seqs[i].n for i in members], k,
+                                   [gather[i] for i in members] if gather is not None else None)
+            for i, r in zip(members, res):
+                out[i] = r
         return out
 
-    def response_hidden(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final hidden states at the positions that predict response tokens [N, d], and those tokens [N]."""
-        T = max(len(s.ids) for s in seqs)
-        ids = torch.full((len(seqs), T), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), T), dtype=torch.long)
-        for b, s in enumerate(seqs):
-            ids[b, : len(s.ids)] = torch.as_tensor(s.ids)
-            mask[b, : len(s.ids)] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        hidden = self.base(input_ids=ids, attention_mask=mask).last_hidden_state
-        rows = torch.cat([torch.full((s.n,), b, dtype=torch.long) for b, s in enumerate(seqs)]).to(self.device)
-        cols = torch.cat([torch.arange(s.prompt_len - 1, len(s.ids) - 1) for s in seqs]).to(self.device)
-        return hidden[rows, cols], ids[rows, cols + 1]
+    def hidden(self, rows: list[Packed]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final hidden states at the positions that predict response tokens [N, d] and those tokens [N],
+        member after member of each row in order."""
+        T = max(len(r.ids) for r in rows)
+        ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
+        pos = torch.zeros((len(rows), T), dtype=torch.long)
+        for b, r in enumerate(rows):
+            ids[b, : len(r.ids)] = torch.as_tensor(r.ids)
+            pos[b, : len(r.ids)] = torch.as_tensor(r.positions)
+        if any(r.shared for r in rows):
+            mask = tree_mask(rows, T, self._mask_dtype)
+            hidden = self.base(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                               position_ids=pos.to(self.device)).last_hidden_state
+        else:  # plain rows: the 2D padding mask keeps the engines' fused causal kernels
+            mask = (torch.arange(T)[None, :] < torch.tensor([len(r.ids) for r in rows])[:, None]).long()
+            hidden = self.base(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
+        b_idx = torch.cat([torch.full((len(p),), b, dtype=torch.long) for b, r in enumerate(rows) for p in r.predict])
+        cols = torch.cat([torch.as_tensor(p) for r in rows for p in r.predict])
+        targets = torch.cat([torch.as_tensor(_targets(r, j), dtype=torch.long) for r in rows
+                             for j in range(len(r.members))])
+        return hidden[b_idx.to(self.device), cols.to(self.device)], targets.to(self.device)
 
-    def _score_batch(self, seqs, k, gather):
-        h, targets = self.response_hidden(seqs)
+    def response_hidden(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`hidden` of the sequences as given (input order, no sharing): what two models compare row by row."""
+        return self.hidden(pack_by_prompt(seqs, share=False))
+
+    def _score_rows(self, rows, ns, k, gather):
+        h, targets = self.hidden(rows)
         g = torch.as_tensor(np.concatenate(gather), dtype=torch.long, device=self.device) if gather else None
         parts = {"realized_logp": [], "topk_ids": [], "topk_logp": [], "tail_logp": [], "gathered_logp": []}
         for c in range(0, len(h), self.chunk):
@@ -123,8 +206,8 @@ class HFScorer:
                 logits.scatter_(1, top.indices, float("-inf"))
                 parts["tail_logp"].append(torch.logsumexp(logits, -1) - lse[:, 0])
         flat = {name: torch.cat(v).cpu().numpy() for name, v in parts.items() if v}
-        bounds = np.cumsum([0] + [s.n for s in seqs])
-        return [{name: v[bounds[b]:bounds[b + 1]] for name, v in flat.items()} for b in range(len(seqs))]
+        bounds = np.cumsum([0] + list(ns))
+        return [{name: v[bounds[b]:bounds[b + 1]] for name, v in flat.items()} for b in range(len(ns))]
 
     @torch.inference_mode()
     def kl_to(self, other: "HFScorer", seqs: list[Sequence]) -> list[np.ndarray]:
@@ -145,6 +228,12 @@ class HFScorer:
             for j, i in enumerate(batch):
                 out[i] = flat[bounds[j]:bounds[j + 1]]
         return out
+
+
+def _targets(row: Packed, j: int) -> list[int]:
+    """The response tokens of member j of a packed row."""
+    br = row.branch
+    return [t for t, b in zip(row.ids, br) if b == j]
 
 
 @torch.inference_mode()

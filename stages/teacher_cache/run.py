@@ -79,7 +79,7 @@ class Run:
             self._open[name, role] = backends.engine_class(name)(
                 model=self.models[role], tok=self.tok, vocab_size=self.vocab_size, dtype=self.dtype_name,
                 device=self.device, token_budget=tc.token_budget, max_model_len=tc.max_length + tc.max_new_tokens,
-                max_logprobs=tc.k, local_rank=self.ranks.local_rank)
+                max_logprobs=tc.k, local_rank=self.ranks.local_rank, share_prompts=tc.share_prompts)
         return self._open[name, role]
 
     def backend_of(self, task: str) -> str:

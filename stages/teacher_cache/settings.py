@@ -42,6 +42,8 @@ class TeacherCache:
     dtype: str = setting("auto", "auto: bfloat16 on CUDA, float32 on CPU",
                          choices=("auto", "float32", "bfloat16", "float16"))
     token_budget: int = setting(8192, "padded tokens per forward pass", minimum=1, in_key=False)
+    share_prompts: bool = setting(True, "hf backend: a pair's sequences run as one row, the prompt computed once "
+                                  "(a tree-shaped attention mask; equal to scoring each alone)", in_key=False)
     shard_rows: int = setting(1024, "rows per shard: the unit a killed run resumes from", minimum=1, in_key=False)
     verify_reuse: bool = setting(False, "re-hash every shard of a complete artifact before reusing it (sizes are "
                                  "always checked, and hashes of artifacts up to 256 MiB)", in_key=False)

@@ -17,12 +17,12 @@ class HFBackend:
         return True
 
     def __init__(self, model: ResolvedModel, tok, vocab_size: int, dtype: str, device: str, token_budget: int,
-                 **_):
+                 share_prompts: bool = True, **_):
         import torch
         self.model = load_model(model, getattr(torch, dtype), device)
         self.eos, self.pad = tok.eos_token_id, pad_id(tok)
         self.token_budget = token_budget
-        self.scorer = HFScorer(self.model, vocab_size, self.pad, token_budget)
+        self.scorer = HFScorer(self.model, vocab_size, self.pad, token_budget, share_prompts=share_prompts)
 
     def topk(self, seqs: list[Sequence], k: int) -> list[dict]:
         return self.scorer.score(seqs, k=k)

@@ -5,8 +5,11 @@ detokenization off and the flat log-prob layout (few Python objects). In that la
 position but the first holds k + 1 entries: the realized token first (always, even when it is
 also in the top-k), then the top-k in rank order; the first position holds none. The batched
 token count is bounded by `max_num_batched_tokens` (the token budget), which bounds the
-[tokens, vocab] float32 buffer vLLM builds for prompt log-probs. Prefix caching is off (it gains
-nothing here and some versions returned stale log-probs with it).
+[tokens, vocab] float32 buffer vLLM builds for prompt log-probs. Prefix caching is off: it cannot
+share a pair's prompt here, because vLLM (0.32) does not read the prefix cache for a request that
+asks for prompt log-probs (`SamplingParams.skip_reading_prefix_cache` defaults to True then: a
+cached position would return no log-probs), and vLLM computes the output layer at every prompt
+position. The transformers backend shares prompts (`HFScorer`, `teacher_cache.share_prompts`).
 
 The tail mass is `log(1 - sum(exp(top-k)))` in float64 from vLLM's float32 log-probs, so it
 carries their rounding: about 1e-7 in probability, which matters only when the tail itself is
