@@ -11,7 +11,7 @@ STUDENT ?= tiny
 EXTRA ?= cpu
 export ADPA_STORE ?= $(CURDIR)/store
 
-.PHONY: setup test demo teacher-cache distill bench-store bench-teacher-cache bench-distill bench-quality clean
+.PHONY: setup test demo teacher-cache distill bench-store bench-teacher-cache bench-distill bench-quality gpu-check clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,9 @@ bench-teacher-cache: setup
 
 bench-distill: setup
 	$(PY) -m benchmarks.distill
+
+gpu-check: setup
+	$(PY) -m benchmarks.gpu_check
 
 bench-quality: setup
 	$(PY) -m benchmarks.quality

@@ -40,6 +40,8 @@ SHAPES = {  # name: (vocab, hidden, layers, heads, kv heads, intermediate)
     "cpu-51m": (49152, 512, 8, 8, 4, 1408),
     "rss-tiny": (49152, 64, 2, 4, 2, 128),
     "danube3-500m": (32000, 1536, 16, 16, 8, 4096),
+    "llama-1.5b": (32000, 2048, 24, 32, 8, 8192),
+    "smoke": (32000, 64, 2, 4, 2, 128),  # the GPU check's --device cpu mode
 }
 K = 50
 RSS_BATCH_TOKENS = 4096  # record batches of ~18 rows: a reader holds at most 3 decoded record batches, so

