@@ -117,11 +117,17 @@ def _split_planes(x: np.ndarray, n: int) -> list[np.ndarray]:
     return [((x >> (8 * i)) & 0xFF).astype(np.uint8) for i in range(n)]
 
 
-def _join_planes(planes: list[np.ndarray], dtype=np.int32) -> np.ndarray:
-    out = planes[0].astype(dtype)
-    for i, p in enumerate(planes[1:], start=1):
-        out |= p.astype(dtype) << (8 * i)
-    return out
+def _join_planes(planes: list[np.ndarray]) -> np.ndarray:
+    """Byte planes (low first) back to little-endian uint16 (two planes) or uint32 integers, by
+    interleaving the bytes: one copy per plane, no widening and shifting."""
+    width = 2 if len(planes) <= 2 else 4
+    out = np.zeros(planes[0].shape + (width,), dtype=np.uint8)
+    for i, p in enumerate(planes):
+        out[..., i] = p
+    return out.view("<u2" if width == 2 else "<u4")[..., 0]
+
+
+REF_DIFF_MAX = 32767  # the zigzag of a difference within +-32767 codes fits the two ref_dq planes
 
 
 def _zigzag(x: np.ndarray) -> np.ndarray:
@@ -208,7 +214,8 @@ def encode(rows: list[dict], layout: Layout, id_order: np.ndarray) -> pa.RecordB
     cols["realized_logp"] = _list(cat("realized_logp", (-1,)).astype(np.float32), offs, pa.float32())
     if layout.with_ref:
         ref_code = logp_to_code(cat("ref_topk_logp", (-1, k)))
-        for i, plane in enumerate(_split_planes(_zigzag(ref_code - code), 2)):
+        diff = np.clip(ref_code - code, -REF_DIFF_MAX, REF_DIFF_MAX)
+        for i, plane in enumerate(_split_planes(_zigzag(diff), 2)):
             cols[f"ref_dq_p{i}"] = _nested(plane, k, offs)
         cols["ref_realized_logp"] = _list(cat("ref_realized_logp", (-1,)).astype(np.float32), offs, pa.float32())
     return pa.RecordBatch.from_pydict(cols, schema=arrow_schema(layout))
@@ -225,7 +232,7 @@ class TokenBatch:
     token_ids: np.ndarray  # [sum len] int64
     tok_offsets: np.ndarray  # [rows + 1]
     pos_offsets: np.ndarray  # [rows + 1]
-    topk_ids: np.ndarray  # [positions, k] int64
+    topk_ids: np.ndarray  # [positions, k] int32 (int64 for vocabularies beyond 2^31)
     topk_logp: np.ndarray  # [positions, k] float32
     tail_logp: np.ndarray  # [positions] float32
     realized_logp: np.ndarray  # [positions] float32
@@ -268,8 +275,7 @@ def _flat(col: pa.ListArray, k: int | None = None) -> np.ndarray:
 def decode(batch: pa.RecordBatch, layout: Layout, id_order: np.ndarray) -> TokenBatch:
     """Inverse of encode, vectorized over the whole record batch."""
     k = layout.k
-    ranks = _join_planes([_flat(batch.column(f"topk_rank_p{i}"), k) for i in range(layout.rank_planes)],
-                         dtype=np.int64)
+    ranks = _join_planes([_flat(batch.column(f"topk_rank_p{i}"), k) for i in range(layout.rank_planes)])
     code = np.cumsum(_join_planes([_flat(batch.column(f"topk_dq_p{i}"), k) for i in range(2)]), axis=1,
                      dtype=np.int32)
     tb = TokenBatch(
@@ -280,7 +286,8 @@ def decode(batch: pa.RecordBatch, layout: Layout, id_order: np.ndarray) -> Token
         token_ids=_flat(batch.column("token_ids")).astype(np.int64),
         tok_offsets=list_offsets(batch.column("token_ids")),
         pos_offsets=list_offsets(batch.column("realized_logp")),
-        topk_ids=id_order.astype(np.int64)[ranks],
+        # int32 while ids fit: a narrower gather (stage two widens what it indexes with, on collation)
+        topk_ids=id_order.astype(np.int32 if layout.vocab_size <= 2**31 else np.int64)[ranks],
         topk_logp=code_to_logp(code),
         tail_logp=code_to_logp(_flat(batch.column("tail_q"))),
         realized_logp=_flat(batch.column("realized_logp")),

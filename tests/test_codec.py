@@ -47,6 +47,22 @@ def test_error_bound_holds_over_the_whole_range():
     assert tt.code_to_logp(tt.logp_to_code(np.array([-np.inf])))[0] == pytest.approx(-tt.LOGP_STEP * tt.CODE_MAX)
 
 
+def test_a_reference_far_from_the_teacher_is_clamped_never_wrapped():
+    """A reference log-prob of -inf (or > 622 nats from the teacher's) at a teacher top-k id: its code
+    difference is clamped to the planes' range. Before the clamp it wrapped around to a value near 0."""
+    layout = tt.Layout(2, 100, with_ref=True)
+    teacher = np.array([[-0.5, -2.0], [-1.0, -3.0]])
+    ref = np.array([[-np.inf, -2.5], [-1.5, -500.0]])
+    rows = [{"pair_id": "a", "side": "generated", "input_index": 0, "token_ids": np.zeros(3, int), "prompt_len": 1,
+             "topk_ids": np.array([[1, 2], [3, 4]]), "topk_logp": teacher, "realized_logp": teacher[:, 0],
+             "ref_topk_logp": ref, "ref_realized_logp": ref[:, 1]}]
+    got = roundtrip(rows, layout).ref_topk_logp
+    far = tt.code_to_logp(tt.logp_to_code(teacher[0, 0]) + tt.REF_DIFF_MAX)
+    assert got[0, 0] == pytest.approx(far) and far < -600  # clamped 622 nats below the teacher, still very low
+    assert np.abs(got[[0, 1], [1, 0]] - ref[[0, 1], [1, 0]]).max() <= tt.LOGP_STEP / 2 + 1e-6
+    assert abs(got[1, 1] - (-500.0)) <= tt.LOGP_STEP / 2 + 1e-4  # 497 nats below the teacher: within range
+
+
 def test_large_vocabulary_uses_uint32_ids_and_three_planes():
     layout = tt.Layout(4, 151_936)
     assert layout.id_type == pa.uint32() and layout.rank_planes == 3
