@@ -234,6 +234,7 @@ def main():
     e2e = child("e2e-kept:hf", a.pairs, a.k)
     adv = child("advantage", a.pairs, a.k)
     dec = child("decode", a.pairs, a.k, "--keys", e2e["key"], adv["key"])
+    shutil.rmtree(OUT / "store" / e2e["key"])  # the vLLM run has the same key: it must not reuse this one
     big = child("e2e:hf", 4 * a.pairs, a.k)
     vl = gen_hf = gen_vllm = None
     if not a.no_vllm:
