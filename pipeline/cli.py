@@ -41,6 +41,7 @@ def teacher_cache(
     recipe: str = RecipeOpt,
     store: StoreOpt = None,
     backend: str = typer.Option(None, help=help_of(TeacherCache, "backend")),
+    engine: str = typer.Option(None, help=help_of(TeacherCache, "engine")),
     data: str = typer.Option(None, help=help_of(Data, "source")),
     limit: int = typer.Option(None, help=help_of(Data, "limit")),
     overrides: list[str] = SetOpt,
@@ -53,7 +54,8 @@ def teacher_cache(
     from stages.common.ranks import from_env
     from stages.teacher_cache.run import summary_table
 
-    r = _recipe(recipe, overrides, {"teacher_cache.backend": backend, "data.source": data, "data.limit": limit,
+    r = _recipe(recipe, overrides, {"teacher_cache.backend": backend, "teacher_cache.engine": engine,
+                                    "data.source": data, "data.limit": limit,
                                     "teacher_cache.verify_reuse": verify_reuse})
     st = Store(store)
     ranks = from_env()

@@ -9,6 +9,7 @@ Stages never call each other; this module does, passing keys and folders along:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from artifacts import Store
@@ -19,14 +20,36 @@ from stages.common.ranks import Ranks
 from stages.distill.losses import LOSSES, caches_of
 from stages.distill.run import Trained, train_one
 from stages.evaluate.run import Validator, run_eval
+from stages.teacher_cache import ray_engine
 from stages.teacher_cache.run import Result, plan, run_states, run_teacher_cache
 
 
 def teacher_cache(recipe: Recipe, store: Store, strict: bool = False, say=print,
                   ranks: Ranks | None = None) -> list[Result]:
     models = worlds.resolve_models(recipe.models, store)
-    return run_teacher_cache(models, worlds.resolve_data(recipe.data, store), recipe.teacher_cache, store, strict,
-                             say, ranks)
+    data, tc = worlds.resolve_data(recipe.data, store), recipe.teacher_cache
+    if _engine(tc, ranks) == "ray":
+        return ray_engine.run_teacher_cache(models, data, tc, store, strict, say)
+    return run_teacher_cache(models, data, tc, store, strict, say, ranks)
+
+
+def _states(models, recipe: Recipe, store: Store, say, ranks: Ranks | None) -> list[Result]:
+    data, tc = worlds.resolve_data(recipe.data, store), recipe.teacher_cache
+    if _engine(tc, ranks) == "ray":
+        return ray_engine.run_teacher_cache(models, data, tc, store, say=say, states_only=True)
+    return run_states(models, data, tc, store, say, ranks)
+
+
+def _engine(tc, ranks: Ranks | None) -> str:
+    """teacher_cache.engine, checked against how the process was launched."""
+    world = ranks.world_size if ranks else 1
+    if tc.engine == "torchrun" and world == 1 and "WORLD_SIZE" not in os.environ:
+        raise ValueError("teacher_cache.engine is torchrun: launch with torchrun --nproc-per-node N "
+                         "(or set teacher_cache.engine=local)")
+    if tc.engine == "ray" and world > 1:
+        raise ValueError(f"teacher_cache.engine is ray, but this process is rank {ranks.rank} of {world}: "
+                         f"start one driver (Ray runs the workers)")
+    return tc.engine
 
 
 def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path | None = None, resume: bool = False,
@@ -50,7 +73,7 @@ def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path 
     first = train_one(store, first_loss, models["student"], d, keys, runs / f"{recipe.name}-{first_loss}", **common)
     say(f"{loss}: states for {then_loss} from the {first_loss} student {first.key}")
     models = models | {"student": resolve(str(first.model_dir))}
-    states = run_states(models, worlds.resolve_data(recipe.data, store), recipe.teacher_cache, store, say, ranks)
+    states = _states(models, recipe, store, say, ranks)
     second = train_one(store, then_loss, models["student"], d, keys | {"advantage": states[-1].key},
                        output or runs / f"{recipe.name}-{loss}", label=loss, **common)
     return [first, second]

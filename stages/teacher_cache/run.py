@@ -131,35 +131,64 @@ def setup(models: dict[str, ResolvedModel], data: Data, tc: TeacherCache, store:
     return Run(models, data, tc, store, backend, device, dtype, vocab, tok, prepared, common, truncated, ranks)
 
 
-def _produce(run: Run, kind: str, role: str, inputs: dict, codec, layout: dict, items: list,
-             make_rows: Callable[[list], dict], engines: tuple[tuple[str, str], ...], say,
-             extra_stats: dict | None = None) -> Result:
-    """Write one artifact from `items` (per input row: a value for make_rows, or a drop reason).
+@dataclass
+class Job:
+    """One artifact to produce: what keys it, and per input row what to score (or a drop reason).
     `engines`: the (role, task) pairs it runs, loaded only when there is work; the first names the backend."""
+
+    kind: str
+    role: str
+    inputs: dict
+    codec: object
+    layout: dict
+    items: list
+    make_rows: Callable[[list], dict]
+    engines: tuple[tuple[str, str], ...]
+    extra_stats: dict = field(default_factory=dict)
+
+
+def job_key(job: Job) -> str:
+    return artifact_key(job.kind, job.inputs, {"name": job.codec.name, "version": job.codec.version,
+                                               "layout": job.layout})
+
+
+@dataclass
+class Written:
+    """What one writer (a torchrun rank, a Ray block) did: status, tokens scored and seconds."""
+
+    key: str
+    status: str  # built | resumed | reused (complete, or this slice already done)
+    tokens: int = 0
+    seconds: float = 0.0
+    manifest: dict | None = None  # when the whole artifact was already complete
+
+
+def write_slice(run: Run, job: Job, say) -> Written:
+    """Write `run.ranks`' slice of the job's artifact (all of it for one process); never publishes."""
     rk = run.ranks
-    with ArtifactWriter(run.store, kind, inputs, codec, layout, len(items), rank=rk.rank, world_size=rk.world_size,
-                        max_shard_rows=run.settings.shard_rows, max_shard_bytes=64 << 20,
+    with ArtifactWriter(run.store, job.kind, job.inputs, job.codec, job.layout, len(job.items), rank=rk.rank,
+                        world_size=rk.world_size, max_shard_rows=run.settings.shard_rows, max_shard_bytes=64 << 20,
                         verify_reuse=run.settings.verify_reuse) as w:
         if w.reused:
-            say(f"{kind} ({role}): complete artifact {w.key} reused")
-            return Result(kind, role, w.key, "reused", w.manifest)
+            return Written(w.key, "reused", manifest=w.manifest)
         if w.done:
-            say(f"{kind} ({role}): {w.key} was produced by another process; publishing it")
-        for role_, task in engines if not w.done else ():  # loaded only when there is work, outside the timing
+            say(f"{job.kind} ({job.role}): {w.key} was produced by another process; publishing it")
+            return Written(w.key, "reused")
+        for role_, task in job.engines:  # loaded only when there is work, outside the timing
             run.engine(role_, task)
         t0 = time.perf_counter()
-        status = "reused" if w.done else "resumed" if w.resume_from > w.start else "built"
+        status = "resumed" if w.resume_from > w.start else "built"
         if w.start < w.resume_from < w.end:
-            say(f"{kind} ({role}): resuming {w.key} at input row {w.resume_from}")
-        tokens = 0
+            say(f"{job.kind} ({job.role}): resuming {w.key} at input row {w.resume_from}")
+        tokens, items, codec = 0, job.items, job.codec
         # A block never spans more than one shard (2 sequences per input row at most), so a killed
         # run loses at most one shard of work.
         block = max(1, min(BLOCK_ROWS, run.settings.shard_rows // 2))
-        bar = tqdm(total=w.end - w.start, initial=w.resume_from - w.start, desc=f"{kind} ({role})", unit="row",
-                   dynamic_ncols=True, disable=rk.rank > 0)
+        bar = tqdm(total=w.end - w.start, initial=w.resume_from - w.start, desc=f"{job.kind} ({job.role})",
+                   unit="row", dynamic_ncols=True, disable=rk.rank > 0)
         for start in range(w.resume_from, w.end, block):
             idx = range(start, min(w.end, start + block))
-            rows = make_rows([(i, items[i]) for i in idx if not isinstance(items[i], str)])
+            rows = job.make_rows([(i, items[i]) for i in idx if not isinstance(items[i], str)])
             for i in idx:
                 if isinstance(items[i], str):
                     w.drop(i, items[i])
@@ -172,12 +201,23 @@ def _produce(run: Run, kind: str, role: str, inputs: dict, codec, layout: dict, 
         secs = time.perf_counter() - t0
         w.finish({"seconds": round(secs, 3), "tokens_per_s": round(tokens / secs, 1) if secs else None,
                   "tokens_this_run": tokens, "device": run.device, "truncated_responses": run.truncated}
-                 | (extra_stats or {}))
+                 | job.extra_stats)
+    return Written(w.key, status, tokens, secs)
+
+
+def _produce(run: Run, job: Job, say) -> Result:
+    """Write one artifact: this process's slice, then (rank 0, once every rank is done) the manifest."""
+    w = write_slice(run, job, say)
+    if w.manifest is not None:
+        say(f"{job.kind} ({job.role}): complete artifact {w.key} reused")
+        return Result(job.kind, job.role, w.key, "reused", w.manifest)
+    rk = run.ranks
     rk.barrier()  # every rank's slice is done
     if rk.rank == 0:
-        assemble(run.store, kind, inputs, codec, layout, len(items), producer_versions(run.backend_of(engines[0][1])))
+        assemble(run.store, job.kind, job.inputs, job.codec, job.layout, len(job.items),
+                 producer_versions(run.backend_of(job.engines[0][1])))
     rk.barrier()  # the manifest is published
-    return Result(kind, role, w.key, status, run.store.manifest(w.key), secs)
+    return Result(job.kind, job.role, w.key, w.status, run.store.manifest(w.key), w.seconds)
 
 
 def _sides(enc: Encoded):
@@ -220,7 +260,7 @@ def planned_keys(run: Run) -> dict[str, str]:
     return out
 
 
-def teacher_topk(run: Run, say) -> Result:
+def teacher_topk_job(run: Run) -> Job:
     k = run.settings.k
 
     def rows(items):
@@ -234,12 +274,15 @@ def teacher_topk(run: Run, say) -> Result:
                            "tail_logp": r["tail_logp"], "realized_logp": r["realized_logp"]})
         return out
 
-    return _produce(run, "teacher-topk", "teacher", topk_inputs(run), token_topk.Codec,
-                    {"k": k, "vocab_size": run.vocab_size, "with_ref": False}, run.prepared, rows,
-                    (("teacher", "topk"),), say)
+    return Job("teacher-topk", "teacher", topk_inputs(run), token_topk.Codec,
+               {"k": k, "vocab_size": run.vocab_size, "with_ref": False}, run.prepared, rows, (("teacher", "topk"),))
 
 
-def seq_logp(run: Run, role: str, say) -> Result:
+def teacher_topk(run: Run, say) -> Result:
+    return _produce(run, teacher_topk_job(run), say)
+
+
+def seq_logp_job(run: Run, role: str) -> Job:
     def rows(items):
         meta = [(i, enc, side, Sequence(enc.prompt_ids + resp, len(enc.prompt_ids))) for i, enc in items
                 for side, resp in _sides(enc)]
@@ -250,11 +293,15 @@ def seq_logp(run: Run, role: str, say) -> Result:
                            "prompt_len": s.prompt_len, "realized_logp": r["realized_logp"]})
         return out
 
-    return _produce(run, "seq-logp", role, seq_logp_inputs(run, role), sequences.Codec,
-                    {"vocab_size": run.vocab_size, "with_logp": True}, run.prepared, rows, ((role, "seq_logp"),), say)
+    return Job("seq-logp", role, seq_logp_inputs(run, role), sequences.Codec,
+               {"vocab_size": run.vocab_size, "with_logp": True}, run.prepared, rows, ((role, "seq_logp"),))
 
 
-def generations(run: Run, role: str, say) -> Result:
+def seq_logp(run: Run, role: str, say) -> Result:
+    return _produce(run, seq_logp_job(run, role), say)
+
+
+def generations_job(run: Run, role: str) -> Job:
     tc = run.settings
 
     def rows(items):
@@ -268,25 +315,28 @@ def generations(run: Run, role: str, say) -> Result:
                        "token_ids": enc.prompt_ids + resp, "prompt_len": len(enc.prompt_ids), "finish": finish}]
         return out
 
-    return _produce(run, "generations", role, generations_inputs(run, role), sequences.Codec,
-                    {"vocab_size": run.vocab_size, "with_logp": False}, run.prepared, rows,
-                    ((role, "generate"),), say)
+    return Job("generations", role, generations_inputs(run, role), sequences.Codec,
+               {"vocab_size": run.vocab_size, "with_logp": False}, run.prepared, rows, ((role, "generate"),))
 
 
-def _states(run: Run, gen: Result | None) -> list:
+def generations(run: Run, role: str, say) -> Result:
+    return _produce(run, generations_job(run, role), say)
+
+
+def _states(run: Run, gen_key: str | None) -> list:
     """Per input row: (pair id, side, token ids, prompt length) of its ADPA state, or its drop reason."""
     states = run.settings.states
-    if gen is None:
+    if gen_key is None:
         return [e if isinstance(e, str) else
                 (e.pair.pair_id, states, e.prompt_ids + (e.chosen_ids if states == "chosen" else e.rejected_ids),
                  len(e.prompt_ids)) for e in run.prepared]
-    by_index = {r["input_index"]: r for r in ArtifactReader(run.store.path(gen.key))}
+    by_index = {r["input_index"]: r for r in ArtifactReader(run.store.path(gen_key))}
     return [e if isinstance(e, str) else
             (by_index[i]["pair_id"], "generated", by_index[i]["token_ids"].tolist(), by_index[i]["prompt_len"])
             for i, e in enumerate(run.prepared)]
 
 
-def advantage(run: Run, gen: Result | None, say) -> Result:
+def advantage_job(run: Run, gen_key: str | None) -> Job:
     tc = run.settings
     k, ref_role = tc.k, tc.advantage_reference
 
@@ -300,12 +350,15 @@ def advantage(run: Run, gen: Result | None, say) -> Result:
                      "ref_realized_logp": rr["realized_logp"]}]
                 for (i, (pid, side, _, _)), s, tr, rr in zip(items, seqs, t, ref)}
 
-    return _produce(run, "advantage", f"states={tc.states}, reference={ref_role}",
-                    advantage_inputs(run, gen.key if gen else None), token_topk.Codec,
-                    {"k": k, "vocab_size": run.vocab_size, "with_ref": True}, _states(run, gen), rows,
-                    (("teacher", "topk"), (ref_role, "gather")), say,
-                    # The reference is gathered at exactly the teacher's ids on every backend: no fill rule.
-                    {"reference_exact_mass_fraction": 1.0, "reference_gather_by": run.backend_of("gather")})
+    return Job("advantage", f"states={tc.states}, reference={ref_role}", advantage_inputs(run, gen_key),
+               token_topk.Codec, {"k": k, "vocab_size": run.vocab_size, "with_ref": True}, _states(run, gen_key), rows,
+               (("teacher", "topk"), (ref_role, "gather")),
+               # The reference is gathered at exactly the teacher's ids on every backend: no fill rule.
+               {"reference_exact_mass_fraction": 1.0, "reference_gather_by": run.backend_of("gather")})
+
+
+def advantage(run: Run, gen: Result | None, say) -> Result:
+    return _produce(run, advantage_job(run, gen.key if gen else None), say)
 
 
 def run_teacher_cache(models: dict[str, ResolvedModel], data: Data, tc: TeacherCache, store: Store,

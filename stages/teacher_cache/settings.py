@@ -29,6 +29,18 @@ class Data:
 class TeacherCache:
     backend: str = setting("auto", "scoring engine: auto (vllm when it imports, else hf)",
                            choices=("auto",) + tuple(ENGINES), in_key=False)
+    engine: str = setting("local", "who runs the work: local (one process; under torchrun each rank its slice), "
+                          "torchrun (the same, and it must be launched by torchrun), ray (a pool of Ray Data workers "
+                          "scores blocks of rows, retried when a worker dies)", choices=("local", "torchrun", "ray"),
+                          in_key=False)
+    ray_workers: int = setting(2, "engine ray: workers in the pool (one engine each)", minimum=1, in_key=False)
+    ray_cpus_per_worker: float = setting(1.0, "engine ray: CPUs a worker reserves", minimum=0, in_key=False)
+    ray_gpus_per_worker: float | None = setting(None, "engine ray: GPUs a worker reserves (null: 1 when the cluster "
+                                                "has GPUs, else 0)", minimum=0, in_key=False)
+    ray_block_rows: int = setting(1024, "engine ray: input rows per block, the unit of retry (at most 999 blocks; "
+                                  "more rows make bigger blocks)", minimum=1, in_key=False)
+    ray_address: str | None = setting(None, "engine ray: the cluster (null: RAY_ADDRESS, or a local cluster "
+                                      "started for the run)", in_key=False)
     k: int = setting(50, "top-k ids kept per response position (the paper: 50)", minimum=1)
     max_length: int = setting(1024, "prompt + response tokens; longer responses are cut at the end", minimum=1)
     chat_template: str = setting("student", "whose chat template renders every sequence",
