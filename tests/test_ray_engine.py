@@ -119,3 +119,34 @@ def test_ray_with_a_worker_killed_mid_block_gives_the_keys_and_rows_of_a_local_r
         assert m["input_rows"] == PAIRS and m["rows_used"] == PAIRS, name
         assert {s["file"][:9] for s in m["shards"]} == {"shard-000", "shard-001"}, name  # a writer per block
         same_rows(local, st, k)
+
+
+def test_a_driver_killed_mid_run_resumes_keeping_finished_blocks(local_run, model_store):
+    """SIGKILL the driver (its whole process group: the local Ray cluster it started goes with it) once a
+    block of the first pass is done, then run the same command again: that block reports itself
+    finished ("reused", none of its rows scored again), the rest resume or build, and every artifact
+    equals the local run's."""
+    d, data, local, keys = local_run
+    st = linked_store(model_store, d / "driver")
+    proc = subprocess.Popen(cmd(data, *RAY), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env(st), start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and not list(st.root.glob("*/.progress/r*-of-002.done")):
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before a block was done"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    done = list(st.root.glob("*/.progress/r*-of-002.done"))
+    assert done and not any((p.parents[1] / "manifest.json").exists() for p in done)
+    p = subprocess.run(cmd(data, *RAY), capture_output=True, text=True, env=env(st), timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert any(" blocks on " in ln and "reused" in ln for ln in p.stdout.splitlines()), p.stdout
+    assert keys_of(p.stdout) == keys
+    for k in keys.values():
+        m = verify_artifact(st.path(k))
+        assert m["input_rows"] == PAIRS and m["rows_used"] == PAIRS
+        same_rows(local, st, k)
