@@ -72,6 +72,37 @@ def end_to_end(n: int, k: int, backend: str = "hf", share: bool = True, keep: bo
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def engines(n: int, k: int, workers: int) -> dict:
+    """teacher-topk on the local engine (workers 0) or on Ray Data with `workers` workers of one CPU each,
+    in blocks of n / 8 rows, timed from the start of stage one's work (after `ray.init`) to the published
+    manifest: engine start-up (model loads) included on both sides."""
+    import ray
+    from artifacts import Store
+    from stages.common.ranks import silent
+    from stages.teacher_cache import ray_engine
+    from stages.teacher_cache.run import teacher_topk
+    store = Store(OUT / "store")
+    recipe = recipe_for(n, k)
+    tc = recipe.teacher_cache
+    tc.backend, tc.ray_workers, tc.ray_block_rows = "hf", max(1, workers), max(1, n // 8)
+    if workers:
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    t0 = time.perf_counter()
+    run = setup_run(recipe, store)
+    if workers:
+        nb = ray_engine.blocks(len(run.prepared), tc.ray_block_rows)
+        spec = ray_engine.Spec(run.models, run.data, tc, str(store.root.resolve()), run.backend, ["teacher_topk"],
+                               None, nb)
+        res = ray_engine._pass(ray, run, spec, silent)[0]
+    else:
+        res = teacher_topk(run, say=silent)
+    secs = time.perf_counter() - t0
+    run.close()
+    shutil.rmtree(store.path(res.key))  # every engine's run has the same key
+    return {"workers": workers, "pairs": n, "rows": len(run.prepared), "seconds": secs,
+            "rows_per_s": len(run.prepared) / secs, "tokens_per_s": res.manifest["totals"]["tokens"] / secs}
+
+
 def advantage_artifact(n: int, k: int) -> dict:
     """The advantage artifact on the pairs' chosen responses (kept for the decode measurement)."""
     from artifacts import Store
@@ -211,6 +242,8 @@ def run_child(what: str, n: int, k: int, keys: list[str]) -> dict:
         return generation(n, arg)
     if kind == "advantage":
         return advantage_artifact(n, k)
+    if kind == "engine":
+        return engines(n, k, int(arg))
     if kind == "decode":
         return decode_speed(keys)
     raise SystemExit(f"unknown child {what}")
@@ -236,6 +269,7 @@ def main():
     dec = child("decode", a.pairs, a.k, "--keys", e2e["key"], adv["key"])
     shutil.rmtree(OUT / "store" / e2e["key"])  # the vLLM run has the same key: it must not reuse this one
     big = child("e2e:hf", 4 * a.pairs, a.k)
+    eng = [child(f"engine:{w}", a.pairs, a.k) for w in (0, 1, 2)]
     vl = gen_hf = gen_vllm = None
     if not a.no_vllm:
         vl = child("e2e:vllm", a.pairs, a.k)
@@ -262,6 +296,10 @@ def main():
           f"tokens/s (target >= 1,000,000)")
     print(f"  peak RSS              {e2e['peak_rss_mb']:>9,.0f} MB for {a.pairs} pairs, {big['peak_rss_mb']:,.0f} MB for "
           f"{4 * a.pairs} pairs ({big['peak_rss_mb'] / e2e['peak_rss_mb']:.3f}x; target flat)")
+    print(f"  teacher-topk, {a.pairs} pairs, model loads included: local {eng[0]['rows_per_s']:.2f} rows/s; ray 1 worker "
+          f"{eng[1]['rows_per_s']:.2f} rows/s, 2 workers {eng[2]['rows_per_s']:.2f} rows/s "
+          f"({eng[2]['rows_per_s'] / eng[1]['rows_per_s']:.2f}x of 1 worker, {eng[2]['rows_per_s'] / eng[0]['rows_per_s']:.2f}x "
+          f"of local)")
     if gen_hf:
         print(f"  generation, {gen_hf['prompts']} prompts, greedy, up to 64 new tokens: vllm {gen_vllm['tokens_per_s']:,.0f} "
               f"tokens/s, transformers generate {gen_hf['tokens_per_s']:,.0f} tokens/s "
@@ -270,6 +308,7 @@ def main():
         "ratio_vs_unique_forward": e2e["tokens_per_s"] / uf, "ratio_vs_old_bare_forward": e2e["tokens_per_s"] / old,
         "teacher_topk_bytes_per_token": e2e["bytes_per_token"], "advantage_bytes_per_token": adv["bytes_per_token"],
         "decode_tokens_per_s": min(dec.values()), "decode_tokens_per_s_by_kind": dec,
+        "engines": {"local": eng[0], "ray_1_worker": eng[1], "ray_2_workers": eng[2]},
         "limits": lim, "e2e": e2e, "e2e_unshared": unshared, "advantage": adv, "e2e_4n": big, "e2e_vllm": vl,
         "generate_hf": gen_hf, "generate_vllm": gen_vllm}, indent=1))
     print(f"written {OUT / 'teacher_cache.json'}")
