@@ -108,9 +108,15 @@ def _pass(ray, run: local.Run, spec: Spec, say) -> list[local.Result]:
         t0 = time.perf_counter()
         # Block ids from memory, not `ray.data.range`: its read task would wait for a CPU the pool holds.
         ds = ray.data.from_items([{"id": b} for b in range(spec.n_blocks)], override_num_blocks=spec.n_blocks)
-        reports = ds.map_batches(BlockWorker, fn_constructor_kwargs={"spec": replace(spec, jobs=todo)}, batch_size=1,
-                                 concurrency=tc.ray_workers, num_cpus=tc.ray_cpus_per_worker,
-                                 num_gpus=gpus).take_all()
+        try:
+            # Ray Data restarts dead actors without end; a block's retries are bounded.
+            reports = ds.map_batches(BlockWorker, fn_constructor_kwargs={"spec": replace(spec, jobs=todo)},
+                                     batch_size=1, concurrency=tc.ray_workers, num_cpus=tc.ray_cpus_per_worker,
+                                     num_gpus=gpus, max_task_retries=tc.ray_retries).take_all()
+        except ray.exceptions.RayError as e:
+            first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            raise RuntimeError(f"{', '.join(todo)}: a block failed after {tc.ray_retries} retries ({first[:300]}); "
+                               f"worker logs: /tmp/ray/session_latest/logs; run the command again to resume") from None
         secs = time.perf_counter() - t0
         for name in todo:
             job, mine = jobs[name], [r for r in reports if r["job"] == name]
@@ -140,6 +146,7 @@ def run_teacher_cache(models: dict[str, ResolvedModel], data: Data, tc: TeacherC
     the one `ray.init()` finds (RAY_ADDRESS, `ray job submit`) or a local one it starts."""
     import ray
     import ray.data
+    import ray.exceptions  # noqa: F401  (_pass catches its errors)
 
     run = local.setup(models, data, tc, store, strict, say)
     n = len(run.prepared)

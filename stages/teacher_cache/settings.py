@@ -37,6 +37,8 @@ class TeacherCache:
     ray_cpus_per_worker: float = setting(1.0, "engine ray: CPUs a worker reserves", minimum=0, in_key=False)
     ray_gpus_per_worker: float | None = setting(None, "engine ray: GPUs a worker reserves (null: 1 when the cluster "
                                                 "has GPUs, else 0)", minimum=0, in_key=False)
+    ray_retries: int = setting(3, "engine ray: times a block is retried after its worker died (a block that "
+                               "kills every worker stops the run instead of looping)", minimum=0, in_key=False)
     ray_block_rows: int = setting(1024, "engine ray: input rows per block, the unit of retry (at most 999 blocks; "
                                   "more rows make bigger blocks)", minimum=1, in_key=False)
     ray_address: str | None = setting(None, "engine ray: the cluster (null: RAY_ADDRESS, or a local cluster "
