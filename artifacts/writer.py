@@ -66,6 +66,9 @@ def checked_for_reuse(store: Store, key: str, full: bool = False) -> dict | None
     return m
 
 
+MAX_WRITERS = 999  # ranks have three digits in shard and record names
+
+
 def rank_slice(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return n * rank // world_size, n * (rank + 1) // world_size
 
@@ -83,7 +86,7 @@ class ArtifactWriter:
     def __init__(self, store: Store, kind: str, inputs: dict, codec, layout: dict, input_rows: int, *,
                  rank: int = 0, world_size: int = 1, max_shard_rows: int = 50_000, max_shard_bytes: int = 256 << 20,
                  batch_tokens: int = 65_536, zstd_level: int = 1, verify_reuse: bool = False):
-        if not 0 <= rank < world_size <= 999:
+        if not 0 <= rank < world_size <= MAX_WRITERS:
             raise ValueError(f"rank {rank} of world size {world_size} is not a valid data-parallel rank")
         self.store, self.codec = store, codec
         self.kind, self.inputs, self.input_rows = kind, inputs, int(input_rows)

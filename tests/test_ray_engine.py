@@ -16,8 +16,6 @@ from artifacts import ArtifactReader, verify_artifact
 from helpers import linked_store
 from test_teacher_cache_cli import good
 
-pytest.importorskip("ray")
-
 BIN = Path(sys.executable).parent
 PAIRS = 32
 COMMON = ["--recipe", "smollm2", "--backend", "hf", "--set", "teacher_cache.k=4", "--set",

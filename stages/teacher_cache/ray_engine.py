@@ -23,18 +23,15 @@ import time
 from dataclasses import dataclass, replace
 
 from artifacts import Store
-from artifacts.writer import assemble, producer_versions
+from artifacts.writer import MAX_WRITERS, assemble, producer_versions
 from stages.common.models import ResolvedModel
 from stages.common.ranks import Ranks, silent
 from stages.teacher_cache import run as local
 from stages.teacher_cache.settings import Data, TeacherCache
 
-MAX_BLOCKS = 999  # the writer's rank field has three digits
-
-
 def blocks(n_rows: int, block_rows: int) -> int:
     """How many blocks n rows make: a function of the rows and the setting only."""
-    return max(1, min(MAX_BLOCKS, math.ceil(n_rows / block_rows), n_rows))
+    return max(1, min(MAX_WRITERS, math.ceil(n_rows / block_rows), n_rows))
 
 
 @dataclass
