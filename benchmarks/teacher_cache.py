@@ -93,7 +93,7 @@ def engines(n: int, k: int, workers: int) -> dict:
         nb = ray_engine.blocks(len(run.prepared), tc.ray_block_rows)
         spec = ray_engine.Spec(run.models, run.data, tc, str(store.root.resolve()), run.backend, ["teacher_topk"],
                                None, nb)
-        res = ray_engine._pass(ray, run, spec, silent)[0]
+        res = ray_engine.run_pass(ray, run, spec, silent)[0]
     else:
         res = teacher_topk(run, say=silent)
     secs = time.perf_counter() - t0

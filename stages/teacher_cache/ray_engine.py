@@ -12,8 +12,9 @@ progress record per shard), so the store's resume rules do the fault tolerance:
 * at-least-once execution is safe: a block that already finished only reports itself again.
 
 The driver publishes one manifest per artifact once every block is in (`assemble`), in block
-order, so the artifact has the key, rows and row order of a local run. Workers open their engine
-(vLLM or transformers, through the same backend interface) once per artifact pass.
+order, so the artifact has the key, rows and row order of a local run. Two passes over the pool
+(what the dataset alone gives, then the advantages of the states); a worker opens its engines
+(vLLM or transformers, through the same backend interface) once per pass.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from stages.common.models import ResolvedModel
 from stages.common.ranks import Ranks, silent
 from stages.teacher_cache import run as local
 from stages.teacher_cache.settings import Data, TeacherCache
+
 
 def blocks(n_rows: int, block_rows: int) -> int:
     """How many blocks n rows make: a function of the rows and the setting only."""
@@ -85,7 +87,7 @@ class BlockWorker:
             self.run.close()
 
 
-def _pass(ray, run: local.Run, spec: Spec, say) -> list[local.Result]:
+def run_pass(ray, run: local.Run, spec: Spec, say) -> list[local.Result]:
     """The jobs of one stage over the pool, every block of each; each artifact published by the driver
     once all its blocks are in. Complete artifacts are reused and not run."""
     jobs = {name: _job(run, name, spec.states_key) for name in spec.jobs}
@@ -143,7 +145,7 @@ def run_teacher_cache(models: dict[str, ResolvedModel], data: Data, tc: TeacherC
     the one `ray.init()` finds (RAY_ADDRESS, `ray job submit`) or a local one it starts."""
     import ray
     import ray.data
-    import ray.exceptions  # noqa: F401  (_pass catches its errors)
+    import ray.exceptions  # noqa: F401  (run_pass catches its errors)
 
     run = local.setup(models, data, tc, store, strict, say)
     n = len(run.prepared)
@@ -164,9 +166,9 @@ def run_teacher_cache(models: dict[str, ResolvedModel], data: Data, tc: TeacherC
         # Two passes: everything read from the dataset alone, then the advantages of the states.
         first = ([] if states_only else ["teacher_topk", "seq_logp:reference", "seq_logp:student"]) \
             + ([f"generations:{tc.states}"] if generated else [])
-        results = _pass(ray, run, spec(first), say) if first else []
+        results = run_pass(ray, run, spec(first), say) if first else []
         gen = results[-1] if generated else None
-        results += _pass(ray, run, spec(["advantage"], gen.key if gen else None), say)
+        results += run_pass(ray, run, spec(["advantage"], gen.key if gen else None), say)
     finally:
         run.close()
     return results
