@@ -10,6 +10,7 @@ from pathlib import Path
 from artifacts.fsutil import atomic_write_bytes, fsync_dir, fsync_file, sha256_file
 from schemas.keys import artifact_key
 from artifacts.store import MANIFEST, Store, StoreError, now_iso
+from artifacts.transfer import local_copy, publish
 from artifacts.writer import checked_for_reuse, producer_versions
 from schemas import files
 from schemas import manifest as mf
@@ -23,10 +24,11 @@ def publish_folder(store: Store, kind: str, inputs: dict, build: Callable[[Path]
     """
     shard_schema = {"name": files.NAME, "version": files.VERSION, "layout": {}}
     key = artifact_key(kind, inputs, shard_schema)
-    d = store.path(key)
+    d = local_copy(store, key)  # a model is loaded from a local folder, so a URL store's copy is pulled
     with store.lock(key):
         m = checked_for_reuse(store, key)
         if m is not None:
+            publish(store, key)
             return d, m, True
         if d.exists():
             shutil.rmtree(d)
@@ -47,4 +49,5 @@ def publish_folder(store: Store, kind: str, inputs: dict, build: Callable[[Path]
              "input_rows": 0, "rows_used": 0, "dropped": {}, "stats": stats}
         mf.validate(m, key)
         atomic_write_bytes(d / MANIFEST, json.dumps(m, indent=1).encode())
+    publish(store, key)
     return d, m, False

@@ -1,8 +1,12 @@
-"""A local, content-addressed artifact store: `<root>/<kind>-<hash of inputs>/`.
+"""A content-addressed artifact store: `<root>/<kind>-<hash of inputs>/`.
 
 An artifact folder holds Arrow shards and, once complete, `manifest.json`; the manifest is
 written last and atomically, so its presence is what "complete" means. Producers of one key
 serialize on an advisory lock in `<root>/.locks/`, which the kernel releases if they die.
+
+The store may also be an fsspec URL (s3://, gs://, memory://): then `root` is its local working copy
+(locks, the shard being written, models pulled for loading) and artifacts live at the URL
+(artifacts/remote.py says how producers write there without rename or flock).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from artifacts.remote import Remote, RemoteArtifact, RemoteError, is_url, working_copy
 from schemas.keys import parse_key
 from schemas import manifest as mf
 
@@ -41,23 +46,51 @@ def repair_hint(key: str) -> str:
 
 
 class Store:
-    def __init__(self, root: str | os.PathLike | None = None):
-        self.root = Path(root) if root is not None else default_root()
+    """`root`: a folder, or an fsspec URL (ADPA_STORE when None); `remote` is None for a folder.
+    `workdir`: a URL store's working copy (default: artifacts.remote.working_copy)."""
+
+    def __init__(self, root: str | os.PathLike | None = None, workdir: str | os.PathLike | None = None):
+        spec = os.fspath(root) if root is not None else os.environ.get("ADPA_STORE", "store")
+        self.remote = Remote(spec) if is_url(spec) else None
+        self.url = self.remote.url if self.remote else None
+        if self.remote is None:
+            self.root = Path(spec.removeprefix("file://"))
+        else:
+            self.root = Path(workdir) if workdir is not None else working_copy(self.url)
+
+    def __str__(self) -> str:
+        return self.url or str(self.root)
 
     def path(self, key: str) -> Path:
+        """The artifact's local folder (on a URL store: in the working copy)."""
         parse_key(key)
         return self.root / key
 
     # ---- manifests ---------------------------------------------------------------------
-    def manifest(self, key: str) -> dict | None:
-        """The validated manifest of a complete artifact, None when incomplete or absent."""
+    def local_manifest(self, key: str) -> dict | None:
         p = self.path(key) / MANIFEST
         if not p.exists():
             return None
         return read_manifest(p, key)
 
+    def manifest(self, key: str) -> dict | None:
+        """The validated manifest of a complete artifact (local, else remote), None when incomplete or absent."""
+        m = self.local_manifest(key)
+        if m is None and self.remote is not None:
+            try:
+                m = self.remote.manifest(key)
+            except RemoteError as e:
+                raise StoreError(str(e)) from None
+        return m
+
     def is_complete(self, key: str) -> bool:
-        return (self.path(key) / MANIFEST).exists()
+        return (self.path(key) / MANIFEST).exists() or self.manifest(key) is not None
+
+    def location(self, key: str) -> Path | RemoteArtifact:
+        """Where to read the artifact from: its local folder, or the remote one when only that is complete."""
+        if self.remote is not None and self.local_manifest(key) is None and self.remote.manifest(key) is not None:
+            return RemoteArtifact(self.remote, key, self.root / INCOMING)
+        return self.path(key)
 
     # ---- locks -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -83,27 +116,28 @@ class Store:
 
     # ---- listing -----------------------------------------------------------------------
     def keys(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        out = []
-        for p in sorted(self.root.iterdir()):
-            try:
-                parse_key(p.name)
-            except ValueError:
-                continue
-            if p.is_dir():
-                out.append(p.name)
-        return out
+        out = set(self.remote.keys()) if self.remote is not None else set()
+        if self.root.is_dir():
+            for p in self.root.iterdir():
+                try:
+                    parse_key(p.name)
+                except ValueError:
+                    continue
+                if p.is_dir():
+                    out.add(p.name)
+        return sorted(out)
 
     def entry(self, key: str) -> dict:
         """One `adpa cache ls` line: complete artifacts from their manifest, others from disk."""
         p = self.path(key)
-        e = {"key": key, "kind": parse_key(key), "path": str(p.resolve()), "complete": False,
-             "rows": None, "tokens": None, "bytes": None, "created": None}
+        e = {"key": key, "kind": parse_key(key), "path": str(self.location(key)) if self.remote else str(p.resolve()),
+             "complete": False, "rows": None, "tokens": None, "bytes": None, "created": None}
         try:
             m = self.manifest(key)
-        except mf.ManifestError as err:
+        except (mf.ManifestError, StoreError) as err:
             return e | {"error": str(err)}
+        if m is None and not p.is_dir():
+            return e
         if m is None:
             files = [f for f in p.iterdir() if f.is_file()]
             e["bytes"] = sum(f.stat().st_size for f in files)
@@ -123,7 +157,7 @@ class Store:
         now = time.time()
         for key in self.keys():
             p = self.path(key)
-            if (p / MANIFEST).exists() or now - _newest_mtime(p) < older_than_s:
+            if not p.is_dir() or (p / MANIFEST).exists() or now - _newest_mtime(p) < older_than_s:
                 continue
             names = [key] + sorted(f.name[: -len(".lock")] for f in (self.root / LOCKS).glob(f"{key}.r*.lock"))
             with contextlib.ExitStack() as held:

@@ -99,6 +99,19 @@ def pull(store: Store, url: str, trust: dict | None = None) -> tuple[str, bool]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def local_copy(store: Store, key: str):
+    """The artifact's local folder; on a URL store pulled (verified in full) first when only the store has it."""
+    if store.remote is not None and store.local_manifest(key) is None and store.remote.manifest(key) is not None:
+        pull(store, store.remote.url_of(key))
+    return store.path(key)
+
+
+def publish(store: Store, key: str) -> None:
+    """On a URL store, push a complete local artifact there unless the store already has it."""
+    if store.remote is not None and store.remote.manifest(key) is None:
+        push(store, key, store.url)
+
+
 def _sound(store: Store, key: str, trust: dict | None = None) -> bool:
     """A complete local copy that verifies in full, and carries a trusted signature when `trust` asks
     for one (a damaged or untrusted one is to be replaced)."""

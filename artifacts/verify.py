@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from pathlib import Path
 
+from artifacts.remote import RemoteArtifact, RemoteError
 from artifacts.shards import ShardError, check_shard, codec_and_layout
 from artifacts.store import MANIFEST, read_manifest
 from schemas.manifest import ManifestError
@@ -17,8 +20,11 @@ class VerifyError(Exception):
     """The first thing found wrong, in one line."""
 
 
-def verify_artifact(artifact_dir: Path) -> dict:
-    """Return the manifest when every shard matches it; raise Incomplete or VerifyError otherwise."""
+def verify_artifact(artifact_dir: Path | RemoteArtifact) -> dict:
+    """Return the manifest when every shard matches it; raise Incomplete or VerifyError otherwise.
+    A RemoteArtifact is checked shard by shard, each fetched into the working copy and deleted after."""
+    if isinstance(artifact_dir, RemoteArtifact):
+        return _verify_remote(artifact_dir)
     d = Path(artifact_dir)
     if not d.is_dir():
         raise VerifyError(f"{d}: no such artifact")
@@ -34,4 +40,25 @@ def verify_artifact(artifact_dir: Path) -> dict:
             check_shard(d, entry, codec, layout)
         except (ShardError, ManifestError) as e:
             raise VerifyError(f"{d.name}/{e}") from None
+    return m
+
+
+def _verify_remote(a: RemoteArtifact) -> dict:
+    try:
+        m = a.remote.manifest(a.key)
+        if m is None:
+            raise Incomplete(f"{a}: incomplete (no manifest.json); re-run its producer to finish it")
+        codec, layout = codec_and_layout(m)
+    except (ManifestError, ValueError, RemoteError) as e:
+        raise VerifyError(f"{a}/manifest.json: {e}") from None
+    for entry in m["shards"]:
+        scratch = a.scratch / f"verify-{uuid.uuid4().hex}"
+        scratch.mkdir(parents=True)
+        try:
+            a.remote.fetch(a.key, entry, scratch / entry["file"])
+            check_shard(scratch, entry, codec, layout)
+        except (ShardError, ManifestError, RemoteError) as e:
+            raise VerifyError(f"{a}/{e}") from None
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return m

@@ -20,6 +20,7 @@ import json
 import platform
 import re
 import shutil
+import uuid
 from collections import Counter
 from importlib import metadata
 
@@ -28,10 +29,12 @@ import pyarrow as pa
 from artifacts.fsutil import atomic_write_bytes, commit_file, sha256_file
 from schemas.keys import artifact_key
 from artifacts.shards import ShardError, check_file
-from artifacts.store import MANIFEST, PROGRESS, Store, StoreError, now_iso, repair_hint
+from artifacts.remote import MAX_RECORD_BYTES, RemoteError
+from artifacts.store import INCOMING, MANIFEST, PROGRESS, Store, StoreError, now_iso, repair_hint
 from schemas import manifest as mf
 
 PROGRESS_RE = re.compile(r"^r(\d{3})-(shard-\d{5}\.json|of-(\d{3})\.done)$")
+REMOTE_SHARD_RE = re.compile(r"^shard-(\d{3})-(\d{5})-[0-9a-f]{16}\.arrow$")  # on a URL store: content-named
 
 
 def producer_versions(backend: str | None = None) -> dict:
@@ -54,16 +57,58 @@ CHEAP_TO_HASH = 256 << 20  # bytes: an artifact this small is re-hashed on every
 
 def checked_for_reuse(store: Store, key: str, full: bool = False) -> dict | None:
     """The manifest of a complete artifact once its shards are there at their stated sizes, and their
-    sha256s when `full` or the artifact is cheap to hash; None when it is not complete; StoreError
-    naming the key and the repair otherwise."""
+    sha256s when `full` or the artifact is local and cheap to hash; None when it is not complete;
+    StoreError naming the key and the repair otherwise. On a URL store a local copy comes first."""
     try:
-        m = store.manifest(key)
-        full = full or bool(m) and m["totals"]["bytes"] <= CHEAP_TO_HASH
-        for entry in m["shards"] if m else ():
-            check_file(store.path(key), entry, check_sha=full)
-    except (mf.ManifestError, ShardError) as e:
+        m = store.local_manifest(key)
+        if m is not None:
+            full = full or m["totals"]["bytes"] <= CHEAP_TO_HASH
+            for entry in m["shards"]:
+                check_file(store.path(key), entry, check_sha=full)
+        elif store.remote is not None and (m := store.remote.manifest(key)) is not None:
+            sizes = store.remote.sizes(key)
+            for entry in m["shards"]:
+                if sizes.get(entry["file"]) != entry["bytes"]:
+                    raise ShardError(f"{entry['file']}: {sizes.get(entry['file'], 'no')} bytes on the store, "
+                                     f"manifest says {entry['bytes']}")
+                if full:
+                    scratch = store.root / INCOMING
+                    scratch.mkdir(parents=True, exist_ok=True)
+                    store.remote.fetch(key, entry, scratch / f"{uuid.uuid4().hex}.check").unlink()
+    except (mf.ManifestError, ShardError, RemoteError) as e:
         raise StoreError(f"complete artifact {key} is damaged ({e}); {repair_hint(key)}") from None
     return m
+
+
+class Progress:
+    """An artifact's progress records (`<artifact>/.progress/`): local files, or objects on a URL store."""
+
+    def __init__(self, store: Store, key: str):
+        self.store, self.key, self.remote = store, key, store.remote
+        self.dir = store.path(key) / PROGRESS
+
+    def read(self, name: str) -> bytes | None:
+        if self.remote is not None:
+            return self.remote.read_small(self.key, f"{PROGRESS}/{name}", MAX_RECORD_BYTES)
+        try:
+            return (self.dir / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write(self, name: str, data: bytes) -> None:
+        if self.remote is not None:
+            self.remote.put_bytes(self.key, f"{PROGRESS}/{name}", data)
+        else:
+            atomic_write_bytes(self.dir / name, data)
+
+    def names(self) -> list[str]:
+        if self.remote is not None:
+            return sorted(self.remote.sizes(self.key, PROGRESS))
+        return sorted(p.name for p in self.dir.iterdir()) if self.dir.is_dir() else []
+
+    def remove(self, name: str) -> None:
+        if self.remote is None:
+            (self.dir / name).unlink(missing_ok=True)
 
 
 MAX_WRITERS = 999  # ranks have three digits in shard and record names
@@ -101,6 +146,7 @@ class ArtifactWriter:
         self.ipc_options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", zstd_level))
         self.reused, self.manifest, self.resume_from, self.done = False, None, self.start, False
         self.verify_reuse = verify_reuse
+        self.remote, self.progress = store.remote, Progress(store, self.key)
         self._lock = None
 
     def _name(self, i: int) -> str:
@@ -122,7 +168,7 @@ class ArtifactWriter:
                 if self.manifest is not None:
                     self.reused = True
                     return self
-                (self.dir / PROGRESS).mkdir(parents=True, exist_ok=True)
+                (self.dir / PROGRESS).mkdir(parents=True, exist_ok=True)  # on a URL store: the shard being written
                 self._check_world_size()
                 self._records, self.done = self._recover()
             self.resume_from = self.end if self.done else (
@@ -151,42 +197,51 @@ class ArtifactWriter:
             self._lock = None
 
     def _check_world_size(self):
-        for p in (self.dir / PROGRESS).iterdir():
-            m = PROGRESS_RE.match(p.name)
+        for name in self.progress.names():
+            m = PROGRESS_RE.match(name)
             if m and m.group(3) and int(m.group(3)) != self.world_size:
                 raise StoreError(f"{self.key} was started with world size {int(m.group(3))}; resume it with that "
                                  f"many processes, or remove the incomplete artifact")
-        marker = self.dir / PROGRESS / "world_size"
-        if marker.exists() and int(marker.read_text()) != self.world_size:
-            raise StoreError(f"{self.key} was started with world size {marker.read_text()}; resume it with that "
-                             f"many processes, or remove the incomplete artifact")
-        if not marker.exists():
-            atomic_write_bytes(marker, str(self.world_size).encode())
+        marker = self.progress.read("world_size")
+        if marker is not None and marker.decode(errors="replace") != str(self.world_size):
+            raise StoreError(f"{self.key} was started with world size {marker.decode(errors='replace')}; resume it "
+                             f"with that many processes, or remove the incomplete artifact")
+        if marker is None:
+            self.progress.write("world_size", str(self.world_size).encode())
 
     def _recover(self) -> tuple[list[dict], bool]:
         """Keep this rank's committed prefix of shards that still match their records, and its done
         record when every shard it counts is kept; delete its other files. Returns (records, done)."""
         prog = self.dir / PROGRESS
         kept, expect = [], self.start
-        while (rec_path := prog / self._record_name(len(kept))).exists():
+        remote_sizes = self.remote.sizes(self.key) if self.remote is not None else None
+        while (raw := self.progress.read(self._record_name(len(kept)))) is not None:
             try:
-                rec = json.loads(rec_path.read_text())
-                f = self.dir / rec["file"]
-                ok = (rec["file"] == self._name(len(kept)) and rec["input_start"] == expect
-                      and f.stat().st_size == rec["bytes"] and sha256_file(f) == rec["sha256"])
+                rec = json.loads(raw)
+                if remote_sizes is not None:  # a content-named shard: its size is checked, its sha256 when read
+                    m = REMOTE_SHARD_RE.match(rec["file"])
+                    ok = bool(m) and (int(m.group(1)), int(m.group(2))) == (self.rank, len(kept)) \
+                        and remote_sizes.get(rec["file"]) == rec["bytes"]
+                else:
+                    f = self.dir / rec["file"]
+                    ok = (rec["file"] == self._name(len(kept)) and f.stat().st_size == rec["bytes"]
+                          and sha256_file(f) == rec["sha256"])
+                ok = ok and rec["input_start"] == expect
             except (OSError, ValueError, KeyError, TypeError):
                 ok = False
             if not ok:
                 break
             kept.append(rec)
             expect = rec["input_end"]
-        done_path = prog / f"r{self.rank:03d}-of-{self.world_size:03d}.done"
+        done_name = f"r{self.rank:03d}-of-{self.world_size:03d}.done"
         try:
-            done = json.loads(done_path.read_text())["shards"] == len(kept)
+            done = json.loads(self.progress.read(done_name))["shards"] == len(kept)
         except (OSError, ValueError, KeyError, TypeError):
             done = False
+        # This rank's other local files go; on a URL store its objects past the kept prefix are
+        # overwritten as it goes on (another machine may be writing this rank too, so none is deleted).
         keep = {r["file"] for r in kept} | {self._record_name(i) for i in range(len(kept))} \
-            | ({done_path.name} if done else set())
+            | ({done_name} if done else set())
         mine = (f"shard-{self.rank:03d}-", f".shard-{self.rank:03d}-", f"r{self.rank:03d}-")
         for p in list(self.dir.iterdir()) + list(prog.iterdir()):
             if p.is_file() and p.name.startswith(mine) and p.name not in keep:
@@ -247,13 +302,20 @@ class ArtifactWriter:
         sink.close()
         self._file = None
         idx = len(self._records)
-        final = self.dir / self._name(idx)
-        commit_file(tmp, final)
-        rec = {"file": final.name, "rows": self._rows_in_shard, "tokens": self._tokens_in_shard,
-               "bytes": final.stat().st_size, "sha256": sha256_file(final),
+        if self.remote is not None:  # straight to the store under a content name, then its record
+            size, sha = tmp.stat().st_size, sha256_file(tmp)
+            name = f"shard-{self.rank:03d}-{idx:05d}-{sha[:16]}.arrow"
+            self.remote.put_file(tmp, self.key, name)
+            tmp.unlink()
+        else:
+            final = self.dir / self._name(idx)
+            commit_file(tmp, final)
+            name, size, sha = final.name, final.stat().st_size, sha256_file(final)
+        rec = {"file": name, "rows": self._rows_in_shard, "tokens": self._tokens_in_shard,
+               "bytes": size, "sha256": sha,
                "input_start": self._records[-1]["input_end"] if self._records else self.start,
                "input_end": self.next_index, "rows_used": self._used, "dropped": dict(self._drops)}
-        atomic_write_bytes(self.dir / PROGRESS / self._record_name(idx), json.dumps(rec).encode())
+        self.progress.write(self._record_name(idx), json.dumps(rec).encode())
         self._records.append(rec)
         self._drops, self._used = Counter(), 0
         self._rows_in_shard = self._tokens_in_shard = 0
@@ -266,11 +328,11 @@ class ArtifactWriter:
             raise StoreError(f"{self.key}: rank {self.rank} produced rows up to {self.next_index}, "
                              f"its slice ends at {self.end}")
         self._close_shard()
+        # The done record carries its slice's shard records: whoever assembles reads one consistent list.
         done = {"rank": self.rank, "world_size": self.world_size, "input_start": self.start, "input_end": self.end,
                 "shards": len(self._records), "rows_used": self._used, "dropped": dict(self._drops),
-                "stats": stats or {}}
-        atomic_write_bytes(self.dir / PROGRESS / f"r{self.rank:03d}-of-{self.world_size:03d}.done",
-                           json.dumps(done).encode())
+                "stats": stats or {}, "records": self._records}
+        self.progress.write(f"r{self.rank:03d}-of-{self.world_size:03d}.done", json.dumps(done).encode())
 
     def publish(self, stats: dict | None = None, producer: dict | None = None) -> dict | None:
         """finish(), then the manifest when this is the only rank; None while other ranks are pending."""
@@ -290,21 +352,21 @@ def assemble(store: Store, kind: str, inputs: dict, codec, layout: dict, input_r
     """Write the manifest once every rank's slice is done (idempotent; under the key's lock)."""
     shard_schema = {"name": codec.name, "version": codec.version, "layout": layout}
     key = artifact_key(kind, inputs, shard_schema)
-    d, prog = store.path(key), store.path(key) / PROGRESS
+    d, prog = store.path(key), Progress(store, key)
     with store.lock(key):
         if (m := store.manifest(key)) is not None:
             return m
-        dones = sorted(prog.glob("r*-of-*.done"))
-        if not dones:
+        done = [json.loads(prog.read(n)) for n in prog.names() if (p := PROGRESS_RE.match(n)) and p.group(3)]
+        if not done:
             raise StoreError(f"{key}: no rank has finished")
-        done = [json.loads(p.read_text()) for p in dones]
         world = done[0]["world_size"]
         if sorted(x["rank"] for x in done) != list(range(world)):
             missing = sorted(set(range(world)) - {x["rank"] for x in done})
             raise StoreError(f"{key}: ranks {missing} of {world} have not finished; re-run them to resume")
         records, dropped, used, stats = [], Counter(), 0, []
         for x in sorted(done, key=lambda x: x["rank"]):
-            recs = [json.loads((prog / f"r{x['rank']:03d}-shard-{i:05d}.json").read_text()) for i in range(x["shards"])]
+            recs = x.get("records") or [json.loads(prog.read(f"r{x['rank']:03d}-shard-{i:05d}.json"))
+                                        for i in range(x["shards"])]  # a done record from before 2026-12-03
             records += recs
             used += x["rows_used"] + sum(r["rows_used"] for r in recs)
             dropped.update(x["dropped"])
@@ -327,8 +389,16 @@ def assemble(store: Store, kind: str, inputs: dict, codec, layout: dict, input_r
             "stats": stats[0] if world == 1 else _merge_stats(stats),
         }
         mf.validate(m, key)
-        atomic_write_bytes(d / MANIFEST, json.dumps(m, indent=1).encode())
-        shutil.rmtree(prog, ignore_errors=True)
+        if store.remote is not None:
+            sizes = store.remote.sizes(key)
+            lost = [s["file"] for s in shards if sizes.get(s["file"]) != s["bytes"]]
+            if lost:
+                raise StoreError(f"{key}: shards {lost[:3]} are not on {store.url} at their recorded sizes; "
+                                 f"re-run the producer to write them again")
+            store.remote.put_bytes(key, MANIFEST, json.dumps(m, indent=1).encode())  # the one commit
+        else:
+            atomic_write_bytes(d / MANIFEST, json.dumps(m, indent=1).encode())
+            shutil.rmtree(d / PROGRESS, ignore_errors=True)
     return m
 
 

@@ -10,6 +10,7 @@ import typer
 
 from artifacts import Incomplete, Store, VerifyError, signing, verify_artifact
 from schemas.keys import parse_key
+from artifacts.remote import RemoteArtifact
 from artifacts.store import MANIFEST, read_manifest
 from artifacts.transfer import pull as pull_artifact
 from artifacts.transfer import push as push_artifact
@@ -19,10 +20,11 @@ from pipeline.options import StoreOpt, fail, printable
 app = typer.Typer(help="Inspect and move artifacts of the store.", no_args_is_help=True)
 
 
-def _artifact_dir(store: Store, key_or_path: str) -> Path:
+def _artifact_dir(store: Store, key_or_path: str, local: bool = False) -> Path | RemoteArtifact:
+    """A key's folder (on a URL store the remote artifact unless `local`), or a folder given as a path."""
     try:
         parse_key(key_or_path)
-        return store.path(key_or_path)
+        return store.path(key_or_path) if local else store.location(key_or_path)
     except ValueError:
         p = Path(key_or_path)
         if p.is_dir():
@@ -61,12 +63,15 @@ def _print_tree(obj, indent: int = 2):
 def show(key: str = typer.Argument(..., help="Artifact key or folder."), store: StoreOpt = None):
     """The manifest, readable: inputs, producer versions, totals, dropped rows by reason, stats."""
     d = _artifact_dir(Store(store), key)
-    if not (d / MANIFEST).exists():
+    if isinstance(d, RemoteArtifact):
+        m = d.remote.manifest(d.key)
+    elif not (d / MANIFEST).exists():
         fail(f"{d.name}: incomplete (no manifest.json)")
-    m = read_manifest(d / MANIFEST, d.name)
+    else:
+        m = read_manifest(d / MANIFEST, d.name)
     t = m["totals"]
     typer.echo(f"{m['key']}  ({m['kind']}, created {m['created']})")
-    typer.echo(f"  path: {d.resolve()}")
+    typer.echo(f"  path: {d if isinstance(d, RemoteArtifact) else d.resolve()}")
     typer.echo(f"  shard schema: {m['shard_schema']['name']} {m['shard_schema']['version']} "
                f"{json.dumps(m['shard_schema'].get('layout', {}))}")
     typer.echo(f"  totals: {t['shards']} shards, {t['rows']:,} rows, {t['tokens']:,} tokens, {t['bytes']:,} bytes"
@@ -90,6 +95,8 @@ def verify(key: str = typer.Argument(..., help="Artifact key or folder."), store
     """Re-check every shard's size, sha256, schema and counts (and, with --trust, the signature). Exit 0
     when sound, 1 otherwise."""
     d = _artifact_dir(Store(store), key)
+    if trust and isinstance(d, RemoteArtifact):
+        fail(f"{d}: signatures are checked on a local copy: adpa cache pull {d} --trust {trust}")
     try:
         m = verify_artifact(d)
         signed = signing.check_trusted(d, signing.trusted_keys(trust)) if trust else None
@@ -127,7 +134,7 @@ def sign(key: str = typer.Argument(..., help="Artifact key or folder."),
          key_file: Path = typer.Option(..., "--key", help="Your private key (NAME.key from adpa cache keygen)."),
          store: StoreOpt = None):
     """Sign a verified artifact's manifest: it then says who produced it (signatures.json travels with push)."""
-    d = _artifact_dir(Store(store), key)
+    d = _artifact_dir(Store(store), key, local=True)
     verify_artifact(d)  # never vouch for shards that do not match their manifest
     e = signing.sign(d, key_file)
     typer.echo(f"signed {d.name} as {e['signer']} (key sha256 {e['public_key_sha256'][:16]}…)")

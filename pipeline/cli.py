@@ -60,7 +60,7 @@ def teacher_cache(
     st = Store(store)
     ranks = from_env()
     say = ranks.speaker(typer.echo)
-    say(f"recipe {r.name} ({r.path}); store {st.root.resolve()}")
+    say(f"recipe {r.name} ({r.path}); store {st.url or st.root.resolve()}")
     try:
         results = orchestrate.teacher_cache(r, st, strict=strict, say=say, ranks=ranks)
     finally:
@@ -97,7 +97,7 @@ def distill(
     st = Store(store)
     ranks = _training_ranks()
     say = ranks.speaker(typer.echo)
-    say(f"recipe {r.name} ({r.path}); store {st.root.resolve()}; loss {r.distill.loss}")
+    say(f"recipe {r.name} ({r.path}); store {st.url or st.root.resolve()}; loss {r.distill.loss}")
     try:
         results = orchestrate.distill(r, st, r.distill.loss, output, resume, caches, say, ranks)
     finally:

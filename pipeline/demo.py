@@ -27,7 +27,7 @@ def run_demo(store, recipe="tiny", out_dir: Path = Path("runs/demo"), methods=No
     methods = default_methods() if methods is None else methods
     t0 = time.perf_counter()
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
-    say(f"[1/3] stage one: the world's models and the teacher cache ({recipe.name}, store {store.root})")
+    say(f"[1/3] stage one: the world's models and the teacher cache ({recipe.name}, store {store})")
     say(summary_table(orchestrate.teacher_cache(recipe, store, say=silent)))
     say("[2/3] stage two: one student per method, from the SFT student")
     students = {}

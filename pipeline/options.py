@@ -7,9 +7,10 @@ from typing import Annotated, NoReturn
 
 import typer
 
-StoreOpt = Annotated[Path | None, typer.Option(
+StoreOpt = Annotated[str | None, typer.Option(
     "--store", envvar="ADPA_STORE", show_default="./store",
-    help="Artifact store folder (default: $ADPA_STORE, else ./store).")]
+    help="Artifact store: a folder, or an fsspec URL (s3://bucket/path, gs://..., memory://...) whose local "
+         "working copy is $ADPA_WORKDIR or ~/.cache/adpa/stores/ (default: $ADPA_STORE, else ./store).")]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -46,3 +46,43 @@ def write_recipe(path, data, **teacher_cache):
     raw["teacher_cache"].update(teacher_cache)
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (moto's, from PyPI) in its own process on a free port; yields the
+    environment a process needs to use it (s3fs reads FSSPEC_S3_ENDPOINT_URL and the AWS variables)."""
+    import os
+    import socket
+    import subprocess
+    import time
+
+    import fsspec
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path_factory.mktemp("s3") / "moto.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    env = {"FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    fsspec.config.set_conf_env(fsspec.config.conf)  # this process's s3fs picks up the endpoint too
+    for _ in range(200):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("adpa-test")
+    try:
+        yield env | {"bucket": "s3://adpa-test"}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        fsspec.config.conf.pop("s3", None)

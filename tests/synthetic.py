@@ -56,13 +56,14 @@ def spec(seed: int = 0, n: int = 0, with_ref: bool = False):
 def produce(root, n: int, seed: int = 0, sleep: float = 0.0, max_shard_rows: int = 16, with_ref: bool = False,
             fail_at: int | None = None, rank: int = 0, world_size: int = 1,
             assemble_after: bool = False, pause_before_assemble: float = 0.0,
-            load_time: float = 0.0) -> tuple[dict | None, bool]:
+            load_time: float = 0.0, batch_tokens: int = 200) -> tuple[dict | None, bool]:
     """Produce (or resume, or reuse) the synthetic artifact or one rank's slice of it; returns
     (manifest or None while other ranks are pending, reused). `assemble_after`: as stage one does,
-    finish the slice inside the writer and assemble the manifest after leaving it."""
+    finish the slice inside the writer and assemble the manifest after leaving it. `batch_tokens`: other
+    record batch boundaries give other shard bytes for the same rows (as two machines' runs would)."""
     kind, inputs, codec, layout = spec(seed, n, with_ref)
     with ArtifactWriter(Store(root), kind, inputs, codec, layout, n, rank=rank, world_size=world_size,
-                        max_shard_rows=max_shard_rows, batch_tokens=200) as w:
+                        max_shard_rows=max_shard_rows, batch_tokens=batch_tokens) as w:
         if w.reused:
             return w.manifest, True
         if w.done:
@@ -97,7 +98,9 @@ if __name__ == "__main__":
     ap.add_argument("--assemble-after", action="store_true")
     ap.add_argument("--pause-before-assemble", type=float, default=0.0)
     ap.add_argument("--load-time", type=float, default=0.0)
+    ap.add_argument("--batch-tokens", type=int, default=200)
     a = ap.parse_args()
     m, reused = produce(a.store, a.n, a.seed, a.sleep, a.max_shard_rows, rank=a.rank, world_size=a.world_size,
-                        assemble_after=a.assemble_after, pause_before_assemble=a.pause_before_assemble, load_time=a.load_time)
+                        assemble_after=a.assemble_after, pause_before_assemble=a.pause_before_assemble, load_time=a.load_time,
+                        batch_tokens=a.batch_tokens)
     print("reused " + m["key"] if reused else ("published " + m["key"] if m else f"rank {a.rank} done"), flush=True)

@@ -25,6 +25,7 @@ from artifacts.folders import publish_folder
 from artifacts.fsutil import exclusive_folder
 from artifacts.reader import ArtifactReader
 from artifacts.store import MANIFEST
+from artifacts.transfer import local_copy
 from schemas import files
 from schemas.keys import artifact_key
 from schemas.manifest import ManifestError
@@ -63,7 +64,7 @@ def check_caches(dirs: dict[str, Path], loss: str, tok, init_identity: dict) -> 
     fp = tokenizer_fingerprint(tok)
     vocab = None
     for name, d in dirs.items():
-        key = Path(d).name
+        key = d.name
         columns = {c for r in LOSSES[loss].reads.values() if r.cache == name for c in r.columns}
         # token ids alone (sft) come from any sequences artifact of the same rendering
         kinds = (CACHE_KINDS[name],) if columns or name != "student_logp" else (CACHE_KINDS[name], "tokenized")
@@ -136,9 +137,9 @@ def train_one(store: Store, loss: str, init: ResolvedModel, settings: Distill, c
     dirs = {}
     for name, key in needed.items():
         if store.manifest(key) is None:
-            raise CacheRefused(f"cache {key} ({name}) is not complete in store {store.root}: run stage one "
+            raise CacheRefused(f"cache {key} ({name}) is not complete in store {store}: run stage one "
                                f"(adpa teacher-cache) for this recipe, or pull the artifact (adpa cache pull URL)")
-        dirs[name] = store.path(key)
+        dirs[name] = store.location(key)
     tok = load_tokenizer(init)
     vocab = check_caches(dirs, loss, tok, init.identity)
 
@@ -167,8 +168,8 @@ def train_one(store: Store, loss: str, init: ResolvedModel, settings: Distill, c
             for sub, src in (("model", key), ("adapter", adapter)):  # the run folder shows the student either way
                 if src and ranks.rank == 0 and not (run_dir / sub).exists():
                     (run_dir / sub).mkdir(parents=True)
-                    _link_or_copy(store.path(src), run_dir / sub, skip=(MANIFEST,))
-            return Trained(label, key, "reused", store.path(key), run_dir, store.manifest(key)["stats"])
+                    _link_or_copy(local_copy(store, src), run_dir / sub, skip=(MANIFEST,))
+            return Trained(label, key, "reused", local_copy(store, key), run_dir, store.manifest(key)["stats"])
 
         stream = PairStream(dirs, loss, d.seed, d.shuffle_buffer, d.batch_pairs)
         dropped = next(iter(ArtifactReader(p).manifest for p in dirs.values()))["dropped"]

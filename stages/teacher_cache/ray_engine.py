@@ -43,7 +43,8 @@ class Spec:
     models: dict[str, ResolvedModel]
     data: Data
     settings: TeacherCache
-    store_root: str
+    store_root: str  # a folder, or a URL store and its working copy (a path on every node)
+    workdir: str | None
     backend: str
     jobs: list[str]  # each teacher_topk | seq_logp:ROLE | generations:ROLE | advantage
     states_key: str | None  # advantage: the generations artifact (None: the dataset's responses)
@@ -68,7 +69,7 @@ class BlockWorker:
 
     def __init__(self, spec: Spec):
         self.spec = spec
-        self.run = local.setup(spec.models, spec.data, spec.settings, Store(spec.store_root), say=silent,
+        self.run = local.setup(spec.models, spec.data, spec.settings, Store(spec.store_root, spec.workdir), say=silent,
                                backend=spec.backend)
         self.jobs = [_job(self.run, name, spec.states_key) for name in spec.jobs]
 
@@ -159,7 +160,8 @@ def run_teacher_cache(models: dict[str, ResolvedModel], data: Data, tc: TeacherC
         f"{res.get('GPU', 0):g} GPUs")
 
     def spec(jobs: list[str], states_key: str | None = None) -> Spec:
-        return Spec(models, data, tc, str(store.root.resolve()), run.backend, jobs, states_key, nb)
+        return Spec(models, data, tc, store.url or str(store.root.resolve()),
+                    str(store.root.resolve()) if store.url else None, run.backend, jobs, states_key, nb)
 
     generated = tc.states in local.GENERATED
     try:

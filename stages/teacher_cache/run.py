@@ -330,7 +330,7 @@ def _states(run: Run, gen_key: str | None) -> list:
         return [e if isinstance(e, str) else
                 (e.pair.pair_id, states, e.prompt_ids + (e.chosen_ids if states == "chosen" else e.rejected_ids),
                  len(e.prompt_ids)) for e in run.prepared]
-    by_index = {r["input_index"]: r for r in ArtifactReader(run.store.path(gen_key))}
+    by_index = {r["input_index"]: r for r in ArtifactReader(run.store.location(gen_key))}
     return [e if isinstance(e, str) else
             (by_index[i]["pair_id"], "generated", by_index[i]["token_ids"].tolist(), by_index[i]["prompt_len"])
             for i, e in enumerate(run.prepared)]
