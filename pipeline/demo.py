@@ -40,6 +40,9 @@ def run_demo(store, recipe="tiny", out_dir: Path = Path("runs/demo"), methods=No
     results = orchestrate.evaluate(recipe, store, students, Path(out_dir), say=silent)
     n = len(next(iter(results)).r_seq)
     say("\n" + table(results, n))
+    world = {r.name: r.weights_sha256 for r in results if r.name.startswith(("teacher-", "student-sft"))}
+    say("the world's models, sha256 of their weights (docs/RESULTS.md gives the published run's): "
+        + ", ".join(f"{k} {(v or '?')[:12]}" for k, v in world.items()))
     secs = time.perf_counter() - t0
     say(f"\nreport: {out_dir}/eval.json, chart: {out_dir}/eval.png, generations: {out_dir}/generations/, "
         f"students: {out_dir}/students/*/model (store keys above); {secs:.0f} s in all")

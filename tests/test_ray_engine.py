@@ -9,10 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 
-from artifacts import ArtifactReader, verify_artifact
+from artifacts import ArtifactReader, Store, verify_artifact
 from helpers import linked_store
 from test_teacher_cache_cli import good
 
@@ -39,7 +40,7 @@ def keys_of(stdout: str) -> dict:
 
 def rows(store, key) -> dict:
     out = {}
-    for r in ArtifactReader(store.path(key)):
+    for r in ArtifactReader(store.location(key)):
         k = (str(r["pair_id"]), str(r["side"]))
         assert k not in out, f"{key}: row {k} twice"
         out[k] = r
@@ -119,32 +120,55 @@ def test_ray_with_a_worker_killed_mid_block_gives_the_keys_and_rows_of_a_local_r
         same_rows(local, st, k)
 
 
-def test_a_driver_killed_mid_run_resumes_keeping_finished_blocks(local_run, model_store):
-    """SIGKILL the driver (its whole process group: the local Ray cluster it started goes with it) once a
-    block of the first pass is done, then run the same command again: that block reports itself
-    finished ("reused", none of its rows scored again), the rest resume or build, and every artifact
-    equals the local run's."""
+def test_a_driver_killed_on_s3_resumes_on_another_machine_and_stage_two_trains_from_s3(local_run, model_store,
+                                                                                      s3_server, tmp_path):
+    """The store is a real S3-compatible server. SIGKILL the driver (its whole process group: the local
+    Ray cluster it started goes with it) once a block of the first pass is on the store, then run the
+    same command with another, empty working copy (as if the machine were lost): that block reports
+    itself finished ("reused", none of its rows scored again) from the records on the store, and every
+    artifact equals the local run's. Then `adpa distill`, with a third working copy, pulls the student's
+    init from the store, streams the caches from it and publishes the student there."""
     d, data, local, keys = local_run
-    st = linked_store(model_store, d / "driver")
+    url = f"{s3_server['bucket']}/ray-{os.getpid()}"
+    s3 = {k: v for k, v in s3_server.items() if k != "bucket"}
+    first = linked_store(model_store, tmp_path / "machine-1")  # the built-in models, pushed to S3 as they are used
+    store_env = lambda wc: dict(env(first), **s3, ADPA_STORE=url, ADPA_WORKDIR=str(wc))  # noqa: E731
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    pattern = f"{url.removeprefix('s3://')}/*/.progress/r*-of-002.done"
+
+    def done_blocks():
+        fs.invalidate_cache()
+        return fs.glob(pattern)
     proc = subprocess.Popen(cmd(data, *RAY), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env(st), start_new_session=True)
+                            env=store_env(first.root), start_new_session=True)
     try:
         deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None and not list(st.root.glob("*/.progress/r*-of-002.done")):
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before a block was done"
+        while time.time() < deadline and proc.poll() is None and not done_blocks():
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before a block was done: " + proc.stdout.read()[-3000:]
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    done = list(st.root.glob("*/.progress/r*-of-002.done"))
-    assert done and not any((p.parents[1] / "manifest.json").exists() for p in done)
-    p = subprocess.run(cmd(data, *RAY), capture_output=True, text=True, env=env(st), timeout=600)
+    done = done_blocks()
+    assert done and not any(fs.exists(p.split("/.progress/")[0] + "/manifest.json") for p in done)
+    p = subprocess.run(cmd(data, *RAY), capture_output=True, text=True, env=store_env(tmp_path / "machine-2"),
+                       timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert any(" blocks on " in ln and "reused" in ln for ln in p.stdout.splitlines()), p.stdout
     assert keys_of(p.stdout) == keys
+    st = Store(url, tmp_path / "reader")
     for k in keys.values():
-        m = verify_artifact(st.path(k))
+        m = verify_artifact(st.location(k))
         assert m["input_rows"] == PAIRS and m["rows_used"] == PAIRS
         same_rows(local, st, k)
+
+    t = subprocess.run([str(BIN / "adpa"), "distill", "--recipe", "smollm2", "--loss", "dckd", "--output",
+                        str(tmp_path / "run"), "--set", f"data.source={data}", *COMMON[4:],
+                        "--set", "distill.batch_pairs=16"],
+                       capture_output=True, text=True, env=store_env(tmp_path / "machine-3"), timeout=600)
+    assert t.returncode == 0, t.stderr[-3000:]
+    student = next(w for w in t.stdout.split() if w.startswith("student-"))
+    m = verify_artifact(Store(url, tmp_path / "reader").location(student))
+    assert m["kind"] == "student" and "model.safetensors" in {s["file"] for s in m["shards"]}

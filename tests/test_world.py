@@ -6,6 +6,7 @@ path has its own tests), trains ADPA and ADPA with the advantage's sign flipped,
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,6 +98,9 @@ def test_eval_writes_a_report_a_chart_and_judge_ready_generations(world):
     assert rows[0]["instruction"].startswith("sort ") and rows[0]["generator"] == "adpa"
     acc = sum(sorting_task.reward(x["instruction"], x["output"]) for x in rows) / len(rows)
     assert acc == pytest.approx(world["results"]["adpa"]["reward"][0])  # the table is the exported outputs
+    import hashlib
+    for m in report["models"]:  # which weights were scored, so that two runs can tell if they had one world
+        assert m["weights_sha256"] == hashlib.sha256((Path(m["source"]) / "model.safetensors").read_bytes()).hexdigest()
 
 
 def test_demo_prints_one_table_with_the_teachers_as_reference_rows(world):
@@ -107,6 +111,7 @@ def test_demo_prints_one_table_with_the_teachers_as_reference_rows(world):
     for row in ("teacher-sft", "teacher-dpo", "student-sft", "sft", "dckd"):
         assert any(ln.startswith(row + " ") for ln in text.splitlines()), row
     assert "reused" in text  # stage one's artifacts and the world come from the store
+    assert "the world's models, sha256 of their weights" in text and "teacher-dpo " in text.splitlines()[-2]
     assert (world["dir"] / "demo" / "eval.png").exists() and set(out["students"]) == {"sft", "dckd"}
 
 

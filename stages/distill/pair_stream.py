@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from artifacts.reader import ArtifactReader
+from artifacts.remote import RemoteArtifact
 from stages.distill.losses import LOSSES
 
 class JoinError(ValueError):
@@ -58,7 +59,7 @@ def _part(rows: list[dict], side: str, where: str) -> dict:
     raise JoinError(f"{where}: input row {rows[0]['input_index']} has no {side} row")
 
 
-def joined(dirs: dict[str, Path], loss: str) -> Iterator[Example]:
+def joined(dirs: dict[str, Path | RemoteArtifact], loss: str) -> Iterator[Example]:
     """Examples in input order; artifacts that disagree on which input rows they hold stop the run."""
     reads = LOSSES[loss].reads
     names = sorted({r.cache for r in reads.values()})
@@ -71,10 +72,10 @@ def joined(dirs: dict[str, Path], loss: str) -> Iterator[Example]:
         present = {n: h[0] for n, h in heads.items() if h is not None}
         if len(set(present.values())) != 1 or len(present) != len(names):
             first = min(present.values())
-            where = ", ".join(f"{Path(dirs[n]).name} ({n}) at {present.get(n, 'its end')}" for n in names)
+            where = ", ".join(f"{dirs[n].name} ({n}) at {present.get(n, 'its end')}" for n in names)
             raise JoinError(f"artifacts do not hold the same input rows (input row {first}): {where}")
         i = next(iter(present.values()))
-        yield Example(i, {part: _part(heads[r.cache][1], r.side, f"{Path(dirs[r.cache]).name} ({r.cache})")
+        yield Example(i, {part: _part(heads[r.cache][1], r.side, f"{dirs[r.cache].name} ({r.cache})")
                           for part, r in reads.items()})
 
 
@@ -95,18 +96,18 @@ def shuffled(items, buffer: int, rng: np.random.Generator):
 class PairStream:
     """The examples of one training run over `epochs`, as steps of `batch_pairs` pairs."""
 
-    def __init__(self, dirs: dict[str, Path], loss: str, seed: int, buffer: int, batch_pairs: int):
+    def __init__(self, dirs: dict[str, Path | RemoteArtifact], loss: str, seed: int, buffer: int, batch_pairs: int):
         self.dirs, self.loss, self.seed, self.buffer, self.batch_pairs = dirs, loss, seed, buffer, batch_pairs
         self.n_pairs = self._count()
         if self.n_pairs == 0:
-            raise JoinError(f"{', '.join(Path(d).name for d in dirs.values())}: no usable pairs")
+            raise JoinError(f"{', '.join(d.name for d in dirs.values())}: no usable pairs")
         self.steps_per_epoch = -(-self.n_pairs // batch_pairs)
 
     def _count(self) -> int:
         counts = {n: ArtifactReader(d).manifest["rows_used"] for n, d in self.dirs.items()}
         if len(set(counts.values())) != 1:
             raise JoinError("artifacts do not hold the same number of input rows: "
-                            + ", ".join(f"{Path(self.dirs[n]).name} ({n}) {c}" for n, c in counts.items()))
+                            + ", ".join(f"{self.dirs[n].name} ({n}) {c}" for n, c in counts.items()))
         return next(iter(counts.values()))
 
     def epoch(self, epoch: int) -> Iterator[Example]:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from artifacts.fsutil import fingerprint_files
 from stages.common.device import pad_id, pick_device
 from stages.common.lm import HFScorer, Sequence, generate
 from stages.common.models import ResolvedModel, load_model, load_tokenizer, resolve
@@ -38,6 +39,13 @@ class ModelResult:
     source: str
     metrics: dict = field(default_factory=dict)  # name -> (mean, standard error)
     r_seq: np.ndarray | None = None  # implicit reward per prompt (for win rates)
+    weights_sha256: str | None = None  # of model.safetensors: tells whether two runs scored the same model
+
+
+def weights_sha256(spec: str) -> str | None:
+    """sha256 of a local model folder's model.safetensors (None for a hub id or sharded weights)."""
+    p = Path(spec) / "model.safetensors"
+    return fingerprint_files([p], root=p.parent)["model.safetensors"] if p.is_file() else None
 
 
 def _mean_se(x) -> tuple[float, float]:
@@ -107,7 +115,8 @@ def evaluate(models: dict[str, str], judge: Judge, baseline: str, out_dir: Path,
     texts = [e.pair.prompt[-1]["content"] for e in pairs]
     for name, spec in models.items():
         values, decoded = judge.score(judge.load(spec))
-        res = ModelResult(name, str(spec), {k: _mean_se(v) for k, v in values.items()}, values["implicit_reward"])
+        res = ModelResult(name, str(spec), {k: _mean_se(v) for k, v in values.items()}, values["implicit_reward"],
+                          weights_sha256(str(spec)))
         with open(out_dir / "generations" / f"{name}.jsonl", "w") as f:
             for e, t, d in zip(pairs, texts, decoded):
                 f.write(json.dumps({"instruction": t, "output": d, "generator": name, "id": e.pair.pair_id}) + "\n")
@@ -120,7 +129,8 @@ def evaluate(models: dict[str, str], judge: Judge, baseline: str, out_dir: Path,
     flagged = over_optimised(results)
     (out_dir / "eval.json").write_text(json.dumps(
         {"prompts": len(pairs), "baseline": baseline, "reward": judge.reward[0] if judge.reward else None,
-         "models": [{"name": r.name, "source": r.source, "over_optimised": r.name in flagged,
+         "models": [{"name": r.name, "source": r.source, "weights_sha256": r.weights_sha256,
+                     "over_optimised": r.name in flagged,
                      **{k: {"mean": m, "se": s} for k, (m, s) in r.metrics.items()}} for r in results]}, indent=1))
     plot(results, out_dir / "eval.png", len(pairs))
     return results
