@@ -1,6 +1,7 @@
 """The store at an fsspec URL: memory:// in-process, and a real S3-compatible server (moto's, in its
 own process) with producers in real processes, each with its own working copy as on two machines."""
 
+import json
 import os
 import subprocess
 import sys
@@ -105,4 +106,9 @@ def test_two_producers_of_one_key_at_once_on_s3_end_with_one_complete_artifact(s
     m = st.manifest(key)
     assert all(objects(url, key)[s["file"]] == s["bytes"] for s in m["shards"])
     assert_complete_and_exact(st.location(key), N)
-    assert verify_artifact(st.location(key))["key"] == key
+    adpa = [str(Path(sys.executable).parent / "adpa"), "cache"]
+    cli_env = dict(env, ADPA_STORE=url, ADPA_WORKDIR=str(tmp_path / "cli"))
+    ls = subprocess.run(adpa + ["ls", "--json"], capture_output=True, text=True, env=cli_env)
+    assert ls.returncode == 0 and [(e["key"], e["complete"]) for e in json.loads(ls.stdout)] == [(key, True)]
+    ok = subprocess.run(adpa + ["verify", key], capture_output=True, text=True, env=cli_env)
+    assert ok.returncode == 0 and ok.stdout.startswith(f"ok {key}"), ok.stderr
