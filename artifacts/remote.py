@@ -164,11 +164,51 @@ class Remote:
         except OSError as e:
             raise RemoteError(f"store {self.url}: {e.strerror or e} writing {key}/{name}") from None
 
+    def gc(self, older_than_s: float, dry_run: bool = False) -> list[str]:
+        """Remove what no manifest names and nobody has written for `older_than_s`: shards and records of
+        a complete artifact that its manifest does not list (a producer that lost a race, a resumed one's
+        progress), and incomplete artifacts whose newest object is that old (their producers are gone).
+        A complete artifact's manifest, signatures and listed shards are never touched."""
+        import time
+
+        now, removed = time.time(), []
+        for key in self.keys():
+            root = self.path(key)
+            self.fs.invalidate_cache(root)
+            objects = self.fs.find(root, detail=True)
+            try:
+                m = self.manifest(key)
+            except mf.ManifestError:
+                continue  # a damaged manifest is for `adpa cache repair`, not for gc
+            age = {p: now - _modified(self.fs, p, info) for p, info in objects.items()}
+            if m is None:
+                drop = list(objects) if objects and min(age.values()) >= older_than_s else []
+            else:
+                keep = {f"{root}/{s['file']}" for s in m["shards"]} | {f"{root}/{MANIFEST}", f"{root}/signatures.json"}
+                drop = [p for p in objects if p not in keep and age[p] >= older_than_s]
+            removed += [f"{self.url}/{p[len(self.base) + 1:]}" for p in sorted(drop)]
+            if dry_run or not drop:
+                continue
+            if m is None:
+                self.fs.rm(root, recursive=True)  # folders too, where the filesystem has them (memory://)
+            else:
+                for p in drop:
+                    self.fs.rm_file(p)
+        return removed
+
     def remove(self, key: str, name: str) -> None:
         try:
             self.fs.rm_file(self.path(key, name))
         except FileNotFoundError:
             pass
+
+
+def _modified(fs, path: str, info: dict) -> float:
+    """An object's last modification, from its listing where the filesystem gives it (S3, memory)."""
+    t = info.get("LastModified") or info.get("mtime") or info.get("created")
+    if t is None:
+        t = fs.modified(path)
+    return t.timestamp() if hasattr(t, "timestamp") else float(t)
 
 
 class RemoteArtifact:

@@ -148,10 +148,11 @@ class Store:
                     "created": m.get("created"), "input_rows": m["input_rows"]}
 
     # ---- garbage collection ------------------------------------------------------------
-    def gc(self, older_than_s: float, dry_run: bool = False) -> list[Path]:
+    def gc(self, older_than_s: float, dry_run: bool = False) -> list[Path | str]:
         """Remove incomplete leftovers untouched for `older_than_s` whose producers are gone.
 
-        A complete artifact is never touched; a folder whose key or rank lock is held is in use.
+        A complete artifact is never touched; a folder whose key or rank lock is held is in use. On a
+        URL store the working copy is cleaned so, and the URL as Remote.gc says.
         """
         removed = []
         now = time.time()
@@ -173,6 +174,8 @@ class Store:
                     removed.append(p)
                     if not dry_run:
                         shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if self.remote is not None:
+            removed += self.remote.gc(older_than_s, dry_run)
         return removed
 
 

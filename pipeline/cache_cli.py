@@ -197,7 +197,8 @@ def parse_duration(text: str) -> float:
 def gc(store: StoreOpt = None,
        older_than: str = typer.Option("24h", help="Only leftovers untouched this long (30m, 24h, 7d)."),
        dry_run: bool = typer.Option(False, "--dry-run", help="List what would go; remove nothing.")):
-    """Remove incomplete leftovers; a complete artifact or one whose producer runs is never touched."""
+    """Remove incomplete leftovers; a complete artifact or one whose producer runs is never touched (on a URL
+    store also the objects no manifest names)."""
     removed = Store(store).gc(parse_duration(older_than), dry_run=dry_run)
     for p in removed:
         typer.echo(f"{'would remove' if dry_run else 'removed'} {p}")

@@ -35,7 +35,7 @@ def produce(url, workdir, **kw):
 def objects(url, key):
     fs, path = fsspec.core.url_to_fs(f"{url}/{key}")
     fs.invalidate_cache(path)
-    return {p.rsplit("/", 1)[-1]: fs.info(p)["size"] for p in fs.ls(path, detail=False)}
+    return {e["name"].rsplit("/", 1)[-1]: e["size"] for e in fs.ls(path, detail=True) if e["type"] == "file"}
 
 
 @pytest.fixture
@@ -112,3 +112,23 @@ def test_two_producers_of_one_key_at_once_on_s3_end_with_one_complete_artifact(s
     assert ls.returncode == 0 and [(e["key"], e["complete"]) for e in json.loads(ls.stdout)] == [(key, True)]
     ok = subprocess.run(adpa + ["verify", key], capture_output=True, text=True, env=cli_env)
     assert ok.returncode == 0 and ok.stdout.startswith(f"ok {key}"), ok.stderr
+
+
+def test_gc_removes_what_no_manifest_names_and_abandoned_artifacts_only(url, tmp_path):
+    m, _ = produce(url, tmp_path / "wc")
+    key = m["key"]
+    fs, root = fsspec.core.url_to_fs(f"{url}/{key}")
+    fs.pipe_file(f"{root}/shard-000-00000-{'0' * 16}.arrow", b"a producer that lost a race")
+    with pytest.raises(RuntimeError, match="injected"):
+        produce(url, tmp_path / "wc", seed=1, fail_at=30)  # another key, abandoned mid-way
+    st = Store(url, tmp_path / "wc")
+    (abandoned,) = [k for k in st.keys() if k != key]
+    assert st.gc(3600) == []  # everything is recent
+    removed = [str(r) for r in st.gc(0)]  # the working copy's leftovers (local paths) and the URL's
+    listed = {s["file"] for s in m["shards"]}
+    assert f"{url}/{key}/shard-000-00000-{'0' * 16}.arrow" in removed and f"{url}/{key}/manifest.json" not in removed
+    assert any(r.startswith(f"{url}/{abandoned}/") for r in removed)
+    assert not any(r.startswith(url) and r.rsplit("/", 1)[-1] in listed for r in removed)
+    assert set(objects(url, key)) == listed | {"manifest.json"}  # the progress records went too
+    assert st.keys() == [key]
+    assert_complete_and_exact(st.location(key), N)
