@@ -129,22 +129,10 @@ class Remote:
     def fetch(self, key: str, entry: dict, dest: Path) -> Path:
         """Download one manifest entry to `dest`, at most its declared size, checking its sha256 on the way."""
         name = mf.check_shard_name(entry["file"])
-        size, h, n = entry["bytes"], hashlib.sha256(), 0
-        src = self.path(key, name)
         try:
-            with self.fs.open(src, "rb") as fin, open(dest, "wb") as fout:
-                while chunk := fin.read(min(CHUNK, size + 1 - n)):
-                    n += len(chunk)
-                    if n > size:
-                        raise RemoteError(f"{name}: larger than the {size} bytes its manifest declares")
-                    h.update(chunk)
-                    fout.write(chunk)
-        except FileNotFoundError:
-            raise RemoteError(f"{name}: missing") from None
-        if n != size:
-            raise RemoteError(f"{name}: {n} bytes, manifest says {size} (truncated or replaced)")
-        if h.hexdigest() != entry["sha256"]:
-            raise RemoteError(f"{name}: sha256 does not match the manifest (corrupt or altered)")
+            fetch_checked(self.fs, self.path(key, name), dest, entry["bytes"], entry["sha256"])
+        except RemoteError as e:
+            raise RemoteError(f"{name}: {e}") from None
         return dest
 
     # ---- writing -----------------------------------------------------------------------
@@ -196,11 +184,25 @@ class Remote:
                     self.fs.rm_file(p)
         return removed
 
-    def remove(self, key: str, name: str) -> None:
-        try:
-            self.fs.rm_file(self.path(key, name))
-        except FileNotFoundError:
-            pass
+
+def fetch_checked(fs, src: str, dest, size: int, sha256: str) -> None:
+    """Copy `src` to the local `dest`, refusing more than `size` bytes as it streams, then a short file or
+    another sha256; RemoteError says which."""
+    h, n = hashlib.sha256(), 0
+    try:
+        with fs.open(src, "rb") as fin, open(dest, "wb") as fout:
+            while chunk := fin.read(min(CHUNK, size + 1 - n)):
+                n += len(chunk)
+                if n > size:
+                    raise RemoteError(f"larger than the {size} bytes its manifest declares")
+                h.update(chunk)
+                fout.write(chunk)
+    except FileNotFoundError:
+        raise RemoteError("missing") from None
+    if n != size:
+        raise RemoteError(f"{n} bytes, manifest says {size} (truncated or replaced)")
+    if h.hexdigest() != sha256:
+        raise RemoteError("sha256 does not match the manifest (corrupt or altered)")
 
 
 def _modified(fs, path: str, info: dict) -> float:

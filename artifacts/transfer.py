@@ -9,19 +9,17 @@ repair: a damaged local artifact replaced by a pulled copy, or removed so that i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import uuid
 
 import fsspec
 
+from artifacts.remote import RemoteError, fetch_checked
 from artifacts.store import INCOMING, MANIFEST, Store, StoreError
 from artifacts.signing import MAX_SIGNATURES_BYTES, SIGNATURES, SignatureError, check_trusted
 from artifacts.verify import Incomplete, VerifyError, verify_artifact
 from schemas import manifest as mf
-
-CHUNK = 4 << 20
 
 
 def _fs(url: str):
@@ -153,16 +151,7 @@ def repair(store: Store, key: str, url: str | None = None) -> str:
 
 
 def _fetch(fs, src: str, dest, size: int, sha256: str) -> None:
-    """Download at most `size` bytes, hashing on the way; a longer or different file is refused."""
-    h, n = hashlib.sha256(), 0
-    with fs.open(src, "rb") as fin, open(dest, "wb") as fout:
-        while chunk := fin.read(min(CHUNK, size + 1 - n)):
-            n += len(chunk)
-            if n > size:
-                raise StoreError(f"{src}: larger than the {size} bytes its manifest declares")
-            h.update(chunk)
-            fout.write(chunk)
-    if n != size:
-        raise StoreError(f"{src}: {n} bytes, manifest declares {size}")
-    if h.hexdigest() != sha256:
-        raise StoreError(f"{src}: sha256 does not match the manifest")
+    try:
+        fetch_checked(fs, src, dest, size, sha256)
+    except RemoteError as e:
+        raise StoreError(f"{src}: {e}") from None

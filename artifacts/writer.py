@@ -106,10 +106,6 @@ class Progress:
             return sorted(self.remote.sizes(self.key, PROGRESS))
         return sorted(p.name for p in self.dir.iterdir()) if self.dir.is_dir() else []
 
-    def remove(self, name: str) -> None:
-        if self.remote is None:
-            (self.dir / name).unlink(missing_ok=True)
-
 
 MAX_WRITERS = 999  # ranks have three digits in shard and record names
 
