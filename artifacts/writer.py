@@ -12,6 +12,11 @@ contiguous input slice [n*r/w, n*(r+1)/w) and its own shards (`shard-RRR-IIIII.a
 progress files; `finish()` marks its slice done; once every rank is done, `assemble()` (one
 process, after a barrier) writes the single manifest. A dead rank leaves a resumable artifact;
 it must be resumed with the same world size.
+
+On a URL store (artifacts/remote.py) the same steps run without rename or flock: a closed shard is
+put straight to the store under a content-hashed name, then its record; a rank's done record lists
+its shards; the manifest is put last. Locks in the local working copy still order one machine's
+processes.
 """
 
 from __future__ import annotations
