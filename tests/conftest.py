@@ -86,3 +86,15 @@ def s3_server(tmp_path_factory):
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
         fsspec.config.conf.pop("s3", None)
+
+
+# `make test` runs two pytest-xdist workers, one file each at a time: the longest files go first,
+# so that neither worker is left with a long one at the end (durations of 2026-12-03).
+LONGEST_FIRST = ("test_distill.py", "test_world.py", "test_ray_engine.py", "test_parallel.py",
+                 "test_teacher_cache_real.py", "test_teacher_cache_cli.py", "test_trust.py", "test_vllm_parity.py",
+                 "test_faults.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -145,8 +145,10 @@ def test_disk_full_and_read_only_destinations_are_one_line(tmp_path, tiny_fs):
 
 def test_ctrl_c_says_what_is_kept_and_how_to_resume(tmp_path):
     env = dict(os.environ, ADPA_STORE=str(tmp_path / "store"), OMP_NUM_THREADS="1")
+    # A terminal's Ctrl-C: SIGINT at its default (a test runner's worker may ignore it, and children inherit that).
     p = subprocess.Popen([ADPA, "demo", "--output", str(tmp_path / "demo")], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env)
+                         stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(10)  # building the world: training its first model
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)

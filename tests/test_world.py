@@ -111,7 +111,8 @@ def test_demo_prints_one_table_with_the_teachers_as_reference_rows(world):
     for row in ("teacher-sft", "teacher-dpo", "student-sft", "sft", "dckd"):
         assert any(ln.startswith(row + " ") for ln in text.splitlines()), row
     assert "reused" in text  # stage one's artifacts and the world come from the store
-    assert "the world's models, sha256 of their weights" in text and "teacher-dpo " in text.splitlines()[-2]
+    world_line = next(ln for ln in lines if ln.startswith("the world's models, sha256 of their weights"))
+    assert all(f"{name} " in world_line for name in ("teacher-sft", "teacher-dpo", "student-sft"))
     assert (world["dir"] / "demo" / "eval.png").exists() and set(out["students"]) == {"sft", "dckd"}
 
 

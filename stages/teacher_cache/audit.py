@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from artifacts import ArtifactReader, Store, verify_artifact
+from artifacts.transfer import local_copy
 from schemas import token_topk
 from stages.common.device import pad_id
 from stages.common.lm import HFScorer, Sequence
@@ -65,10 +66,10 @@ def model_for(identity: dict, role: str, store: Store, given: dict[str, str]) ->
                              f"{identity['weights_sha256'][:16]}…: not the model the artifact names")
         return m
     if "artifact" in identity:  # a built-in world's model: its store artifact, verified before use
-        d = store.path(identity["artifact"])
+        d = local_copy(store, identity["artifact"])  # a URL store's copy is pulled to load it
         if not d.is_dir():
             raise AuditError(f"the {role} ({identity.get('builtin', identity['artifact'])}) is not in store "
-                             f"{store.root}: build or pull {identity['artifact']}, or name it with --model {role}=PATH")
+                             f"{store}: build or pull {identity['artifact']}, or name it with --model {role}=PATH")
         verify_artifact(d)
         return resolve(str(d))
     if "hub_id" in identity:
@@ -82,7 +83,7 @@ def audit(store: Store, key: str, sample: int, seed: int = 0, given: dict[str, s
     """(findings per stored column, rows audited). The artifact is verified first (sizes, sha256s)."""
     import torch
 
-    d = store.path(key)
+    d = store.location(key)
     m = verify_artifact(d)
     if m["kind"] not in CHECKS:
         raise AuditError(f"{key}: a {m['kind']} artifact holds no scores to audit (kinds: {', '.join(CHECKS)})")
