@@ -73,8 +73,9 @@ class Remote:
         """The bytes of `<key>/<name>` (None when absent), refused past `bound` bytes."""
         p = self.path(key, name)
         try:
-            with self.fs.open(p, "rb") as f:
-                data = f.read(bound + 1)
+            # One ranged GET: a buffered open() reads in parts and fails when another producer
+            # replaces the object between them (s3fs: "Etag ... no longer exists").
+            data = self.fs.cat_file(p, start=0, end=bound + 1)
         except FileNotFoundError:
             return None
         except OSError as e:
