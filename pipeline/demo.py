@@ -41,7 +41,7 @@ def run_demo(store, recipe="tiny", out_dir: Path = Path("runs/demo"), methods=No
     n = len(next(iter(results)).r_seq)
     say("\n" + table(results, n))
     world = {r.name: r.weights_sha256 for r in results if r.name.startswith(("teacher-", "student-sft"))}
-    say("the world's models, sha256 of their weights (docs/RESULTS.md gives the published run's): "
+    say("the world's models, sha256 of their weights (equal hashes: the same world; docs/RESULTS.md): "
         + ", ".join(f"{k} {(v or '?')[:12]}" for k, v in world.items()))
     secs = time.perf_counter() - t0
     say(f"\nreport: {out_dir}/eval.json, chart: {out_dir}/eval.png, generations: {out_dir}/generations/, "
