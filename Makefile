@@ -34,7 +34,7 @@ endif
 # wait on subprocesses, so a lone worker leaves a core idle (35 min against 59 measured here).
 TEST_WORKERS ?= 2
 test: setup
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 demo: setup
 	$(ADPA) demo

@@ -88,7 +88,8 @@ def s3_server(tmp_path_factory):
         fsspec.config.conf.pop("s3", None)
 
 
-# `make test` runs two pytest-xdist workers, one file each at a time: the longest files go first,
+# `make test` runs two pytest-xdist workers, one file each at a time, in this order (--no-loadscope-reorder:
+# xdist would otherwise put files with more tests first): the longest files go first,
 # so that neither worker is left with a long one at the end (durations of 2026-12-03).
 LONGEST_FIRST = ("test_distill.py", "test_world.py", "test_ray_engine.py", "test_parallel.py",
                  "test_teacher_cache_real.py", "test_teacher_cache_cli.py", "test_trust.py", "test_vllm_parity.py",
