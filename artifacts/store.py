@@ -31,10 +31,6 @@ INCOMING = ".incoming"
 PROGRESS = ".progress"
 
 
-def default_root() -> Path:
-    return Path(os.environ.get("ADPA_STORE", "store"))
-
-
 class StoreError(Exception):
     """A store operation that cannot go on; the message is one line naming the artifact."""
 
@@ -86,9 +82,13 @@ class Store:
     def is_complete(self, key: str) -> bool:
         return (self.path(key) / MANIFEST).exists() or self.manifest(key) is not None
 
+    def only_remote(self, key: str) -> bool:
+        """Complete on the URL store and not in the working copy."""
+        return self.remote is not None and self.local_manifest(key) is None and self.remote.manifest(key) is not None
+
     def location(self, key: str) -> Path | RemoteArtifact:
         """Where to read the artifact from: its local folder, or the remote one when only that is complete."""
-        if self.remote is not None and self.local_manifest(key) is None and self.remote.manifest(key) is not None:
+        if self.only_remote(key):
             return RemoteArtifact(self.remote, key, self.root / INCOMING)
         return self.path(key)
 

@@ -99,7 +99,7 @@ def pull(store: Store, url: str, trust: dict | None = None) -> tuple[str, bool]:
 
 def local_copy(store: Store, key: str):
     """The artifact's local folder; on a URL store pulled (verified in full) first when only the store has it."""
-    if store.remote is not None and store.local_manifest(key) is None and store.remote.manifest(key) is not None:
+    if store.only_remote(key):
         pull(store, store.remote.url_of(key))
     return store.path(key)
 
