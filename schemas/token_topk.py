@@ -1,42 +1,55 @@
-"""The token-level shard contract: one Arrow row per scored sequence (schema `adpa.token_topk`).
+"""The token-level shard contract: one Arrow row per scored sequence (schema `adpa.token_topk` 2.x).
 
 A row holds the whole sequence (prompt + response) and, for every response position j
 (predicting ``token_ids[prompt_len + j]``), the teacher's top-k ids and log-probs, the
 log-mass of the tail beyond the top-k and the realized token's log-prob. Advantage rows add
 the reference model's log-probs at the same ids and its realized-token log-prob.
 
-Encoding (chosen by measuring real SmolLM2 output; see docs/STORE.md):
+Encoding (chosen by measuring real SmolLM2 output on chat text; see docs/BENCHMARKS.md and
+schemas/README.md). Everything per position lives in ONE list<struct> column, ``positions``,
+whose struct fields are separate Arrow buffers, so each is zstd-compressed with its own
+Huffman table; the top-k columns are cut into groups (column 0, 1, 2-3, 4-7, ...) because
+their statistics differ with the rank in the top-k.
 
-* ids: each shard maps token ids to ranks by how often they occur among the top-k ids of
-  its first record batch (the table ``adpa.id_order`` in the file's schema metadata:
-  ``id = id_order[rank]``, little-endian uint16 or uint32). Ranks are split into byte
-  planes (``topk_rank_p0`` low byte, ``topk_rank_p1``, ``topk_rank_p2`` when the vocabulary
-  exceeds 65,536). Frequent ids get small ranks, so the high planes are nearly constant and
-  zstd removes them.
+* ids: each shard maps token ids to ranks by how often they occur among the top-k ids of its
+  first record batch (``adpa.id_order`` in the schema metadata, see `id_order_to_meta`). A rank
+  is one head byte when below ESC_DIRECT; else the head names a block of 256 ranks and one byte
+  of ``rank_x1`` (a list<uint8> column, in position order) the rank inside it; head 255 takes
+  three bytes of ``rank_x3`` (little-endian). Frequent ids cost one Huffman code, rare ones a
+  code and a byte: about the order-0 entropy of the ranks, which byte planes missed by ~4%.
 * teacher log-probs, sorted descending, as codes ``c = round(-logp / LOGP_STEP)`` clamped to
-  ``[0, 65535]``, stored as their running differences (``c_0, c_1 - c_0, ...``, all >= 0)
-  in two byte planes ``topk_dq_p0`` / ``topk_dq_p1``. Absolute error <= LOGP_STEP / 2 for every
-  log-prob above ``-LOGP_STEP * 65535`` (about -1245 nats); lower values clamp there.
-* tail log-mass ``log(1 - sum exp(topk))`` as the same code, uint16 (``tail_q``).
-* realized-token log-probs as float32 (exact to float32: they feed sequence sums).
-* reference log-probs (advantage rows) as the zigzag-coded difference of their code from the
-  teacher's code at the same id, in two byte planes ``ref_dq_p0`` / ``ref_dq_p1``; the
-  reference's realized log-prob as float32. Both sides carry the same LOGP_STEP / 2 bound,
-  so a decoded advantage is within LOGP_STEP of the original.
+  ``[0, 65535]``, stored as their running differences (``c_0, c_1 - c_0, ...``, all >= 0):
+  low bytes per column group, high bytes in one field. Absolute error <= LOGP_STEP / 2 above
+  ``-LOGP_STEP * 65535`` (about -1245 nats); lower values clamp there.
+* tail log-mass ``log(1 - sum exp(topk))`` as the same code, uint16.
+* realized-token log-probs as fine codes ``round(-logp / REALIZED_STEP)`` (LOGP_STEP / 128),
+  stored as the zigzag of their difference from 128 x the teacher's code of the realized token
+  when it is in the top-k, else of the last top-k code: one small byte for most positions.
+* reference log-probs (advantage rows) as the zigzag of their code's difference from the
+  teacher's code at the same id (three byte planes, low bytes per group); the reference's
+  realized log-prob as a fine code, zigzag of its difference from the teacher's realized code.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import pyarrow as pa
 
 NAME = "adpa.token_topk"
-VERSION = "1.0"
+VERSION = "2.0"
 LOGP_STEP = 0.019  # nats per code: max error 0.0095 < 0.01
 CODE_MAX = 65535
+FINE = 128  # realized log-probs: LOGP_STEP / FINE nats per code (error <= 7.4e-5 nats)
+REALIZED_STEP = LOGP_STEP / FINE
+REALIZED_COLS = 16  # where the realized token is looked for in the top-k (3 in 4 positions find it there)
+MAX_VOCAB = 1 << 24  # ranks and fine-code differences fit the 24-bit escapes and planes
 SIDES = ("chosen", "rejected", "generated")
+ESC_DIRECT = 192  # rank heads below this are the rank itself
+ESC_ONE = ESC_DIRECT + (255 - ESC_DIRECT) * 256  # heads 192..254: a block of 256 ranks plus one byte
 
 
 @dataclass(frozen=True)
@@ -50,8 +63,8 @@ class Layout:
     def __post_init__(self):
         if not 1 <= self.k <= 1024:
             raise ValueError(f"k={self.k} is outside 1..1024")
-        if not 2 <= self.vocab_size <= 2**32:
-            raise ValueError(f"vocab_size={self.vocab_size} is outside 2..2^32")
+        if not 2 <= self.vocab_size <= MAX_VOCAB:
+            raise ValueError(f"vocab_size={self.vocab_size} is outside 2..2^24")
         if self.k > self.vocab_size:
             raise ValueError(f"k={self.k} exceeds vocab_size={self.vocab_size}")
 
@@ -60,45 +73,58 @@ class Layout:
         return pa.uint16() if self.vocab_size <= 2**16 else pa.uint32()
 
     @property
-    def rank_planes(self) -> int:
-        return 2 if self.vocab_size <= 2**16 else (3 if self.vocab_size <= 2**24 else 4)
+    def groups(self) -> list[tuple[int, int]]:
+        """Top-k column groups [start, end): 0, 1, 2-3, 4-7, ... (the last one cut at k)."""
+        out, a = [], 0
+        while a < self.k:
+            b = min(self.k, max(1, 2 * a))
+            out.append((a, b))
+            a = b
+        return out
 
     @classmethod
     def from_meta(cls, meta: dict) -> "Layout":
         return cls(int(meta["k"]), int(meta["vocab_size"]), bool(meta.get("with_ref", False)))
 
 
+def _position_fields(layout: Layout) -> list[pa.Field]:
+    u8, k = pa.uint8(), layout.k
+    grouped = lambda name: [pa.field(f"{name}_g{i}", pa.list_(u8, b - a), nullable=False)  # noqa: E731
+                            for i, (a, b) in enumerate(layout.groups)]
+    planes = lambda name: [pa.field(f"{name}_p{i}", u8, nullable=False) for i in range(3)]  # noqa: E731
+    fields = [*grouped("rank"), *grouped("dq"), pa.field("dq_hi", pa.list_(u8, k), nullable=False),
+              pa.field("tail_q", pa.uint16(), nullable=False), *planes("realized")]
+    if layout.with_ref:
+        fields += [*grouped("ref"), pa.field("ref_mid", pa.list_(u8, k), nullable=False),
+                   pa.field("ref_hi", pa.list_(u8, k), nullable=False), *planes("ref_realized")]
+    return fields
+
+
 def arrow_schema(layout: Layout) -> pa.Schema:
     """The Arrow schema of a shard with this layout (id_order metadata is added per file)."""
-    k = layout.k
-    planes = lambda prefix, n: [  # noqa: E731
-        pa.field(f"{prefix}_p{i}", pa.list_(pa.list_(pa.uint8(), k)), nullable=False) for i in range(n)
-    ]
+    positions = pa.struct(_position_fields(layout))
     fields = [
         pa.field("pair_id", pa.string(), nullable=False),
         pa.field("side", pa.string(), nullable=False),
         pa.field("input_index", pa.int64(), nullable=False),
         pa.field("token_ids", pa.list_(layout.id_type), nullable=False),
         pa.field("prompt_len", pa.int32(), nullable=False),
-        *planes("topk_rank", layout.rank_planes),
-        *planes("topk_dq", 2),
-        pa.field("tail_q", pa.list_(pa.uint16()), nullable=False),
-        pa.field("realized_logp", pa.list_(pa.float32()), nullable=False),
+        pa.field("positions", pa.list_(pa.field("item", positions, nullable=False)), nullable=False),
+        pa.field("rank_x1", pa.list_(pa.uint8()), nullable=False),
+        pa.field("rank_x3", pa.list_(pa.uint8()), nullable=False),
     ]
-    if layout.with_ref:
-        fields += [*planes("ref_dq", 2), pa.field("ref_realized_logp", pa.list_(pa.float32()), nullable=False)]
     return pa.schema(fields, metadata={"adpa.schema": NAME, "adpa.schema_version": VERSION,
-                                       "adpa.logp_step": repr(LOGP_STEP)})
+                                       "adpa.logp_step": repr(LOGP_STEP), "adpa.realized_step": repr(REALIZED_STEP)})
 
 
 # ---- numeric codec -------------------------------------------------------------------------
 
-def logp_to_code(logp: np.ndarray) -> np.ndarray:
-    """Quantize log-probs (<= 0) to uint16 codes; NaN is refused, -inf clamps to CODE_MAX."""
+def logp_to_code(logp: np.ndarray, step: float = LOGP_STEP, top: int = CODE_MAX) -> np.ndarray:
+    """Quantize log-probs (<= 0) to codes in [0, top]; NaN is refused, -inf clamps to `top`."""
     logp = np.asarray(logp, dtype=np.float64)
     if np.isnan(logp).any():
         raise ValueError("log-probs contain NaN")
-    return np.clip(np.rint(-np.minimum(logp, 0.0) / LOGP_STEP), 0, CODE_MAX).astype(np.int32)
+    return np.clip(np.rint(-np.minimum(logp, 0.0) / step), 0, top).astype(np.int32)
 
 
 def code_to_logp(code: np.ndarray) -> np.ndarray:
@@ -112,26 +138,9 @@ def tail_logmass(topk_logp: np.ndarray) -> np.ndarray:
         return np.log(np.clip(1.0 - s, 0.0, 1.0))
 
 
-def _split_planes(x: np.ndarray, n: int) -> list[np.ndarray]:
-    x = x.astype(np.uint32, copy=False)
-    return [((x >> (8 * i)) & 0xFF).astype(np.uint8) for i in range(n)]
-
-
-def _join_planes(planes: list[np.ndarray]) -> np.ndarray:
-    """Byte planes (low first) back to little-endian uint16 (two planes) or uint32 integers, by
-    interleaving the bytes: one copy per plane, no widening and shifting."""
-    width = 2 if len(planes) <= 2 else 4
-    out = np.zeros(planes[0].shape + (width,), dtype=np.uint8)
-    for i, p in enumerate(planes):
-        out[..., i] = p
-    return out.view("<u2" if width == 2 else "<u4")[..., 0]
-
-
-REF_DIFF_MAX = 32767  # the zigzag of a difference within +-32767 codes fits the two ref_dq planes
-
-
 def _zigzag(x: np.ndarray) -> np.ndarray:
-    return ((x << 1) ^ (x >> 31)).astype(np.uint32)
+    x = np.asarray(x, dtype=np.int64)
+    return ((x << 1) ^ (x >> 63)).astype(np.int64)
 
 
 def _unzigzag(z: np.ndarray) -> np.ndarray:
@@ -139,22 +148,140 @@ def _unzigzag(z: np.ndarray) -> np.ndarray:
     return (z >> 1) ^ -(z & 1)
 
 
+def _planes(x: np.ndarray, n: int) -> list[np.ndarray]:
+    """Byte planes of non-negative integers, low byte first."""
+    return [((x >> (8 * i)) & 0xFF).astype(np.uint8) for i in range(n)]
+
+
+def _join(planes: list[np.ndarray]) -> np.ndarray:
+    """Byte planes (low first, at most 4) back to int32, by interleaving bytes: no widening and shifting."""
+    out = np.zeros(planes[0].shape + (4,), dtype=np.uint8)
+    for i, p in enumerate(planes):
+        out[..., i] = p
+    return out.view("<i4")[..., 0]
+
+
+def escape_encode(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Non-negative ints below ESC_ONE + 2^24 -> (head bytes, one extension byte per head in
+    [ESC_DIRECT, 255), three little-endian extension bytes per head 255), extensions in order."""
+    v = np.asarray(v, dtype=np.int64)
+    if v.size and (v.min() < 0 or v.max() >= ESC_ONE + (1 << 24)):
+        raise ValueError("value outside the escape code's range")
+    one = (v >= ESC_DIRECT) & (v < ESC_ONE)
+    three = v >= ESC_ONE
+    head = np.where(one, ESC_DIRECT + ((v - ESC_DIRECT) >> 8), np.where(three, 255, v)).astype(np.uint8)
+    x1 = ((v[one] - ESC_DIRECT) & 0xFF).astype(np.uint8)
+    x3 = np.stack(_planes(v[three] - ESC_ONE, 3), axis=-1).reshape(-1) if three.any() else np.zeros(0, np.uint8)
+    return head, x1, x3
+
+
+@numba.njit(cache=True, nogil=True)
+def _ids_from_heads(head, x1, x3, id_order, out):  # pragma: no cover - compiled; tested against escape_decode's spec
+    """out[i] = id_order[rank i] for escape-coded ranks (see escape_encode), in one pass. Returns 0,
+    or -1 when the extension streams do not match the heads, -2 for a rank outside id_order: a
+    damaged shard is refused, never read out of bounds."""
+    j1 = 0
+    j3 = 0
+    for i in range(head.size):
+        h = np.int64(head[i])
+        if h < ESC_DIRECT:
+            r = h
+        elif h < 255:
+            if j1 >= x1.size:
+                return -1
+            r = ESC_DIRECT + ((h - ESC_DIRECT) << 8) + x1[j1]
+            j1 += 1
+        else:
+            if j3 + 3 > x3.size:
+                return -1
+            r = ESC_ONE + (np.int64(x3[j3]) | (np.int64(x3[j3 + 1]) << 8) | (np.int64(x3[j3 + 2]) << 16))
+            j3 += 3
+        if r >= id_order.size:
+            return -2
+        out[i] = id_order[r]
+    return 0 if (j1 == x1.size and j3 == x3.size) else -1
+
+
+def ids_from_heads(head: np.ndarray, x1: np.ndarray, x3: np.ndarray, id_order: np.ndarray) -> np.ndarray:
+    """Token ids (int32, head's shape) from escape-coded ranks and the shard's id order."""
+    out = np.empty(head.shape, np.int32)
+    status = _ids_from_heads(head.reshape(-1), x1, x3, id_order, out.reshape(-1))
+    if status == -1:
+        raise ValueError(f"rank extensions hold {len(x1)} + {len(x3)} bytes, not what the rank heads need")
+    if status == -2:
+        raise ValueError(f"a rank is outside the vocabulary of {len(id_order)}")
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _codes(lo, hi, out):  # pragma: no cover - compiled; tested against the plain cumsum
+    """out[i, j] = sum over j' <= j of lo[i, j'] + 256 hi[i, j']: the running sum of the code differences."""
+    n, k = lo.shape
+    for i in range(n):
+        c = np.int32(0)
+        for j in range(k):
+            c += np.int32(lo[i, j]) + (np.int32(hi[i, j]) << 8)
+            out[i, j] = c
+
+
 def build_id_order(topk_ids: np.ndarray, vocab_size: int) -> tuple[np.ndarray, int]:
-    """Ids sorted by how often they occur in `topk_ids` (ties and unseen ids by id), and how many occur."""
+    """Ids by descending count class in `topk_ids`, by id within a class (unseen ids last, by id),
+    and how many occur. Classes are exact counts up to 16, then quarter octaves: close enough to
+    frequency order for the rank code, and a table of sorted runs that costs about half as much."""
     counts = np.bincount(np.asarray(topk_ids, dtype=np.int64).ravel(), minlength=vocab_size)
-    return np.argsort(-counts, kind="stable").astype(np.int64), int((counts > 0).sum())
+    cls = _count_class(counts)
+    order = np.lexsort((np.arange(vocab_size), -cls))
+    return order.astype(np.int64), int((counts > 0).sum())
+
+
+def _count_class(counts: np.ndarray) -> np.ndarray:
+    c = np.maximum(counts, 1).astype(np.float64)
+    return np.where(counts <= 16, counts, 16 + np.floor(4 * np.log2(c / 16)) + 1).astype(np.int64)
+
+
+_TABLE_MAGIC = b"ADPAIDT2"
+
+
+def id_order_to_meta(id_order: np.ndarray, seen: int, layout: Layout) -> bytes:
+    """The first `seen` entries of id_order, as runs of ascending ids (one run per count class):
+    the run lengths, then the ids' differences from the previous id of their run (the first of a
+    run: the id itself) in byte planes, zstd-compressed. The rest of the order is implied: unseen
+    ids in id order."""
+    ids = np.asarray(id_order[:seen], dtype=np.int64)
+    start = np.r_[True, ids[1:] <= ids[:-1]] if seen else np.zeros(0, bool)  # a run restarts where ids descend
+    runs = np.diff(np.r_[np.flatnonzero(start), seen]).astype("<u4")
+    gaps = np.where(start, ids, ids - np.r_[0, ids[:-1]])
+    payload = runs.tobytes() + np.stack(_planes(gaps, 3)).tobytes()
+    packed = pa.Codec("zstd", 3).compress(payload, asbytes=True)
+    return _TABLE_MAGIC + struct.pack("<III", seen, len(runs), len(payload)) + packed
+
+
+def id_order_from_meta(raw: bytes, layout: Layout) -> np.ndarray:
+    """Rebuild the full id_order from its stored prefix, refusing anything that is not a permutation."""
+    head = len(_TABLE_MAGIC) + 12
+    if len(raw) < head or raw[:len(_TABLE_MAGIC)] != _TABLE_MAGIC:
+        raise ValueError("id_order metadata is not an adpa id table")
+    seen, nruns, size = struct.unpack("<III", raw[len(_TABLE_MAGIC):head])
+    if seen > layout.vocab_size or nruns > seen or size != 4 * nruns + 3 * seen:
+        raise ValueError(f"id_order metadata claims {seen} ids in {nruns} runs, not a prefix of {layout.vocab_size} ids")
+    try:
+        payload = pa.Codec("zstd").decompress(raw[head:], size, asbytes=True)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise ValueError(f"id_order metadata does not decompress ({e})") from None
+    runs = np.frombuffer(payload, "<u4", nruns).astype(np.int64)
+    if runs.sum() != seen or (runs == 0).any():
+        raise ValueError("id_order metadata's runs do not add up to its ids")
+    planes = np.frombuffer(payload, np.uint8, offset=4 * nruns).reshape(3, seen)
+    c = np.cumsum(_join(list(planes)).astype(np.int64))
+    first = np.cumsum(runs) - runs
+    ids = c - np.repeat(np.r_[0, c[first[1:] - 1]], runs) if seen else c  # each run restarts at its first id
+    if seen and (ids.min() < 0 or ids.max() >= layout.vocab_size or len(np.unique(ids)) != seen):
+        raise ValueError("id_order metadata repeats ids or names ids outside the vocabulary")
+    rest = np.setdiff1d(np.arange(layout.vocab_size), ids, assume_unique=True)
+    return np.concatenate([ids, rest]).astype(np.int32)
 
 
 # ---- rows <-> record batches ---------------------------------------------------------------
-
-def _nested(flat: np.ndarray, k: int, offsets: np.ndarray) -> pa.Array:
-    inner = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), k)
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), inner)
-
-
-def _list(flat: np.ndarray, offsets: np.ndarray, typ: pa.DataType) -> pa.Array:
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, typ))
-
 
 def check_row(row: dict, layout: Layout) -> int:
     """Validate one row's shapes and ranges; return its number of response positions."""
@@ -177,48 +304,97 @@ def check_row(row: dict, layout: Layout) -> int:
     return n
 
 
+def _realized_positions(token_ids: np.ndarray, tok_offsets: np.ndarray, prompt_len: np.ndarray,
+                        pos_offsets: np.ndarray) -> np.ndarray:
+    """Index into the flat token ids of the token each response position predicts."""
+    lens = np.diff(pos_offsets)
+    start = tok_offsets[:-1] + prompt_len.astype(np.int64) - pos_offsets[:-1]
+    return np.repeat(start, lens) + np.arange(int(pos_offsets[-1]))
+
+
+def _realized_prediction(topk_ids: np.ndarray, code: np.ndarray, realized: np.ndarray) -> np.ndarray:
+    """FINE x the teacher's code of the realized token where it is among the first REALIZED_COLS
+    ids of the top-k, else of the last top-k id (the realized log-prob is at or below it)."""
+    rows = np.arange(len(realized))
+    col = (topk_ids[:, :REALIZED_COLS] == realized[:, None]).argmax(1)
+    col[topk_ids[rows, col] != realized] = code.shape[1] - 1
+    return FINE * code[rows, col].astype(np.int64)
+
+
+def _fsl(flat: np.ndarray, width: int) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(flat).ravel()), width)
+
+
+def _list(flat: np.ndarray, offsets: np.ndarray, typ: pa.DataType) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, typ))
+
+
 def encode(rows: list[dict], layout: Layout, id_order: np.ndarray) -> pa.RecordBatch:
     """Encode rows (dicts of numpy arrays, see check_row) into one record batch.
 
     Each row's top-k must be sorted by descending teacher log-prob (what torch.topk returns).
     """
-    k = layout.k
+    k, groups = layout.k, layout.groups
     lens = np.array([check_row(r, layout) for r in rows], dtype=np.int64)
     offs = np.concatenate([[0], np.cumsum(lens)])
-    tok_offs = np.concatenate([[0], np.cumsum([len(r["token_ids"]) for r in rows])])
+    tok_offs = np.concatenate([[0], np.cumsum([len(r["token_ids"]) for r in rows])]).astype(np.int64)
     cat = lambda name, shape: (  # noqa: E731
         np.concatenate([np.asarray(r[name]).reshape(shape) for r in rows]) if rows else np.zeros((0,) + shape[1:]))
+    token_ids = cat("token_ids", (-1,)).astype(np.int64)
+    prompt_len = np.array([int(r["prompt_len"]) for r in rows], dtype=np.int64)
     ids = cat("topk_ids", (-1, k)).astype(np.int64)
     logp = cat("topk_logp", (-1, k)).astype(np.float64)
     if (np.diff(logp, axis=1) > 1e-6).any():
         raise ValueError("top-k log-probs must be sorted in descending order within each position")
-    rank_of = np.empty(layout.vocab_size, dtype=np.uint32)
-    rank_of[id_order] = np.arange(layout.vocab_size, dtype=np.uint32)
-    ranks = rank_of[ids]
+    rank_of = np.empty(layout.vocab_size, dtype=np.int64)
+    rank_of[id_order] = np.arange(layout.vocab_size)
+    head, x1, x3 = escape_encode(rank_of[ids])
     code = logp_to_code(logp)
     dq = np.diff(code, axis=1, prepend=0)  # >= 0: sorted log-probs give ascending codes
+    dq_lo, dq_hi = _planes(dq, 2)
+    fields = {}
+    for i, (a, b) in enumerate(groups):
+        fields[f"rank_g{i}"] = _fsl(head[:, a:b], b - a)
+    for i, (a, b) in enumerate(groups):
+        fields[f"dq_g{i}"] = _fsl(dq_lo[:, a:b], b - a)
+    fields["dq_hi"] = _fsl(dq_hi, k)
+    # The producer's tail (from the full distribution) is exact; recomputing from top-k is the fallback.
+    tail = cat("tail_logp", (-1,)) if rows and "tail_logp" in rows[0] else tail_logmass(logp)
+    fields["tail_q"] = pa.array(logp_to_code(tail).astype(np.uint16))
+    realized_tok = token_ids[_realized_positions(token_ids, tok_offs, prompt_len, offs)]
+    top_fine = FINE * CODE_MAX
+    real = logp_to_code(cat("realized_logp", (-1,)), REALIZED_STEP, top_fine).astype(np.int64)
+    for i, p in enumerate(_planes(_zigzag(real - _realized_prediction(ids, code, realized_tok)), 3)):
+        fields[f"realized_p{i}"] = pa.array(p)
+    if layout.with_ref:
+        diff = _zigzag(logp_to_code(cat("ref_topk_logp", (-1, k))) - code)
+        lo, mid, hi = _planes(diff, 3)
+        for i, (a, b) in enumerate(groups):
+            fields[f"ref_g{i}"] = _fsl(lo[:, a:b], b - a)
+        fields["ref_mid"], fields["ref_hi"] = _fsl(mid, k), _fsl(hi, k)
+        ref_real = logp_to_code(cat("ref_realized_logp", (-1,)), REALIZED_STEP, top_fine).astype(np.int64)
+        for i, p in enumerate(_planes(_zigzag(ref_real - real), 3)):
+            fields[f"ref_realized_p{i}"] = pa.array(p)
+    schema = arrow_schema(layout)
+    pos_type = schema.field("positions").type.value_type
+    positions = pa.StructArray.from_arrays([fields[f.name] for f in pos_type], fields=list(pos_type))
+    # a rank's extension bytes belong to the row of its position
+    esc1 = ((head >= ESC_DIRECT) & (head < 255)).sum(1)
+    esc3 = (head == 255).sum(1)
+    x1_offs = np.concatenate([[0], np.cumsum(esc1)])[offs]
+    x3_offs = 3 * np.concatenate([[0], np.cumsum(esc3)])[offs]
     cols = {
         "pair_id": pa.array([str(r["pair_id"]) for r in rows], pa.string()),
         "side": pa.array([r["side"] for r in rows], pa.string()),
         "input_index": pa.array([int(r["input_index"]) for r in rows], pa.int64()),
-        "token_ids": _list(cat("token_ids", (-1,)).astype(np.int64), tok_offs, layout.id_type),
-        "prompt_len": pa.array([int(r["prompt_len"]) for r in rows], pa.int32()),
+        "token_ids": _list(token_ids, tok_offs, layout.id_type),
+        "prompt_len": pa.array(prompt_len, pa.int32()),
+        "positions": pa.ListArray.from_arrays(pa.array(offs, pa.int32()), positions,
+                                              type=schema.field("positions").type),
+        "rank_x1": _list(x1, x1_offs, pa.uint8()),
+        "rank_x3": _list(x3, x3_offs, pa.uint8()),
     }
-    for i, plane in enumerate(_split_planes(ranks, layout.rank_planes)):
-        cols[f"topk_rank_p{i}"] = _nested(plane, k, offs)
-    for i, plane in enumerate(_split_planes(dq, 2)):
-        cols[f"topk_dq_p{i}"] = _nested(plane, k, offs)
-    # The producer's tail (from the full distribution) is exact; recomputing from top-k is the fallback.
-    tail = cat("tail_logp", (-1,)) if rows and "tail_logp" in rows[0] else tail_logmass(logp)
-    cols["tail_q"] = _list(logp_to_code(tail).astype(np.uint16), offs, pa.uint16())
-    cols["realized_logp"] = _list(cat("realized_logp", (-1,)).astype(np.float32), offs, pa.float32())
-    if layout.with_ref:
-        ref_code = logp_to_code(cat("ref_topk_logp", (-1, k)))
-        diff = np.clip(ref_code - code, -REF_DIFF_MAX, REF_DIFF_MAX)
-        for i, plane in enumerate(_split_planes(_zigzag(diff), 2)):
-            cols[f"ref_dq_p{i}"] = _nested(plane, k, offs)
-        cols["ref_realized_logp"] = _list(cat("ref_realized_logp", (-1,)).astype(np.float32), offs, pa.float32())
-    return pa.RecordBatch.from_pydict(cols, schema=arrow_schema(layout))
+    return pa.RecordBatch.from_pydict(cols, schema=schema)
 
 
 @dataclass
@@ -232,7 +408,7 @@ class TokenBatch:
     token_ids: np.ndarray  # [sum len] int64
     tok_offsets: np.ndarray  # [rows + 1]
     pos_offsets: np.ndarray  # [rows + 1]
-    topk_ids: np.ndarray  # [positions, k] int32 (int64 for vocabularies beyond 2^31)
+    topk_ids: np.ndarray  # [positions, k] int32
     topk_logp: np.ndarray  # [positions, k] float32
     tail_logp: np.ndarray  # [positions] float32
     realized_logp: np.ndarray  # [positions] float32
@@ -264,56 +440,50 @@ def list_offsets(col: pa.ListArray) -> np.ndarray:
     return (o - o[0]).astype(np.int64)
 
 
-def _flat(col: pa.ListArray, k: int | None = None) -> np.ndarray:
-    vals = col.flatten()
-    if k is not None:
-        vals = vals.flatten()
-    a = vals.to_numpy(zero_copy_only=False)
-    return a.reshape(-1, k) if k is not None else a
+def _flat(col: pa.ListArray) -> np.ndarray:
+    return col.flatten().to_numpy(zero_copy_only=False)
 
 
 def decode(batch: pa.RecordBatch, layout: Layout, id_order: np.ndarray) -> TokenBatch:
-    """Inverse of encode, vectorized over the whole record batch."""
+    """Inverse of encode, vectorized over the whole record batch (one pass per buffer: the
+    decode of stage two's loader, measured in make bench-teacher-cache)."""
     k = layout.k
-    ranks = _join_planes([_flat(batch.column(f"topk_rank_p{i}"), k) for i in range(layout.rank_planes)])
-    code = np.cumsum(_join_planes([_flat(batch.column(f"topk_dq_p{i}"), k) for i in range(2)]), axis=1,
-                     dtype=np.int32)
+    positions = batch.column("positions")
+    f = dict(zip((fld.name for fld in positions.type.value_type), positions.flatten().flatten()))
+    n = len(f["tail_q"])
+    mat = lambda name: f[name].flatten().to_numpy().reshape(n, -1)  # noqa: E731
+    plane = lambda name: f[name].to_numpy()  # noqa: E731
+
+    grouped = lambda name: np.concatenate([mat(f"{name}_g{i}") for i in range(len(layout.groups))], 1)  # noqa: E731
+    topk_ids = ids_from_heads(grouped("rank"), _flat(batch.column("rank_x1")), _flat(batch.column("rank_x3")),
+                              id_order)
+    code = np.empty((n, k), np.int32)
+    _codes(grouped("dq"), mat("dq_hi"), code)
+    token_ids = _flat(batch.column("token_ids")).astype(np.int64)
+    tok_offsets = list_offsets(batch.column("token_ids"))
+    prompt_len = batch.column("prompt_len").to_numpy()
+    pos_offsets = list_offsets(positions)
+    realized_tok = token_ids[_realized_positions(token_ids, tok_offsets, prompt_len, pos_offsets)]
+    real = _realized_prediction(topk_ids, code, realized_tok) + _unzigzag(_join([plane(f"realized_p{i}") for i in range(3)]))
     tb = TokenBatch(
         pair_id=batch.column("pair_id").to_pylist(),
         side=batch.column("side").to_pylist(),
         input_index=batch.column("input_index").to_numpy(),
-        prompt_len=batch.column("prompt_len").to_numpy(),
-        token_ids=_flat(batch.column("token_ids")).astype(np.int64),
-        tok_offsets=list_offsets(batch.column("token_ids")),
-        pos_offsets=list_offsets(batch.column("realized_logp")),
-        # int32 while ids fit: a narrower gather (stage two widens what it indexes with, on collation)
-        topk_ids=id_order.astype(np.int32 if layout.vocab_size <= 2**31 else np.int64)[ranks],
+        prompt_len=prompt_len,
+        token_ids=token_ids,
+        tok_offsets=tok_offsets,
+        pos_offsets=pos_offsets,
+        topk_ids=topk_ids,
         topk_logp=code_to_logp(code),
-        tail_logp=code_to_logp(_flat(batch.column("tail_q"))),
-        realized_logp=_flat(batch.column("realized_logp")),
+        tail_logp=code_to_logp(plane("tail_q")),
+        realized_logp=(real * -REALIZED_STEP).astype(np.float32),
     )
     if layout.with_ref:
-        diff = _unzigzag(_join_planes([_flat(batch.column(f"ref_dq_p{i}"), k) for i in range(2)]))
+        diff = _unzigzag(_join([grouped("ref"), mat("ref_mid"), mat("ref_hi")]))
         tb.ref_topk_logp = code_to_logp(code + diff)
-        tb.ref_realized_logp = _flat(batch.column("ref_realized_logp"))
+        ref_real = real + _unzigzag(_join([plane(f"ref_realized_p{i}") for i in range(3)]))
+        tb.ref_realized_logp = (ref_real * -REALIZED_STEP).astype(np.float32)
     return tb
-
-
-def id_order_to_meta(id_order: np.ndarray, seen: int, layout: Layout) -> bytes:
-    """The first `seen` entries of id_order (ids that occurred); the rest are implied in id order."""
-    return id_order[:seen].astype("<u2" if layout.vocab_size <= 2**16 else "<u4").tobytes()
-
-
-def id_order_from_meta(raw: bytes, layout: Layout) -> np.ndarray:
-    """Rebuild the full id_order from its stored prefix, refusing anything that is not a permutation."""
-    width = 2 if layout.vocab_size <= 2**16 else 4
-    if len(raw) % width or len(raw) // width > layout.vocab_size:
-        raise ValueError(f"id_order metadata has {len(raw)} bytes, not a prefix of {layout.vocab_size} ids")
-    seen = np.frombuffer(raw, dtype="<u2" if width == 2 else "<u4").astype(np.int64)
-    if len(seen) and (seen.max() >= layout.vocab_size or len(np.unique(seen)) != len(seen)):
-        raise ValueError("id_order metadata repeats ids or names ids outside the vocabulary")
-    rest = np.setdiff1d(np.arange(layout.vocab_size), seen, assume_unique=True)
-    return np.concatenate([seen, rest])
 
 
 class Codec:
@@ -356,5 +526,5 @@ class Codec:
     @staticmethod
     def batch_tokens(batch: pa.RecordBatch) -> int:
         """Scored positions in a batch, read from offsets alone (no decoding)."""
-        o = batch.column("realized_logp").offsets
+        o = batch.column("positions").offsets
         return int(o[-1].as_py() - o[0].as_py()) if len(o) else 0

@@ -96,7 +96,7 @@ def audit(store: Store, key: str, sample: int, seed: int = 0, given: dict[str, s
     seqs = [Sequence(r["token_ids"].tolist(), int(r["prompt_len"])) for r in rows]
     dtype = getattr(torch, inputs.get("dtype", "float32"))
     vocab = m["shard_schema"]["layout"]["vocab_size"]
-    fidelity = token_topk.LOGP_STEP / 2 + 1e-6  # the codes' rounding (realized values are float32)
+    fidelity = token_topk.LOGP_STEP / 2 + 1e-6  # the codes' rounding
     findings = []
     for role in dict.fromkeys(r for r, _, _ in CHECKS[m["kind"]]):
         model = model_for(inputs[role], role, store, given)
@@ -112,7 +112,7 @@ def audit(store: Store, key: str, sample: int, seed: int = 0, given: dict[str, s
             seqs, k=k if any(how == "rank" for _, how in checks) else None,
             gather=[r["topk_ids"] for r in rows] if k else None)
         for column, how in checks:
-            bound = (fidelity if how == "gather" else 0.0 if how == "rank" else 1e-6) + slack
+            bound = (fidelity if how == "gather" else 0.0 if how == "rank" else token_topk.REALIZED_STEP / 2 + 1e-6) + slack
             if how == "rank":  # how far the k-th recomputed log-prob lies above the worst stored id's
                 diffs = [np.maximum(0.0, sc["topk_logp"][:, -1].astype(np.float64) - sc["gathered_logp"].min(1))
                          for sc in scored]
