@@ -61,11 +61,11 @@ class ArtifactReader:
         for entry in self.manifest["shards"]:
             with self._shard(entry) as (folder, check_sha):
                 try:
-                    reader, state = open_shard(folder, entry, self.codec, self.layout, check_sha)
+                    batches, state = open_shard(folder, entry, self.codec, self.layout, check_sha)
                 except ShardError as e:
                     raise ShardError(f"artifact {self.name}: {e}; {repair_hint(self.name)}") from None
-                for i in range(reader.num_record_batches):
-                    yield self.codec.decode(reader.get_batch(i), self.layout, state)
+                for batch in batches:
+                    yield self.codec.decode(batch, self.layout, state)
 
     def __iter__(self):
         """Rows as dicts of numpy arrays (see the codec's TokenBatch.row), decoding `prefetch` batches ahead."""

@@ -39,13 +39,20 @@ def check_file(artifact_dir: Path, entry: dict, check_sha: bool = True) -> Path:
 
 
 def open_shard(artifact_dir: Path, entry: dict, codec, layout, check_sha: bool = True):
-    """Check a shard against its manifest entry and return (RecordBatchFileReader, codec state)."""
+    """Check a shard against its manifest entry and return (its record batches, in order; codec state).
+
+    A shard is an Arrow IPC stream, its schema (with the codec's per-file table) written once; the
+    IPC file format of earlier versions (schema at the start and again in the footer) still reads."""
     path = check_file(artifact_dir, entry, check_sha)
     name = path.name
+    is_file_format = False
     try:
-        reader = pa.ipc.open_file(pa.OSFile(str(path), "rb"))
+        with open(path, "rb") as f:
+            is_file_format = f.read(6) == b"ARROW1"
+        source = pa.OSFile(str(path), "rb")
+        reader = pa.ipc.open_file(source) if is_file_format else pa.ipc.open_stream(source)
     except (pa.ArrowInvalid, OSError) as e:
-        raise ShardError(f"{name}: not a readable Arrow IPC file ({e})") from None
+        raise ShardError(f"{name}: not a readable Arrow IPC {'file' if is_file_format else 'stream'} ({e})") from None
     schema = reader.schema
     meta = schema.metadata or {}
     if meta.get(b"adpa.schema", b"").decode() != codec.name:
@@ -60,6 +67,8 @@ def open_shard(artifact_dir: Path, entry: dict, codec, layout, check_sha: bool =
         state = codec.read_state(schema, layout)
     except ValueError as e:
         raise ShardError(f"{name}: {e}") from None
+    if is_file_format:
+        return (reader.get_batch(i) for i in range(reader.num_record_batches)), state
     return reader, state
 
 
@@ -69,15 +78,15 @@ def check_shard(artifact_dir: Path, entry: dict, codec, layout) -> None:
         check_file(artifact_dir, entry)
         return
     name = entry["file"]
-    reader, state = open_shard(artifact_dir, entry, codec, layout)
-    rows = tokens = 0
+    batches, state = open_shard(artifact_dir, entry, codec, layout)
+    rows = tokens = i = 0
     try:
-        for i in range(reader.num_record_batches):
-            batch = reader.get_batch(i)
+        for batch in batches:
             batch.validate(full=True)
             codec.decode(batch, layout, state)
             rows += batch.num_rows
             tokens += codec.batch_tokens(batch)
+            i += 1
     except (pa.ArrowException, ValueError, IndexError) as e:
         raise ShardError(f"{name}: record batch {i} is invalid ({str(e).splitlines()[0]})") from None
     if rows != entry["rows"]:

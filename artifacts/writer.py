@@ -288,7 +288,7 @@ class ArtifactWriter:
             tmp = self.dir / f".{self._name(len(self._records))}.tmp"
             schema, self._state = self.codec.file_schema(self.layout, self._pending)
             sink = pa.OSFile(str(tmp), "wb")
-            self._file = (pa.ipc.new_file(sink, schema, options=self.ipc_options), sink, tmp)
+            self._file = (pa.ipc.new_stream(sink, schema, options=self.ipc_options), sink, tmp)
             self._schema_meta = schema.metadata
         batch = self.codec.encode(self._pending, self.layout, self._state)
         self._file[0].write_batch(batch.replace_schema_metadata(self._schema_meta))

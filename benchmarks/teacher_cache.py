@@ -139,6 +139,33 @@ def replicated(store, key: str, min_tokens: int) -> str:
         return w.key
 
 
+def bytes_by_field(key: str) -> dict:
+    """Where an artifact's bytes go: each column (each field of `positions`) recompressed alone with the
+    writer's codec, zstd level 1, in bytes per scored token; `schema` is the rest of the files (the
+    schema with its id table, message headers)."""
+    import pyarrow as pa
+
+    from artifacts import ArtifactReader, Store
+    from artifacts.shards import open_shard
+    store, zstd = Store(OUT / "store"), pa.Codec("zstd", 1)
+    reader = ArtifactReader(store.path(key))
+    out: dict = {}
+    size = lambda arr: sum(zstd.compress(b).size for b in arr.buffers() if b is not None)  # noqa: E731
+    for entry in reader.manifest["shards"]:
+        batches, _ = open_shard(reader.dir, entry, reader.codec, reader.layout)
+        for batch in batches:
+            for name, col in zip(batch.schema.names, batch.columns):
+                if name == "positions":
+                    out["positions offsets"] = out.get("positions offsets", 0) + zstd.compress(col.buffers()[1]).size
+                    for f, arr in zip(col.type.value_type, col.flatten().flatten()):
+                        out[f.name] = out.get(f.name, 0) + size(arr)
+                else:
+                    out[name] = out.get(name, 0) + size(col)
+    tokens, total = reader.manifest["totals"]["tokens"], reader.manifest["totals"]["bytes"]
+    out["schema"] = total - sum(out.values())
+    return {name: round(b / tokens, 2) for name, b in out.items()}
+
+
 def decode_speed(keys: list[str], min_tokens: int = 400_000) -> dict:
     """Shards decoded to arrays (sha256 checked, as stage two reads them) on ONE core, best of 3 passes,
     over at least `min_tokens` scored tokens of each artifact's rows."""
@@ -267,6 +294,7 @@ def main():
     e2e = child("e2e-kept:hf", a.pairs, a.k)
     adv = child("advantage", a.pairs, a.k)
     dec = child("decode", a.pairs, a.k, "--keys", e2e["key"], adv["key"])
+    by_field = {"teacher-topk": bytes_by_field(e2e["key"]), "advantage": bytes_by_field(adv["key"])}
     shutil.rmtree(OUT / "store" / e2e["key"])  # the vLLM run has the same key: it must not reuse this one
     big = child("e2e:hf", 4 * a.pairs, a.k)
     eng = [child(f"engine:{w}", a.pairs, a.k) for w in (0, 1, 2)]
@@ -292,6 +320,8 @@ def main():
     print(f"  shards: teacher-topk {e2e['bytes_per_token']:.1f} bytes/token (target <= 100), advantage "
           f"{adv['bytes_per_token']:.1f} (target <= 130); teacher-topk over {4 * a.pairs} pairs {big['bytes_per_token']:.1f}"
           f" (each shard's id table spread over more tokens)")
+    for kind, parts in by_field.items():
+        print(f"    {kind} bytes/token by field: " + ", ".join(f"{n} {b:.1f}" for n, b in parts.items()))
     print(f"  decode on one core: teacher-topk {dec['teacher-topk']:,.0f} tokens/s, advantage {dec['advantage']:,.0f} "
           f"tokens/s (target >= 1,000,000)")
     print(f"  peak RSS              {e2e['peak_rss_mb']:>9,.0f} MB for {a.pairs} pairs, {big['peak_rss_mb']:,.0f} MB for "
@@ -308,6 +338,7 @@ def main():
         "ratio_vs_unique_forward": e2e["tokens_per_s"] / uf, "ratio_vs_old_bare_forward": e2e["tokens_per_s"] / old,
         "teacher_topk_bytes_per_token": e2e["bytes_per_token"], "advantage_bytes_per_token": adv["bytes_per_token"],
         "decode_tokens_per_s": min(dec.values()), "decode_tokens_per_s_by_kind": dec,
+        "bytes_per_token_by_field": by_field,
         "engines": {"local": eng[0], "ray_1_worker": eng[1], "ray_2_workers": eng[2]},
         "limits": lim, "e2e": e2e, "e2e_unshared": unshared, "advantage": adv, "e2e_4n": big, "e2e_vllm": vl,
         "generate_hf": gen_hf, "generate_vllm": gen_vllm}, indent=1))

@@ -32,10 +32,10 @@ their statistics differ with the rank in the top-k.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import pyarrow as pa
 
@@ -175,7 +175,6 @@ def escape_encode(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return head, x1, x3
 
 
-@numba.njit(cache=True, nogil=True)
 def _ids_from_heads(head, x1, x3, id_order, out):  # pragma: no cover - compiled; tested against escape_decode's spec
     """out[i] = id_order[rank i] for escape-coded ranks (see escape_encode), in one pass. Returns 0,
     or -1 when the extension streams do not match the heads, -2 for a rank outside id_order: a
@@ -202,10 +201,18 @@ def _ids_from_heads(head, x1, x3, id_order, out):  # pragma: no cover - compiled
     return 0 if (j1 == x1.size and j3 == x3.size) else -1
 
 
+@functools.cache
+def _compiled(fn):
+    """`fn` compiled by numba, on first use: numba is imported only by processes that decode (a vLLM
+    engine's workers fail to start in a process that imported it first)."""
+    import numba
+    return numba.njit(cache=True, nogil=True)(fn)
+
+
 def ids_from_heads(head: np.ndarray, x1: np.ndarray, x3: np.ndarray, id_order: np.ndarray) -> np.ndarray:
     """Token ids (int32, head's shape) from escape-coded ranks and the shard's id order."""
     out = np.empty(head.shape, np.int32)
-    status = _ids_from_heads(head.reshape(-1), x1, x3, id_order, out.reshape(-1))
+    status = _compiled(_ids_from_heads)(head.reshape(-1), x1, x3, id_order, out.reshape(-1))
     if status == -1:
         raise ValueError(f"rank extensions hold {len(x1)} + {len(x3)} bytes, not what the rank heads need")
     if status == -2:
@@ -213,7 +220,6 @@ def ids_from_heads(head: np.ndarray, x1: np.ndarray, x3: np.ndarray, id_order: n
     return out
 
 
-@numba.njit(cache=True, nogil=True)
 def _codes(lo, hi, out):  # pragma: no cover - compiled; tested against the plain cumsum
     """out[i, j] = sum over j' <= j of lo[i, j'] + 256 hi[i, j']: the running sum of the code differences."""
     n, k = lo.shape
@@ -458,7 +464,7 @@ def decode(batch: pa.RecordBatch, layout: Layout, id_order: np.ndarray) -> Token
     topk_ids = ids_from_heads(grouped("rank"), _flat(batch.column("rank_x1")), _flat(batch.column("rank_x3")),
                               id_order)
     code = np.empty((n, k), np.int32)
-    _codes(grouped("dq"), mat("dq_hi"), code)
+    _compiled(_codes)(grouped("dq"), mat("dq_hi"), code)
     token_ids = _flat(batch.column("token_ids")).astype(np.int64)
     tok_offsets = list_offsets(batch.column("token_ids"))
     prompt_len = batch.column("prompt_len").to_numpy()

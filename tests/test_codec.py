@@ -111,7 +111,7 @@ def test_the_compiled_decode_matches_the_plain_computation():
     np.testing.assert_array_equal(tt.ids_from_heads(head, x1, x3, order), order[ranks.reshape(-1, 10)])
     lo, hi = rng.integers(0, 256, (40, 7)).astype(np.uint8), rng.integers(0, 3, (40, 7)).astype(np.uint8)
     code = np.empty((40, 7), np.int32)
-    tt._codes(lo, hi, code)
+    tt._compiled(tt._codes)(lo, hi, code)
     np.testing.assert_array_equal(code, np.cumsum(lo.astype(np.int64) + 256 * hi.astype(np.int64), axis=1))
 
 

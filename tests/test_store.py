@@ -31,6 +31,33 @@ def test_produce_then_reuse(built):
     assert_complete_and_exact(Store(root).path(m["key"]), N)
 
 
+def test_shards_are_ipc_streams_and_ipc_files_of_earlier_versions_still_read(built, tmp_path):
+    """A shard holds its schema (and the codec's id table) once; earlier versions wrote the IPC file
+    format, whose footer repeats the schema: a store may still hold those (e.g. seq-logp 1.0)."""
+    import json
+    import shutil
+
+    import pyarrow as pa
+
+    from artifacts.fsutil import sha256_file
+    root, m, _ = built
+    d = shutil.copytree(Store(root).path(m["key"]), tmp_path / m["key"])
+    for entry in m["shards"]:
+        f = d / entry["file"]
+        assert f.read_bytes()[:6] != b"ARROW1"  # a stream starts with a message, not the file magic
+        table = pa.ipc.open_stream(f.read_bytes()).read_all()
+        with pa.ipc.new_file(str(f), table.schema) as w:
+            for batch in table.to_batches():
+                w.write_batch(batch)
+    mm = json.loads((d / "manifest.json").read_text())
+    for entry in mm["shards"]:
+        entry["bytes"], entry["sha256"] = (d / entry["file"]).stat().st_size, sha256_file(d / entry["file"])
+    mm["totals"]["bytes"] = sum(e["bytes"] for e in mm["shards"])
+    (d / "manifest.json").write_text(json.dumps(mm))
+    assert verify_artifact(d)["key"] == m["key"]
+    assert_complete_and_exact(d, N)
+
+
 def test_resume_after_failure_keeps_finished_shards(tmp_path):
     with pytest.raises(RuntimeError, match="injected"):
         produce(tmp_path, N, fail_at=45)
