@@ -91,7 +91,7 @@ def engines(n: int, k: int, workers: int) -> dict:
     run = setup_run(recipe, store)
     if workers:
         nb = ray_engine.blocks(len(run.prepared), tc.ray_block_rows)
-        spec = ray_engine.Spec(run.models, run.data, tc, str(store.root.resolve()), run.backend, ["teacher_topk"],
+        spec = ray_engine.Spec(run.models, run.data, tc, str(store.root.resolve()), None, run.backend, ["teacher_topk"],
                                None, nb)
         res = ray_engine.run_pass(ray, run, spec, silent)[0]
     else:

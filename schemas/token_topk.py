@@ -24,10 +24,15 @@ their statistics differ with the rank in the top-k.
 * tail log-mass ``log(1 - sum exp(topk))`` as the same code, uint16.
 * realized-token log-probs as fine codes ``round(-logp / REALIZED_STEP)`` (LOGP_STEP / 128),
   stored as the zigzag of their difference from 128 x the teacher's code of the realized token
-  when it is in the top-k, else of the last top-k code: one small byte for most positions.
+  when it is among the first REALIZED_COLS top-k ids, else of the last top-k code: one small
+  byte for most positions.
 * reference log-probs (advantage rows) as the zigzag of their code's difference from the
   teacher's code at the same id (three byte planes, low bytes per group); the reference's
   realized log-prob as a fine code, zigzag of its difference from the teacher's realized code.
+
+Decoding is vectorized numpy plus two loops compiled with numba on first use (rank escapes with
+the id lookup, and the running sums of code differences); numba is imported only then (see
+_compiled).
 """
 
 from __future__ import annotations
@@ -175,7 +180,7 @@ def escape_encode(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return head, x1, x3
 
 
-def _ids_from_heads(head, x1, x3, id_order, out):  # pragma: no cover - compiled; tested against escape_decode's spec
+def _ids_from_heads(head, x1, x3, id_order, out):  # compiled by _compiled; tests/test_codec.py decodes by hand
     """out[i] = id_order[rank i] for escape-coded ranks (see escape_encode), in one pass. Returns 0,
     or -1 when the extension streams do not match the heads, -2 for a rank outside id_order: a
     damaged shard is refused, never read out of bounds."""
@@ -220,7 +225,7 @@ def ids_from_heads(head: np.ndarray, x1: np.ndarray, x3: np.ndarray, id_order: n
     return out
 
 
-def _codes(lo, hi, out):  # pragma: no cover - compiled; tested against the plain cumsum
+def _codes(lo, hi, out):  # compiled by _compiled; tested against numpy cumsum
     """out[i, j] = sum over j' <= j of lo[i, j'] + 256 hi[i, j']: the running sum of the code differences."""
     n, k = lo.shape
     for i in range(n):
