@@ -462,7 +462,7 @@ def decode(batch: pa.RecordBatch, layout: Layout, id_order: np.ndarray) -> Token
     positions = batch.column("positions")
     f = dict(zip((fld.name for fld in positions.type.value_type), positions.flatten().flatten()))
     n = len(f["tail_q"])
-    mat = lambda name: f[name].flatten().to_numpy().reshape(n, -1)  # noqa: E731
+    mat = lambda name: f[name].flatten().to_numpy().reshape(n, f[name].type.list_size)  # noqa: E731
     plane = lambda name: f[name].to_numpy()  # noqa: E731
 
     grouped = lambda name: np.concatenate([mat(f"{name}_g{i}") for i in range(len(layout.groups))], 1)  # noqa: E731

@@ -138,6 +138,10 @@ def test_empty_response_and_k1():
              "topk_ids": np.array([[3]]), "topk_logp": np.array([[-0.5]]), "realized_logp": np.array([-0.5])}]
     tb = roundtrip(rows, layout)
     assert tb.row(0)["topk_ids"].shape == (0, 1) and tb.row(1)["topk_ids"].tolist() == [[3]]
+    for with_ref in (False, True):  # a record batch without a single scored position
+        empty = dict(rows[0], ref_topk_logp=np.zeros((0, 1)), ref_realized_logp=np.zeros(0))
+        tb = roundtrip([empty], tt.Layout(1, 10, with_ref))
+        assert tb.tokens == 0 and tb.topk_ids.shape == (0, 1) and tb.row(0)["token_ids"].tolist() == [1, 2]
 
 
 @pytest.mark.parametrize("field,value,message", [
