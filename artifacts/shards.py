@@ -47,9 +47,9 @@ def open_shard(artifact_dir: Path, entry: dict, codec, layout, check_sha: bool =
     name = path.name
     is_file_format = False
     try:
-        with open(path, "rb") as f:
-            is_file_format = f.read(6) == b"ARROW1"
         source = pa.OSFile(str(path), "rb")
+        is_file_format = source.read(6) == b"ARROW1"
+        source.seek(0)
         reader = pa.ipc.open_file(source) if is_file_format else pa.ipc.open_stream(source)
     except (pa.ArrowInvalid, OSError) as e:
         raise ShardError(f"{name}: not a readable Arrow IPC {'file' if is_file_format else 'stream'} ({e})") from None

@@ -364,28 +364,28 @@ def encode(rows: list[dict], layout: Layout, id_order: np.ndarray) -> pa.RecordB
     dq = np.diff(code, axis=1, prepend=0)  # >= 0: sorted log-probs give ascending codes
     dq_lo, dq_hi = _planes(dq, 2)
     fields = {}
-    for i, (a, b) in enumerate(groups):
-        fields[f"rank_g{i}"] = _fsl(head[:, a:b], b - a)
-    for i, (a, b) in enumerate(groups):
-        fields[f"dq_g{i}"] = _fsl(dq_lo[:, a:b], b - a)
+
+    def grouped(name, m):  # a [positions, k] byte matrix as one field per column group
+        fields.update({f"{name}_g{i}": _fsl(m[:, a:b], b - a) for i, (a, b) in enumerate(groups)})
+
+    def planes(name, x):  # a per-position integer as three byte-plane fields
+        fields.update({f"{name}_p{i}": pa.array(p) for i, p in enumerate(_planes(x, 3))})
+
+    grouped("rank", head)
+    grouped("dq", dq_lo)
     fields["dq_hi"] = _fsl(dq_hi, k)
     # The producer's tail (from the full distribution) is exact; recomputing from top-k is the fallback.
     tail = cat("tail_logp", (-1,)) if rows and "tail_logp" in rows[0] else tail_logmass(logp)
     fields["tail_q"] = pa.array(logp_to_code(tail).astype(np.uint16))
     realized_tok = token_ids[_realized_positions(token_ids, tok_offs, prompt_len, offs)]
-    top_fine = FINE * CODE_MAX
-    real = logp_to_code(cat("realized_logp", (-1,)), REALIZED_STEP, top_fine).astype(np.int64)
-    for i, p in enumerate(_planes(_zigzag(real - _realized_prediction(ids, code, realized_tok)), 3)):
-        fields[f"realized_p{i}"] = pa.array(p)
+    fine = lambda name: logp_to_code(cat(name, (-1,)), REALIZED_STEP, FINE * CODE_MAX).astype(np.int64)  # noqa: E731
+    real = fine("realized_logp")
+    planes("realized", _zigzag(real - _realized_prediction(ids, code, realized_tok)))
     if layout.with_ref:
-        diff = _zigzag(logp_to_code(cat("ref_topk_logp", (-1, k))) - code)
-        lo, mid, hi = _planes(diff, 3)
-        for i, (a, b) in enumerate(groups):
-            fields[f"ref_g{i}"] = _fsl(lo[:, a:b], b - a)
+        lo, mid, hi = _planes(_zigzag(logp_to_code(cat("ref_topk_logp", (-1, k))) - code), 3)
+        grouped("ref", lo)
         fields["ref_mid"], fields["ref_hi"] = _fsl(mid, k), _fsl(hi, k)
-        ref_real = logp_to_code(cat("ref_realized_logp", (-1,)), REALIZED_STEP, top_fine).astype(np.int64)
-        for i, p in enumerate(_planes(_zigzag(ref_real - real), 3)):
-            fields[f"ref_realized_p{i}"] = pa.array(p)
+        planes("ref_realized", _zigzag(fine("ref_realized_logp") - real))
     schema = arrow_schema(layout)
     pos_type = schema.field("positions").type.value_type
     positions = pa.StructArray.from_arrays([fields[f.name] for f in pos_type], fields=list(pos_type))
@@ -463,7 +463,7 @@ def decode(batch: pa.RecordBatch, layout: Layout, id_order: np.ndarray) -> Token
     f = dict(zip((fld.name for fld in positions.type.value_type), positions.flatten().flatten()))
     n = len(f["tail_q"])
     mat = lambda name: f[name].flatten().to_numpy().reshape(n, f[name].type.list_size)  # noqa: E731
-    plane = lambda name: f[name].to_numpy()  # noqa: E731
+    planes = lambda name: _unzigzag(_join([f[f"{name}_p{i}"].to_numpy() for i in range(3)]))  # noqa: E731
 
     grouped = lambda name: np.concatenate([mat(f"{name}_g{i}") for i in range(len(layout.groups))], 1)  # noqa: E731
     topk_ids = ids_from_heads(grouped("rank"), _flat(batch.column("rank_x1")), _flat(batch.column("rank_x3")),
@@ -475,7 +475,7 @@ def decode(batch: pa.RecordBatch, layout: Layout, id_order: np.ndarray) -> Token
     prompt_len = batch.column("prompt_len").to_numpy()
     pos_offsets = list_offsets(positions)
     realized_tok = token_ids[_realized_positions(token_ids, tok_offsets, prompt_len, pos_offsets)]
-    real = _realized_prediction(topk_ids, code, realized_tok) + _unzigzag(_join([plane(f"realized_p{i}") for i in range(3)]))
+    real = _realized_prediction(topk_ids, code, realized_tok) + planes("realized")
     tb = TokenBatch(
         pair_id=batch.column("pair_id").to_pylist(),
         side=batch.column("side").to_pylist(),
@@ -486,13 +486,13 @@ def decode(batch: pa.RecordBatch, layout: Layout, id_order: np.ndarray) -> Token
         pos_offsets=pos_offsets,
         topk_ids=topk_ids,
         topk_logp=code_to_logp(code),
-        tail_logp=code_to_logp(plane("tail_q")),
+        tail_logp=code_to_logp(f["tail_q"].to_numpy()),
         realized_logp=(real * -REALIZED_STEP).astype(np.float32),
     )
     if layout.with_ref:
         diff = _unzigzag(_join([grouped("ref"), mat("ref_mid"), mat("ref_hi")]))
         tb.ref_topk_logp = code_to_logp(code + diff)
-        ref_real = real + _unzigzag(_join([plane(f"ref_realized_p{i}") for i in range(3)]))
+        ref_real = real + planes("ref_realized")
         tb.ref_realized_logp = (ref_real * -REALIZED_STEP).astype(np.float32)
     return tb
 
