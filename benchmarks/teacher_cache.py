@@ -6,10 +6,12 @@ turns about as long as both answers). Measured in one run:
 
 * the limit, the forward over unique tokens: the transformer over each pair's prompt once and each
   response once (rows prompt + chosen + rejected, plain causal attention), the output layer at the
-  scored positions only; nothing else. Beside it the old limit: `model(input_ids)` with full logits
-  over every sequence alone (the prompt twice per pair);
+  scored positions only; nothing else; best of three passes (REPEATS). Beside it the old limit:
+  `model(input_ids)` with full logits over every sequence alone (the prompt twice per pair);
 * end to end: the teacher-topk artifact produced through the store (render, score, top-k, tail,
-  encode, write, fsync, manifest), with prompt sharing (the default) and without;
+  encode, write, fsync, manifest), best of three runs, each a fresh process building it from
+  nothing; once without prompt sharing. Best against best: one pass varies by ~5% run to run on
+  a shared VM, in either direction, so one against one moved the ratio between 0.87x and 0.95x;
 * the advantage artifact on the same pairs (states: chosen; reference: the 20-layer cut), for its
   bytes/token; both artifacts decoded in a process pinned to one core (decode tokens/s);
 * peak RSS of the end-to-end run in a fresh process for N and 4N pairs;
@@ -29,6 +31,7 @@ import time
 from pathlib import Path
 
 OUT = Path("bench-out")
+REPEATS = 3  # timed passes of the limit and end-to-end runs; the best of each is compared
 
 
 def recipe_for(n: int, k: int):
@@ -166,7 +169,7 @@ def bytes_by_field(key: str) -> dict:
     return {name: round(b / tokens, 2) for name, b in out.items()}
 
 
-def decode_speed(keys: list[str], min_tokens: int = 400_000) -> dict:
+def decode_speed(keys: list[str], min_tokens: int) -> dict:
     """Shards decoded to arrays (sha256 checked, as stage two reads them) on ONE core, best of 3 passes,
     over at least `min_tokens` scored tokens of each artifact's rows."""
     import os
@@ -223,12 +226,13 @@ def limits(n: int, k: int) -> dict:
     predict = [list(range(p - 1, len(u) - 1)) for p, u in zip(P, unique)]  # as many head rows as scored tokens
     per_seq = [e.prompt_ids + r for e in enc for r in (e.chosen_ids, e.rejected_ids)]
     forward(unique, predict, warm=True)  # first-call allocations are not the limit's
-    u, old = forward(unique, predict), forward(per_seq)
+    passes = [forward(unique, predict) for _ in range(REPEATS)]
+    u, old = min(passes), forward(per_seq)
     tokens_unique, tokens_old = sum(map(len, unique)), sum(map(len, per_seq))
     run.close()
     return {"scored_tokens": scored, "prompt_tokens": sum(P), "response_tokens": scored,
             "unique_tokens": tokens_unique, "per_sequence_tokens": tokens_old,
-            "unique_forward": {"seconds": u, "tokens_per_s": scored / u},
+            "unique_forward": {"seconds": u, "tokens_per_s": scored / u, "passes_s": passes},
             "old_bare_forward": {"seconds": old, "tokens_per_s": scored / old}}
 
 
@@ -272,7 +276,7 @@ def run_child(what: str, n: int, k: int, keys: list[str]) -> dict:
     if kind == "engine":
         return engines(n, k, int(arg))
     if kind == "decode":
-        return decode_speed(keys)
+        return decode_speed(keys, int(arg))
     raise SystemExit(f"unknown child {what}")
 
 
@@ -281,19 +285,27 @@ def main():
     ap.add_argument("--pairs", type=int, default=32, help="N (the RSS check also runs 4N)")
     ap.add_argument("--k", type=int, default=50)
     ap.add_argument("--no-vllm", action="store_true", help="skip the vLLM rows (engine start-up takes ~25 s each)")
+    ap.add_argument("--smoke", action="store_true", help="every measurement once, on tiny sizes, no vLLM: checks that "
+                    "the benchmark runs (tests/test_benchmarks.py), measures nothing worth reporting")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--keys", nargs="*", default=[], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         print(json.dumps(run_child(a.child, a.pairs, a.k, a.keys)))
         return
-    if (OUT / "store").exists():
-        shutil.rmtree(OUT / "store")  # every artifact is built from nothing
+    global REPEATS
+    REPEATS, decode_tokens = (1, 2_000) if a.smoke else (REPEATS, 400_000)
+    a.no_vllm |= a.smoke
+    for old_run in (OUT / "store").glob("*"):  # every stage-one artifact is built from nothing (models are kept)
+        if not old_run.name.startswith("model-"):
+            shutil.rmtree(old_run) if old_run.is_dir() else old_run.unlink()
     lim = limits(a.pairs, a.k)
     unshared = child("e2e-unshared:hf", a.pairs, a.k)  # first: it removes its artifact, which has the same key
-    e2e = child("e2e-kept:hf", a.pairs, a.k)
+    runs = [child("e2e:hf", a.pairs, a.k) for _ in range(REPEATS - 1)] + [child("e2e-kept:hf", a.pairs, a.k)]
+    e2e = runs[-1] | {k: v for k, v in max(runs, key=lambda r: r["tokens_per_s"]).items() if k in ("seconds", "tokens_per_s")}
+    e2e["runs_tokens_per_s"] = [r["tokens_per_s"] for r in runs]
     adv = child("advantage", a.pairs, a.k)
-    dec = child("decode", a.pairs, a.k, "--keys", e2e["key"], adv["key"])
+    dec = child(f"decode:{decode_tokens}", a.pairs, a.k, "--keys", e2e["key"], adv["key"])
     by_field = {"teacher-topk": bytes_by_field(e2e["key"]), "advantage": bytes_by_field(adv["key"])}
     shutil.rmtree(OUT / "store" / e2e["key"])  # the vLLM run has the same key: it must not reuse this one
     big = child("e2e:hf", 4 * a.pairs, a.k)
@@ -307,10 +319,11 @@ def main():
     print(f"SmolLM2-135M-Instruct teacher, k={a.k}, float32 CPU, {a.pairs} chat pairs: {lim['prompt_tokens']:,} prompt "
           f"tokens, {lim['response_tokens']:,} response (scored) tokens; unique {lim['unique_tokens']:,}, per sequence "
           f"{lim['per_sequence_tokens']:,}")
-    print(f"  limit: forward over unique tokens {uf:>9,.0f} scored tokens/s   (old limit, bare forward per sequence: "
-          f"{old:,.0f})")
-    print(f"  hf backend end to end             {e2e['tokens_per_s']:>9,.0f} scored tokens/s = "
-          f"{e2e['tokens_per_s'] / uf:.2f}x the unique-token limit (target >= 0.9x); old ratio "
+    spread = lambda xs: "/".join(f"{x:,.0f}" for x in xs)  # noqa: E731
+    print(f"  limit: forward over unique tokens {uf:>9,.0f} scored tokens/s, best of {spread(lim['scored_tokens'] / t for t in lim['unique_forward']['passes_s'])}"
+          f"   (old limit, bare forward per sequence: {old:,.0f})")
+    print(f"  hf backend end to end             {e2e['tokens_per_s']:>9,.0f} scored tokens/s, best of {spread(e2e['runs_tokens_per_s'])}"
+          f" = {e2e['tokens_per_s'] / uf:.2f}x the unique-token limit (target >= 0.9x); old ratio "
           f"{e2e['tokens_per_s'] / old:.2f}x the bare forward")
     print(f"  ... without prompt sharing        {unshared['tokens_per_s']:>9,.0f} scored tokens/s = "
           f"{unshared['tokens_per_s'] / uf:.2f}x the limit (sharing: {e2e['tokens_per_s'] / unshared['tokens_per_s']:.2f}x)")

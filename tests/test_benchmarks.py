@@ -28,3 +28,19 @@ def test_a_cards_peak_is_its_own_not_a_shorter_names():
     assert peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert peak_tflops("NVIDIA A10G") == 70.0 and peak_tflops("NVIDIA A10") == 125.0
     assert peak_tflops("NVIDIA H200") == 989.0 and peak_tflops("Some Future Card") is None
+
+
+def test_the_stage_one_benchmark_runs_every_measurement(tmp_path):
+    """`make bench-teacher-cache` in its smoke mode: every child (limit, end to end with and without
+    sharing, advantage, decode, 4N, local and Ray engines) runs against today's APIs."""
+    p = subprocess.run([sys.executable, "-m", "benchmarks.teacher_cache", "--smoke", "--pairs", "2"],
+                       cwd=tmp_path, capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr[-3000:]
+    report = json.loads((tmp_path / "bench-out" / "teacher_cache.json").read_text())
+    for key in ("ratio_vs_unique_forward", "teacher_topk_bytes_per_token", "advantage_bytes_per_token",
+                "decode_tokens_per_s"):
+        assert report[key] > 0, key
+    assert report["limits"]["unique_tokens"] < report["limits"]["per_sequence_tokens"]  # each prompt once
+    assert all(report["engines"][e]["rows_per_s"] > 0 for e in ("local", "ray_1_worker", "ray_2_workers"))
+    assert set(report["bytes_per_token_by_field"]["advantage"]) > set(report["bytes_per_token_by_field"]["teacher-topk"])
+    assert "unique-token limit" in p.stdout
