@@ -19,8 +19,10 @@ order, so the artifact has the key, rows and row order of a local run. Two passe
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, replace
 
 from artifacts import Store
@@ -88,6 +90,11 @@ class BlockWorker:
             self.run.close()
 
 
+def pool_size(tc, n_blocks: int) -> int:
+    """Workers in the pool: `ray_workers`, never more than blocks (each loads the models before its first)."""
+    return max(1, min(tc.ray_workers, n_blocks))
+
+
 def run_pass(ray, run: local.Run, spec: Spec, say) -> list[local.Result]:
     """The jobs of one stage over the pool, every block of each; each artifact published by the driver
     once all its blocks are in. Complete artifacts are reused and not run."""
@@ -110,9 +117,15 @@ def run_pass(ray, run: local.Run, spec: Spec, say) -> list[local.Result]:
         ds = ray.data.from_items([{"id": b} for b in range(spec.n_blocks)], override_num_blocks=spec.n_blocks)
         try:
             # Ray Data restarts dead actors without end; a block's retries are bounded.
-            reports = ds.map_batches(BlockWorker, fn_constructor_kwargs={"spec": replace(spec, jobs=todo)},
-                                     batch_size=1, concurrency=tc.ray_workers, num_cpus=tc.ray_cpus_per_worker,
-                                     num_gpus=gpus, max_task_retries=tc.ray_retries).take_all()
+            pool = ray.data.ActorPoolStrategy(size=pool_size(tc, spec.n_blocks))
+            with warnings.catch_warnings():
+                # Ray 2.60 has no named parameter for a bounded per-block retry count yet: max_task_retries
+                # still goes through **ray_remote_args, which warns that it is deprecated.
+                warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+                mapped = ds.map_batches(BlockWorker, fn_constructor_kwargs={"spec": replace(spec, jobs=todo)},
+                                        batch_size=1, compute=pool, num_cpus=tc.ray_cpus_per_worker,
+                                        num_gpus=gpus, max_task_retries=tc.ray_retries)
+            reports = mapped.take_all()
         except ray.exceptions.RayError as e:
             first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
             raise RuntimeError(f"{', '.join(todo)}: a block failed after {tc.ray_retries} retries ({first[:300]}); "
@@ -127,8 +140,8 @@ def run_pass(ray, run: local.Run, spec: Spec, say) -> list[local.Result]:
                          producer_versions(spec.backend))
             statuses = [r["status"] for r in mine]
             tokens = sum(r["tokens"] for r in mine)
-            say(f"{job.kind} ({job.role}): {spec.n_blocks} blocks on {tc.ray_workers} workers, {tokens:,} tokens; "
-                f"blocks {_count(statuses)}")
+            say(f"{job.kind} ({job.role}): {spec.n_blocks} blocks on {pool_size(tc, spec.n_blocks)} workers, "
+                f"{tokens:,} tokens; blocks {_count(statuses)}")
             results[name] = local.Result(job.kind, job.role, m["key"], "built" if set(statuses) == {"built"}
                                          else "resumed", m, secs)
         say(f"ray: {', '.join(todo)}: {len(run.prepared)} rows in {secs:,.1f} s "
@@ -154,9 +167,10 @@ def run_teacher_cache(models: dict[str, ResolvedModel], data: Data, tc: TeacherC
     if not ray.is_initialized():
         ray.init(address=tc.ray_address, include_dashboard=False, log_to_driver=False,
                  logging_level="WARNING")
-    ray.data.DataContext.get_current().enable_progress_bars = True
+    ray.data.DataContext.get_current().enable_progress_bars = True  # bars on a terminal
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its INFO lines (plans, progress as log lines)
     res = ray.cluster_resources()
-    say(f"ray: {n} rows in {nb} blocks, {tc.ray_workers} workers; the cluster has {res.get('CPU', 0):g} CPUs, "
+    say(f"ray: {n} rows in {nb} blocks, {pool_size(tc, nb)} workers; the cluster has {res.get('CPU', 0):g} CPUs, "
         f"{res.get('GPU', 0):g} GPUs")
 
     def spec(jobs: list[str], states_key: str | None = None) -> Spec:

@@ -33,7 +33,8 @@ class TeacherCache:
                           "torchrun (the same, and it must be launched by torchrun), ray (a pool of Ray Data workers "
                           "scores blocks of rows, retried when a worker dies)", choices=("local", "torchrun", "ray"),
                           in_key=False)
-    ray_workers: int = setting(2, "engine ray: workers in the pool (one engine each)", minimum=1, in_key=False)
+    ray_workers: int = setting(2, "engine ray: workers in the pool (one engine each; never more than blocks)",
+                               minimum=1, in_key=False)
     ray_cpus_per_worker: float = setting(1.0, "engine ray: CPUs a worker reserves", minimum=0, in_key=False)
     ray_gpus_per_worker: float | None = setting(None, "engine ray: GPUs a worker reserves (null: 1 when the cluster "
                                                 "has GPUs, else 0)", minimum=0, in_key=False)
