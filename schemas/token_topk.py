@@ -183,27 +183,28 @@ def escape_encode(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _ids_from_heads(head, x1, x3, id_order, out):  # compiled by _compiled; tests/test_codec.py decodes by hand
     """out[i] = id_order[rank i] for escape-coded ranks (see escape_encode), in one pass. Returns 0,
     or -1 when the extension streams do not match the heads, -2 for a rank outside id_order: a
-    damaged shard is refused, never read out of bounds."""
+    damaged shard is refused, never read out of bounds. Heads below 255 take no branch (about half
+    of them carry an extension byte, in no predictable order): the one-byte extension is read at a
+    clamped index whether used or not, and the count moves by 0 or 1."""
     j1 = 0
     j3 = 0
+    n1 = x1.size
     for i in range(head.size):
         h = np.int64(head[i])
-        if h < ESC_DIRECT:
-            r = h
-        elif h < 255:
-            if j1 >= x1.size:
-                return -1
-            r = ESC_DIRECT + ((h - ESC_DIRECT) << 8) + x1[j1]
-            j1 += 1
-        else:
+        if h == 255:  # rare: ranks beyond ESC_ONE
             if j3 + 3 > x3.size:
                 return -1
             r = ESC_ONE + (np.int64(x3[j3]) | (np.int64(x3[j3 + 1]) << 8) | (np.int64(x3[j3 + 2]) << 16))
             j3 += 3
+        else:
+            esc = np.int64(h >= ESC_DIRECT)
+            e = np.int64(x1[min(j1, n1 - 1)]) if n1 else np.int64(0)
+            r = h + esc * (((h - ESC_DIRECT) << 8) + ESC_DIRECT + e - h)
+            j1 += esc
         if r >= id_order.size:
             return -2
         out[i] = id_order[r]
-    return 0 if (j1 == x1.size and j3 == x3.size) else -1
+    return 0 if (j1 == n1 and j3 == x3.size) else -1
 
 
 @functools.cache
