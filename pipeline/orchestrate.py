@@ -26,18 +26,18 @@ from stages.teacher_cache.run import Result, plan, run_states, run_teacher_cache
 
 def teacher_cache(recipe: Recipe, store: Store, strict: bool = False, say=print,
                   ranks: Ranks | None = None) -> list[Result]:
-    models = worlds.resolve_models(recipe.models, store)
+    return _stage_one(worlds.resolve_models(recipe.models, store), recipe, store, say, ranks, strict=strict)
+
+
+def _stage_one(models, recipe: Recipe, store: Store, say, ranks: Ranks | None, strict: bool = False,
+               states_only: bool = False) -> list[Result]:
+    """Stage one on the recipe's engine: every artifact, or only the ADPA states and their advantages."""
     data, tc = worlds.resolve_data(recipe.data, store), recipe.teacher_cache
     if _engine(tc, ranks) == "ray":
-        return ray_engine.run_teacher_cache(models, data, tc, store, strict, say)
+        return ray_engine.run_teacher_cache(models, data, tc, store, strict, say, states_only=states_only)
+    if states_only:
+        return run_states(models, data, tc, store, say, ranks)
     return run_teacher_cache(models, data, tc, store, strict, say, ranks)
-
-
-def _states(models, recipe: Recipe, store: Store, say, ranks: Ranks | None) -> list[Result]:
-    data, tc = worlds.resolve_data(recipe.data, store), recipe.teacher_cache
-    if _engine(tc, ranks) == "ray":
-        return ray_engine.run_teacher_cache(models, data, tc, store, say=say, states_only=True)
-    return run_states(models, data, tc, store, say, ranks)
 
 
 def _engine(tc, ranks: Ranks | None) -> str:
@@ -73,7 +73,7 @@ def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path 
     first = train_one(store, first_loss, models["student"], d, keys, runs / f"{recipe.name}-{first_loss}", **common)
     say(f"{loss}: states for {then_loss} from the {first_loss} student {first.key}")
     models = models | {"student": resolve(str(first.model_dir))}
-    states = _states(models, recipe, store, say, ranks)
+    states = _stage_one(models, recipe, store, say, ranks, states_only=True)
     second = train_one(store, then_loss, models["student"], d, keys | {"advantage": states[-1].key},
                        output or runs / f"{recipe.name}-{loss}", label=loss, **common)
     return [first, second]
