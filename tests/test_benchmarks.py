@@ -47,3 +47,17 @@ def test_the_stage_one_benchmark_runs_every_measurement(tmp_path):
     by_scale = report["advantage_bytes_per_token_by_reference_scale"]
     assert by_scale["0.0"] < by_scale["3.0"]  # a reference farther from the teacher costs more
     assert "unique-token limit" in p.stdout
+
+
+def test_the_store_benchmark_runs_and_its_shards_hold_the_stated_fidelity(tmp_path):
+    """`make bench-store` on 512 positions: real SmolLM2 output through the store and back, every k."""
+    out = tmp_path / "store.json"
+    p = subprocess.run([sys.executable, "-m", "benchmarks.store", "--tokens", "512", "--seq-len", "128", "--out",
+                        str(out)], cwd=tmp_path, capture_output=True, text=True,
+                       env=os.environ | {"PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for k in ("20", "50", "64"):
+        ours = report[k]["ours"]
+        assert ours["ids_exact"] and ours["max_err_all"] <= 0.0095 + 1e-6 and ours["max_tail_err"] <= 0.0095 + 1e-6
+        assert ours["bytes_per_token"] < report[k]["reference"]["bytes_per_token"]
