@@ -92,8 +92,8 @@ def s3_server(tmp_path_factory):
 # xdist would otherwise put files with more tests first): the longest files go first,
 # so that neither worker is left with a long one at the end (durations of 2026-12-03).
 LONGEST_FIRST = ("test_distill.py", "test_world.py", "test_ray_engine.py", "test_parallel.py",
-                 "test_teacher_cache_real.py", "test_teacher_cache_cli.py", "test_benchmarks.py", "test_trust.py", "test_vllm_parity.py",
-                 "test_faults.py")
+                 "test_teacher_cache_real.py", "test_teacher_cache_cli.py", "test_benchmarks.py", "test_trust.py",
+                 "test_vllm_parity.py", "test_faults.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -1,4 +1,5 @@
-"""The benchmark scripts that cannot run in full here still run: the GPU check in its CPU smoke mode."""
+"""The benchmark scripts keep running between their full runs: the GPU check in its CPU smoke mode, the
+stage-one benchmark in its smoke mode, the store benchmark on a few hundred positions."""
 
 import json
 import os
