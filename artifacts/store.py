@@ -47,6 +47,9 @@ class Store:
 
     def __init__(self, root: str | os.PathLike | None = None, workdir: str | os.PathLike | None = None):
         spec = os.fspath(root) if root is not None else os.environ.get("ADPA_STORE", "store")
+        if not spec.strip():  # an unset variable in a script (ADPA_STORE=$DIR) must not mean "here"
+            raise StoreError("the store setting is empty (--store '' or ADPA_STORE=''): name a folder or URL, or "
+                             "leave both unset for ./store")
         self.remote = Remote(spec) if is_url(spec) else None
         self.url = self.remote.url if self.remote else None
         if self.remote is None:

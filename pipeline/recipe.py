@@ -22,7 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from stages.common.settings import SettingError, build, check, describe, plain, setting
+from pipeline import safe_yaml
+from stages.common.settings import SettingError, build, check, describe, plain, quote, setting
 from stages.distill.settings import Distill
 from stages.teacher_cache.settings import Data, TeacherCache
 
@@ -62,10 +63,15 @@ class Recipe:
         return d
 
 
-def _value(text: str):
+MAX_RECIPE_BYTES = 1 << 20
+
+
+def _value(text: str, where: str):
     """A command-line value read as YAML reads it (numbers, true/false, null, lists), else the text."""
     try:
-        return yaml.safe_load(text)
+        return safe_yaml.load(text)
+    except safe_yaml.YamlBoundError as e:
+        raise RecipeError(f"{where}: {e}") from None
     except yaml.YAMLError:
         return text
 
@@ -77,23 +83,23 @@ def apply_overrides(raw: dict, overrides: list[str], where: str = "--set") -> di
         path, sep, text = item.partition("=")
         section, dot, name = path.partition(".")
         if not sep or not dot or not name:
-            raise RecipeError(f"{where} {item!r}: expected SECTION.NAME=VALUE, e.g. distill.lr=1e-5")
+            raise RecipeError(f"{where} {quote(item)}: expected SECTION.NAME=VALUE, e.g. distill.lr=1e-5")
         if section not in SECTIONS and section != "per_loss":
-            raise RecipeError(f"{where} {item!r}: no section {section!r} (sections: {', '.join(SECTIONS)}, per_loss)")
+            raise RecipeError(f"{where} {quote(item)}: no section {quote(section)} (sections: {', '.join(SECTIONS)}, per_loss)")
         target = raw.setdefault(section, {})
         if section == "per_loss":
             loss, dot, name = name.partition(".")
             if not dot or not name:
-                raise RecipeError(f"{where} {item!r}: expected per_loss.LOSS.NAME=VALUE, e.g. per_loss.adpa.gamma=0.3")
+                raise RecipeError(f"{where} {quote(item)}: expected per_loss.LOSS.NAME=VALUE, e.g. per_loss.adpa.gamma=0.3")
             target = target.setdefault(loss, {}) if isinstance(target, dict) else None
         if not isinstance(target, dict):
-            raise RecipeError(f"{where} {item!r}: section {section} of the recipe is not a mapping")
+            raise RecipeError(f"{where} {quote(item)}: section {section} of the recipe is not a mapping")
         *inner, last = name.split(".")  # distill.lora.r: a setting of a nested section
         for part in inner:
             if not isinstance(target.get(part), dict):
                 target[part] = {}
             target = target[part]
-        target[last] = _value(text)
+        target[last] = _value(text, f"{where} {quote(path)}")
         if section == "distill":  # one value for every loss: the per-loss ones of this setting give way
             for entry in (raw.get("per_loss") or {}).values():
                 for part in inner:
@@ -114,9 +120,9 @@ def _per_loss(raw, distill: Distill, where: str) -> dict[str, dict]:
     out = {}
     for loss, entry in raw.items():
         if loss not in LOSSES:
-            raise RecipeError(f"{where}: per_loss.{loss}: no loss {loss!r} (losses: {', '.join(LOSSES)})")
+            raise RecipeError(f"{where}: per_loss.{loss}: no loss {quote(loss)} (losses: {', '.join(LOSSES)})")
         if not isinstance(entry, dict):
-            raise RecipeError(f"{where}: per_loss.{loss} must be a mapping of distill settings, got {entry!r}")
+            raise RecipeError(f"{where}: per_loss.{loss} must be a mapping of distill settings, got {quote(entry)}")
         unknown = sorted(set(map(str, entry)) - set(known))
         if unknown:
             raise RecipeError(f"{where}: per_loss.{loss} has unknown keys {unknown} (known: {', '.join(known)})")
@@ -135,10 +141,14 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
         p = RECIPES / f"{name_or_path}.yaml"
     if not p.is_file():
         known = ", ".join(sorted(q.stem for q in RECIPES.glob("*.yaml")))
-        raise RecipeError(f"no recipe {name_or_path!r} (built-in: {known}; or a path to a .yaml file)")
+        raise RecipeError(f"no recipe {quote(name_or_path)} (built-in: {known}; or a path to a .yaml file)")
+    if p.stat().st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{p}: {p.stat().st_size:,} bytes; a recipe is at most {MAX_RECIPE_BYTES:,}")
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
+        raw = safe_yaml.load(p.read_text())
+    except safe_yaml.YamlBoundError as e:
+        raise RecipeError(f"{p}: {e}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise RecipeError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{p}: a recipe is a mapping")
@@ -148,7 +158,7 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     raw = apply_overrides(raw, overrides or [])
     name = raw.get("name", p.stem)
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise RecipeError(f"{p.name}: name must be a short word (letters, digits, . _ + -), got {name!r}")
+        raise RecipeError(f"{p.name}: name must be a short word (letters, digits, . _ + -), got {quote(name)}")
     try:
         sections = {s: build(cls, raw.get(s, {} if s in ("teacher_cache", "distill") else None), f"{p.name}: {s}")
                     for s, cls in SECTIONS.items()}

@@ -9,6 +9,7 @@ section against them, so a value from YAML and one from the command line pass th
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -16,6 +17,15 @@ from collections.abc import Callable
 
 class SettingError(ValueError):
     """A setting with a value its declaration does not allow; the message names the setting."""
+
+
+QUOTE_CHARS = 200
+
+
+def quote(value) -> str:
+    """`repr(value)` cut to ~200 characters: an error names a value without printing megabytes of it."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}... ({len(text):,} characters)"
 
 
 def setting(default=dataclasses.MISSING, help: str = "", *, choices: tuple | Callable[[], tuple] | None = None,
@@ -59,11 +69,11 @@ def _coerce(value, typ, where: str):
         typ = next(a for a in args if a is not type(None))
     if typ is bool:
         if not isinstance(value, bool):
-            raise SettingError(f"{where} must be true or false, got {value!r}")
+            raise SettingError(f"{where} must be true or false, got {quote(value)}")
         return value
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SettingError(f"{where} must be an integer, got {value!r}")
+            raise SettingError(f"{where} must be an integer, got {quote(value)}")
         return value
     if typ is float:
         if isinstance(value, str):  # YAML 1.1 reads 5e-7 (no dot) as a string
@@ -72,16 +82,18 @@ def _coerce(value, typ, where: str):
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SettingError(f"{where} must be a number, got {value!r}")
+            raise SettingError(f"{where} must be a number, got {quote(value)}")
+        if not math.isfinite(value):  # NaN passes every bound check (NaN < x is False); inf is no setting
+            raise SettingError(f"{where} must be a finite number, got {quote(value)}")
         return float(value)
     if typ is str:
         if not isinstance(value, str):
-            raise SettingError(f"{where} must be a string, got {value!r}")
+            raise SettingError(f"{where} must be a string, got {quote(value)}")
         return value
     if typing.get_origin(typ) is tuple:  # a list of strings; one string is a list of one
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
-            raise SettingError(f"{where} must be a list of strings, got {value!r}")
+            raise SettingError(f"{where} must be a list of strings, got {quote(value)}")
         return tuple(items)
     if dataclasses.is_dataclass(typ):  # a nested section, e.g. distill.lora
         if isinstance(value, typ):
@@ -100,12 +112,12 @@ def check(section, name: str) -> None:
         choices = choices_of(f)
         for item in (v if isinstance(v, tuple) else (v,)):
             if item is not None and choices is not None and item not in choices:
-                raise SettingError(f"{where} is {item!r}; expected one of {', '.join(map(str, choices))}")
+                raise SettingError(f"{where} is {quote(item)}; expected one of {', '.join(map(str, choices))}")
         lo, hi = f.metadata.get("minimum"), f.metadata.get("below")
         if v is not None and lo is not None and v < lo:
-            raise SettingError(f"{where} must be >= {lo}, got {v!r}")
+            raise SettingError(f"{where} must be >= {lo}, got {quote(v)}")
         if v is not None and hi is not None and v >= hi:
-            raise SettingError(f"{where} must be below {hi}, got {v!r}")
+            raise SettingError(f"{where} must be below {hi}, got {quote(v)}")
         setattr(section, f.name, v)
 
 

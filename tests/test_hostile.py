@@ -1,0 +1,126 @@
+"""Hostile and unlucky inputs that need no model: recipes, settings, launcher variables, the store setting,
+data files, manifests and trust keys (issue 24's probes; the distill ones are in test_distill.py).
+
+Memory cases run the real CLI in a child under an address-space limit (RLIMIT_AS): they hold when the
+child ends with a one-line error or succeeds inside the limit, never by a timing.
+"""
+
+import gzip
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ADPA = str(Path(sys.executable).parent / "adpa")
+GiB = 1 << 30
+
+
+def adpa(*args, limit: int | None = None, env=None, cwd=None, timeout=300):
+    """The CLI in a child; `limit`: its address-space bound in bytes."""
+    def bound():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    e = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run([ADPA, *map(str, args)], capture_output=True, text=True, env=e, cwd=cwd, timeout=timeout,
+                          preexec_fn=bound if limit else None)
+
+
+def one_error_line(r, *words):
+    assert r.returncode == 1, (r.returncode, r.stdout[-500:], r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("adpa: error:"), r.stderr[-2000:]
+    assert len(lines[0]) < 600, f"{len(lines[0])} characters"
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def laughs(levels: int) -> str:
+    """A flow list whose aliases repeat each other 9 times a level: 9**levels strings once expanded."""
+    items = ["&a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    items += [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "[" + ", ".join(items) + "]"
+
+
+def recipe_with(tmp_path, text: str, name="hostile.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text("name: hostile\nmodels: {teacher: a, reference: b, student: c}\ndata: {source: x.jsonl}\n" + text)
+    return p
+
+
+@pytest.mark.parametrize("where", ["description", "setting", "--set"])
+def test_yaml_alias_bombs_are_refused_in_bounded_memory(tmp_path, where):
+    """1a/1b: 2.5 KB of nested aliases in a description, a setting or a --set value: one short line naming the
+    file or the setting, inside 1 GiB of address space (5 GB after a minute on fbb914c)."""
+    bomb = laughs(9)
+    if where == "description":
+        r = adpa("recipe", "show", "-r", recipe_with(tmp_path, f"description: {bomb}\n"), limit=GiB)
+        one_error_line(r, "hostile.yaml", "aliases")
+    elif where == "setting":
+        r = adpa("recipe", "show", "-r", recipe_with(tmp_path, f"distill: {{lr: {bomb}}}\n"), limit=GiB)
+        one_error_line(r, "hostile.yaml", "aliases")
+    else:
+        r = adpa("recipe", "show", "-r", "tiny", "--set", f"distill.lr={bomb}", limit=GiB)
+        one_error_line(r, "distill.lr", "aliases")
+
+
+def test_a_few_aliases_still_read(tmp_path):
+    """The bound is on the expanded size, not on aliases: a recipe that reuses a value reads."""
+    p = recipe_with(tmp_path, "distill: {lr: &lr 1.0e-5}\nper_loss: {kd: {sft_lr: *lr}}\n")
+    r = adpa("recipe", "show", "-r", p)
+    assert r.returncode == 0, r.stderr
+    assert "lr: 1.0e-05" in r.stdout
+
+
+def test_deep_yaml_names_the_file(tmp_path):
+    """6c: 10,000 levels of nesting: one line naming the file and the bound."""
+    p = recipe_with(tmp_path, "description: " + "[" * 10_000 + "]" * 10_000 + "\n", "deep.yaml")
+    one_error_line(adpa("recipe", "show", "-r", p, limit=GiB), "deep.yaml", "nested deeper than 64")
+
+
+@pytest.mark.parametrize("item", ["distill.alpha=.nan", "distill.max_grad_norm=.inf", "distill.warmup=.nan",
+                                  "distill.lr=1e999", "per_loss.adpa.gamma=-.inf"])
+def test_non_finite_settings_are_refused_naming_the_setting(item):
+    """6a: NaN passed every bound (NaN < minimum is False) and failed later in JSON."""
+    name = item.split("=")[0].replace("per_loss.", "per_loss.")
+    r = adpa("recipe", "show", "-r", "tiny", "--set", item)
+    one_error_line(r, name.split(".")[-1], "finite")
+
+
+def test_an_error_quotes_at_most_a_short_piece_of_a_value():
+    r = adpa("recipe", "show", "-r", "tiny", "--set", "distill.lr=" + "x" * 100_000)
+    one_error_line(r, "distill.lr", "100,002 characters")
+
+
+@pytest.mark.parametrize("env,words", [({"WORLD_SIZE": "x"}, ["WORLD_SIZE='x'", "integer"]),
+                                       ({"WORLD_SIZE": "2", "RANK": "2"}, ["RANK=2", "WORLD_SIZE-1=1"]),
+                                       ({"WORLD_SIZE": "2", "RANK": "-1"}, ["RANK='-1'"]),
+                                       ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                                         "MASTER_PORT": "99999"}, ["MASTER_PORT='99999'"])])
+def test_launcher_variables_are_checked(tmp_path, env, words):
+    """6b: 'invalid literal for int() with base 10' named nothing."""
+    one_error_line(adpa("teacher-cache", "-r", "tiny", "--store", tmp_path / "s", env=env), *words)
+
+
+def test_a_rendezvous_nobody_joins_ends_naming_the_address(tmp_path):
+    """7a: leftover launcher variables outside torchrun waited silently for the 24-hour process-group timeout."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "ADPA_RENDEZVOUS_S": "2"}
+    r = adpa("teacher-cache", "-r", "tiny", "--store", tmp_path / "s", env=env, timeout=120)
+    one_error_line(r, f"127.0.0.1:{port}", "within 2 s", "unset WORLD_SIZE")
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_an_empty_store_setting_is_an_error(tmp_path, how):
+    """8a: `--store ''` or `ADPA_STORE=` used the current folder as the store."""
+    args, env = (["--store", ""], {}) if how == "flag" else ([], {"ADPA_STORE": ""})
+    r = adpa("cache", "gc", "--older-than", "0s", *args, env=env, cwd=tmp_path)
+    one_error_line(r, "store setting is empty")
+    assert list(tmp_path.iterdir()) == []
