@@ -124,3 +124,76 @@ def test_an_empty_store_setting_is_an_error(tmp_path, how):
     r = adpa("cache", "gc", "--older-than", "0s", *args, env=env, cwd=tmp_path)
     one_error_line(r, "store setting is empty")
     assert list(tmp_path.iterdir()) == []
+
+
+def load_rows_in_child(path, limit_bytes: int, **kw):
+    """stages.teacher_cache.pairs.load_rows in a child under an address-space limit; its stdout: the row count."""
+    code = ("import sys; from stages.teacher_cache.pairs import load_rows, DataError\n"
+            "try:\n"
+            f"    rows, fp = load_rows({str(path)!r}, **{kw!r})\n"
+            "except DataError as e:\n"
+            "    print('DataError:', e); sys.exit(1)\n"
+            "print(len(rows), sorted(rows[0]), fp['sha256'])\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).parents[1], preexec_fn=lambda: resource.setrlimit(
+                              resource.RLIMIT_AS, (limit_bytes, limit_bytes)))
+
+
+ROW = b'{"prompt": "sort 3 1 2", "chosen": "1 2 3", "rejected": "3 2 1"}\n'
+
+
+def test_a_gzip_bomb_is_refused_in_bounded_memory(tmp_path):
+    """1c: 256 MB of rows in a ~0.3 MB .jsonl.gz: 3.66 GB peak and exit 0 on fbb914c (whole file in memory)."""
+    import zlib
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: a gzip header
+    chunk = ROW * ((1 << 20) // len(ROW))
+    with open(tmp_path / "bomb.jsonl.gz", "wb") as f:
+        for _ in range(256):
+            f.write(z.compress(chunk))
+        f.write(z.flush())
+    assert (tmp_path / "bomb.jsonl.gz").stat().st_size < 1 << 20
+    r = load_rows_in_child(tmp_path / "bomb.jsonl.gz", GiB)
+    assert r.returncode == 1 and "DataError:" in r.stdout and "expands more than 100x" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_limit_stops_reading_early(tmp_path):
+    """1d: data.limit=8 on a 150 MB file parsed every row first (2.6 GB on 186 MB); the key's sha256 is still
+    the whole file's."""
+    import hashlib
+    f = tmp_path / "big.jsonl"
+    block = ROW * 10_000
+    with open(f, "wb") as out:
+        for _ in range(150 * (1 << 20) // len(block)):
+            out.write(block)
+    r = load_rows_in_child(f, 768 << 20, limit=8)
+    assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+    n, _, sha = r.stdout.split(maxsplit=1)[0], None, r.stdout.split()[-1]
+    assert n == "8"
+    h = hashlib.sha256()
+    with open(f, "rb") as fh:
+        while b := fh.read(1 << 24):
+            h.update(b)
+    assert sha == h.hexdigest()
+
+
+def test_json_lines_split_on_newline_only(tmp_path):
+    """2a: U+2028 and U+0085 inside a string are valid JSON; str.splitlines() cut the line there."""
+    from stages.teacher_cache.pairs import load_rows
+    rows = [{"prompt": f"p{i}\u2028x", "chosen": "a\u0085b", "rejected": "c\u2029d\x1ce"} for i in range(4)]
+    for name, opener in (("pairs.jsonl", open), ("pairs.jsonl.gz", gzip.open)):
+        with opener(tmp_path / name, "wb") as f:
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+        got, _ = load_rows(str(tmp_path / name))
+        assert got == rows
+
+
+def test_csv_with_a_byte_order_mark_reads(tmp_path):
+    """2b: Excel's "CSV UTF-8" starts with a BOM, which became part of the first column's name (no usable row)."""
+    from stages.teacher_cache.pairs import DataError, detect_format, load_rows
+    f = tmp_path / "pairs.csv"
+    f.write_bytes(b"\xef\xbb\xbfprompt,chosen,rejected\r\nsort 2 1,1 2,2 1\r\n")
+    rows, _ = load_rows(str(f))
+    assert rows == [{"prompt": "sort 2 1", "chosen": "1 2", "rejected": "2 1"}]
+    assert detect_format(list(rows[0]), rows[0]) == "strings"
+    with pytest.raises(DataError, match=r"--set data\.format="):
+        detect_format(["chosen", "rejected"], {"chosen": 1, "rejected": 2})

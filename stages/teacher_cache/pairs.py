@@ -1,6 +1,6 @@
 """Preference pairs from a hub dataset or a local file, in any of three shapes, with drops by reason.
 
-Shapes (detected from the columns, or named with `--format`):
+Shapes (detected from the columns, or named with `--set data.format=...`):
 
 * ``strings``: ``prompt`` / ``chosen`` / ``rejected`` strings (the prompt is one user turn).
 * ``messages``: ``chosen`` / ``rejected`` as chat message lists that share every message but the
@@ -13,13 +13,15 @@ A row that cannot be used is not an error but a counted drop, unless `strict` is
 
 from __future__ import annotations
 
+import contextlib
 import gzip
-import hashlib
+import io
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from artifacts.fsutil import fingerprint_files
+from artifacts.fsutil import fingerprint_files, sha256_file
 
 FORMATS = ("strings", "messages", "transcripts")
 ROLES = ("system", "user", "assistant")
@@ -39,19 +41,18 @@ class DataError(ValueError):
     """Input that cannot be used at all (unreadable source, unknown shape), or a bad row under --strict."""
 
 
-def load_rows(source: str, split: str = "train", revision: str | None = None):
+def load_rows(source: str, split: str = "train", revision: str | None = None, limit: int | None = None):
     """(rows as dicts, readable fingerprint) from a local file (json, jsonl, parquet, csv, the first two
-    also gzipped), a `datasets.save_to_disk` folder, or a hub id at `revision`.
+    also gzipped), a `datasets.save_to_disk` folder, or a hub id at `revision`; `limit`: the first N rows.
 
-    A local file is read once: the bytes that are hashed into the fingerprint are the bytes parsed
-    (datasets' own file cache is keyed by path and mtime, and would serve old rows for a file replaced
-    with `cp -p`, `rsync -a` or a tar extraction). A hub dataset is fingerprinted by the commit its
-    revision resolves to, so a moving branch never reuses an artifact made from another commit. Rows
-    stay plain dicts, so a row whose fields have other types than its neighbours' is a counted drop,
-    not a failed load."""
-    import datasets
-
-    datasets.disable_progress_bars()
+    A local file is hashed whole (its sha256 is the fingerprint), then streamed: reading stops after
+    `limit` rows, a gzipped file is decompressed as it is read and refused when it expands more than
+    `MAX_GZIP_RATIO` times (a gzip bomb), and the file must be the same one (inode, size, mtime) after
+    reading as when hashed (datasets' own file cache is keyed by path and mtime, and would serve old rows
+    for a file replaced with `cp -p`, `rsync -a` or a tar extraction). A hub dataset is fingerprinted by
+    the commit its revision resolves to, so a moving branch never reuses an artifact made from another
+    commit. Rows stay plain dicts, so a row whose fields have other types than its neighbours' is a
+    counted drop, not a failed load."""
     path = Path(source).expanduser()
     if not path.exists() and looks_like_a_path(source):
         raise DataError(f"{source}: no such file")
@@ -63,10 +64,14 @@ def load_rows(source: str, split: str = "train", revision: str | None = None):
             if suffix not in LOCAL_SUFFIXES:
                 raise DataError(f"{source}: unsupported file type {suffix or path.name!r} "
                                 f"(use {', '.join(LOCAL_SUFFIXES)}, or a datasets save_to_disk folder)")
-            raw = path.read_bytes()
-            rows = _parse_local(gzip.decompress(raw) if suffix.endswith(".gz") else raw, suffix, source)
-            fp = {"file": path.name, "sha256": hashlib.sha256(raw).hexdigest(), "split": split}
+            before = _identity(path)
+            fp = {"file": path.name, "sha256": sha256_file(path), "split": split}
+            rows = list(itertools.islice(_local_rows(path, suffix, source), limit))
+            if _identity(path) != before:
+                raise DataError(f"{source}: changed while it was read; try again")
         else:
+            import datasets
+            datasets.disable_progress_bars()
             commit = hub_commit(source, revision)
             ds = datasets.load_dataset(source, split=split, revision=commit)
             rows, fp = ds.to_list(), {"hub_id": source, "revision": commit, "split": split}
@@ -76,7 +81,12 @@ def load_rows(source: str, split: str = "train", revision: str | None = None):
         raise DataError(f"cannot load dataset {source!r} split {split!r}: {str(e).splitlines()[0]}") from None
     if not rows:
         raise DataError(f"{source}: no rows")
-    return rows, fp
+    return (rows[:limit] if limit is not None else rows), fp
+
+
+def _identity(path: Path) -> tuple:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def hub_commit(repo: str, revision: str | None) -> str:
@@ -116,31 +126,71 @@ def looks_like_a_path(source: str) -> bool:
             or _suffix(Path(source)) in LOCAL_SUFFIXES)
 
 
-def _parse_local(raw: bytes, suffix: str, source: str) -> list[dict]:
-    """The rows in `raw` (already decompressed): JSON lines, a JSON list of rows, Parquet or CSV."""
+MAX_GZIP_RATIO = 100  # real preference data compresses 3-10x with gzip
+GZIP_CHECKED_AFTER = 16 << 20  # bytes out: small files are never refused
+MAX_LINE = 256 << 20  # one JSON line (a row); longer lines are refused, not read whole
+
+
+class _Ungzipped(io.RawIOBase):
+    """A gzip file's bytes as read, refused once they exceed MAX_GZIP_RATIO times the compressed bytes read."""
+
+    def __init__(self, raw, source: str):
+        self.raw, self.gz, self.source, self.out = raw, gzip.GzipFile(fileobj=raw), source, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = self.gz.readinto(b)
+        self.out += n
+        if self.out > GZIP_CHECKED_AFTER and self.out > MAX_GZIP_RATIO * self.raw.tell():
+            raise DataError(f"{self.source}: expands more than {MAX_GZIP_RATIO}x when decompressed ({self.out:,} "
+                            f"bytes from {self.raw.tell():,}): a gzip bomb, or not preference data")
+        return n
+
+
+@contextlib.contextmanager
+def _opened(path: Path, suffix: str, source: str):
+    """The file's bytes, decompressed as read when gzipped."""
+    with open(path, "rb") as raw:
+        yield io.BufferedReader(_Ungzipped(raw, source), 1 << 20) if suffix.endswith(".gz") else raw
+
+
+def _local_rows(path: Path, suffix: str, source: str):
+    """The rows of a local file, one at a time: JSON lines (split on \\n only, as the format says: U+2028 is
+    valid inside a string), a JSON list of rows, Parquet or CSV (a byte-order mark is not part of a name)."""
     import csv
-    import io
     import json
 
-    import pyarrow.parquet as pq
     if suffix == ".parquet":
-        return pq.read_table(io.BytesIO(raw)).to_pylist()
-    text = raw.decode("utf-8")
-    if suffix == ".csv":
-        return list(csv.DictReader(io.StringIO(text, newline="")))
-    if suffix.startswith(".jsonl") or not text.lstrip().startswith("["):
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{source}: line {n} is not JSON ({e.msg})") from None
-    else:
-        rows = json.loads(text)
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise DataError(f"{source}: expected one JSON object per row")
-    return rows
+        import pyarrow.parquet as pq
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
+        return
+    with _opened(path, suffix, source) as f:
+        if suffix == ".csv":
+            yield from csv.DictReader(io.TextIOWrapper(f, encoding="utf-8-sig", newline=""))
+            return
+        head = f.peek(64)[:64].lstrip(b"\xef\xbb\xbf \t\r\n")
+        if suffix.startswith(".json") and not suffix.startswith(".jsonl") and head.startswith(b"["):
+            rows = json.loads(f.read().decode("utf-8-sig"))  # one JSON value: read whole
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise DataError(f"{source}: expected one JSON object per row")
+            yield from rows
+            return
+        for n, line in enumerate(iter(lambda: f.readline(MAX_LINE + 1), b""), 1):
+            if len(line) > MAX_LINE:
+                raise DataError(f"{source}: line {n} is longer than {MAX_LINE:,} bytes")
+            text = line.decode("utf-8-sig" if n == 1 else "utf-8")
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{source}: line {n} is not JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{source}: line {n}: expected one JSON object per row")
+            yield row
 
 
 def detect_format(columns: list[str], first: dict | None) -> str:
@@ -153,8 +203,8 @@ def detect_format(columns: list[str], first: dict | None) -> str:
         return "messages"
     if first is not None and isinstance(first.get("chosen"), str) and "Assistant:" in first["chosen"]:
         return "transcripts"
-    raise DataError(f"cannot tell the dataset's format from columns {sorted(cols)}; name it with --format "
-                    f"({', '.join(FORMATS)})")
+    raise DataError(f"cannot tell the dataset's format from columns {sorted(cols)}; name it with --set "
+                    f"data.format=... ({', '.join(FORMATS)})")
 
 
 def _text(v) -> str | None:

@@ -93,8 +93,7 @@ class Run:
 
 def prepare(data: Data, tc: TeacherCache, tok, strict: bool) -> tuple[list, dict, str]:
     """(Encoded-or-reason per input row, data fingerprint, format). `data.source` is a file or a hub id."""
-    rows, fp = load_rows(data.source, data.split, data.revision)
-    rows = rows[:data.limit] if data.limit is not None else rows
+    rows, fp = load_rows(data.source, data.split, data.revision, data.limit)
     columns = list(dict.fromkeys(c for row in rows for c in row))
     fmt = data.format if data.format != "auto" else detect_format(columns, rows[0])
     prepared = []
