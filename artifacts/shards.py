@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,9 +30,14 @@ def check_file(artifact_dir: Path, entry: dict, check_sha: bool = True) -> Path:
     """The shard's path, once its name is plain and its size (and sha256) match the manifest."""
     name = mf.check_shard_name(entry["file"])
     path = Path(artifact_dir) / name
-    if not path.is_file():
-        raise ShardError(f"{name}: missing")
-    size = path.stat().st_size
+    try:
+        st = os.lstat(path)  # not stat(): a link would make verify vouch for, and push copy, a file elsewhere
+    except FileNotFoundError:
+        raise ShardError(f"{name}: missing") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ShardError(f"{name}: {'a symbolic link' if stat.S_ISLNK(st.st_mode) else 'not a regular file'}; an "
+                         f"artifact's files are regular files inside its folder")
+    size = st.st_size
     if size != entry["bytes"]:
         raise ShardError(f"{name}: {size} bytes on disk, manifest says {entry['bytes']} (truncated or replaced)")
     if check_sha and sha256_file(path) != entry["sha256"]:

@@ -50,16 +50,22 @@ def keygen(name: str, folder: Path) -> tuple[Path, Path]:
         raise SignatureError(f"signer name {name!r}: letters, digits and . _ @ - only, at most 64")
     folder.mkdir(parents=True, exist_ok=True)
     priv, pub = folder / f"{name}.key", folder / f"{name}.pub"
-    if priv.exists():
-        raise SignatureError(f"{priv} exists; a signing key is never overwritten")
+    for p in (priv, pub):  # a public key handed out is as much someone's as the private one
+        if os.path.lexists(p):
+            raise SignatureError(f"{p} exists; a signing key is never overwritten (choose another name or --out)")
     key = Ed25519PrivateKey.generate()
-    fd = os.open(priv, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    _write_new(priv, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()), 0o600)
+    _write_new(pub, key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
     return priv, pub
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Create `path` with `data`; never replaces a file (O_EXCL), even one made after the check above."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _load_private(path: Path):

@@ -15,7 +15,7 @@ from artifacts.store import MANIFEST, read_manifest
 from artifacts.transfer import pull as pull_artifact
 from artifacts.transfer import push as push_artifact
 from artifacts.transfer import repair as repair_artifact
-from pipeline.options import StoreOpt, fail, printable
+from pipeline.options import StoreOpt, echo, fail
 
 app = typer.Typer(help="Inspect and move artifacts of the store.", no_args_is_help=True)
 
@@ -38,25 +38,25 @@ def ls(store: StoreOpt = None, as_json: bool = typer.Option(False, "--json", hel
     st = Store(store)
     entries = [st.entry(k) for k in st.keys()]
     if as_json:
-        typer.echo(json.dumps(entries, indent=1))
+        typer.echo(json.dumps(entries, indent=1))  # JSON escapes every control character itself
         return
     if not entries:
-        typer.echo(f"no artifacts in {st.root}")
+        echo(f"no artifacts in {st.root}")
         return
-    typer.echo(f"{'KEY':40} {'COMPLETE':8} {'ROWS':>9} {'TOKENS':>11} {'BYTES':>12}  CREATED")
+    echo(f"{'KEY':40} {'COMPLETE':8} {'ROWS':>9} {'TOKENS':>11} {'BYTES':>12}  CREATED")
     for e in entries:
         fmt = lambda v: "-" if v is None else f"{v:,}"  # noqa: E731
-        typer.echo(f"{e['key']:40} {'yes' if e['complete'] else 'no':8} {fmt(e['rows']):>9} {fmt(e['tokens']):>11}"
+        echo(f"{e['key']:40} {'yes' if e['complete'] else 'no':8} {fmt(e['rows']):>9} {fmt(e['tokens']):>11}"
                    f" {fmt(e['bytes']):>12}  {e['created'] or '-'}{'  ' + e['error'] if 'error' in e else ''}")
 
 
 def _print_tree(obj, indent: int = 2):
     for k, v in obj.items():
         if isinstance(v, dict) and v:
-            typer.echo(" " * indent + f"{printable(k)}:")
+            echo(" " * indent + f"{k}:")
             _print_tree(v, indent + 2)
-        else:  # values from a manifest someone else wrote: never a control character on the terminal
-            typer.echo(" " * indent + printable(f"{k}: {json.dumps(v) if isinstance(v, (list, dict)) else v}"))
+        else:  # echo: values from a manifest someone else wrote never put a control character on the terminal
+            echo(" " * indent + f"{k}: {json.dumps(v) if isinstance(v, (list, dict)) else v}")
 
 
 @app.command()
@@ -70,18 +70,18 @@ def show(key: str = typer.Argument(..., help="Artifact key or folder."), store: 
     else:
         m = read_manifest(d / MANIFEST, d.name)
     t = m["totals"]
-    typer.echo(f"{m['key']}  ({m['kind']}, created {m['created']})")
-    typer.echo(f"  path: {d if isinstance(d, RemoteArtifact) else d.resolve()}")
-    typer.echo(f"  shard schema: {m['shard_schema']['name']} {m['shard_schema']['version']} "
+    echo(f"{m['key']}  ({m['kind']}, created {m['created']})")
+    echo(f"  path: {d if isinstance(d, RemoteArtifact) else d.resolve()}")
+    echo(f"  shard schema: {m['shard_schema']['name']} {m['shard_schema']['version']} "
                f"{json.dumps(m['shard_schema'].get('layout', {}))}")
-    typer.echo(f"  totals: {t['shards']} shards, {t['rows']:,} rows, {t['tokens']:,} tokens, {t['bytes']:,} bytes"
+    echo(f"  totals: {t['shards']} shards, {t['rows']:,} rows, {t['tokens']:,} tokens, {t['bytes']:,} bytes"
                + (f" ({t['bytes'] / t['tokens']:.1f} bytes/token)" if t["tokens"] else ""))
     dropped = sum(m["dropped"].values())
-    typer.echo(f"  input rows: {m['input_rows']:,} = {m['rows_used']:,} used + {dropped:,} dropped")
+    echo(f"  input rows: {m['input_rows']:,} = {m['rows_used']:,} used + {dropped:,} dropped")
     for reason, n in m["dropped"].items():
-        typer.echo(f"    dropped {printable(reason)}: {n:,}")
+        echo(f"    dropped {reason}: {n:,}")
     for section in ("inputs", "producer", "stats"):
-        typer.echo(f"  {section}:")
+        echo(f"  {section}:")
         _print_tree(m[section], 4)
 
 
@@ -103,7 +103,7 @@ def verify(key: str = typer.Argument(..., help="Artifact key or folder."), store
     except (Incomplete, VerifyError, signing.SignatureError) as e:
         fail(str(e))
     t = m["totals"]
-    typer.echo(f"ok {m['key']}: {t['shards']} shards, {t['rows']:,} rows, {t['tokens']:,} tokens verified"
+    echo(f"ok {m['key']}: {t['shards']} shards, {t['rows']:,} rows, {t['tokens']:,} tokens verified"
                + (f"; signed by {signed['trusted_as']} (key sha256 {signed['public_key_sha256'][:16]}…, "
                   f"{signed['signed']})" if signed else ""))
 
@@ -118,7 +118,7 @@ def export(key: str = typer.Argument(..., help="Artifact key or folder."),
     from artifacts.export import export as export_artifact
     d = _artifact_dir(Store(store), key)
     n = export_artifact(d, out, limit)
-    typer.echo(f"exported {n:,} rows of {d.name} to {out}")
+    echo(f"exported {n:,} rows of {d.name} to {out}")
 
 
 @app.command()
@@ -126,7 +126,7 @@ def keygen(name: str = typer.Argument(..., help="The signer's name (a team or a 
            out: Path = typer.Option(Path("."), help="Folder for NAME.key (private) and NAME.pub (to hand out).")):
     """Make an Ed25519 signing key: keep NAME.key private, give NAME.pub to the teams that trust you."""
     priv, pub = signing.keygen(name, out)
-    typer.echo(f"private key {priv} (mode 0600; never share it), public key {pub} (put it in their --trust folder)")
+    echo(f"private key {priv} (mode 0600; never share it), public key {pub} (put it in their --trust folder)")
 
 
 @app.command()
@@ -137,7 +137,7 @@ def sign(key: str = typer.Argument(..., help="Artifact key or folder."),
     d = _artifact_dir(Store(store), key, local=True)
     verify_artifact(d)  # never vouch for shards that do not match their manifest
     e = signing.sign(d, key_file)
-    typer.echo(f"signed {d.name} as {e['signer']} (key sha256 {e['public_key_sha256'][:16]}…)")
+    echo(f"signed {d.name} as {e['signer']} (key sha256 {e['public_key_sha256'][:16]}…)")
 
 
 @app.command()
@@ -145,7 +145,7 @@ def push(key: str = typer.Argument(..., help="Artifact key."),
          url: str = typer.Argument(..., help="Destination store: a path or fsspec URL (s3://..., file://...)."),
          store: StoreOpt = None):
     """Copy a verified artifact to another store (shards first, manifest last)."""
-    typer.echo(f"pushed {push_artifact(Store(store), key, url)}")
+    echo(f"pushed {push_artifact(Store(store), key, url)}")
 
 
 @app.command()
@@ -153,7 +153,7 @@ def pull(url: str = typer.Argument(..., help="The artifact's folder in another s
          store: StoreOpt = None, trust: Path = TrustOpt):
     """Fetch an artifact; it becomes visible only after it verifies in full (it replaces a damaged local copy)."""
     key, reused = pull_artifact(Store(store), url, signing.trusted_keys(trust) if trust else None)
-    typer.echo(f"{'already complete, reused' if reused else 'pulled and verified'} {key}")
+    echo(f"{'already complete, reused' if reused else 'pulled and verified'} {key}")
 
 
 @app.command()
@@ -170,8 +170,9 @@ def audit(key: str = typer.Argument(..., help="Artifact key (teacher-topk, seq-l
     beyond the stated fidelity (a forged or mislabelled artifact), without trusting its producer."""
     from stages.teacher_cache.audit import audit as run_audit
     from stages.teacher_cache.audit import parse_models, report
-    findings, n = run_audit(Store(store), key, sample, seed, parse_models(model), slack, say=typer.echo)
-    typer.echo(report(key, findings, n))
+    findings, n = run_audit(Store(store), key, sample, seed, parse_models(model), slack, say=echo)
+    for line in report(key, findings, n).split("\n"):
+        echo(line)
     if not all(f.ok for f in findings):
         raise typer.Exit(1)
 
@@ -183,7 +184,7 @@ def repair(key: str = typer.Argument(..., help="Artifact key."),
            store: StoreOpt = None):
     """Verify an artifact; when damaged, replace it with a verified copy from URL, or remove it so that the
     command that made it rebuilds it."""
-    typer.echo(repair_artifact(Store(store), key, url))
+    echo(repair_artifact(Store(store), key, url))
 
 
 def parse_duration(text: str) -> float:
@@ -201,5 +202,5 @@ def gc(store: StoreOpt = None,
     store also the objects no manifest names)."""
     removed = Store(store).gc(parse_duration(older_than), dry_run=dry_run)
     for p in removed:
-        typer.echo(f"{'would remove' if dry_run else 'removed'} {p}")
-    typer.echo(f"{len(removed)} incomplete leftover(s) {'found' if dry_run else 'removed'}")
+        echo(f"{'would remove' if dry_run else 'removed'} {p}")
+    echo(f"{len(removed)} incomplete leftover(s) {'found' if dry_run else 'removed'}")

@@ -32,5 +32,11 @@ def one_line(e: BaseException) -> str:
     return printable(text)
 
 
+def echo(text) -> None:
+    """Print one line that may hold text from a manifest, a record or data: every control character, a new
+    line included, is shown escaped (an escape in a shared manifest must not retitle, erase or fake a line)."""
+    typer.echo(printable(text))
+
+
 def printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))

@@ -197,3 +197,61 @@ def test_csv_with_a_byte_order_mark_reads(tmp_path):
     assert detect_format(list(rows[0]), rows[0]) == "strings"
     with pytest.raises(DataError, match=r"--set data\.format="):
         detect_format(["chosen", "rejected"], {"chosen": 1, "rejected": 2})
+
+
+def files_artifact(root: Path):
+    """A small `files` artifact (the kind models and students are) in a store at `root`."""
+    from artifacts import Store
+    from artifacts.folders import publish_folder
+    st = Store(root)
+    d, m, _ = publish_folder(st, "model", {"probe": 1}, lambda f: {"size": (f / "weights.bin").write_bytes(b"w" * 4096)})
+    return st, d, m
+
+
+def test_terminal_escapes_in_a_manifest_never_reach_the_terminal(tmp_path):
+    """5a: `created` (neither hashed nor validated) and free-form values reached `cache ls` / `cache show` raw:
+    a title change, a line erase and a fake 'ok' line."""
+    st, d, m = files_artifact(tmp_path / "store")
+    evil = "\x1b]0;TITLE\x07\x1b[2K\r\x1b[32mok fake verified\nok second line"
+    raw = json.loads((d / "manifest.json").read_text())
+    (d / "manifest.json").chmod(0o644)
+    (d / "manifest.json").write_text(json.dumps(raw | {"stats": {"note": evil}}))
+    outputs = [adpa("cache", "show", m["key"], "--store", st.root), adpa("cache", "ls", "--store", st.root)]
+    (d / "manifest.json").write_text(json.dumps(raw | {"created": evil}))
+    outputs += [adpa("cache", "ls", "--store", st.root), adpa("cache", "show", m["key"], "--store", st.root),
+                adpa("cache", "verify", m["key"], "--store", st.root)]
+    for r in outputs:
+        text = r.stdout + r.stderr
+        assert not any(c in text for c in "\x1b\x07\r"), text
+        assert "\nok second line" not in text and "\nok fake" not in text, text
+    assert "created must be an ISO 8601 time" in outputs[-1].stderr
+
+
+def test_a_symlinked_file_in_an_artifact_is_refused_by_verify_push_reuse_and_pull(tmp_path):
+    """5b: an entry that is a link to a file outside (same sha256): verify said ok and push copied it."""
+    from artifacts import StoreError
+    from artifacts.transfer import pull, push
+    from artifacts.writer import checked_for_reuse
+    st, d, m = files_artifact(tmp_path / "store")
+    outside = tmp_path / "secret"
+    outside.write_bytes((d / "weights.bin").read_bytes())
+    (d / "weights.bin").unlink()
+    (d / "weights.bin").symlink_to(outside)
+    one_error_line(adpa("cache", "verify", m["key"], "--store", st.root), "weights.bin", "symbolic link")
+    one_error_line(adpa("cache", "push", m["key"], tmp_path / "dest", "--store", st.root), "symbolic link")
+    assert not (tmp_path / "dest" / m["key"] / "weights.bin").exists()
+    with pytest.raises(StoreError, match="symbolic link"):
+        checked_for_reuse(st, m["key"])
+    from artifacts import Store
+    with pytest.raises(StoreError, match="symbolic link"):
+        pull(Store(tmp_path / "other"), str(d))
+    assert not (tmp_path / "other" / m["key"]).exists()
+
+
+def test_keygen_never_replaces_a_public_key(tmp_path):
+    """5c: with NAME.key moved away, keygen silently replaced the NAME.pub other teams trust."""
+    assert adpa("cache", "keygen", "team", "--out", tmp_path).returncode == 0
+    pub = (tmp_path / "team.pub").read_bytes()
+    (tmp_path / "team.key").rename(tmp_path / "elsewhere.key")
+    one_error_line(adpa("cache", "keygen", "team", "--out", tmp_path), "team.pub exists")
+    assert (tmp_path / "team.pub").read_bytes() == pub and not (tmp_path / "team.key").exists()
