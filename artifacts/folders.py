@@ -7,7 +7,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from artifacts.fsutil import atomic_write_bytes, fsync_dir, fsync_file, sha256_file
+from artifacts.fsutil import atomic_write_bytes, fsync_dir, fsync_file, seal, sha256_file
 from schemas.keys import artifact_key
 from artifacts.store import MANIFEST, Store, StoreError, now_iso
 from artifacts.transfer import local_copy, publish
@@ -49,5 +49,6 @@ def publish_folder(store: Store, kind: str, inputs: dict, build: Callable[[Path]
              "input_rows": 0, "rows_used": 0, "dropped": {}, "stats": stats}
         mf.validate(m, key)
         atomic_write_bytes(d / MANIFEST, json.dumps(m, indent=1).encode())
+        seal(d)
     publish(store, key)
     return d, m, False

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -41,6 +42,29 @@ def commit_file(tmp: Path, final: Path) -> None:
     fsync_file(tmp)
     os.replace(tmp, final)
     fsync_dir(final.parent)
+
+
+FICLONE = 0x40049409  # Linux ioctl: share the source's blocks copy-on-write (btrfs, XFS, bcachefs)
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """A new file `dst` with `src`'s bytes: a reflink where the file system has them (no second copy of
+    the weights), else a copy; never a hard link, so writing either file never changes the other."""
+    with open(src, "rb") as fin, open(dst, "xb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+            return
+        except OSError:
+            pass
+        shutil.copyfileobj(fin, fout, CHUNK)
+
+
+def seal(folder: Path) -> None:
+    """Make a published artifact's files read-only (a stray write by its owner fails instead of
+    changing a shared artifact; removal and repair still work, as the folder stays writable)."""
+    for p in Path(folder).iterdir():
+        if p.is_file() and not p.is_symlink():
+            p.chmod(0o444)
 
 
 def sha256_file(path: Path) -> str:

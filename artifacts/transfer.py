@@ -15,6 +15,7 @@ import uuid
 
 import fsspec
 
+from artifacts.fsutil import seal
 from artifacts.remote import RemoteError, fetch_checked
 from artifacts.store import INCOMING, MANIFEST, Store, StoreError
 from artifacts.signing import MAX_SIGNATURES_BYTES, SIGNATURES, SignatureError, check_trusted
@@ -85,6 +86,7 @@ def pull(store: Store, url: str, trust: dict | None = None) -> tuple[str, bool]:
         verify_artifact(tmp)
         if trust is not None:
             check_trusted(tmp, trust)
+        seal(tmp)
         with store.lock(key):
             if _sound(store, key, trust):
                 return key, True

@@ -31,7 +31,7 @@ from importlib import metadata
 
 import pyarrow as pa
 
-from artifacts.fsutil import atomic_write_bytes, commit_file, sha256_file
+from artifacts.fsutil import atomic_write_bytes, commit_file, seal, sha256_file
 from schemas.keys import artifact_key
 from artifacts.shards import ShardError, check_file
 from artifacts.remote import MAX_RECORD_BYTES, RemoteError
@@ -400,6 +400,7 @@ def assemble(store: Store, kind: str, inputs: dict, codec, layout: dict, input_r
         else:
             atomic_write_bytes(d / MANIFEST, json.dumps(m, indent=1).encode())
             shutil.rmtree(d / PROGRESS, ignore_errors=True)
+            seal(d)
     return m
 
 

@@ -61,7 +61,7 @@ def recipe_for(seed: int, setting: dict):
 def train(store, method: str, seed: int, setting: dict, out: Path):
     from pipeline import orchestrate
     from stages.common.ranks import silent
-    run = orchestrate.distill(recipe_for(seed, setting), store, method, out, say=silent)[-1]
+    run = orchestrate.distill(recipe_for(seed, setting), store, method, out, say=silent, overwrite=True)[-1]
     return run, run.summary["selected"]
 
 

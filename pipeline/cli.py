@@ -78,6 +78,9 @@ def distill(
     output: Path = typer.Option(None, help="Run folder: model/, metrics.jsonl, loss.png, checkpoints/ "
                                 "(default runs/RECIPE-LOSS)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into an --output folder that is not an earlier "
+                                   "run of the same settings and data (what a run writes there is replaced; other "
+                                   "files stay). Without it such a folder is refused."),
     cache: list[str] = typer.Option(None, help="NAME=KEY: train on this artifact instead of the recipe's "
                                     "(NAME: teacher_topk, advantage, student_logp); repeatable."),
     overrides: list[str] = SetOpt,
@@ -99,7 +102,7 @@ def distill(
     say = ranks.speaker(typer.echo)
     say(f"recipe {r.name} ({r.path}); store {st.url or st.root.resolve()}; loss {r.distill.loss}")
     try:
-        results = orchestrate.distill(r, st, r.distill.loss, output, resume, caches, say, ranks)
+        results = orchestrate.distill(r, st, r.distill.loss, output, resume, caches, say, ranks, overwrite)
     finally:
         ranks.close()
     say(summary_table(results))

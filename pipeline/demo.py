@@ -33,7 +33,8 @@ def run_demo(store, recipe="tiny", out_dir: Path = Path("runs/demo"), methods=No
     students = {}
     for loss in methods:
         t = time.perf_counter()
-        runs = orchestrate.distill(recipe, store, loss, Path(out_dir) / "students" / loss, say=silent)
+        runs = orchestrate.distill(recipe, store, loss, Path(out_dir) / "students" / loss, say=silent,
+                                   overwrite=True)  # the demo's own folders: a student of another world replaced
         students[loss] = str(runs[-1].model_dir)
         say(f"  {loss:6} {runs[-1].status:8} {time.perf_counter() - t:6.1f} s  {runs[-1].key}")
     say("[3/3] evaluation on held-out prompts")

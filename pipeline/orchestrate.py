@@ -53,9 +53,11 @@ def _engine(tc, ranks: Ranks | None) -> str:
 
 
 def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path | None = None, resume: bool = False,
-            caches: dict[str, str] | None = None, say=print, ranks: Ranks | None = None) -> list[Trained]:
+            caches: dict[str, str] | None = None, say=print, ranks: Ranks | None = None,
+            overwrite: bool = False) -> list[Trained]:
     """Train the recipe's student with `loss` (default: the recipe's). A chained loss trains its steps in
-    turn; the run folders are runs/RECIPE-LOSS unless `output` names the last one."""
+    turn; the run folders are runs/RECIPE-LOSS unless `output` names the last one (`overwrite`: even one
+    that is not an earlier run of the same key)."""
     ranks = ranks or Ranks()
     say = ranks.speaker(say)
     loss = loss or recipe.distill.loss
@@ -64,18 +66,21 @@ def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path 
     if not all(name in keys for name in caches_of(loss)):
         keys = plan(models, worlds.resolve_data(recipe.data, store), recipe.teacher_cache, store) | keys
     runs, d = Path("runs"), recipe.distill_for(loss)
-    common = {"resume": resume, "say": say, "ranks": ranks, "title": recipe.name,
+    common = {"resume": resume, "say": say, "ranks": ranks, "title": recipe.name, "overwrite": overwrite,
               "validate": validator(recipe, d, store, models)}
     spec = LOSSES[loss]
+    final = Path(output or runs / f"{recipe.name}-{loss}")
     if spec.then is None:
-        return [train_one(store, loss, models["student"], d, keys, output or runs / f"{recipe.name}-{loss}", **common)]
+        return [train_one(store, loss, models["student"], d, keys, final, **common)]
     first_loss, then_loss = spec.then
-    first = train_one(store, first_loss, models["student"], d, keys, runs / f"{recipe.name}-{first_loss}", **common)
+    # beside the chain's folder: its first step has the chain's settings, not those of a plain first_loss run
+    first = train_one(store, first_loss, models["student"], d, keys, final.with_name(f"{final.name}-{first_loss}"),
+                      **common)
     say(f"{loss}: states for {then_loss} from the {first_loss} student {first.key}")
     models = models | {"student": resolve(str(first.model_dir))}
     states = _stage_one(models, recipe, store, say, ranks, states_only=True)
-    second = train_one(store, then_loss, models["student"], d, keys | {"advantage": states[-1].key},
-                       output or runs / f"{recipe.name}-{loss}", label=loss, **common)
+    second = train_one(store, then_loss, models["student"], d, keys | {"advantage": states[-1].key}, final, label=loss,
+                       **common)
     return [first, second]
 
 

@@ -391,3 +391,92 @@ def test_a_second_run_into_a_folder_in_use_refuses_in_one_line(world, tmp_path):
     assert not (run / "metrics.jsonl").exists()
     r = adpa("distill", "-r", world["recipe"], "--loss", "sft", "--output", run, store=st)
     assert r.returncode == 0 and "sft      built" in r.stdout, r.stdout + r.stderr
+
+
+def _student_dirs(st: Store) -> list[Path]:
+    return [d for d in st.root.iterdir() if d.name.startswith("student-") and (d / "manifest.json").exists()]
+
+
+def test_a_diverging_run_stops_at_the_step_and_publishes_nothing(world, tmp_path):
+    """3a: lr 1e30 made every weight NaN from step 3, exit 0, published as a complete student."""
+    st = fresh_store(world, "diverge")
+    r = adpa("distill", "-r", world["recipe"], "--loss", "kd", "--set", "distill.batch_pairs=2", "--set",
+             "distill.lr=1e30", "--set", "distill.save_every=1", "--output", tmp_path / "run", store=st)
+    assert r.returncode == 1, r.stdout[-2000:]
+    line = r.stderr.strip().splitlines()[-1]  # after the progress bar
+    assert line.startswith("adpa: error: step ") and ("is nan" in line or "is inf" in line), r.stderr[-2000:]
+    assert "learning rate 1e+30" in line and "nothing was published" in line, line
+    assert not _student_dirs(st) and not (tmp_path / "run" / "model").exists()
+    kept = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))
+    state = torch.load(kept[-1] / "state.pt", weights_only=True)["model"]
+    assert all(torch.isfinite(t).all() for t in state.values())  # the last checkpoint is a finite one
+
+
+def test_damaged_student_is_named_never_reused_and_run_folders_are_copies(world, tmp_path):
+    """3b: a truncated student in the store was 'reused' into the run folder; 3c: run folders were hard links
+    into the store, so a user's save_pretrained over one changed the shared artifact."""
+    from transformers import AutoModelForCausalLM
+    st = fresh_store(world, "damaged")
+    args = ["distill", "-r", world["recipe"], "--loss", "sft", "--set", "distill.batch_pairs=4"]
+    first = adpa(*args, "--output", tmp_path / "a", store=st)
+    assert first.returncode == 0, first.stderr
+    d, = _student_dirs(st)
+    assert all(not (f.stat().st_mode & 0o222) for f in d.iterdir())  # published artifacts are read-only
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "a" / "model")
+    model.generation_config.max_new_tokens = 7
+    model.save_pretrained(tmp_path / "a" / "model")  # what users do with their run folder
+    verify_artifact(d)  # the store's copy is untouched
+
+    os.truncate(d / "model.safetensors", 1000)
+    again = adpa(*args, "--output", tmp_path / "b", store=st)
+    assert again.returncode == 1 and "reused" not in again.stdout
+    assert f"complete artifact {d.name} is damaged" in again.stderr and f"adpa cache repair {d.name}" in again.stderr
+    assert not (tmp_path / "b" / "model").exists()
+
+
+def test_output_never_deletes_what_the_project_did_not_write(world, tmp_path):
+    """4a: --output at an existing folder of the user's deleted what was under its model/ and checkpoints/."""
+    st = fresh_store(world, "output")
+    mine = tmp_path / "mine"
+    (mine / "model").mkdir(parents=True)
+    (mine / "model" / "weights-i-care-about.bin").write_bytes(b"precious")
+    (mine / "notes.txt").write_text("mine")
+    args = ["distill", "-r", world["recipe"], "--loss", "sft", "--set", "distill.batch_pairs=4", "--output", mine]
+    r = adpa(*args, store=st)
+    assert r.returncode == 1 and "--overwrite" in r.stderr.strip().splitlines()[-1], r.stderr
+    assert sorted(p.name for p in mine.rglob("*")) == ["model", "notes.txt", "weights-i-care-about.bin"]
+    ok = adpa(*args, "--overwrite", store=st)
+    assert ok.returncode == 0, ok.stderr
+    assert (mine / "notes.txt").read_text() == "mine" and (mine / "model" / "model.safetensors").exists()
+    assert adpa(*args, store=st).returncode == 0  # the same run again: its own folder
+    other = adpa(*args, "--set", "distill.sft_lr=1e-4", store=st)
+    assert other.returncode == 1 and "with other settings or data" in other.stderr
+
+
+def test_a_kill_after_the_last_step_resumes_with_nothing_to_retrain(world, tmp_path):
+    """4b: SIGKILL once the end checkpoint is written (saving or publishing the student), then --resume: all
+    steps were retrained; 4c: a torn last metrics line blocked --resume naming no file; 4f: resuming from the
+    final step's checkpoint crashed in the summary table."""
+    st = fresh_store(world, "end")
+    run = tmp_path / "run"
+    args = ["distill", "-r", world["recipe"], "--loss", "sft", "--set", "distill.batch_pairs=4", "--output", run]
+    p = adpa(*args, store=st, popen=True)
+    end = run / "checkpoints" / "step-00000003"
+    while p.poll() is None and not end.is_dir():
+        time.sleep(0.01)
+    assert p.poll() is None, "the run ended before it could be killed"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not _student_dirs(st)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "lo')  # a write torn by the kill (or a full disk)
+    resumed = adpa(*args, "--resume", store=st)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout and "(step 3 of 3)" in resumed.stdout
+    assert f"{run / 'metrics.jsonl'}: dropped its torn last line" in resumed.stdout + resumed.stderr
+    row = next(ln for ln in resumed.stdout.splitlines() if ln.startswith("sft "))
+    assert row.split()[:5] == ["sft", "resumed", "3", "12", "0"], row
+    steps = [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    d, = _student_dirs(st)
+    verify_artifact(d)

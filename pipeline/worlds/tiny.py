@@ -151,7 +151,7 @@ def _sft(store: Store, role: str, world_seed: int, say) -> Path:
     d = Distill(loss="sft", token_budget=8192, seed=world_seed, **WORLD["sft"])
     init = resolve(str(_init_model(store, role, world_seed)))
     res = train_one(store, "sft", init, d, {"student_logp": _sft_tokens(store, world_seed)},
-                    _run_dir(store, f"{role}-sft", world_seed), say=say or silent, title="tiny-world")
+                    _run_dir(store, f"{role}-sft", world_seed), say=say or silent, title="tiny-world", overwrite=True)
     return res.model_dir
 
 
@@ -165,7 +165,7 @@ def _dpo_teacher(store: Store, world_seed: int, say) -> Path:
     finally:
         run.close()
     res = train_one(store, "dpo", sft, d, {"student_logp": ref.key},
-                    _run_dir(store, "teacher-dpo", world_seed), say=say or silent, title="tiny-world")
+                    _run_dir(store, "teacher-dpo", world_seed), say=say or silent, title="tiny-world", overwrite=True)
     return res.model_dir
 
 

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from stages.distill.losses import LOSSES
-
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()] if Path(path).exists() else []
 
 
 def plot_loss(metrics: list[dict], title: str, path: Path) -> Path | None:

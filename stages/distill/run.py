@@ -15,17 +15,19 @@ DCKD student generated), are the pipeline's business: this stage never imports s
 from __future__ import annotations
 
 import contextlib
-import os
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from artifacts import Store
 from artifacts.folders import publish_folder
-from artifacts.fsutil import exclusive_folder
+from artifacts.fsutil import atomic_write_bytes, copy_file, exclusive_folder
 from artifacts.reader import ArtifactReader
-from artifacts.store import MANIFEST
+from artifacts.signing import SIGNATURES
+from artifacts.store import MANIFEST, StoreError
 from artifacts.transfer import local_copy
+from artifacts.writer import checked_for_reuse
 from schemas import files
 from schemas.keys import artifact_key
 from schemas.manifest import ManifestError
@@ -38,6 +40,7 @@ from stages.common.tokenizers import tokenizer_fingerprint
 from stages.distill import checkpoints, lora, report, sharding, trainer
 from stages.distill.losses import LOSSES, caches_of
 from stages.distill.pair_stream import PairStream
+from stages.distill.run_log import METRICS, WANDB_ID, read_records
 from stages.distill.settings import Distill
 
 # cache name -> the artifact kind it is; columns a loss may need -> (layout flag, column name)
@@ -109,18 +112,48 @@ def key_settings(d: Distill, loss: str) -> dict:
     return out | {"lr": getattr(d, spec.lr)}
 
 
-def _link_or_copy(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
-    """Hard links where the file system allows (no second copy of the weights), copies elsewhere."""
+def _copy_files(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
+    """Copies (reflinks where the file system has them), never hard links: a user who saves a model over its
+    run folder must not change the store's artifact."""
     for p in sorted(q for q in src.iterdir() if q.name not in skip):
-        try:
-            os.link(p, dst / p.name)
-        except OSError:
-            shutil.copy2(p, dst / p.name)
+        copy_file(p, dst / p.name)
+
+
+MARKER = ".adpa-run.json"  # a run folder's run key: what --output may write over
+RUN_OUTPUTS = ("model", "adapter", "checkpoints", METRICS, "loss.png", "tensorboard", "wandb", WANDB_ID, MARKER)
+
+
+class RunFolderRefused(ValueError):
+    pass
+
+
+def _claim(run_dir: Path, key: str, overwrite: bool, check_only: bool = False) -> None:
+    """Make `run_dir` this run's folder. An existing folder that is not empty and not an earlier run of the
+    same key is refused (the project never deletes what it did not write); `overwrite` replaces what a
+    run writes there (RUN_OUTPUTS) and leaves every other file."""
+    marker = run_dir / MARKER
+    present = sorted(p.name for p in run_dir.iterdir() if p.name != ".lock") if run_dir.is_dir() else []
+    try:
+        owner = json.loads(marker.read_text()).get("key") if marker.is_file() else None
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        owner = "(unreadable)"
+    if present and owner != key:
+        if not overwrite:
+            listed = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+            what = f"run {owner}, with other settings or data" if owner else f"files no adpa run wrote ({listed})"
+            raise RunFolderRefused(f"--output {run_dir} holds {what}; choose another --output, or pass --overwrite "
+                                   f"to replace what a run writes there ({', '.join(RUN_OUTPUTS[:5])}, ...)")
+        if not check_only:
+            for name in RUN_OUTPUTS:
+                p = run_dir / name
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+    if not check_only:
+        atomic_write_bytes(marker, json.dumps({"key": key}).encode())
 
 
 def train_one(store: Store, loss: str, init: ResolvedModel, settings: Distill, caches: dict[str, str], run_dir: Path,
               resume: bool = False, say=print, ranks: Ranks | None = None, label: str | None = None,
-              title: str = "", command: str = "", validate=None) -> Trained:
+              title: str = "", command: str = "", validate=None, overwrite: bool = False) -> Trained:
     """One training run: `loss` is what the objective computes (a loss of `LOSSES` that is not a chain),
     `label` what the run is called (adpa+ trains its second step as adpa), `caches` name -> artifact key.
     `validate`: a callable model -> {metric: mean} with an `identity` (what it measures on), needed when
@@ -159,17 +192,24 @@ def train_one(store: Store, loss: str, init: ResolvedModel, settings: Distill, c
               "precision": precision} | ({"validation": validate.identity} if validate is not None else {})
     key = artifact_key("student", inputs, {"name": files.NAME, "version": files.VERSION})
     run_dir = Path(run_dir)
+    if ranks.rank == 0:
+        _claim(run_dir, key, overwrite, check_only=True)  # before the lock file is written into it
     # One run per folder: a second `adpa distill` into it refuses at once (its metrics, checkpoints
     # and model would interleave with the first's). Rank 0 holds it for the whole launch.
     with exclusive_folder(run_dir, "run folder") if ranks.rank == 0 else contextlib.nullcontext():
-        if store.manifest(key) is not None:
+        if ranks.rank == 0:
+            _claim(run_dir, key, overwrite)
+        done = checked_for_reuse(store, key)  # a damaged student is named, never copied onward
+        if done is not None:
             say(f"student ({label}): complete artifact {key} reused")
-            adapter = store.manifest(key)["stats"].get("adapter")
+            adapter = done["stats"].get("adapter")
             for sub, src in (("model", key), ("adapter", adapter)):  # the run folder shows the student either way
                 if src and ranks.rank == 0 and not (run_dir / sub).exists():
+                    if src != key and checked_for_reuse(store, src) is None:
+                        raise StoreError(f"student {key} names adapter {src}, which is not complete in {store}")
                     (run_dir / sub).mkdir(parents=True)
-                    _link_or_copy(local_copy(store, src), run_dir / sub, skip=(MANIFEST,))
-            return Trained(label, key, "reused", local_copy(store, key), run_dir, store.manifest(key)["stats"])
+                    _copy_files(local_copy(store, src), run_dir / sub, skip=(MANIFEST, SIGNATURES))
+            return Trained(label, key, "reused", local_copy(store, key), run_dir, done["stats"])
 
         stream = PairStream(dirs, loss, d.seed, d.shuffle_buffer, d.batch_pairs)
         dropped = next(iter(ArtifactReader(p).manifest for p in dirs.values()))["dropped"]
@@ -195,16 +235,16 @@ def train_one(store: Store, loss: str, init: ResolvedModel, settings: Distill, c
             if adapted is not None:  # the adapter is an artifact of its own: its folder must not sit in the model's
                 shutil.rmtree(run_dir / "adapter", ignore_errors=True)
                 model = lora.export(adapted, run_dir / "adapter")
-                adapter, _, _ = publish_folder(store, "adapter", inputs, lambda f: _link_or_copy(run_dir / "adapter", f))
+                adapter, _, _ = publish_folder(store, "adapter", inputs, lambda f: _copy_files(run_dir / "adapter", f))
                 summary["adapter"] = adapter.name
                 say(f"student ({label}): LoRA adapter {adapter.name}, merged into the student")
             model.save_pretrained(out, safe_serialization=True, state_dict=whole)
             tok.save_pretrained(out)
-            report.plot_loss(report.read_metrics(run_dir / "metrics.jsonl"), f"{title}: {label}", run_dir / "loss.png")
+            report.plot_loss(read_records(run_dir / METRICS, say), f"{title}: {label}", run_dir / "loss.png")
             (out / "README.md").write_text(report.model_card(
                 title=title, loss=label, init_spec=init.spec, settings=settings_in_key, caches=needed, summary=summary,
                 key=key, command=command or f"adpa distill -r {title} --loss {label}"))
-            publish_folder(store, "student", inputs, lambda folder: (_link_or_copy(out, folder), summary)[1])
+            publish_folder(store, "student", inputs, lambda folder: (_copy_files(out, folder), summary)[1])
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the run is complete and published
         ranks.barrier()
         return Trained(label, key, "resumed" if resumed else "built", store.path(key), run_dir, summary)
@@ -215,8 +255,10 @@ def summary_table(results: list[Trained]) -> str:
              f"{'final loss':>10}  key / folder"]
     for r in results:
         s = r.summary
-        lines.append(f"{r.loss:8} {r.status:8} {s.get('steps', '-'):>6} {s.get('pairs_per_epoch', '-'):>6} "
-                     f"{s.get('tokens_this_run', '-'):>9} {s.get('tokens_per_s', '-'):>8} "
-                     f"{s.get('data_wait_fraction', '-'):>6} {s.get('final', {}).get('loss', float('nan')):>10.4f}  "
-                     f"{r.key}\n{'':8} model: {r.model_dir}  run: {r.run_dir}")
+        cell = lambda name: "-" if s.get(name) is None else str(s[name])  # noqa: E731 (a run resumed at its end: none)
+        loss = (s.get("final") or {}).get("loss")
+        lines.append(f"{r.loss:8} {r.status:8} {cell('steps'):>6} {cell('pairs_per_epoch'):>6} "
+                     f"{cell('tokens_this_run'):>9} {cell('tokens_per_s'):>8} {cell('data_wait_fraction'):>6} "
+                     f"{'-' if loss is None else f'{loss:.4f}':>10}  {r.key}\n{'':8} model: {r.model_dir}  "
+                     f"run: {r.run_dir}")
     return "\n".join(lines)

@@ -15,21 +15,49 @@ import os
 import secrets
 from pathlib import Path
 
+from artifacts.fsutil import atomic_write_bytes
+
 NOT_SCALARS = ("step", "split")
 WANDB_ID = "wandb-run-id"
+METRICS = "metrics.jsonl"
+
+
+def read_records(path: Path, say=print) -> list[dict]:
+    """The records of a metrics.jsonl. A torn last line (a kill or a full disk mid-write) is dropped with a
+    warning naming the file; damage anywhere else is an error naming the file and the line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a record with a step")
+        except (ValueError, UnicodeDecodeError) as e:
+            if any(rest.strip() for rest in lines[n:]):
+                raise ValueError(f"{path}: line {n} is damaged ({str(e)[:80]}); remove that line to go on") from None
+            say(f"warning: {path}: dropped its torn last line {n} (a run killed while writing it)")
+            break
+        out.append(record)
+    return out
 
 
 class RunLog:
     def __init__(self, run_dir: Path, report_to: tuple[str, ...], start: int, name: str, config: dict,
-                 rank: int = 0):
+                 rank: int = 0, say=print):
         self.active = rank == 0
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / METRICS
         self.tensorboard = self.wandb = None
+        self.final = {}
         if not self.active:
             return
-        kept = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["step"] <= start] \
-            if self.path.exists() and start else []
-        self.path.write_text("".join(ln + "\n" for ln in kept))
+        kept = [r for r in read_records(self.path, say) if r["step"] <= start] if start else []
+        self.final = next((r for r in reversed(kept) if "split" not in r), {})  # a run resumed at its end
+        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         if "tensorboard" in report_to:
             from torch.utils.tensorboard import SummaryWriter
             self.tensorboard = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start + 1 if start else None)

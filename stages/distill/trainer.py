@@ -29,6 +29,7 @@ from stages.distill.objective import collate, micro_loss, pack
 from stages.common.settings import plain
 from stages.distill.pair_stream import PairStream
 from stages.distill.run_log import RunLog
+from stages.distill.losses import LOSSES
 from stages.distill.settings import LOWER_IS_BETTER, Distill
 
 
@@ -46,6 +47,30 @@ def lr_multiplier(schedule: str, total: int, warmup_steps: int):
             return 1 - p
         return 1.0
     return f
+
+
+class NotFinite(ValueError):
+    """Training diverged: the step, the quantity and the learning rate, in one line."""
+
+
+def _stop_if_not_finite(step: int, values: dict, lr: float, run_dir: Path) -> None:
+    """Before the optimizer applies a step: a non-finite loss term or gradient norm ends the run (nothing is
+    published; the checkpoints written so far, all finite, stay in the run folder)."""
+    bad = [n for n, v in values.items() if not math.isfinite(v)]
+    if bad:
+        raise NotFinite(f"step {step}: {bad[0]} is {values[bad[0]]} at learning rate {lr:.3g}; nothing was "
+                        f"published, the last finite checkpoint stays in {Path(run_dir) / 'checkpoints'} (lower "
+                        f"distill.lr or max_grad_norm)")
+
+
+def _stop_if_weights_not_finite(model, steps: int, ranks) -> None:
+    """Finite losses can still leave an infinite weight (a huge learning rate): never publish one. Every rank
+    checks its own part (FSDP: its shards) and all learn the verdict."""
+    local = [(n, p.to_local() if hasattr(p, "to_local") else p) for n, p in model.named_parameters()]
+    bad = [n for n, p in local if not bool(torch.isfinite(p.detach()).all())]
+    if _sum_over_ranks([float(len(bad))], ranks)[0]:
+        raise NotFinite(f"after step {steps}: weight {bad[0] if bad else '(on another rank)'} is not finite; nothing "
+                        f"was published (lower distill.lr)")
 
 
 def _all_reduce_grads(params, ranks, bucket: int = 1 << 24) -> None:
@@ -104,7 +129,7 @@ def train(model, stream: PairStream, loss: str, hp: Distill, lr: float, autocast
         say(f"resuming from {found[-1]} (step {start} of {total})")
     with RunLog(run_dir, hp.report_to, start, name=f"{Path(run_dir).name} ({loss})",
                 config={"loss": loss, "key": key, "lr": lr} | {k: plain(v) for k, v in vars(hp).items()},
-                rank=ranks.rank) as log:
+                rank=ranks.rank, say=say) as log:
         return _loop(model, compute, stream, loss, hp, opt, sched, params, start, best, autocast, ranks, run_dir, key,
                      pad_id, say, validate, log, sharded)
 
@@ -142,61 +167,64 @@ def _loop(model, compute, stream, loss, hp, opt, sched, params, start, best, aut
     t_start = time.perf_counter()
     t_ready = t_start
     totals = defaultdict(float)
-    last = {}
+    last = {n: v for n, v in log.final.items() if n in ("loss", *LOSSES[loss].terms)}  # resumed at the end
     model.train()
     # sharded: every rank runs as many forwards as the busiest one (zero-weighted spares), and FSDP's
     # average over ranks becomes the sum the weights below are made for
     scale = ranks.world_size if sharded else 1
-    for step, n_step, micro, spare in background(steps(), depth=2, name="adpa-collate"):
-        t_got = time.perf_counter()
-        sums = defaultdict(float)
-        tokens = pairs = forward = 0
-        n_micro = sharding.micro_batch_count(len(micro)) if sharded else len(micro)
-        for i in range(n_micro):
-            mb = (micro[i] if i < len(micro) else spare).to(device)
-            with amp:
-                value, terms = compute(mb)
-            (value * (scale * mb.n_pairs / n_step if i < len(micro) else 0.0)).backward()
-            if i >= len(micro):
-                continue
-            for name, v in terms.items():
-                sums[name] += v * mb.n_pairs
-            tokens += mb.tokens
-            forward += mb.forward_tokens
-            pairs += mb.n_pairs
-        for p in params:
-            if p.grad is None:  # a rank without pairs in this step still joins the sum
-                p.grad = torch.zeros_like(p)
-        names = sorted(sums)
-        reduced = _sum_over_ranks([sums[n] for n in names] + [tokens, forward, pairs], ranks)
-        if ranks.world_size > 1 and not sharded:
-            _all_reduce_grads(params, ranks)
-        gnorm = torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm if hp.max_grad_norm > 0 else float("inf"))
-        gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # sharded: a DTensor
-        lr = sched.get_last_lr()[0]
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t_done = time.perf_counter()
-        tokens, forward, pairs = (int(x) for x in reduced[-3:])
-        last = {n: v / max(pairs, 1) for n, v in zip(names, reduced)}
-        rec = {"step": step + 1, "epoch": step // stream.steps_per_epoch, "lr": lr, **last,
-               "grad_norm": float(gnorm), "pairs": pairs, "tokens": tokens,
-               "forward_tokens": forward, "step_s": round(t_done - t_ready, 4),
-               "data_wait_s": round(t_got - t_ready, 4), "tokens_per_s": round(tokens / (t_done - t_ready), 1)}
-        for n in ("tokens", "forward_tokens", "pairs", "step_s", "data_wait_s"):
-            totals[n] += rec[n]
-        log.write(rec)
-        bar.update(1)
-        bar.set_postfix_str(f"loss {last['loss']:.4f} {totals['tokens'] / totals['step_s']:,.0f} tok/s")
-        if validating and ((step + 1) % hp.eval_every == 0 or step + 1 == total):
-            validation(step + 1)
-        if hp.save_every and (step + 1) % hp.save_every == 0 and step + 1 < total:
-            checkpoints.save(run_dir, step + 1, key, model, opt, sched, ranks, extra=best, sharded=sharded)
-        t_ready = time.perf_counter()
-    bar.close()
+    with bar:  # closed before an error's line, so that line is the last on the terminal
+        for step, n_step, micro, spare in background(steps(), depth=2, name="adpa-collate"):
+            t_got = time.perf_counter()
+            sums = defaultdict(float)
+            tokens = pairs = forward = 0
+            n_micro = sharding.micro_batch_count(len(micro)) if sharded else len(micro)
+            for i in range(n_micro):
+                mb = (micro[i] if i < len(micro) else spare).to(device)
+                with amp:
+                    value, terms = compute(mb)
+                (value * (scale * mb.n_pairs / n_step if i < len(micro) else 0.0)).backward()
+                if i >= len(micro):
+                    continue
+                for name, v in terms.items():
+                    sums[name] += v * mb.n_pairs
+                tokens += mb.tokens
+                forward += mb.forward_tokens
+                pairs += mb.n_pairs
+            for p in params:
+                if p.grad is None:  # a rank without pairs in this step still joins the sum
+                    p.grad = torch.zeros_like(p)
+            names = sorted(sums)
+            reduced = _sum_over_ranks([sums[n] for n in names] + [tokens, forward, pairs], ranks)
+            if ranks.world_size > 1 and not sharded:
+                _all_reduce_grads(params, ranks)
+            gnorm = torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm if hp.max_grad_norm > 0 else float("inf"))
+            gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # sharded: a DTensor
+            lr = sched.get_last_lr()[0]
+            _stop_if_not_finite(step + 1, dict(zip(names, reduced)) | {"grad_norm": float(gnorm)}, lr, run_dir)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t_done = time.perf_counter()
+            tokens, forward, pairs = (int(x) for x in reduced[-3:])
+            last = {n: v / max(pairs, 1) for n, v in zip(names, reduced)}
+            rec = {"step": step + 1, "epoch": step // stream.steps_per_epoch, "lr": lr, **last,
+                   "grad_norm": float(gnorm), "pairs": pairs, "tokens": tokens,
+                   "forward_tokens": forward, "step_s": round(t_done - t_ready, 4),
+                   "data_wait_s": round(t_got - t_ready, 4), "tokens_per_s": round(tokens / (t_done - t_ready), 1)}
+            for n in ("tokens", "forward_tokens", "pairs", "step_s", "data_wait_s"):
+                totals[n] += rec[n]
+            log.write(rec)
+            bar.update(1)
+            bar.set_postfix_str(f"loss {last['loss']:.4f} {totals['tokens'] / totals['step_s']:,.0f} tok/s")
+            if validating and ((step + 1) % hp.eval_every == 0 or step + 1 == total):
+                validation(step + 1)
+            # the last step always: a run killed after it (saving, publishing) resumes with nothing to retrain
+            if hp.save_every and (step + 1) % hp.save_every == 0 or step + 1 == total:
+                checkpoints.save(run_dir, step + 1, key, model, opt, sched, ranks, extra=best, sharded=sharded)
+            t_ready = time.perf_counter()
+    _stop_if_weights_not_finite(model, total, ranks)
     selected = {"by": hp.select_by, "step": total}
     if best is not None:
         checkpoints.restore(model, best["state"])
