@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -85,6 +86,39 @@ def fingerprint_files(paths: list[Path], root: Path | None = None) -> dict[str, 
         name = str(p.relative_to(root)) if root else p.name
         out[name] = sha256_file(p)
     return out
+
+
+@contextlib.contextmanager
+def work_folder(parent: Path, prefix: str):
+    """A new folder `parent/PREFIX-<uuid>` for work in progress (a pull, a fetched shard), held under its
+    `.lock` while in use (`in_use` tells; `adpa cache gc` skips it) and removed afterwards."""
+    path = Path(parent) / f"{prefix}-{uuid.uuid4().hex}"
+    path.mkdir(parents=True)
+    try:
+        with exclusive_folder(path, "work folder"):
+            yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def idle(path: Path):
+    """Yields whether `path` is free to remove, holding its `.lock` meanwhile: False while a live process
+    holds it (work_folder, exclusive_folder); a folder claimed first by its remover fails at its own lock
+    instead of losing its work. A plain file is always free."""
+    if not Path(path).is_dir():
+        yield True
+        return
+    fd = os.open(Path(path) / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 class FolderInUse(OSError):

@@ -9,10 +9,9 @@ and each shard is deleted once decoded.
 from __future__ import annotations
 
 import contextlib
-import shutil
-import uuid
 from pathlib import Path
 
+from artifacts.fsutil import work_folder
 from artifacts.prefetch import background
 from artifacts.remote import RemoteArtifact, RemoteError
 from artifacts.shards import ShardError, codec_and_layout, open_shard
@@ -45,16 +44,12 @@ class ArtifactReader:
         if self.remote is None:
             yield self.dir, self.check_sha
             return
-        scratch = self.remote.scratch / f"read-{uuid.uuid4().hex}"
-        scratch.mkdir(parents=True)
-        try:
+        with work_folder(self.remote.scratch, "read") as scratch:
             try:
                 self.remote.remote.fetch(self.remote.key, entry, scratch / entry["file"])
             except RemoteError as e:
                 raise ShardError(f"artifact {self.name}: {e}; {repair_hint(self.name)}") from None
             yield scratch, False  # fetch hashed it on the way
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
 
     def decoded(self):
         """Decoded record batches in manifest order (each shard's sha256 checked first, unless told not to)."""

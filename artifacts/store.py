@@ -21,6 +21,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from artifacts.fsutil import idle
 from artifacts.remote import Remote, RemoteArtifact, RemoteError, is_url, working_copy
 from schemas.keys import parse_key
 from schemas import manifest as mf
@@ -172,11 +173,14 @@ class Store:
                         shutil.rmtree(p)
         inc = self.root / INCOMING
         if inc.is_dir():
-            for p in inc.iterdir():
-                if now - _newest_mtime(p) >= older_than_s:
-                    removed.append(p)
-                    if not dry_run:
-                        shutil.rmtree(p) if p.is_dir() else p.unlink()
+            for p in inc.iterdir():  # a pull's, push's or reader's work folder is held while in use
+                if now - _newest_mtime(p) < older_than_s:
+                    continue
+                with idle(p) as free:
+                    if free:
+                        removed.append(p)
+                        if not dry_run:
+                            shutil.rmtree(p) if p.is_dir() else p.unlink()
         if self.remote is not None:
             removed += self.remote.gc(older_than_s, dry_run)
         return removed

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+from pathlib import Path
 
 import fsspec
 
-from artifacts.fsutil import seal
+from artifacts.fsutil import copy_file, fsync_dir, fsync_file, seal, work_folder
 from artifacts.remote import RemoteError, fetch_checked
 from artifacts.store import INCOMING, MANIFEST, Store, StoreError
 from artifacts.signing import MAX_SIGNATURES_BYTES, SIGNATURES, SignatureError, check_trusted
@@ -29,25 +30,72 @@ def _fs(url: str):
 
 
 def push(store: Store, key: str, url: str) -> str:
-    """Copy a complete, verified artifact to `<url>/<key>/`; returns the remote artifact URL."""
+    """Copy a complete, verified artifact to `<url>/<key>/`; returns the remote artifact URL.
+
+    A destination that already holds this manifest with every file at its size is left as it is. On a local
+    folder the copy is made under `.incoming/` and verified, then renamed into place (an existing copy is
+    replaced by one rename): a kill at any instant leaves the old copy or the new one. On an object store
+    (no rename) an existing manifest is deleted first, then shards, the manifest last: a kill leaves an
+    incomplete copy that no reader takes as complete, never a damaged one under a manifest."""
     src = store.path(key)
     try:
         m = verify_artifact(src)
     except Incomplete as e:
         raise StoreError(f"cannot push {key}: {e}") from None
     fs, root = _fs(url)
-    dest = f"{root}/{key}"
-    target = dest
+    names = [s["file"] for s in m["shards"]] + [MANIFEST] + ([SIGNATURES] if (src / SIGNATURES).exists() else [])
+    target = f"{root}/{key}"
     try:
-        fs.makedirs(dest, exist_ok=True)
-        signed = [SIGNATURES] if (src / SIGNATURES).exists() else []
-        for name in [s["file"] for s in m["shards"]] + [MANIFEST] + signed:
-            target = f"{dest}/{name}"
-            fs.put_file(str(src / name), target)
+        if _already_there(fs, target, src, m):
+            return url.rstrip("/") + "/" + key
+        if _is_local(fs):
+            _push_local(Path(root), key, src, names)
+        else:
+            if fs.exists(f"{target}/{MANIFEST}"):
+                fs.rm(f"{target}/{MANIFEST}")
+            for name in names:
+                fs.put_file(str(src / name), f"{target}/{name}")
     except OSError as e:  # the destination's fault (full, read-only, gone): name it, not the local file
-        raise StoreError(f"push {key} to {url}: {e.strerror or e} writing {target}; the remote copy has no "
-                         f"manifest, so no reader takes it as complete") from None
+        raise StoreError(f"push {key} to {url}: {e.strerror or e} writing {e.filename or target}; no reader takes "
+                         f"a partial copy as complete") from None
     return url.rstrip("/") + "/" + key
+
+
+def _is_local(fs) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols
+
+
+def _already_there(fs, target: str, src, m: dict) -> bool:
+    """The destination holds these exact manifest bytes and every shard at its size (content-addressed: the
+    same key and manifest are the same artifact)."""
+    try:
+        if fs.cat_file(f"{target}/{MANIFEST}") != (src / MANIFEST).read_bytes():
+            return False
+        return all(fs.size(f"{target}/{s['file']}") == s["bytes"] for s in m["shards"])
+    except (FileNotFoundError, OSError):
+        return False
+
+
+def _push_local(root: Path, key: str, src: Path, names: list[str]) -> None:
+    """Into a local folder: copy and verify under `.incoming/`, then rename into place."""
+    with work_folder(root / INCOMING, "push") as work:
+        tmp = work / key
+        tmp.mkdir()
+        for name in names:
+            copy_file(src / name, tmp / name)
+            fsync_file(tmp / name)
+        fsync_dir(tmp)
+        try:
+            verify_artifact(tmp)
+        except VerifyError as e:
+            raise StoreError(f"push {key}: the copy in {tmp} does not verify ({e})") from None
+        seal(tmp)
+        dest = root / key
+        if dest.exists():  # the old copy: moved aside by one rename, removed with the work folder
+            dest.rename(work / "replaced")
+        tmp.rename(dest)
+        fsync_dir(root)
 
 
 def pull(store: Store, url: str, trust: dict | None = None) -> tuple[str, bool]:
@@ -72,20 +120,19 @@ def pull(store: Store, url: str, trust: dict | None = None) -> tuple[str, bool]:
         raise StoreError(f"{url}: folder is named {name!r} but its manifest is for {key}")
     if _sound(store, key, trust):
         return key, True
-    work = store.root / INCOMING / uuid.uuid4().hex
-    tmp = work / key  # verified under its own name, then renamed into place
-    tmp.mkdir(parents=True)
-    try:
-        for s in m["shards"]:
-            _fetch(fs, f"{remote}/{s['file']}", tmp / mf.check_shard_name(s["file"]), s["bytes"], s["sha256"])
+    with work_folder(store.root / INCOMING, "pull") as work:  # held: `adpa cache gc` leaves it alone
+        tmp = work / key  # verified under its own name, then renamed into place
+        tmp.mkdir()
         (tmp / MANIFEST).write_bytes(raw)  # the exact bytes: signatures are over them
         if fs.exists(f"{remote}/{SIGNATURES}"):
             if fs.size(f"{remote}/{SIGNATURES}") > MAX_SIGNATURES_BYTES:
                 raise StoreError(f"{url}: {SIGNATURES} exceeds {MAX_SIGNATURES_BYTES} bytes")
             (tmp / SIGNATURES).write_bytes(fs.cat_file(f"{remote}/{SIGNATURES}"))
-        verify_artifact(tmp)
-        if trust is not None:
+        if trust is not None:  # before any shard: an unsigned artifact costs one small read, not its size
             check_trusted(tmp, trust)
+        for s in m["shards"]:
+            _fetch(fs, f"{remote}/{s['file']}", tmp / mf.check_shard_name(s["file"]), s["bytes"], s["sha256"])
+        verify_artifact(tmp)
         seal(tmp)
         with store.lock(key):
             if _sound(store, key, trust):
@@ -95,8 +142,6 @@ def pull(store: Store, url: str, trust: dict | None = None) -> tuple[str, bool]:
                 dest.rename(work / "replaced")
             tmp.rename(dest)
         return key, False
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def local_copy(store: Store, key: str):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from pathlib import Path
 
+from artifacts.fsutil import work_folder
 from artifacts.remote import RemoteArtifact, RemoteError
 from artifacts.shards import ShardError, check_shard, codec_and_layout
 from artifacts.store import MANIFEST, read_manifest
@@ -52,13 +51,10 @@ def _verify_remote(a: RemoteArtifact) -> dict:
     except (ManifestError, ValueError, RemoteError) as e:
         raise VerifyError(f"{a}/manifest.json: {e}") from None
     for entry in m["shards"]:
-        scratch = a.scratch / f"verify-{uuid.uuid4().hex}"
-        scratch.mkdir(parents=True)
-        try:
-            a.remote.fetch(a.key, entry, scratch / entry["file"])
-            check_shard(scratch, entry, codec, layout)
-        except (ShardError, ManifestError, RemoteError) as e:
-            raise VerifyError(f"{a}/{e}") from None
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        with work_folder(a.scratch, "verify") as scratch:
+            try:
+                a.remote.fetch(a.key, entry, scratch / entry["file"])
+                check_shard(scratch, entry, codec, layout)
+            except (ShardError, ManifestError, RemoteError) as e:
+                raise VerifyError(f"{a}/{e}") from None
     return m

@@ -25,13 +25,12 @@ import json
 import platform
 import re
 import shutil
-import uuid
 from collections import Counter
 from importlib import metadata
 
 import pyarrow as pa
 
-from artifacts.fsutil import atomic_write_bytes, commit_file, seal, sha256_file
+from artifacts.fsutil import atomic_write_bytes, commit_file, seal, sha256_file, work_folder
 from schemas.keys import artifact_key
 from artifacts.shards import ShardError, check_file
 from artifacts.remote import MAX_RECORD_BYTES, RemoteError
@@ -77,9 +76,8 @@ def checked_for_reuse(store: Store, key: str, full: bool = False) -> dict | None
                     raise ShardError(f"{entry['file']}: {sizes.get(entry['file'], 'no')} bytes on the store, "
                                      f"manifest says {entry['bytes']}")
                 if full:
-                    scratch = store.root / INCOMING
-                    scratch.mkdir(parents=True, exist_ok=True)
-                    store.remote.fetch(key, entry, scratch / f"{uuid.uuid4().hex}.check").unlink()
+                    with work_folder(store.root / INCOMING, "check") as scratch:
+                        store.remote.fetch(key, entry, scratch / entry["file"])
     except (mf.ManifestError, ShardError, RemoteError) as e:
         raise StoreError(f"complete artifact {key} is damaged ({e}); {repair_hint(key)}") from None
     return m

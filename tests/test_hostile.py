@@ -255,3 +255,81 @@ def test_keygen_never_replaces_a_public_key(tmp_path):
     (tmp_path / "team.key").rename(tmp_path / "elsewhere.key")
     one_error_line(adpa("cache", "keygen", "team", "--out", tmp_path), "team.pub exists")
     assert (tmp_path / "team.pub").read_bytes() == pub and not (tmp_path / "team.key").exists()
+
+
+def big_files_artifact(root: Path, mb: int = 64):
+    """A `files` artifact of `mb` MiB of random bytes (a model's size class), built with a fresh `created`."""
+    from artifacts import Store
+    from artifacts.folders import publish_folder
+    st = Store(root)
+    blob = os.urandom(1 << 20)
+    def build(f):
+        with open(f / "model.safetensors", "wb") as out:
+            for i in range(mb):
+                out.write(blob[i:] + blob[:i])
+        return {}
+    d, m, _ = publish_folder(st, "model", {"probe": "big"}, build)
+    return st, d, m
+
+
+def test_push_over_a_complete_copy_survives_sigkill_at_any_instant(tmp_path):
+    """4d: a second push over a complete copy wrote in place: killed at 0.5 s it left 7 of 210 MB under the old
+    manifest. Here a push that must replace the copy (same key, another manifest) is killed at several
+    instants: the destination always verifies, with the old manifest or the new one."""
+    from artifacts import verify_artifact
+    st, d, m = big_files_artifact(tmp_path / "store")
+    dest = tmp_path / "dest"
+    t = __import__("time").perf_counter()
+    assert adpa("cache", "push", m["key"], dest, "--store", st.root).returncode == 0
+    full = __import__("time").perf_counter() - t
+    old = (dest / m["key"] / "manifest.json").read_bytes()
+    again = adpa("cache", "push", m["key"], dest, "--store", st.root)  # the same manifest: nothing rewritten
+    assert again.returncode == 0 and (dest / m["key"] / "manifest.json").read_bytes() == old
+    (d / "manifest.json").chmod(0o644)
+    raw = json.loads((d / "manifest.json").read_text())
+    (d / "manifest.json").write_text(json.dumps(raw | {"created": "2027-01-01T00:00:00+00:00"}))
+    new = (d / "manifest.json").read_bytes()
+    for frac in (0.2, 0.4, 0.6, 0.8, 0.95):
+        p = subprocess.Popen([ADPA, "cache", "push", m["key"], str(dest), "--store", str(st.root)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        __import__("time").sleep(frac * full)
+        p.kill()
+        p.wait()
+        verify_artifact(dest / m["key"])
+        assert (dest / m["key"] / "manifest.json").read_bytes() in (old, new)
+    assert adpa("cache", "push", m["key"], dest, "--store", st.root).returncode == 0
+    assert (dest / m["key"] / "manifest.json").read_bytes() == new
+    verify_artifact(dest / m["key"])
+
+
+def test_gc_never_removes_a_live_pull_s_work(tmp_path):
+    """4e: `cache gc --older-than 0s` during a pull deleted the pull's .incoming work folder."""
+    from artifacts import Store, verify_artifact
+    from artifacts.fsutil import work_folder
+    from artifacts.store import INCOMING
+    st = Store(tmp_path / "store")
+    with work_folder(st.root / INCOMING, "pull") as work:  # held as a running pull holds it
+        (work / "part").write_bytes(b"x")
+        r = adpa("cache", "gc", "--older-than", "0s", "--store", st.root)
+        assert r.returncode == 0 and (work / "part").exists(), r.stdout
+    src, _, m = big_files_artifact(tmp_path / "src", mb=128)
+    p = subprocess.Popen([ADPA, "cache", "pull", str(src.path(m["key"])), "--store", str(st.root)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while p.poll() is None:  # gc again and again while the pull runs
+        adpa("cache", "gc", "--older-than", "0s", "--store", st.root)
+    out, err = p.communicate()
+    assert p.returncode == 0 and "pulled and verified" in out, err
+    verify_artifact(st.path(m["key"]))
+    assert adpa("cache", "gc", "--older-than", "0s", "--store", st.root).returncode == 0
+    assert not list((st.root / INCOMING).iterdir())
+
+
+def test_pull_trust_checks_the_signature_before_any_shard(tmp_path):
+    """1e: `pull --trust` of an unsigned artifact downloaded every shard (the format allows 100k of 64 GiB)
+    before it said 'is not signed'. The source here has its manifest and no shard at all."""
+    st, d, m = files_artifact(tmp_path / "src")
+    assert adpa("cache", "keygen", "team", "--out", tmp_path / "keys").returncode == 0
+    (tmp_path / "keys" / "team.key").unlink()
+    (d / "weights.bin").unlink()
+    r = adpa("cache", "pull", d, "--trust", tmp_path / "keys", "--store", tmp_path / "mine")
+    one_error_line(r, "is not signed")
