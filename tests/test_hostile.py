@@ -333,3 +333,22 @@ def test_pull_trust_checks_the_signature_before_any_shard(tmp_path):
     (d / "weights.bin").unlink()
     r = adpa("cache", "pull", d, "--trust", tmp_path / "keys", "--store", tmp_path / "mine")
     one_error_line(r, "is not signed")
+
+
+def test_keys_name_inputs_not_the_environment(model_store):
+    """3d: HF_HUB_OFFLINE=1 gave other keys for every artifact (transformers saves local_files_only into
+    tokenizer_config.json, which the tokenizer fingerprint hashed), so two teams never shared a shard."""
+    code = ("import json\nfrom artifacts import Store\nfrom pipeline.recipe import load_recipe\n"
+            "from pipeline import worlds\nfrom stages.common.models import load_tokenizer\n"
+            "from stages.common.tokenizers import tokenizer_fingerprint\n"
+            f"models = worlds.resolve_models(load_recipe('smollm2').models, Store({str(model_store.root)!r}))\n"
+            "print(json.dumps({r: [m.identity, tokenizer_fingerprint(load_tokenizer(m))] for r, m in models.items()},"
+            " sort_keys=True))\n")
+    out = []
+    for offline in ("", "1"):
+        env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"} | ({"HF_HUB_OFFLINE": "1"} if offline else {})
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                           cwd=Path(__file__).parents[1])
+        assert r.returncode == 0, r.stderr[-2000:]
+        out.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    assert out[0] == out[1]

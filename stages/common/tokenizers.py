@@ -40,11 +40,21 @@ def vocab_sha256(tok) -> str:
     return hashlib.sha256("\n".join(f"{i}\t{table[i]}" for i in sorted(table)).encode()).hexdigest()
 
 
+# How a tokenizer was loaded, which transformers saves into tokenizer_config.json: HF_HUB_OFFLINE=1 turns
+# local_files_only on. Saved at their defaults for hashing, so that keys name inputs, not the environment.
+LOADER_DEFAULTS = {"local_files_only": False}
+
+
 def tokenizer_fingerprint(tok) -> dict:
-    """sha256 of the tokenizer's saved files, of its chat template (files, not the live object) and of
-    its id -> token table."""
+    """sha256 of the tokenizer's saved files (loader settings at their defaults), of its chat template
+    (files, not the live object) and of its id -> token table."""
+    loaded = tok.init_kwargs
     with tempfile.TemporaryDirectory() as d:
-        tok.save_pretrained(d)
+        tok.init_kwargs = {**loaded, **{k: v for k, v in LOADER_DEFAULTS.items() if k in loaded}}
+        try:
+            tok.save_pretrained(d)
+        finally:
+            tok.init_kwargs = loaded
         h = hashlib.sha256()
         for p in sorted(Path(d).iterdir()):
             h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
