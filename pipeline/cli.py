@@ -110,13 +110,11 @@ def distill(
 
 def _training_ranks():
     """Launcher ranks with a process group for gradients: nccl across GPUs, gloo on CPUs."""
-    import os
-
     import torch
 
-    from stages.common.ranks import from_env
+    from stages.common.ranks import env_int, from_env
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(env_int("LOCAL_RANK", 0, 0))
         return from_env("nccl")
     return from_env("gloo")
 

@@ -352,3 +352,16 @@ def test_keys_name_inputs_not_the_environment(model_store):
         assert r.returncode == 0, r.stderr[-2000:]
         out.append(json.loads(r.stdout.strip().splitlines()[-1]))
     assert out[0] == out[1]
+
+
+def test_a_parquet_bomb_is_refused_in_bounded_memory(tmp_path):
+    """The gzip bomb's class in Parquet: dictionary and run-length codes make 10M rows a few hundred KB."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    n = 10_000_000
+    col = pa.DictionaryArray.from_arrays(pa.array(__import__("numpy").zeros(n, "int32")), pa.array(["x" * 64]))
+    pq.write_table(pa.table({"prompt": col, "chosen": col, "rejected": col}), tmp_path / "bomb.parquet",
+                   compression="zstd")
+    assert (tmp_path / "bomb.parquet").stat().st_size < 1 << 20
+    r = load_rows_in_child(tmp_path / "bomb.parquet", GiB)
+    assert r.returncode == 1 and "expands more than 100x" in r.stdout, r.stdout + r.stderr[-2000:]

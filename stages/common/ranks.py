@@ -42,7 +42,8 @@ class Ranks:
 RENDEZVOUS_S = 300  # seconds to wait for every process to join; ADPA_RENDEZVOUS_S overrides
 
 
-def _env_int(name: str, default: int, minimum: int) -> int:
+def env_int(name: str, default: int, minimum: int) -> int:
+    """A launcher variable as an integer >= minimum, or one line naming it."""
     text = os.environ.get(name, str(default))
     try:
         value = int(text)
@@ -57,8 +58,8 @@ def _env_int(name: str, default: int, minimum: int) -> int:
 def from_env(backend: str = "gloo") -> Ranks:
     """Ranks from the launcher's environment; joins the process group (`backend`: gloo, or nccl for
     training on GPUs) when there is more than one process."""
-    world = _env_int("WORLD_SIZE", 1, 1)
-    r = Ranks(_env_int("RANK", 0, 0), world, _env_int("LOCAL_RANK", 0, 0))
+    world = env_int("WORLD_SIZE", 1, 1)
+    r = Ranks(env_int("RANK", 0, 0), world, env_int("LOCAL_RANK", 0, 0))
     if not r.rank < world:
         raise ValueError(f"RANK={r.rank} is outside 0..WORLD_SIZE-1={world - 1}")
     if world > 1:
@@ -80,7 +81,7 @@ def _rendezvous(r: Ranks):
     addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
     if not (addr and port):
         raise ValueError("WORLD_SIZE > 1 needs MASTER_ADDR and MASTER_PORT (torchrun sets them)")
-    wait = _env_int("ADPA_RENDEZVOUS_S", RENDEZVOUS_S, 1)
+    wait = env_int("ADPA_RENDEZVOUS_S", RENDEZVOUS_S, 1)
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"MASTER_PORT={port[:40]!r} is not a port number")
     try:

@@ -78,7 +78,8 @@ def load_rows(source: str, split: str = "train", revision: str | None = None, li
     except DataError:
         raise
     except Exception as e:  # datasets and pyarrow raise many types; the user needs the source and the reason
-        raise DataError(f"cannot load dataset {source!r} split {split!r}: {str(e).splitlines()[0]}") from None
+        first = (str(e).splitlines() or [type(e).__name__])[0]  # MemoryError has no message
+        raise DataError(f"cannot load dataset {source!r} split {split!r}: {first}") from None
     if not rows:
         raise DataError(f"{source}: no rows")
     return (rows[:limit] if limit is not None else rows), fp
@@ -126,7 +127,7 @@ def looks_like_a_path(source: str) -> bool:
             or _suffix(Path(source)) in LOCAL_SUFFIXES)
 
 
-MAX_GZIP_RATIO = 100  # real preference data compresses 3-10x with gzip
+MAX_GZIP_RATIO = 100  # real preference data compresses 3-10x with gzip (or Parquet)
 GZIP_CHECKED_AFTER = 16 << 20  # bytes out: small files are never refused
 MAX_LINE = 256 << 20  # one JSON line (a row); longer lines are refused, not read whole
 
@@ -162,9 +163,14 @@ def _local_rows(path: Path, suffix: str, source: str):
     import csv
     import json
 
-    if suffix == ".parquet":
+    if suffix == ".parquet":  # dictionary and run-length codes expand like gzip: the same guard
         import pyarrow.parquet as pq
+        size, out = max(path.stat().st_size, 1), 0
         for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            out += sum((c.dictionary_decode() if hasattr(c, "dictionary_decode") else c).nbytes for c in batch.columns)
+            if out > GZIP_CHECKED_AFTER and out > MAX_GZIP_RATIO * size:
+                raise DataError(f"{source}: expands more than {MAX_GZIP_RATIO}x when decoded ({out:,} bytes from "
+                                f"{size:,}): a compression bomb, or not preference data")
             yield from batch.to_pylist()
         return
     with _opened(path, suffix, source) as f:
