@@ -365,3 +365,13 @@ def test_a_parquet_bomb_is_refused_in_bounded_memory(tmp_path):
     assert (tmp_path / "bomb.parquet").stat().st_size < 1 << 20
     r = load_rows_in_child(tmp_path / "bomb.parquet", GiB)
     assert r.returncode == 1 and "expands more than 100x" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+def test_a_data_file_that_is_not_a_regular_file_is_refused(tmp_path):
+    """A link to /dev/zero (or a FIFO) named .jsonl would be hashed forever."""
+    from stages.teacher_cache.pairs import DataError, load_rows
+    (tmp_path / "zeros.jsonl").symlink_to("/dev/zero")
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    for name in ("zeros.jsonl", "fifo.jsonl"):
+        with pytest.raises(DataError, match="not a regular file"):
+            load_rows(str(tmp_path / name))

@@ -66,7 +66,7 @@ class RunLog:
             id_file = Path(run_dir) / WANDB_ID
             resuming = bool(start) and id_file.exists()
             run_id = id_file.read_text().strip() if resuming else secrets.token_hex(4)
-            id_file.write_text(run_id)
+            atomic_write_bytes(id_file, run_id.encode())
             self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "adpa-pipeline"), name=name, id=run_id,
                                     dir=str(run_dir), config=config, resume="allow" if resuming else None)
 

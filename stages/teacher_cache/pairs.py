@@ -64,6 +64,8 @@ def load_rows(source: str, split: str = "train", revision: str | None = None, li
             if suffix not in LOCAL_SUFFIXES:
                 raise DataError(f"{source}: unsupported file type {suffix or path.name!r} "
                                 f"(use {', '.join(LOCAL_SUFFIXES)}, or a datasets save_to_disk folder)")
+            if not path.is_file():  # a FIFO or a device (/dev/zero behind a link) would be read forever
+                raise DataError(f"{source}: not a regular file")
             before = _identity(path)
             fp = {"file": path.name, "sha256": sha256_file(path), "split": split}
             rows = list(itertools.islice(_local_rows(path, suffix, source), limit))
