@@ -104,12 +104,16 @@ def work_folder(parent: Path, prefix: str):
 @contextlib.contextmanager
 def idle(path: Path):
     """Yields whether `path` is free to remove, holding its `.lock` meanwhile: False while a live process
-    holds it (work_folder, exclusive_folder); a folder claimed first by its remover fails at its own lock
-    instead of losing its work. A plain file is always free."""
+    holds it (work_folder, exclusive_folder) or once it is gone. A plain file, or a folder without a lock
+    file (not yet held: its owner's exclusive_folder makes it again), is free."""
     if not Path(path).is_dir():
-        yield True
+        yield Path(path).exists()
         return
-    fd = os.open(Path(path) / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(Path(path) / ".lock", os.O_RDWR)  # never created here: a remover must not leave one behind
+    except FileNotFoundError:
+        yield Path(path).is_dir()
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

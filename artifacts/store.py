@@ -174,13 +174,17 @@ class Store:
         inc = self.root / INCOMING
         if inc.is_dir():
             for p in inc.iterdir():  # a pull's, push's or reader's work folder is held while in use
-                if now - _newest_mtime(p) < older_than_s:
+                try:
+                    if now - _newest_mtime(p) < older_than_s:
+                        continue
+                except FileNotFoundError:  # its owner removed it meanwhile
                     continue
                 with idle(p) as free:
                     if free:
                         removed.append(p)
                         if not dry_run:
-                            shutil.rmtree(p) if p.is_dir() else p.unlink()
+                            with contextlib.suppress(FileNotFoundError):
+                                shutil.rmtree(p) if p.is_dir() else p.unlink()
         if self.remote is not None:
             removed += self.remote.gc(older_than_s, dry_run)
         return removed
