@@ -91,7 +91,7 @@ def fingerprint_files(paths: list[Path], root: Path | None = None) -> dict[str, 
 @contextlib.contextmanager
 def work_folder(parent: Path, prefix: str):
     """A new folder `parent/PREFIX-<uuid>` for work in progress (a pull, a fetched shard), held under its
-    `.lock` while in use (`in_use` tells; `adpa cache gc` skips it) and removed afterwards."""
+    `.lock` while in use (`idle` tells; `adpa cache gc` skips it) and removed afterwards."""
     path = Path(parent) / f"{prefix}-{uuid.uuid4().hex}"
     path.mkdir(parents=True)
     try:

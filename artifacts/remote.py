@@ -186,12 +186,16 @@ class Remote:
         return removed
 
 
+def is_local_fs(fs) -> bool:
+    """An fsspec filesystem of local paths (rename and symlinks exist there)."""
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
 def fetch_checked(fs, src: str, dest, size: int, sha256: str) -> None:
     """Copy `src` to the local `dest`, refusing more than `size` bytes as it streams, then a short file or
     another sha256; RemoteError says which."""
     h, n = hashlib.sha256(), 0
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" in protocols and os.path.islink(src):  # a pull must not copy a file from elsewhere
+    if is_local_fs(fs) and os.path.islink(src):  # a pull must not copy a file from elsewhere
         raise RemoteError("a symbolic link; an artifact's files are regular files inside its folder")
     try:
         with fs.open(src, "rb") as fin, open(dest, "wb") as fout:

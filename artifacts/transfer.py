@@ -17,7 +17,7 @@ from pathlib import Path
 import fsspec
 
 from artifacts.fsutil import copy_file, fsync_dir, fsync_file, seal, work_folder
-from artifacts.remote import RemoteError, fetch_checked
+from artifacts.remote import RemoteError, fetch_checked, is_local_fs
 from artifacts.store import INCOMING, MANIFEST, Store, StoreError
 from artifacts.signing import MAX_SIGNATURES_BYTES, SIGNATURES, SignatureError, check_trusted
 from artifacts.verify import Incomplete, VerifyError, verify_artifact
@@ -48,7 +48,7 @@ def push(store: Store, key: str, url: str) -> str:
     try:
         if _already_there(fs, target, src, m):
             return url.rstrip("/") + "/" + key
-        if _is_local(fs):
+        if is_local_fs(fs):
             _push_local(Path(root), key, src, names)
         else:
             if fs.exists(f"{target}/{MANIFEST}"):
@@ -61,11 +61,6 @@ def push(store: Store, key: str, url: str) -> str:
     return url.rstrip("/") + "/" + key
 
 
-def _is_local(fs) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return "file" in protocols
-
-
 def _already_there(fs, target: str, src, m: dict) -> bool:
     """The destination holds these exact manifest bytes and every shard at its size (content-addressed: the
     same key and manifest are the same artifact)."""
@@ -73,7 +68,7 @@ def _already_there(fs, target: str, src, m: dict) -> bool:
         if fs.cat_file(f"{target}/{MANIFEST}") != (src / MANIFEST).read_bytes():
             return False
         return all(fs.size(f"{target}/{s['file']}") == s["bytes"] for s in m["shards"])
-    except (FileNotFoundError, OSError):
+    except OSError:  # absent, or unreadable: not there
         return False
 
 

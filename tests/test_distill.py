@@ -412,11 +412,12 @@ def test_a_diverging_run_stops_at_the_step_and_publishes_nothing(world, tmp_path
     assert all(torch.isfinite(t).all() for t in state.values())  # the last checkpoint is a finite one
 
 
-def test_damaged_student_is_named_never_reused_and_run_folders_are_copies(world, tmp_path):
-    """3b: a truncated student in the store was 'reused' into the run folder; 3c: run folders were hard links
-    into the store, so a user's save_pretrained over one changed the shared artifact."""
+def test_run_folders_are_the_users_copies_and_a_damaged_student_is_never_reused(world, tmp_path):
+    """3c: run folders were hard links into the store, so a user's save_pretrained over one changed the shared
+    artifact; 4a: --output at an existing folder of the user's deleted what was under its model/ and
+    checkpoints/; 3b: a truncated student in the store was 'reused' into the run folder."""
     from transformers import AutoModelForCausalLM
-    st = fresh_store(world, "damaged")
+    st = fresh_store(world, "folders")
     args = ["distill", "-r", world["recipe"], "--loss", "sft", "--set", "distill.batch_pairs=4"]
     first = adpa(*args, "--output", tmp_path / "a", store=st)
     assert first.returncode == 0, first.stderr
@@ -427,30 +428,24 @@ def test_damaged_student_is_named_never_reused_and_run_folders_are_copies(world,
     model.save_pretrained(tmp_path / "a" / "model")  # what users do with their run folder
     verify_artifact(d)  # the store's copy is untouched
 
+    mine = tmp_path / "mine"
+    (mine / "model").mkdir(parents=True)
+    (mine / "model" / "weights-i-care-about.bin").write_bytes(b"precious")
+    (mine / "notes.txt").write_text("mine")
+    refused = adpa(*args, "--output", mine, store=st)
+    assert refused.returncode == 1 and "--overwrite" in refused.stderr.strip().splitlines()[-1], refused.stderr
+    assert sorted(p.name for p in mine.rglob("*")) == ["model", "notes.txt", "weights-i-care-about.bin"]
+    ok = adpa(*args, "--output", mine, "--overwrite", store=st)
+    assert ok.returncode == 0 and "reused" in ok.stdout, ok.stderr
+    assert (mine / "notes.txt").read_text() == "mine" and (mine / "model" / "model.safetensors").exists()
+    other = adpa(*args, "--set", "distill.sft_lr=1e-4", "--output", mine, store=st)
+    assert other.returncode == 1 and "with other settings or data" in other.stderr
+
     os.truncate(d / "model.safetensors", 1000)
     again = adpa(*args, "--output", tmp_path / "b", store=st)
     assert again.returncode == 1 and "reused" not in again.stdout
     assert f"complete artifact {d.name} is damaged" in again.stderr and f"adpa cache repair {d.name}" in again.stderr
     assert not (tmp_path / "b" / "model").exists()
-
-
-def test_output_never_deletes_what_the_project_did_not_write(world, tmp_path):
-    """4a: --output at an existing folder of the user's deleted what was under its model/ and checkpoints/."""
-    st = fresh_store(world, "output")
-    mine = tmp_path / "mine"
-    (mine / "model").mkdir(parents=True)
-    (mine / "model" / "weights-i-care-about.bin").write_bytes(b"precious")
-    (mine / "notes.txt").write_text("mine")
-    args = ["distill", "-r", world["recipe"], "--loss", "sft", "--set", "distill.batch_pairs=4", "--output", mine]
-    r = adpa(*args, store=st)
-    assert r.returncode == 1 and "--overwrite" in r.stderr.strip().splitlines()[-1], r.stderr
-    assert sorted(p.name for p in mine.rglob("*")) == ["model", "notes.txt", "weights-i-care-about.bin"]
-    ok = adpa(*args, "--overwrite", store=st)
-    assert ok.returncode == 0, ok.stderr
-    assert (mine / "notes.txt").read_text() == "mine" and (mine / "model" / "model.safetensors").exists()
-    assert adpa(*args, store=st).returncode == 0  # the same run again: its own folder
-    other = adpa(*args, "--set", "distill.sft_lr=1e-4", store=st)
-    assert other.returncode == 1 and "with other settings or data" in other.stderr
 
 
 def test_a_kill_after_the_last_step_resumes_with_nothing_to_retrain(world, tmp_path):

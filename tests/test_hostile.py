@@ -335,15 +335,15 @@ def test_pull_trust_checks_the_signature_before_any_shard(tmp_path):
     one_error_line(r, "is not signed")
 
 
-def test_keys_name_inputs_not_the_environment(model_store):
+def test_keys_name_inputs_not_the_environment():
     """3d: HF_HUB_OFFLINE=1 gave other keys for every artifact (transformers saves local_files_only into
-    tokenizer_config.json, which the tokenizer fingerprint hashed), so two teams never shared a shard."""
-    code = ("import json\nfrom artifacts import Store\nfrom pipeline.recipe import load_recipe\n"
-            "from pipeline import worlds\nfrom stages.common.models import load_tokenizer\n"
+    tokenizer_config.json, which the tokenizer fingerprint hashed), so two teams never shared a shard. The
+    real SmolLM2 tokenizer, loaded in two processes, one of them offline."""
+    code = ("import json\nfrom transformers import AutoTokenizer\n"
+            "from pipeline.worlds.smollm2 import smollm2_gguf\n"
             "from stages.common.tokenizers import tokenizer_fingerprint\n"
-            f"models = worlds.resolve_models(load_recipe('smollm2').models, Store({str(model_store.root)!r}))\n"
-            "print(json.dumps({r: [m.identity, tokenizer_fingerprint(load_tokenizer(m))] for r, m in models.items()},"
-            " sort_keys=True))\n")
+            "folder, name = smollm2_gguf()\n"
+            "print(json.dumps(tokenizer_fingerprint(AutoTokenizer.from_pretrained(folder, gguf_file=name))))\n")
     out = []
     for offline in ("", "1"):
         env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"} | ({"HF_HUB_OFFLINE": "1"} if offline else {})
