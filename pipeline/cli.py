@@ -128,11 +128,15 @@ def evaluate(
     model: list[str] = typer.Option(None, help="NAME=FOLDER: a student to evaluate besides the recipe's teachers "
                                     "and student init; repeatable."),
     output: Path = typer.Option(Path("runs/eval"), help="Where eval.json, eval.png and generations/ go."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into an --output folder that is not an earlier "
+                                   "eval's (eval.json, eval.png and generations/ are replaced; other files stay)."),
 ):
     """Evaluate students and teachers on held-out prompts: reward, implicit reward, win rate, preference accuracy."""
     from artifacts import Store
     from pipeline import orchestrate
+    from stages.common.run_folder import claim
     from stages.evaluate.report import table
+    from stages.evaluate.run import OUTPUTS
 
     r = _recipe(recipe, overrides)
     students = {}
@@ -141,6 +145,7 @@ def evaluate(
         if not sep or not name or not Path(folder).is_dir():
             fail(f"--model {item!r}: expected NAME=FOLDER with a model folder")
         students[name] = folder
+    claim(output, "eval", OUTPUTS, overwrite)  # before the world is built or a model loaded
     results = orchestrate.evaluate(r, Store(store), students, output, say=typer.echo)
     typer.echo(table(results, len(results[0].r_seq)))
     typer.echo(f"report: {output}/eval.json, chart: {output}/eval.png, generations: {output}/generations/")
@@ -148,12 +153,15 @@ def evaluate(
 
 @app.command()
 def demo(store: StoreOpt = None,
-         output: Path = typer.Option(Path("runs/demo"), help="Where the report, chart and students go.")):
+         output: Path = typer.Option(Path("runs/demo"), help="Where the report, chart and students go."),
+         overwrite: bool = typer.Option(False, "--overwrite", help="Write into an --output folder that is not an "
+                                        "earlier demo's (its students/, eval.json, eval.png, generations/ are "
+                                        "replaced; other files stay).")):
     """The whole method end to end on the built-in offline world: both stages for every method, then eval."""
     from artifacts import Store
     from pipeline.demo import run_demo
 
-    run_demo(Store(store), out_dir=output, say=typer.echo)
+    run_demo(Store(store), out_dir=output, say=typer.echo, overwrite=overwrite)
 
 
 recipe_app = typer.Typer(help="Recipes: list them, or show one with every setting and its help.",

@@ -13,17 +13,25 @@ from pathlib import Path
 from pipeline import orchestrate
 from pipeline.recipe import load_recipe
 from stages.common.ranks import silent
+from stages.common.run_folder import claim
 from stages.distill.losses import LOSSES
 from stages.evaluate.report import table
+from stages.evaluate.run import OUTPUTS as EVAL_OUTPUTS
 from stages.teacher_cache.run import summary_table
+
+DEMO_OUTPUTS = ("students", *EVAL_OUTPUTS)
+
 
 def default_methods() -> tuple[str, ...]:
     """Every declared loss (sft trains on the chosen responses of the pairs)."""
     return tuple(LOSSES)
 
 
-def run_demo(store, recipe="tiny", out_dir: Path = Path("runs/demo"), methods=None, say=print) -> dict:
-    """`recipe`: a name, a path or a Recipe; `methods`: the losses to train (default: all)."""
+def run_demo(store, recipe="tiny", out_dir: Path = Path("runs/demo"), methods=None, say=print,
+             overwrite: bool = False) -> dict:
+    """`recipe`: a name, a path or a Recipe; `methods`: the losses to train (default: all); `overwrite`: write
+    into an `out_dir` that is not an earlier demo's."""
+    claim(out_dir, "demo", DEMO_OUTPUTS, overwrite)  # first: a folder of the user's is refused before any work
     methods = default_methods() if methods is None else methods
     t0 = time.perf_counter()
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
@@ -34,7 +42,7 @@ def run_demo(store, recipe="tiny", out_dir: Path = Path("runs/demo"), methods=No
     for loss in methods:
         t = time.perf_counter()
         runs = orchestrate.distill(recipe, store, loss, Path(out_dir) / "students" / loss, say=silent,
-                                   overwrite=True)  # the demo's own folders: a student of another world replaced
+                                   overwrite=True)  # inside the demo's folder: a student of another world replaced
         students[loss] = str(runs[-1].model_dir)
         say(f"  {loss:6} {runs[-1].status:8} {time.perf_counter() - t:6.1f} s  {runs[-1].key}")
     say("[3/3] evaluation on held-out prompts")

@@ -439,7 +439,7 @@ def test_run_folders_are_the_users_copies_and_a_damaged_student_is_never_reused(
     assert ok.returncode == 0 and "reused" in ok.stdout, ok.stderr
     assert (mine / "notes.txt").read_text() == "mine" and (mine / "model" / "model.safetensors").exists()
     other = adpa(*args, "--set", "distill.sft_lr=1e-4", "--output", mine, store=st)
-    assert other.returncode == 1 and "with other settings or data" in other.stderr
+    assert other.returncode == 1 and "holds the output of student-" in other.stderr
 
     os.truncate(d / "model.safetensors", 1000)
     again = adpa(*args, "--output", tmp_path / "b", store=st)

@@ -375,3 +375,18 @@ def test_a_data_file_that_is_not_a_regular_file_is_refused(tmp_path):
     for name in ("zeros.jsonl", "fifo.jsonl"):
         with pytest.raises(DataError, match="not a regular file"):
             load_rows(str(tmp_path / name))
+
+
+@pytest.mark.parametrize("command", ["eval", "demo"])
+def test_eval_and_demo_never_replace_files_they_did_not_write(tmp_path, command):
+    """4a's class in the other commands with --output: eval.json, eval.png and generations/NAME.jsonl of a
+    user's folder were replaced. Refused in one line before any model is built or loaded."""
+    mine = tmp_path / "mine"
+    (mine / "generations").mkdir(parents=True)
+    (mine / "generations" / "sft.jsonl").write_text("my generations\n")
+    (mine / "eval.json").write_text("{}")
+    r = adpa(command, "--output", mine, "--store", tmp_path / "store")
+    one_error_line(r, f"--output {mine} holds files no adpa command wrote", "--overwrite")
+    assert (mine / "generations" / "sft.jsonl").read_text() == "my generations\n"
+    assert sorted(p.name for p in mine.rglob("*")) == ["eval.json", "generations", "sft.jsonl"]
+    assert not (tmp_path / "store").exists()

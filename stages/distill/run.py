@@ -15,14 +15,13 @@ DCKD student generated), are the pipeline's business: this stage never imports s
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from artifacts import Store
 from artifacts.folders import publish_folder
-from artifacts.fsutil import atomic_write_bytes, copy_file, exclusive_folder
+from artifacts.fsutil import copy_file, exclusive_folder
 from artifacts.reader import ArtifactReader
 from artifacts.signing import SIGNATURES
 from artifacts.store import MANIFEST, StoreError
@@ -35,6 +34,7 @@ from stages.common.device import compute_dtype, pad_id, pick_device
 from stages.common.lm import OutputLayer
 from stages.common.models import ResolvedModel, load_model, load_tokenizer
 from stages.common.ranks import Ranks
+from stages.common.run_folder import claim
 from stages.common.settings import in_key, plain
 from stages.common.tokenizers import tokenizer_fingerprint
 from stages.distill import checkpoints, lora, report, sharding, trainer
@@ -119,36 +119,7 @@ def _copy_files(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> None:
         copy_file(p, dst / p.name)
 
 
-MARKER = ".adpa-run.json"  # a run folder's run key: what --output may write over
-RUN_OUTPUTS = ("model", "adapter", "checkpoints", METRICS, "loss.png", "tensorboard", "wandb", WANDB_ID, MARKER)
-
-
-class RunFolderRefused(ValueError):
-    pass
-
-
-def _claim(run_dir: Path, key: str, overwrite: bool, check_only: bool = False) -> None:
-    """Make `run_dir` this run's folder. An existing folder that is not empty and not an earlier run of the
-    same key is refused (the project never deletes what it did not write); `overwrite` replaces what a
-    run writes there (RUN_OUTPUTS) and leaves every other file."""
-    marker = run_dir / MARKER
-    present = sorted(p.name for p in run_dir.iterdir() if p.name != ".lock") if run_dir.is_dir() else []
-    try:
-        owner = json.loads(marker.read_text()).get("key") if marker.is_file() else None
-    except (ValueError, UnicodeDecodeError, AttributeError):
-        owner = "(unreadable)"
-    if present and owner != key:
-        if not overwrite:
-            listed = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
-            what = f"run {owner}, with other settings or data" if owner else f"files no adpa run wrote ({listed})"
-            raise RunFolderRefused(f"--output {run_dir} holds {what}; choose another --output, or pass --overwrite "
-                                   f"to replace what a run writes there ({', '.join(RUN_OUTPUTS[:5])}, ...)")
-        if not check_only:
-            for name in RUN_OUTPUTS:
-                p = run_dir / name
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
-    if not check_only:
-        atomic_write_bytes(marker, json.dumps({"key": key}).encode())
+RUN_OUTPUTS = ("model", "adapter", "checkpoints", METRICS, "loss.png", "tensorboard", "wandb", WANDB_ID)
 
 
 def train_one(store: Store, loss: str, init: ResolvedModel, settings: Distill, caches: dict[str, str], run_dir: Path,
@@ -192,13 +163,13 @@ def train_one(store: Store, loss: str, init: ResolvedModel, settings: Distill, c
               "precision": precision} | ({"validation": validate.identity} if validate is not None else {})
     key = artifact_key("student", inputs, {"name": files.NAME, "version": files.VERSION})
     run_dir = Path(run_dir)
-    if ranks.rank == 0:
-        _claim(run_dir, key, overwrite, check_only=True)  # before the lock file is written into it
+    if ranks.rank == 0:  # before the lock file is written into it
+        claim(run_dir, key, RUN_OUTPUTS, overwrite, check_only=True)
     # One run per folder: a second `adpa distill` into it refuses at once (its metrics, checkpoints
     # and model would interleave with the first's). Rank 0 holds it for the whole launch.
     with exclusive_folder(run_dir, "run folder") if ranks.rank == 0 else contextlib.nullcontext():
         if ranks.rank == 0:
-            _claim(run_dir, key, overwrite)
+            claim(run_dir, key, RUN_OUTPUTS, overwrite)
         done = checked_for_reuse(store, key)  # a damaged student is named, never copied onward
         if done is not None:
             say(f"student ({label}): complete artifact {key} reused")

@@ -104,6 +104,9 @@ class Judge:
         return values, decoded
 
 
+OUTPUTS = ("eval.json", "eval.png", "generations")  # what evaluate writes into its folder
+
+
 def evaluate(models: dict[str, str], judge: Judge, baseline: str, out_dir: Path, say=print) -> list[ModelResult]:
     """`models`: display name -> loadable folder or hub id, each scored by `judge` on its pairs; writes
     eval.json, eval.png and generations/NAME.jsonl."""
