@@ -390,3 +390,5 @@ def test_eval_and_demo_never_replace_files_they_did_not_write(tmp_path, command)
     assert (mine / "generations" / "sft.jsonl").read_text() == "my generations\n"
     assert sorted(p.name for p in mine.rglob("*")) == ["eval.json", "generations", "sft.jsonl"]
     assert not (tmp_path / "store").exists()
+    one_error_line(adpa(command, "--output", mine / "eval.json", "--store", tmp_path / "store"), "is a file")
+    assert (mine / "eval.json").read_text() == "{}"

@@ -34,6 +34,8 @@ def owner_of(folder: Path) -> str | None:
 def claim(folder: Path, owner: str, outputs: tuple[str, ...], overwrite: bool, check_only: bool = False) -> None:
     """Make `folder` `owner`'s (see the module docstring); `check_only`: refuse or accept, write nothing."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FolderRefused(f"--output {folder} is a file, not a folder")
     present = sorted(p.name for p in folder.iterdir() if p.name not in IGNORED) if folder.is_dir() else []
     found = owner_of(folder)
     if present and found != owner:
