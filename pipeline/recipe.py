@@ -69,7 +69,7 @@ MAX_RECIPE_BYTES = 1 << 20
 def _value(text: str, where: str):
     """A command-line value read as YAML reads it (numbers, true/false, null, lists), else the text."""
     try:
-        return safe_yaml.load(text)
+        return safe_yaml.read(text)
     except safe_yaml.YamlBoundError as e:
         raise RecipeError(f"{where}: {e}") from None
     except yaml.YAMLError:
@@ -145,7 +145,7 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     if p.stat().st_size > MAX_RECIPE_BYTES:
         raise RecipeError(f"{p}: {p.stat().st_size:,} bytes; a recipe is at most {MAX_RECIPE_BYTES:,}")
     try:
-        raw = safe_yaml.load(p.read_text())
+        raw = safe_yaml.read(p.read_text())
     except safe_yaml.YamlBoundError as e:
         raise RecipeError(f"{p}: {e}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:

@@ -59,7 +59,7 @@ def _expanded_size(root: yaml.Node) -> int:
     return size(root)
 
 
-def load(text: str):
+def read(text: str):
     """The document in `text` as plain Python values (what `yaml.safe_load` gives), or YamlBoundError /
     yaml.YAMLError."""
     loader = _Loader(text)
