@@ -11,7 +11,7 @@ STUDENT ?= tiny
 EXTRA ?= cpu
 export ADPA_STORE ?= $(CURDIR)/store
 
-.PHONY: setup test demo teacher-cache distill bench-store bench-teacher-cache bench-distill bench-quality gpu-check clean
+.PHONY: setup test test-fast demo teacher-cache distill bench-store bench-teacher-cache bench-distill bench-quality gpu-check clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,11 @@ endif
 TEST_WORKERS ?= 2
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
+# The unit layer, to run after each change: in-process tests on tiny models (the Distiller stepped, losses
+# against float64, codecs, settings, hostile inputs); `make test` runs these and the slow ones.
+test-fast: setup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 demo: setup
 	$(ADPA) demo

@@ -17,20 +17,24 @@ def background(items: Iterable, depth: int = 4, name: str = "adpa-prefetch") -> 
     q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
 
+    def put(item) -> bool:
+        """Wait for room unless the consumer has left (then every put, the last ones too, gives up)."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work():
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            q.put(_DONE)
+            put(_DONE)
         except BaseException as e:  # handed to the consumer, raised there
-            q.put(e)
+            put(e)
 
     t = threading.Thread(target=work, name=name, daemon=True)
     t.start()

@@ -113,22 +113,20 @@ def build_caches(store, n: int, vocab: int, prompt: int, response: tuple[int, in
 
 def train_run(loss: str, dirs: dict, model, batch_pairs: int, token_budget: int, autocast, steps_dir: Path,
               buffer: int = 256, gradient_checkpointing: bool = False) -> dict:
-    from stages.common.ranks import Ranks, silent
-    from stages.distill import trainer
-    from stages.distill.losses import caches_of
-    from stages.distill.pair_stream import PairStream
+    import torch
+
     from stages.distill.settings import Distill
-    stream = PairStream({a: dirs[a] for a in caches_of(loss)}, loss, seed=0, buffer=buffer, batch_pairs=batch_pairs)
-    hp = Distill(loss=loss, lr=1e-5, epochs=1, batch_pairs=batch_pairs, token_budget=token_budget,
-                 gradient_checkpointing=gradient_checkpointing)
+    settings = Distill(loss=loss, lr=1e-5, sft_lr=1e-5, epochs=1, batch_pairs=batch_pairs, token_budget=token_budget,
+                       gradient_checkpointing=gradient_checkpointing, shuffle_buffer=buffer)
     shutil.rmtree(steps_dir, ignore_errors=True)
     steps_dir.mkdir(parents=True)
-    import torch
     cuda = next(model.parameters()).is_cuda
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    summary = trainer.train(model, stream, loss, hp, hp.lr, autocast, Ranks(), steps_dir, f"bench-{loss}", False,
-                            0, model.config.vocab_size, say=silent)
+    run = _bench_distiller(model, dirs, settings, autocast, steps_dir)
+    run.check()
+    run.setup()
+    summary = run.train()
     m = [json.loads(ln) for ln in (steps_dir / "metrics.jsonl").read_text().splitlines()]
     m = m[1:] or m  # step 1 warms up (allocations): not timed when there are others
     fwd, secs = sum(x["forward_tokens"] for x in m), sum(x["step_s"] for x in m)
@@ -137,6 +135,29 @@ def train_run(loss: str, dirs: dict, model, batch_pairs: int, token_budget: int,
             "data_wait_fraction": round(sum(x["data_wait_s"] for x in m) / secs, 4),
             "whole_run_data_wait_fraction": summary["data_wait_fraction"],
             "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20) if cuda else None}
+
+
+def _bench_distiller(model, dirs: dict, settings, autocast, run_dir: Path):
+    """The Distiller on a model already in memory and synthetic caches: no tokenizer to check the caches
+    against, no key to compute, nothing published (the benchmark calls check, setup and train)."""
+    from stages.common.models import ResolvedModel
+    from stages.common.ranks import silent
+    from stages.distill.distiller import Distiller, Job, Place, key_settings
+    from stages.distill.losses import caches_of
+
+    class BenchDistiller(Distiller):
+        def check(self) -> str:
+            loss = self.job.loss
+            self.dirs, self.pad, self.vocab = {a: dirs[a] for a in caches_of(loss)}, 0, model.config.vocab_size
+            self.sharded, self.device, self.autocast = False, next(model.parameters()).device, autocast
+            self.key_settings, self.key = key_settings(self.settings, loss), f"bench-{loss}"
+            return self.key
+
+        def load_student(self):
+            return model
+
+    init = ResolvedModel("bench (random init)", "", None, {"bench": True})
+    return BenchDistiller(None, Job(settings.loss, init, settings, {}), Place(run_dir, say=silent))
 
 
 def bare_run(dirs: dict, model, batch_pairs: int, steps: int, device: str, autocast) -> dict:

@@ -51,10 +51,10 @@ def recipe_for(n: int, k: int):
 
 def setup_run(recipe, store):
     """Stage one's shared state for a benchmark recipe (its built-in models resolved first)."""
-    from pipeline import worlds
+    from pipeline import builtin
     from stages.common.ranks import silent
     from stages.teacher_cache.run import setup
-    return setup(worlds.resolve_models(recipe.models, store), worlds.resolve_data(recipe.data, store),
+    return setup(builtin.resolve_models(recipe.models, store), builtin.resolve_data(recipe.data, store),
                  recipe.teacher_cache, store, say=silent)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from pipeline import cache_cli
-from pipeline.options import StoreOpt, fail, one_line
+from pipeline.options import StoreOpt, fail, one_line, setting_option, with_choices
 from stages.common.settings import help_of
 from stages.distill.settings import Distill
 from stages.teacher_cache.settings import Data, TeacherCache
@@ -40,9 +40,11 @@ def _yaml(v) -> str:
 def teacher_cache(
     recipe: str = RecipeOpt,
     store: StoreOpt = None,
-    backend: str = typer.Option(None, help=help_of(TeacherCache, "backend")),
-    engine: str = typer.Option(None, help=help_of(TeacherCache, "engine")),
+    backend: str = setting_option(TeacherCache, "backend"),
+    engine: str = setting_option(TeacherCache, "engine"),
     data: str = typer.Option(None, help=help_of(Data, "source")),
+    data_format: str = setting_option(Data, "format", " Default: the recipe's data.format (auto: found from "
+                                      "the columns).", "--format"),
     limit: int = typer.Option(None, help=help_of(Data, "limit")),
     overrides: list[str] = SetOpt,
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unusable row, naming it."),
@@ -55,7 +57,7 @@ def teacher_cache(
     from stages.teacher_cache.run import summary_table
 
     r = _recipe(recipe, overrides, {"teacher_cache.backend": backend, "teacher_cache.engine": engine,
-                                    "data.source": data, "data.limit": limit,
+                                    "data.source": data, "data.limit": limit, "data.format": data_format,
                                     "teacher_cache.verify_reuse": verify_reuse})
     st = Store(store)
     ranks = from_env()
@@ -73,8 +75,7 @@ def distill(
     recipe: str = typer.Option("tiny", "--recipe", "-r", help="Recipe name (pipeline/recipes/NAME.yaml) or YAML path; "
                                "a student's recipe, e.g. danube3-500m."),
     store: StoreOpt = None,
-    loss: str = typer.Option(None, help=help_of(Distill, "loss") + " Default: the recipe's distill.loss; "
-                             "`adpa recipe show` lists the losses."),
+    loss: str = setting_option(Distill, "loss", " Default: the recipe's distill.loss."),
     output: Path = typer.Option(None, help="Run folder: model/, metrics.jsonl, loss.png, checkpoints/ "
                                 "(default runs/RECIPE-LOSS)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
@@ -88,7 +89,8 @@ def distill(
     """Stage two: train a student from cached teacher shards (run teacher-cache first)."""
     from artifacts import Store
     from pipeline import orchestrate
-    from stages.distill.run import CACHE_KINDS, summary_table
+    from stages.distill.caches import CACHE_KINDS
+    from stages.distill.distiller import summary_table
 
     r = _recipe(recipe, overrides, {"distill.loss": loss})
     caches = {}
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     interrupted = ("adpa: interrupted: committed shards and checkpoints are kept; run the same command again to "
                    "resume (distill: add --resume)")
     try:
-        code = app(argv, standalone_mode=False)  # typer.Exit comes back as its code; Ctrl-C as 130
+        code = with_choices(typer.main.get_command(app))(argv, standalone_mode=False)  # typer.Exit: its code
         if code == 130:
             typer.echo(interrupted, err=True)
         sys.exit(code if isinstance(code, int) else 0)

@@ -13,12 +13,12 @@ import os
 from pathlib import Path
 
 from artifacts import Store
-from pipeline import worlds
+from pipeline import builtin
 from pipeline.recipe import Recipe
 from stages.common.models import resolve
 from stages.common.ranks import Ranks
 from stages.distill.losses import LOSSES, caches_of
-from stages.distill.run import Trained, train_one
+from stages.distill.distiller import Distiller, Job, Place, Trained
 from stages.evaluate.run import Validator, run_eval
 from stages.teacher_cache import ray_engine
 from stages.teacher_cache.run import Result, plan, run_states, run_teacher_cache
@@ -26,13 +26,13 @@ from stages.teacher_cache.run import Result, plan, run_states, run_teacher_cache
 
 def teacher_cache(recipe: Recipe, store: Store, strict: bool = False, say=print,
                   ranks: Ranks | None = None) -> list[Result]:
-    return _stage_one(worlds.resolve_models(recipe.models, store), recipe, store, say, ranks, strict=strict)
+    return _stage_one(builtin.resolve_models(recipe.models, store), recipe, store, say, ranks, strict=strict)
 
 
 def _stage_one(models, recipe: Recipe, store: Store, say, ranks: Ranks | None, strict: bool = False,
                states_only: bool = False) -> list[Result]:
     """Stage one on the recipe's engine: every artifact, or only the ADPA states and their advantages."""
-    data, tc = worlds.resolve_data(recipe.data, store), recipe.teacher_cache
+    data, tc = builtin.resolve_data(recipe.data, store), recipe.teacher_cache
     if _engine(tc, ranks) == "ray":
         return ray_engine.run_teacher_cache(models, data, tc, store, strict, say, states_only=states_only)
     if states_only:
@@ -61,26 +61,29 @@ def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path 
     ranks = ranks or Ranks()
     say = ranks.speaker(say)
     loss = loss or recipe.distill.loss
-    models = worlds.resolve_models(recipe.models, store)  # once: a folder's weights are hashed on each resolve
+    models = builtin.resolve_models(recipe.models, store)  # once: a folder's weights are hashed on each resolve
     keys = dict(caches or {})
     if not all(name in keys for name in caches_of(loss)):
-        keys = plan(models, worlds.resolve_data(recipe.data, store), recipe.teacher_cache, store) | keys
-    runs, d = Path("runs"), recipe.distill_for(loss)
-    common = {"resume": resume, "say": say, "ranks": ranks, "title": recipe.name, "overwrite": overwrite,
-              "validate": validator(recipe, d, store, models)}
+        keys = plan(models, builtin.resolve_data(recipe.data, store), recipe.teacher_cache, store) | keys
+    d = recipe.distill_for(loss)
+    validation = validator(recipe, d, store, models)
+
+    def train(step_loss: str, init, step_caches: dict, run_dir: Path, label: str = "") -> Trained:
+        job = Job(step_loss, init, d, step_caches, label, validation)
+        place = Place(run_dir, resume, overwrite, recipe.name, ranks=ranks, say=say)
+        return Distiller(store, job, place).run()
+
     spec = LOSSES[loss]
-    final = Path(output or runs / f"{recipe.name}-{loss}")
+    final = Path(output or Path("runs") / f"{recipe.name}-{loss}")
     if spec.then is None:
-        return [train_one(store, loss, models["student"], d, keys, final, **common)]
+        return [train(loss, models["student"], keys, final)]
     first_loss, then_loss = spec.then
     # beside the chain's folder: its first step has the chain's settings, not those of a plain first_loss run
-    first = train_one(store, first_loss, models["student"], d, keys, final.with_name(f"{final.name}-{first_loss}"),
-                      **common)
+    first = train(first_loss, models["student"], keys, final.with_name(f"{final.name}-{first_loss}"))
     say(f"{loss}: states for {then_loss} from the {first_loss} student {first.key}")
     models = models | {"student": resolve(str(first.model_dir))}
     states = _stage_one(models, recipe, store, say, ranks, states_only=True)
-    second = train_one(store, then_loss, models["student"], d, keys | {"advantage": states[-1].key}, final, label=loss,
-                       **common)
+    second = train(then_loss, models["student"], keys | {"advantage": states[-1].key}, final, label=loss)
     return [first, second]
 
 
@@ -93,13 +96,13 @@ def validator(recipe: Recipe, d, store: Store, models: dict | None = None) -> Va
         raise ValueError("distill.eval_every > 0 needs validation pairs: set data.valid_source")
     if d.select_by == "reward" and not recipe.data.reward:
         raise ValueError("distill.select_by reward needs a ground-truth reward: set data.reward")
-    valid = worlds.validation(recipe.data, store)
-    return Validator(models or worlds.resolve_models(recipe.models, store), valid, recipe.teacher_cache,
-                     worlds.reward(recipe.data.reward))
+    valid = builtin.validation(recipe.data, store)
+    return Validator(models or builtin.resolve_models(recipe.models, store), valid, recipe.teacher_cache,
+                     builtin.reward(recipe.data.reward))
 
 
 def evaluate(recipe: Recipe, store: Store, students: dict[str, str], out_dir: Path, say=print):
     """The recipe's teachers and student init plus `students` (name -> folder) on its held-out pairs."""
-    models = worlds.resolve_models(recipe.models, store)
-    return run_eval(models, worlds.heldout(recipe.data, store), recipe.teacher_cache, students, out_dir,
-                    worlds.reward(recipe.data.reward), say)
+    models = builtin.resolve_models(recipe.models, store)
+    return run_eval(models, builtin.heldout(recipe.data, store), recipe.teacher_cache, students, out_dir,
+                    builtin.reward(recipe.data.reward), say)

@@ -8,6 +8,22 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
+@pytest.fixture(autouse=True)
+def _unit_layer_stays_in_process(request, monkeypatch):
+    """The unit layer (`pytest -m "not slow"`, `make test-fast`) runs in this process: a test that starts
+    one (a CLI, a torchrun, a server) must be marked slow, and is stopped here until it is."""
+    if request.node.get_closest_marker("slow"):
+        return
+    import multiprocessing.process
+    import subprocess
+
+    def refuse(*_, **__):
+        raise AssertionError(f"{request.node.nodeid} starts a process: mark it @pytest.mark.slow")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse)
+
+
 @pytest.fixture
 def store_root(tmp_path):
     return tmp_path / "store"

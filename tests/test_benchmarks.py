@@ -6,8 +6,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from benchmarks.gpu_check import peak_tflops
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # processes, real models, servers: `make test`, not `make test-fast`
 
 
 def test_the_gpu_check_runs_on_cpu_and_reports_both_stages(tmp_path):

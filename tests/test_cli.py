@@ -25,6 +25,7 @@ def adpa(*args, store=None, env=None):
     return subprocess.run([ADPA, *map(str, args)], capture_output=True, text=True, env=e)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "adpa")
 def test_every_command_has_help(cmd):
     p = adpa(*cmd, "--help")
@@ -40,6 +41,7 @@ def store(tmp_path_factory):
     return root, m
 
 
+@pytest.mark.slow
 def test_ls_json_lists_complete_and_incomplete(store, tmp_path):
     root, m = store
     (root / ("teacher-topk-" + "b" * 20)).mkdir()
@@ -54,6 +56,7 @@ def test_ls_json_lists_complete_and_incomplete(store, tmp_path):
     assert m["key"] in table.stdout and "yes" in table.stdout
 
 
+@pytest.mark.slow
 def test_show_is_readable(store):
     root, m = store
     p = adpa("cache", "show", m["key"], store=root)
@@ -62,6 +65,7 @@ def test_show_is_readable(store):
         assert text in p.stdout
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_nonzero(store, tmp_path):
     root, _ = store
     for args in (["cache", "show", "nonsense"], ["cache", "verify", "teacher-topk-" + "c" * 20],
@@ -76,6 +80,7 @@ def test_bad_input_is_one_line_and_nonzero(store, tmp_path):
             assert len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
+@pytest.mark.slow
 def test_gc_removes_only_old_incomplete_leftovers(tmp_path):
     m, _ = produce(tmp_path, 10)
     st = Store(tmp_path)

@@ -28,6 +28,8 @@ from pipeline.recipe import load_recipe
 from pipeline.orchestrate import teacher_cache as run_teacher_cache
 from stages.common.ranks import silent
 
+pytestmark = pytest.mark.slow  # processes, real models, servers: `make test`, not `make test-fast`
+
 ADPA = str(Path(sys.executable).parent / "adpa")
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 PAIRS = 12

@@ -16,6 +16,8 @@ from artifacts.store import MANIFEST
 from helpers import assert_complete_and_exact
 from synthetic import produce
 
+pytestmark = pytest.mark.slow  # processes, real models, servers: `make test`, not `make test-fast`
+
 ADPA = str(Path(sys.executable).parent / "adpa")
 PRODUCER = str(Path(__file__).parent / "synthetic.py")
 N = 40

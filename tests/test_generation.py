@@ -3,7 +3,7 @@
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from stages.common.lm import generate
-from pipeline.worlds import resolve_model as resolve
+from pipeline.builtin import resolve_model as resolve
 
 
 def test_left_padded_batches_match_single_prompts(model_store):

@@ -52,6 +52,7 @@ def recipe_with(tmp_path, text: str, name="hostile.yaml") -> Path:
     return p
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["description", "setting", "--set"])
 def test_yaml_alias_bombs_are_refused_in_bounded_memory(tmp_path, where):
     """1a/1b: 2.5 KB of nested aliases in a description, a setting or a --set value: one short line naming the
@@ -68,6 +69,7 @@ def test_yaml_alias_bombs_are_refused_in_bounded_memory(tmp_path, where):
         one_error_line(r, "distill.lr", "aliases")
 
 
+@pytest.mark.slow
 def test_a_few_aliases_still_read(tmp_path):
     """The bound is on the expanded size, not on aliases: a recipe that reuses a value reads."""
     p = recipe_with(tmp_path, "distill: {lr: &lr 1.0e-5}\nper_loss: {kd: {sft_lr: *lr}}\n")
@@ -76,6 +78,7 @@ def test_a_few_aliases_still_read(tmp_path):
     assert "lr: 1.0e-05" in r.stdout
 
 
+@pytest.mark.slow
 def test_deep_yaml_names_the_file(tmp_path):
     """6c: 10,000 levels of nesting: one line naming the file and the bound."""
     p = recipe_with(tmp_path, "description: " + "[" * 10_000 + "]" * 10_000 + "\n", "deep.yaml")
@@ -84,6 +87,7 @@ def test_deep_yaml_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("item", ["distill.alpha=.nan", "distill.max_grad_norm=.inf", "distill.warmup=.nan",
                                   "distill.lr=1e999", "per_loss.adpa.gamma=-.inf"])
+@pytest.mark.slow
 def test_non_finite_settings_are_refused_naming_the_setting(item):
     """6a: NaN passed every bound (NaN < minimum is False) and failed later in JSON."""
     name = item.split("=")[0].replace("per_loss.", "per_loss.")
@@ -91,6 +95,7 @@ def test_non_finite_settings_are_refused_naming_the_setting(item):
     one_error_line(r, name.split(".")[-1], "finite")
 
 
+@pytest.mark.slow
 def test_an_error_quotes_at_most_a_short_piece_of_a_value():
     r = adpa("recipe", "show", "-r", "tiny", "--set", "distill.lr=" + "x" * 100_000)
     one_error_line(r, "distill.lr", "100,002 characters")
@@ -101,11 +106,13 @@ def test_an_error_quotes_at_most_a_short_piece_of_a_value():
                                        ({"WORLD_SIZE": "2", "RANK": "-1"}, ["RANK='-1'"]),
                                        ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1",
                                          "MASTER_PORT": "99999"}, ["MASTER_PORT='99999'"])])
+@pytest.mark.slow
 def test_launcher_variables_are_checked(tmp_path, env, words):
     """6b: 'invalid literal for int() with base 10' named nothing."""
     one_error_line(adpa("teacher-cache", "-r", "tiny", "--store", tmp_path / "s", env=env), *words)
 
 
+@pytest.mark.slow
 def test_a_rendezvous_nobody_joins_ends_naming_the_address(tmp_path):
     """7a: leftover launcher variables outside torchrun waited silently for the 24-hour process-group timeout."""
     with socket.socket() as s:
@@ -117,6 +124,7 @@ def test_a_rendezvous_nobody_joins_ends_naming_the_address(tmp_path):
     one_error_line(r, f"127.0.0.1:{port}", "within 2 s", "unset WORLD_SIZE")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_an_empty_store_setting_is_an_error(tmp_path, how):
     """8a: `--store ''` or `ADPA_STORE=` used the current folder as the store."""
@@ -142,6 +150,7 @@ def load_rows_in_child(path, limit_bytes: int, **kw):
 ROW = b'{"prompt": "sort 3 1 2", "chosen": "1 2 3", "rejected": "3 2 1"}\n'
 
 
+@pytest.mark.slow
 def test_a_gzip_bomb_is_refused_in_bounded_memory(tmp_path):
     """1c: 256 MB of rows in a ~0.3 MB .jsonl.gz: 3.66 GB peak and exit 0 on fbb914c (whole file in memory)."""
     import zlib
@@ -156,6 +165,7 @@ def test_a_gzip_bomb_is_refused_in_bounded_memory(tmp_path):
     assert r.returncode == 1 and "DataError:" in r.stdout and "expands more than 100x" in r.stdout, r.stdout + r.stderr
 
 
+@pytest.mark.slow
 def test_a_limit_stops_reading_early(tmp_path):
     """1d: data.limit=8 on a 150 MB file parsed every row first (2.6 GB on 186 MB); the key's sha256 is still
     the whole file's."""
@@ -208,6 +218,7 @@ def files_artifact(root: Path):
     return st, d, m
 
 
+@pytest.mark.slow
 def test_terminal_escapes_in_a_manifest_never_reach_the_terminal(tmp_path):
     """5a: `created` (neither hashed nor validated) and free-form values reached `cache ls` / `cache show` raw:
     a title change, a line erase and a fake 'ok' line."""
@@ -227,6 +238,7 @@ def test_terminal_escapes_in_a_manifest_never_reach_the_terminal(tmp_path):
     assert "created must be an ISO 8601 time" in outputs[-1].stderr
 
 
+@pytest.mark.slow
 def test_a_symlinked_file_in_an_artifact_is_refused_by_verify_push_reuse_and_pull(tmp_path):
     """5b: an entry that is a link to a file outside (same sha256): verify said ok and push copied it."""
     from artifacts import StoreError
@@ -248,6 +260,7 @@ def test_a_symlinked_file_in_an_artifact_is_refused_by_verify_push_reuse_and_pul
     assert not (tmp_path / "other" / m["key"]).exists()
 
 
+@pytest.mark.slow
 def test_keygen_never_replaces_a_public_key(tmp_path):
     """5c: with NAME.key moved away, keygen silently replaced the NAME.pub other teams trust."""
     assert adpa("cache", "keygen", "team", "--out", tmp_path).returncode == 0
@@ -272,6 +285,7 @@ def big_files_artifact(root: Path, mb: int = 64):
     return st, d, m
 
 
+@pytest.mark.slow
 def test_push_over_a_complete_copy_survives_sigkill_at_any_instant(tmp_path):
     """4d: a second push over a complete copy wrote in place: killed at 0.5 s it left 7 of 210 MB under the old
     manifest. Here a push that must replace the copy (same key, another manifest) is killed at several
@@ -302,6 +316,7 @@ def test_push_over_a_complete_copy_survives_sigkill_at_any_instant(tmp_path):
     verify_artifact(dest / m["key"])
 
 
+@pytest.mark.slow
 def test_gc_never_removes_a_live_pull_s_work(tmp_path):
     """4e: `cache gc --older-than 0s` during a pull deleted the pull's .incoming work folder."""
     from artifacts import Store, verify_artifact
@@ -324,6 +339,7 @@ def test_gc_never_removes_a_live_pull_s_work(tmp_path):
     assert not list((st.root / INCOMING).iterdir())
 
 
+@pytest.mark.slow
 def test_pull_trust_checks_the_signature_before_any_shard(tmp_path):
     """1e: `pull --trust` of an unsigned artifact downloaded every shard (the format allows 100k of 64 GiB)
     before it said 'is not signed'. The source here has its manifest and no shard at all."""
@@ -335,6 +351,7 @@ def test_pull_trust_checks_the_signature_before_any_shard(tmp_path):
     one_error_line(r, "is not signed")
 
 
+@pytest.mark.slow
 def test_keys_name_inputs_not_the_environment():
     """3d: HF_HUB_OFFLINE=1 gave other keys for every artifact (transformers saves local_files_only into
     tokenizer_config.json, which the tokenizer fingerprint hashed), so two teams never shared a shard. The
@@ -354,6 +371,7 @@ def test_keys_name_inputs_not_the_environment():
     assert out[0] == out[1]
 
 
+@pytest.mark.slow
 def test_a_parquet_bomb_is_refused_in_bounded_memory(tmp_path):
     """The gzip bomb's class in Parquet: dictionary and run-length codes make 10M rows a few hundred KB."""
     import pyarrow as pa
@@ -377,6 +395,7 @@ def test_a_data_file_that_is_not_a_regular_file_is_refused(tmp_path):
             load_rows(str(tmp_path / name))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["eval", "demo"])
 def test_eval_and_demo_never_replace_files_they_did_not_write(tmp_path, command):
     """4a's class in the other commands with --output: eval.json, eval.png and generations/NAME.jsonl of a

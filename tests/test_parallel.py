@@ -12,6 +12,8 @@ from artifacts import ArtifactReader, verify_artifact
 from test_teacher_cache_cli import good
 from helpers import linked_store
 
+pytestmark = pytest.mark.slow  # processes, real models, servers: `make test`, not `make test-fast`
+
 BIN = Path(sys.executable).parent
 
 

@@ -17,6 +17,8 @@ from artifacts import ArtifactReader, Store, verify_artifact
 from helpers import linked_store
 from test_teacher_cache_cli import good
 
+pytestmark = pytest.mark.slow  # processes, real models, servers: `make test`, not `make test-fast`
+
 BIN = Path(sys.executable).parent
 PAIRS = 32
 COMMON = ["--recipe", "smollm2", "--backend", "hf", "--set", "teacher_cache.k=4", "--set",

@@ -12,7 +12,7 @@ from pipeline.recipe import SECTIONS, RecipeError, load_recipe, show
 from stages.common.device import compute_dtype, pad_id, pick_device
 from stages.common.settings import in_key
 from stages.distill.losses import LOSSES
-from stages.distill.run import key_settings
+from stages.distill.distiller import key_settings
 from stages.distill.settings import Distill
 
 ADPA = str(Path(sys.executable).parent / "adpa")
@@ -65,6 +65,7 @@ def test_show_lists_every_declared_setting_with_its_help():
     assert "lr: 5.0e-07" in text  # the paper's default, not written in the recipe file
 
 
+@pytest.mark.slow
 def test_the_cli_flags_and_set_reach_the_recipe():
     r = subprocess.run([ADPA, "recipe", "show", "-r", "smollm2", "--set", "distill.gamma=0.3"], capture_output=True,
                        text=True)

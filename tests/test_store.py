@@ -121,6 +121,7 @@ def test_advantage_rows_round_trip(tmp_path):
     assert np.abs(r["ref_topk_logp"] - o["ref_topk_logp"]).max() <= tt.LOGP_STEP / 2 + 1e-6
 
 
+@pytest.mark.slow
 def test_ranks_write_disjoint_slices_then_one_manifest(tmp_path):
     import subprocess
     import sys

@@ -24,6 +24,8 @@ from schemas.token_topk import LOGP_STEP
 from pipeline.orchestrate import teacher_cache as run_teacher_cache
 from stages.common.ranks import silent
 
+pytestmark = pytest.mark.slow  # processes, real models, servers: `make test`, not `make test-fast`
+
 K = 8
 
 
@@ -46,7 +48,7 @@ def world(model_store, tmp_path_factory):
 
 
 def f64(store, role_spec):
-    from pipeline.worlds import resolve_model as resolve
+    from pipeline.builtin import resolve_model as resolve
     return AutoModelForCausalLM.from_pretrained(resolve(role_spec, store).source, dtype=torch.float64).eval()
 
 
@@ -123,7 +125,7 @@ def test_sequence_logprobs_of_reference_and_student(world):
 
 def test_generations_are_the_students_greedy_continuations(world):
     store, recipe, res = world
-    from pipeline.worlds import resolve_model as resolve
+    from pipeline.builtin import resolve_model as resolve
     student = AutoModelForCausalLM.from_pretrained(resolve(recipe.models.student, store).source).eval()
     for r in ArtifactReader(store.path(res[("generations", "student")].key)):
         prompt = r["token_ids"][: r["prompt_len"]]

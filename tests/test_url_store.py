@@ -17,6 +17,8 @@ from artifacts.writer import assemble
 from helpers import assert_complete_and_exact
 from synthetic import spec
 
+pytestmark = pytest.mark.slow  # processes, real models, servers: `make test`, not `make test-fast`
+
 N = 60
 SYNTHETIC = str(Path(__file__).parent / "synthetic.py")
 

@@ -19,6 +19,8 @@ from pipeline.orchestrate import evaluate as run_eval
 from pipeline.orchestrate import teacher_cache as run_teacher_cache
 from stages.common.ranks import silent
 
+pytestmark = pytest.mark.slow  # processes, real models, servers: `make test`, not `make test-fast`
+
 
 def test_task_reward_policy_and_splits():
     T = sorting_task

@@ -30,7 +30,7 @@ from schemas.keys import artifact_key
 from stages.common.models import resolve
 from stages.common.ranks import silent
 from stages.common.tokenizers import tokenizer_fingerprint
-from stages.distill.run import train_one
+from stages.distill.distiller import Distiller, Job, Place
 from stages.distill.settings import Distill
 from stages.teacher_cache import run as stage_one
 from stages.teacher_cache.render import render_prompt, render_response
@@ -150,9 +150,8 @@ def _run_dir(store: Store, what: str, world_seed: int) -> Path:
 def _sft(store: Store, role: str, world_seed: int, say) -> Path:
     d = Distill(loss="sft", token_budget=8192, seed=world_seed, **WORLD["sft"])
     init = resolve(str(_init_model(store, role, world_seed)))
-    res = train_one(store, "sft", init, d, {"student_logp": _sft_tokens(store, world_seed)},
-                    _run_dir(store, f"{role}-sft", world_seed), say=say or silent, title="tiny-world", overwrite=True)
-    return res.model_dir
+    job = Job("sft", init, d, {"student_logp": _sft_tokens(store, world_seed)})
+    return _train(store, job, _run_dir(store, f"{role}-sft", world_seed), say)
 
 
 def _dpo_teacher(store: Store, world_seed: int, say) -> Path:
@@ -164,9 +163,13 @@ def _dpo_teacher(store: Store, world_seed: int, say) -> Path:
         ref = stage_one.seq_logp(run, "student", silent)
     finally:
         run.close()
-    res = train_one(store, "dpo", sft, d, {"student_logp": ref.key},
-                    _run_dir(store, "teacher-dpo", world_seed), say=say or silent, title="tiny-world", overwrite=True)
-    return res.model_dir
+    return _train(store, Job("dpo", sft, d, {"student_logp": ref.key}), _run_dir(store, "teacher-dpo", world_seed),
+                  say)
+
+
+def _train(store: Store, job: Job, run_dir: Path, say) -> Path:
+    """A world model's training run; its folder is the world's own (overwritten), the model a store artifact."""
+    return Distiller(store, job, Place(run_dir, overwrite=True, title="tiny-world", say=say or silent)).run().model_dir
 
 
 @contextmanager

@@ -43,7 +43,7 @@ def quiet():
 def resolve(spec: str) -> ResolvedModel:
     """Turn a hub id or a folder into a loadable source and an identity."""
     if spec.startswith("builtin:"):
-        raise ValueError(f"{spec}: built-in models are resolved by the pipeline (pipeline.worlds), not by a stage")
+        raise ValueError(f"{spec}: built-in models are resolved by the pipeline (pipeline.builtin), not by a stage")
     p = Path(spec)
     if p.is_dir():
         refuse_custom_code(p)

@@ -37,12 +37,12 @@ def setting(default=dataclasses.MISSING, help: str = "", *, choices: tuple | Cal
     return dataclasses.field(default=default, metadata=meta)
 
 
-def help_of(cls, name: str) -> str:
+def help_of(cls, name: str, with_choices: bool = True) -> str:
     """A setting's help as a sentence for a command-line flag, with its choices when they are a fixed list."""
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     text = f.metadata.get("help", "")
     choices = f.metadata.get("choices")
-    if choices and not callable(choices):
+    if with_choices and choices and not callable(choices):
         text += f" ({' | '.join(map(str, choices))})"
     return text[:1].upper() + text[1:] + "."
 

@@ -1,0 +1,147 @@
+"""The Distiller in this process, on stage one's real artifacts of 16 tiny-sort pairs (the unit layer).
+
+The models are the tiny world's untrained initialisations (a 3-layer teacher, a 2-layer student, the
+world's 17-token tokenizer), so nothing here waits for a world to be trained. A step over several
+micro-batches against the plain step over all of its pairs; every loss through `run()` for 4 steps, then
+reused; an interrupted run resumed to the uninterrupted weights; a diverging run stopped; selection.
+"""
+
+import copy
+
+import pytest
+import torch
+import yaml
+
+from artifacts import Store
+from helpers import linked_store
+from pipeline import orchestrate
+from pipeline.recipe import load_recipe
+from pipeline.worlds import tiny as tiny_world
+from stages.common.lm import OutputLayer
+from stages.common.models import resolve
+from stages.common.ranks import silent
+from stages.distill.distiller import Distiller, Job, Place
+from stages.distill.objective import collate, micro_loss
+from stages.distill.settings import Distill
+from stages.distill.training import NotFinite, Selection
+from stages.teacher_cache.run import plan
+
+PAIRS = 16
+
+
+@pytest.fixture(scope="module")
+def unit(tmp_path_factory):
+    d = tmp_path_factory.mktemp("distiller")
+    st = Store(d / "store")
+    teacher, student = (tiny_world._init_model(st, role, 0) for role in ("teacher", "student"))
+    recipe = d / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "unit", "models": {"teacher": str(teacher), "reference": str(student), "student": str(student)},
+        "data": {"source": str(tiny_world.dataset(st, "train", 0)), "format": "strings", "limit": PAIRS},
+        "teacher_cache": {"backend": "hf", "k": 4, "max_length": 32, "max_new_tokens": 12},
+        "distill": {"lr": 1e-3, "sft_lr": 1e-3, "batch_pairs": 4}}))
+    r = load_recipe(str(recipe))
+    orchestrate.teacher_cache(r, st, say=silent)
+    models = {role: resolve(getattr(r.models, role)) for role in ("teacher", "reference", "student")}
+    return {"store": st, "recipe": r, "init": models["student"], "dir": d,
+            "keys": plan(models, r.data, r.teacher_cache, st)}
+
+
+def distiller(unit, run_dir, loss="dckd", store=None, resume=False, **settings) -> Distiller:
+    s = Distill(loss=loss, **({"lr": 1e-3, "sft_lr": 1e-3, "batch_pairs": 4} | settings))
+    return Distiller(store or unit["store"], Job(loss, unit["init"], s, unit["keys"]),
+                     Place(run_dir, resume=resume, say=silent))
+
+
+def weights(model) -> dict:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("loss", ["dckd", "adpa", "dpo"])
+def test_a_step_over_micro_batches_is_the_plain_step_over_all_its_pairs(unit, tmp_path, loss):
+    """A token budget that splits the step's 8 pairs into several micro-batches, each weighted by its share,
+    gives the optimizer the clipped gradient of one backward pass over all 8; the record holds its loss."""
+    run = distiller(unit, tmp_path / "run", loss, batch_pairs=8, token_budget=60, max_grad_norm=0.5)
+    run.check()
+    run.setup()
+    plain = copy.deepcopy(run.model)
+    step, n_step, micro, _ = next(run._batches())
+    assert n_step == 8 and len(micro) > 2
+    applied = {}
+    run.opt.register_step_pre_hook(lambda *_: applied.update({n: p.grad.clone() for n, p in run.model.named_parameters()}))
+    rec = run.step(step, micro, n_step)
+
+    pairs = next(run.stream.steps(1))[1]
+    value, _ = micro_loss(plain, OutputLayer(plain, run.vocab), collate(pairs, loss, run.pad), loss, run.settings)
+    value.backward()
+    norm = torch.nn.utils.clip_grad_norm_(plain.parameters(), 0.5)
+    assert rec["loss"] == pytest.approx(value.item(), rel=1e-5)
+    assert rec["grad_norm"] == pytest.approx(float(norm), rel=1e-4)
+    assert rec["pairs"] == 8 and rec["step"] == 1 and rec["lr"] == pytest.approx(1e-3 / 2)  # warm-up step 1 of 1
+    scale = max(float(p.grad.abs().max()) for p in plain.parameters())
+    for n, p in plain.named_parameters():
+        torch.testing.assert_close(applied[n], p.grad, rtol=1e-4, atol=1e-5 * scale)
+    assert any(not torch.equal(a, b) for a, b in zip(run.model.parameters(), plain.parameters()))  # it stepped
+
+
+@pytest.mark.parametrize("loss", ["sft", "kd", "dpo", "dckd", "adpa", "adpa+"])
+def test_every_loss_trains_4_steps_publishes_and_is_reused(unit, tmp_path, monkeypatch, loss):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    runs = orchestrate.distill(unit["recipe"], unit["store"], loss, output=out, say=silent)
+    final = runs[-1]  # (adpa+'s first step is the dckd student, built by that case when it ran first)
+    assert final.status == "built"
+    assert final.summary["steps"] == PAIRS // 4 and final.summary["pairs_per_epoch"] == PAIRS
+    records = [ln for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 4
+    assert (out / "model" / "model.safetensors").exists() and (out / "loss.png").exists()
+    assert not (out / "checkpoints").exists()
+    again = orchestrate.distill(unit["recipe"], unit["store"], loss, output=out, say=silent)
+    assert [r.status for r in again] == ["reused"] * len(runs) and again[-1].key == final.key
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(unit, tmp_path, monkeypatch):
+    whole = distiller(unit, tmp_path / "whole", seed=3).run()
+    # the same student again, in a store that has the caches but not it
+    st = linked_store(unit["store"], tmp_path / "store", kinds=("teacher-topk-", "seq-logp-", "advantage-"))
+    real_step = Distiller.step
+
+    def step_then_stop(self, step, *args):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_step(self, step, *args)
+
+    monkeypatch.setattr(Distiller, "step", step_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        distiller(unit, tmp_path / "cut", store=st, seed=3, save_every=2).run()
+    monkeypatch.setattr(Distiller, "step", real_step)
+    with pytest.raises(ValueError, match="pass --resume"):
+        distiller(unit, tmp_path / "cut", store=st, seed=3, save_every=2).run()
+    resumed = distiller(unit, tmp_path / "cut", store=st, resume=True, seed=3, save_every=2).run()
+    assert resumed.status == "resumed" and resumed.summary["steps_this_run"] == 2
+    # save_every is not in the key: the same student, trained again from step 2, with the same weights
+    assert resumed.key == whole.key
+    from safetensors.torch import load_file
+    a, b = (load_file(str(p / "model" / "model.safetensors")) for p in (tmp_path / "whole", tmp_path / "cut"))
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_a_diverging_run_stops_before_the_step_is_applied(unit, tmp_path):
+    run = distiller(unit, tmp_path / "run", lr=1e30, max_grad_norm=0.0)
+    with pytest.raises(NotFinite, match="nothing was published"):
+        run.run()
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_selection_keeps_the_best_state_under_its_metric():
+    model = torch.nn.Linear(2, 1)
+    sel = Selection("chosen_nll")
+    for step, nll in ((0, 2.0), (1, 1.0), (2, 1.5)):
+        with torch.no_grad():
+            model.weight.fill_(step)
+        sel.offer(step, {"chosen_nll": nll}, model)
+    assert sel.step == 1 and float(sel.state["weight"][0, 0]) == 1.0
+    assert Selection.from_extra("chosen_nll", sel.as_extra()).value == 1.0
+    last = Selection("last")
+    last.offer(0, {"reward": 1.0}, model)
+    assert last.as_extra() is None
