@@ -164,3 +164,28 @@ def test_missing_empty_and_odd_local_sources_say_so_in_one_line(tmp_path):
                          ("./data/absent", "no such file"), (tmp_path, "not a datasets save_to_disk folder")]:
         with pytest.raises(DataError, match=says):
             load_rows(str(source))
+
+
+def test_a_new_format_is_its_function_and_its_registry_line(tmp_path, monkeypatch, smollm2_tokenizer):
+    """A toy shape added as a contributor would (one parse function, one line in FORMATS) is detected, checked
+    by the recipe and by --format's choices, parsed, dropped by the shared rules and rendered, with no other change."""
+    from pipeline.recipe import load_recipe
+    from stages.teacher_cache import pairs
+    from stages.teacher_cache.run import prepare
+
+    def question_good_bad(row):  # {question, good, bad}
+        return [U(row["question"])], row["good"], row["bad"]
+
+    monkeypatch.setitem(pairs.FORMATS, "qa", pairs.Format(
+        ("question", "good", "bad"), lambda cols, first: {"question", "good", "bad"} <= cols, question_good_bad))
+    rows = [{"question": "2+2?", "good": "4", "bad": "5"}, {"question": "3+3?", "good": "6", "bad": "6"},
+            {"question": "1+1?", "good": "2"}]
+    f = tmp_path / "qa.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert detect_format(["question", "good", "bad"], rows[0]) == "qa"
+    recipe = load_recipe("smollm2", [f"data.source={f}", "data.format=qa"])
+    prepared, _, fmt = prepare(recipe.data, recipe.teacher_cache, smollm2_tokenizer, strict=False)
+    assert fmt == "qa" and prepared[1:] == ["identical_responses", "missing_field"]
+    assert prepared[0].pair.prompt == [U("2+2?")] and prepared[0].pair.chosen == "4" and prepared[0].chosen_ids
+    auto = load_recipe("smollm2", [f"data.source={f}"])
+    assert prepare(auto.data, auto.teacher_cache, smollm2_tokenizer, strict=False)[2] == "qa"

@@ -18,12 +18,12 @@ import gzip
 import io
 import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from artifacts.fsutil import fingerprint_files, sha256_file
 
-FORMATS = ("strings", "messages", "transcripts")
 ROLES = ("system", "user", "assistant")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".parquet", ".csv")
 
@@ -201,20 +201,6 @@ def _local_rows(path: Path, suffix: str, source: str):
             yield row
 
 
-def detect_format(columns: list[str], first: dict | None) -> str:
-    cols = set(columns)
-    if not {"chosen", "rejected"} <= cols:
-        raise DataError(f"dataset has columns {sorted(cols)}; expected chosen and rejected (and prompt)")
-    if "prompt" in cols and isinstance(first and first.get("chosen"), str):
-        return "strings"
-    if first is not None and isinstance(first.get("chosen"), list):
-        return "messages"
-    if first is not None and isinstance(first.get("chosen"), str) and "Assistant:" in first["chosen"]:
-        return "transcripts"
-    raise DataError(f"cannot tell the dataset's format from columns {sorted(cols)}; name it with --set "
-                    f"data.format=... ({', '.join(FORMATS)})")
-
-
 def _text(v) -> str | None:
     return v if isinstance(v, str) else None
 
@@ -244,37 +230,90 @@ def _parse_transcript(t: str) -> list[dict] | None:
     return msgs
 
 
+def _strings(row: dict) -> tuple[list[dict], str, str] | str:
+    """{prompt, chosen, rejected}: three strings, one user turn."""
+    prompt, chosen, rejected = _text(row["prompt"]), _text(row["chosen"]), _text(row["rejected"])
+    if None in (prompt, chosen, rejected):
+        return "not_text"
+    return [{"role": "user", "content": prompt}], chosen, rejected
+
+
+def _message_lists(row: dict) -> tuple[list[dict], str, str] | str:
+    """{chosen, rejected}: two conversations that share every turn but the last, the assistant's."""
+    c, r = _messages(row["chosen"]), _messages(row["rejected"])
+    if c is None or r is None:
+        return "not_text"
+    if not c or not r or c[-1]["role"] != "assistant" or r[-1]["role"] != "assistant":
+        return "no_final_assistant_turn"
+    if c[:-1] != r[:-1]:
+        return "no_shared_prompt"
+    return c[:-1], c[-1]["content"], r[-1]["content"]
+
+
+def _transcripts(row: dict) -> tuple[list[dict], str, str] | str:
+    """{chosen, rejected}: two "\n\nHuman: ...\n\nAssistant: ..." transcripts (Anthropic HH)."""
+    if _text(row["chosen"]) is None or _text(row["rejected"]) is None:
+        return "not_text"
+    c, r = _parse_transcript(row["chosen"]), _parse_transcript(row["rejected"])
+    if c is None or r is None or c[-1]["role"] != "assistant" or r[-1]["role"] != "assistant":
+        return "no_final_assistant_turn"
+    if c[:-1] != r[:-1]:
+        return "no_shared_prompt"
+    return c[:-1], c[-1]["content"], r[-1]["content"]
+
+
+@dataclass(frozen=True)
+class Format:
+    """A row shape. `fields`: what a row must hold (else dropped as missing_field); `detect(columns, first row)`:
+    whether a dataset is of this shape (`data.format: auto` tries the formats in order); `parse(row)`: the
+    prompt's messages, the chosen and the rejected answer, or the reason the row is dropped."""
+
+    fields: tuple[str, ...]
+    detect: Callable[[set, dict | None], bool]
+    parse: Callable[[dict], tuple[list[dict], str, str] | str]
+
+
+def _first_chosen(first: dict | None):
+    return None if first is None else first.get("chosen")
+
+
+# The registry: a new shape is one function and one line here; `data.format` and `--format` list its name.
+FORMATS: dict[str, Format] = {
+    "strings": Format(("prompt", "chosen", "rejected"),
+                      lambda cols, first: {"prompt", "chosen", "rejected"} <= cols and isinstance(_first_chosen(first), str),
+                      _strings),
+    "messages": Format(("chosen", "rejected"),
+                       lambda cols, first: {"chosen", "rejected"} <= cols and isinstance(_first_chosen(first), list),
+                       _message_lists),
+    "transcripts": Format(("chosen", "rejected"),
+                          lambda cols, first: {"chosen", "rejected"} <= cols and isinstance(_first_chosen(first), str)
+                          and "Assistant:" in _first_chosen(first), _transcripts),
+}
+
+
+def detect_format(columns: list[str], first: dict | None) -> str:
+    cols = set(columns)
+    found = next((name for name, f in FORMATS.items() if f.detect(cols, first)), None)
+    if found:
+        return found
+    if not {"chosen", "rejected"} <= cols:
+        raise DataError(f"dataset has columns {sorted(cols)}; expected chosen and rejected (and prompt)")
+    raise DataError(f"cannot tell the dataset's format from columns {sorted(cols)}; name it with --set "
+                    f"data.format=... ({', '.join(FORMATS)})")
+
+
 def parse_row(index: int, row: dict, fmt: str) -> Pair | str:
     """A Pair, or the reason the row is dropped."""
-    for f in ("chosen", "rejected") + (("prompt",) if fmt == "strings" else ()):
-        if row.get(f) is None:
-            return "missing_field"
-    pair_id = str(row.get("pair_id") or row.get("id") or f"row-{index}")
-    if fmt == "strings":
-        prompt, chosen, rejected = _text(row["prompt"]), _text(row["chosen"]), _text(row["rejected"])
-        if None in (prompt, chosen, rejected):
-            return "not_text"
-        history = [{"role": "user", "content": prompt}]
-    elif fmt == "messages":
-        c, r = _messages(row["chosen"]), _messages(row["rejected"])
-        if c is None or r is None:
-            return "not_text"
-        if not c or not r or c[-1]["role"] != "assistant" or r[-1]["role"] != "assistant":
-            return "no_final_assistant_turn"
-        if c[:-1] != r[:-1]:
-            return "no_shared_prompt"
-        history, chosen, rejected = c[:-1], c[-1]["content"], r[-1]["content"]
-    elif fmt == "transcripts":
-        if _text(row["chosen"]) is None or _text(row["rejected"]) is None:
-            return "not_text"
-        c, r = _parse_transcript(row["chosen"]), _parse_transcript(row["rejected"])
-        if c is None or r is None or c[-1]["role"] != "assistant" or r[-1]["role"] != "assistant":
-            return "no_final_assistant_turn"
-        if c[:-1] != r[:-1]:
-            return "no_shared_prompt"
-        history, chosen, rejected = c[:-1], c[-1]["content"], r[-1]["content"]
-    else:
+    if fmt not in FORMATS:
         raise DataError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    shape = FORMATS[fmt]
+    if any(row.get(f) is None for f in shape.fields):
+        return "missing_field"
+    parsed = shape.parse(row)
+    if isinstance(parsed, str):
+        return parsed
+    history, chosen, rejected = parsed
+    pair_id = str(row.get("pair_id") or row.get("id") or f"row-{index}")
     if not history or history[-1]["role"] != "user" or not any(m["content"].strip() for m in history):
         return "empty_prompt"
     if not chosen.strip() or not rejected.strip():
