@@ -11,7 +11,7 @@ from artifacts.fsutil import atomic_write_bytes, fsync_dir, fsync_file, seal, sh
 from schemas.keys import artifact_key
 from artifacts.store import MANIFEST, Store, StoreError, now_iso
 from artifacts.transfer import local_copy, publish
-from artifacts.writer import checked_for_reuse, producer_versions
+from artifacts.writer import checked_for_reuse, package_versions, producer_versions
 from schemas import files
 from schemas import manifest as mf
 
@@ -44,7 +44,7 @@ def publish_folder(store: Store, kind: str, inputs: dict, build: Callable[[Path]
                             "sha256": sha256_file(p)})
         fsync_dir(d)
         m = {"format": mf.FORMAT, "format_version": mf.VERSION, "key": key, "kind": kind, "created": now_iso(),
-             "inputs": inputs, "shard_schema": shard_schema, "producer": producer_versions(), "shards": entries,
+             "inputs": inputs, "shard_schema": shard_schema, "producer": producer_versions(package_versions("torch", "transformers")), "shards": entries,
              "totals": {"shards": len(entries), "rows": 0, "tokens": 0, "bytes": sum(e["bytes"] for e in entries)},
              "input_rows": 0, "rows_used": 0, "dropped": {}, "stats": stats}
         mf.validate(m, key)

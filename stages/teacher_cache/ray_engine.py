@@ -26,7 +26,7 @@ import warnings
 from dataclasses import dataclass, replace
 
 from artifacts import Store
-from artifacts.writer import MAX_WRITERS, assemble, producer_versions
+from artifacts.writer import MAX_WRITERS, assemble
 from stages.common.models import ResolvedModel
 from stages.common.ranks import Ranks, silent
 from stages.teacher_cache import run as local
@@ -137,7 +137,7 @@ def run_pass(ray, run: local.Run, spec: Spec, say) -> list[local.Result]:
             if missing:
                 raise RuntimeError(f"{job.kind} ({job.role}): blocks {missing} did not report")
             m = assemble(run.store, job.kind, job.inputs, job.codec, job.layout, len(job.items),
-                         producer_versions(spec.backend))
+                         local.job_producer(job, spec.backend))
             statuses = [r["status"] for r in mine]
             tokens = sum(r["tokens"] for r in mine)
             say(f"{job.kind} ({job.role}): {spec.n_blocks} blocks on {pool_size(tc, spec.n_blocks)} workers, "

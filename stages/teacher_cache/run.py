@@ -146,6 +146,11 @@ class Job:
     extra_stats: dict = field(default_factory=dict)
 
 
+def job_producer(job: Job, backend: str) -> dict:
+    """The manifest's `producer` of the job's artifact when `backend` was picked."""
+    return producer_versions(backends.producer(backend, tuple(task for _, task in job.engines)))
+
+
 def job_key(job: Job) -> str:
     return artifact_key(job.kind, job.inputs, {"name": job.codec.name, "version": job.codec.version,
                                                "layout": job.layout})
@@ -214,7 +219,7 @@ def _produce(run: Run, job: Job, say) -> Result:
     rk.barrier()  # every rank's slice is done
     if rk.rank == 0:
         assemble(run.store, job.kind, job.inputs, job.codec, job.layout, len(job.items),
-                 producer_versions(run.backend_of(job.engines[0][1])))
+                 job_producer(job, run.backend))
     rk.barrier()  # the manifest is published
     return Result(job.kind, job.role, w.key, w.status, run.store.manifest(w.key), w.seconds)
 

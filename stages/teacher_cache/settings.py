@@ -28,7 +28,7 @@ class Data:
 @dataclass
 class TeacherCache:
     backend: str = setting("auto", "scoring engine: auto (vllm when it imports, else hf)",
-                           choices=("auto",) + tuple(ENGINES), in_key=False)
+                           choices=lambda: ("auto", *ENGINES), in_key=False)
     engine: str = setting("local", "who runs the work: local (one process; under torchrun each rank its slice), "
                           "torchrun (the same, and it must be launched by torchrun), ray (a pool of Ray Data workers "
                           "scores blocks of rows, retried when a worker dies)", choices=("local", "torchrun", "ray"),

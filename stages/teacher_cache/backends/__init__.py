@@ -9,8 +9,10 @@ A backend serves some of four tasks on sequences of token ids (`Sequence`: ids +
 * `seq_logp(seqs)`: the realized token's log-prob at every response position;
 * `generate(prompts, max_new_tokens)`: greedy responses through the first end-of-turn token.
 
-A task a backend does not serve (`TASKS`) runs on the transformers backend, which serves all.
-A new engine is one file with a class like these, plus its line in `ENGINES`.
+A task a backend does not serve (`TASKS`) runs on the transformers backend, which serves all. Each
+engine reports what it runs on (`versions()`: its packages' versions), which an artifact's manifest
+keeps under `producer`. A new engine is one file with a class like these, plus its line in `ENGINES`
+(`teacher_cache.backend` and `--backend` read its name from there).
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ ENGINES = {"hf": "stages.teacher_cache.backends.hf:HFBackend",
 
 class Backend(Protocol):
     TASKS: frozenset[str]
+
+    @staticmethod
+    def available() -> bool:
+        """Whether the engine imports here (checked before a model is loaded)."""
+
+    @staticmethod
+    def versions() -> dict:
+        """{package: version} of what the engine runs on, for the manifests of what it produces."""
 
     def topk(self, seqs: list[Sequence], k: int) -> list[dict]:
         """Per sequence: topk_ids, topk_logp [n, k], tail_logp [n], realized_logp [n]."""
@@ -69,3 +79,12 @@ def pick(name: str, say) -> str:
 def serving(name: str, task: str) -> str:
     """The engine that runs `task` when `name` was picked."""
     return name if task in engine_class(name).TASKS else "hf"
+
+
+def producer(name: str, tasks: tuple[str, ...]) -> dict:
+    """What an artifact made by `tasks` (the first names it) when `name` was picked was produced by:
+    the backend's name and the versions every engine it ran on reports."""
+    out = {}
+    for task in tasks:
+        out |= engine_class(serving(name, task)).versions()
+    return out | {"backend": serving(name, tasks[0])}

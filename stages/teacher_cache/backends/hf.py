@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from artifacts.writer import package_versions
 from stages.common.device import pad_id
 from stages.common.lm import HFScorer, Sequence, generate
 from stages.common.models import ResolvedModel, load_model
@@ -15,6 +16,10 @@ class HFBackend:
     @staticmethod
     def available() -> bool:
         return True
+
+    @staticmethod
+    def versions() -> dict:
+        return package_versions("torch", "transformers")
 
     def __init__(self, model: ResolvedModel, tok, vocab_size: int, dtype: str, device: str, token_budget: int,
                  share_prompts: bool = True, **_):

