@@ -11,7 +11,7 @@ STUDENT ?= tiny
 EXTRA ?= cpu
 export ADPA_STORE ?= $(CURDIR)/store
 
-.PHONY: setup test test-fast demo teacher-cache distill bench-store bench-teacher-cache bench-distill bench-quality gpu-check clean
+.PHONY: setup test test-fast demo teacher-cache distill bench-store bench-teacher-cache bench-plan bench-distill bench-quality gpu-check clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,9 @@ bench-store: setup
 
 bench-teacher-cache: setup
 	$(PY) -m benchmarks.teacher_cache
+
+bench-plan: setup
+	$(PY) -m benchmarks.plan
 
 bench-distill: setup
 	$(PY) -m benchmarks.distill

@@ -15,7 +15,7 @@ from artifacts.store import MANIFEST, read_manifest
 from artifacts.transfer import pull as pull_artifact
 from artifacts.transfer import push as push_artifact
 from artifacts.transfer import repair as repair_artifact
-from pipeline.options import StoreOpt, echo, fail
+from pipeline.options import StoreOpt, echo, fail, one_line
 
 app = typer.Typer(help="Inspect and move artifacts of the store.", no_args_is_help=True)
 
@@ -33,21 +33,40 @@ def _artifact_dir(store: Store, key_or_path: str, local: bool = False) -> Path |
 
 
 @app.command("ls")
-def ls(store: StoreOpt = None, as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")):
+def ls(store: StoreOpt = None, as_json: bool = typer.Option(False, "--json", help="Print a JSON list."),
+       recipe: str = typer.Option(None, "--recipe", "-r", help="Only the stage-one artifacts this recipe (a name "
+                                  "or YAML path) makes, by name, present or not: keys planned from its models and "
+                                  "its data file's hash, no row rendered (built-in models are built when absent)."),
+       overrides: list[str] = typer.Option(None, "--set", help="Override a recipe setting (with --recipe).")):
     """One line per artifact: key, kind, complete, rows, tokens, bytes, created."""
     st = Store(store)
-    entries = [st.entry(k) for k in st.keys()]
+    names = _planned(recipe, overrides, st) if recipe else {k: None for k in st.keys()}
+    entries = [st.entry(k) | ({"name": n} if n else {}) for k, n in names.items()]
     if as_json:
         typer.echo(json.dumps(entries, indent=1))  # JSON escapes every control character itself
         return
     if not entries:
         echo(f"no artifacts in {st.root}")
         return
-    echo(f"{'KEY':40} {'COMPLETE':8} {'ROWS':>9} {'TOKENS':>11} {'BYTES':>12}  CREATED")
+    named = f"{'NAME':15} " if recipe else ""
+    echo(f"{named}{'KEY':40} {'COMPLETE':8} {'ROWS':>9} {'TOKENS':>11} {'BYTES':>12}  CREATED")
     for e in entries:
         fmt = lambda v: "-" if v is None else f"{v:,}"  # noqa: E731
-        echo(f"{e['key']:40} {'yes' if e['complete'] else 'no':8} {fmt(e['rows']):>9} {fmt(e['tokens']):>11}"
-                   f" {fmt(e['bytes']):>12}  {e['created'] or '-'}{'  ' + e['error'] if 'error' in e else ''}")
+        name = f"{e['name']:15} " if recipe else ""
+        echo(f"{name}{e['key']:40} {'yes' if e['complete'] else 'no':8} {fmt(e['rows']):>9} {fmt(e['tokens']):>11}"
+             f" {fmt(e['bytes']):>12}  {e['created'] or '-'}{'  ' + e['error'] if 'error' in e else ''}")
+
+
+def _planned(recipe: str, overrides: list[str] | None, st: Store) -> dict[str, str]:
+    """key -> name of the recipe's stage-one artifacts."""
+    from pipeline.orchestrate import planned
+    from pipeline.recipe import RecipeError, load_recipe
+    from stages.teacher_cache.pairs import DataError
+    try:
+        keys = planned(load_recipe(recipe, list(overrides or [])), st)
+    except (RecipeError, DataError, ValueError, OSError) as e:
+        fail(one_line(e))
+    return {key: name for name, key in keys.items()}
 
 
 def _print_tree(obj, indent: int = 2):
@@ -101,7 +120,7 @@ def verify(key: str = typer.Argument(..., help="Artifact key or folder."), store
         m = verify_artifact(d)
         signed = signing.check_trusted(d, signing.trusted_keys(trust)) if trust else None
     except (Incomplete, VerifyError, signing.SignatureError) as e:
-        fail(str(e))
+        fail(one_line(e))
     t = m["totals"]
     echo(f"ok {m['key']}: {t['shards']} shards, {t['rows']:,} rows, {t['tokens']:,} tokens verified"
                + (f"; signed by {signed['trusted_as']} (key sha256 {signed['public_key_sha256'][:16]}…, "

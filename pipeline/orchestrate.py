@@ -64,7 +64,7 @@ def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path 
     models = builtin.resolve_models(recipe.models, store)  # once: a folder's weights are hashed on each resolve
     keys = dict(caches or {})
     if not all(name in keys for name in caches_of(loss)):
-        keys = plan(models, builtin.resolve_data(recipe.data, store), recipe.teacher_cache, store) | keys
+        keys = planned(recipe, store, models) | keys
     d = recipe.distill_for(loss)
     validation = validator(recipe, d, store, models)
 
@@ -85,6 +85,13 @@ def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path 
     states = _stage_one(models, recipe, store, say, ranks, states_only=True)
     second = train(then_loss, models["student"], keys | {"advantage": states[-1].key}, final, label=loss)
     return [first, second]
+
+
+def planned(recipe: Recipe, store: Store, models: dict | None = None) -> dict[str, str]:
+    """The keys of the recipe's stage-one artifacts by name (teacher_topk, ..., advantage), planned without
+    rendering a row (`models`: the recipe's, when already resolved; built-in ones are built when absent)."""
+    models = models or builtin.resolve_models(recipe.models, store)
+    return plan(models, builtin.resolve_data(recipe.data, store), recipe.teacher_cache)
 
 
 def validator(recipe: Recipe, d, store: Store, models: dict | None = None) -> Validator | None:

@@ -44,7 +44,7 @@ def unit(tmp_path_factory):
     orchestrate.teacher_cache(r, st, say=silent)
     models = {role: resolve(getattr(r.models, role)) for role in ("teacher", "reference", "student")}
     return {"store": st, "recipe": r, "init": models["student"], "dir": d,
-            "keys": plan(models, r.data, r.teacher_cache, st)}
+            "keys": plan(models, r.data, r.teacher_cache)}
 
 
 def distiller(unit, run_dir, loss="dckd", store=None, resume=False, **settings) -> Distiller:

@@ -204,9 +204,9 @@ def test_csv_with_a_byte_order_mark_reads(tmp_path):
     f.write_bytes(b"\xef\xbb\xbfprompt,chosen,rejected\r\nsort 2 1,1 2,2 1\r\n")
     rows, _ = load_rows(str(f))
     assert rows == [{"prompt": "sort 2 1", "chosen": "1 2", "rejected": "2 1"}]
-    assert detect_format(list(rows[0]), rows[0]) == "strings"
+    assert detect_format(rows[0]) == "strings"
     with pytest.raises(DataError, match=r"--set data\.format="):
-        detect_format(["chosen", "rejected"], {"chosen": 1, "rejected": 2})
+        detect_format({"chosen": 1, "rejected": 2})
 
 
 def files_artifact(root: Path):

@@ -52,11 +52,11 @@ def test_unusable_rows_are_dropped_by_reason(row, fmt, reason):
 
 
 def test_format_detection():
-    assert detect_format(["prompt", "chosen", "rejected"], {"prompt": "q", "chosen": "a"}) == "strings"
-    assert detect_format(["chosen", "rejected"], {"chosen": [U("q")]}) == "messages"
-    assert detect_format(["chosen", "rejected"], {"chosen": "\n\nHuman: q\n\nAssistant: a"}) == "transcripts"
+    assert detect_format({"prompt": "q", "chosen": "a", "rejected": "b"}) == "strings"
+    assert detect_format({"chosen": [U("q")], "rejected": [U("q")]}) == "messages"
+    assert detect_format({"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": ""}) == "transcripts"
     with pytest.raises(DataError, match="expected chosen and rejected"):
-        detect_format(["text"], {"text": "x"})
+        detect_format({"text": "x"})
 
 
 ROWS = [{"prompt": "What is the capital of France?", "chosen": "Paris.", "rejected": "London."},
@@ -182,7 +182,7 @@ def test_a_new_format_is_its_function_and_its_registry_line(tmp_path, monkeypatc
             {"question": "1+1?", "good": "2"}]
     f = tmp_path / "qa.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert detect_format(["question", "good", "bad"], rows[0]) == "qa"
+    assert detect_format(rows[0]) == "qa"
     recipe = load_recipe("smollm2", [f"data.source={f}", "data.format=qa"])
     prepared, _, fmt = prepare(recipe.data, recipe.teacher_cache, smollm2_tokenizer, strict=False)
     assert fmt == "qa" and prepared[1:] == ["identical_responses", "missing_field"]

@@ -265,16 +265,16 @@ def _transcripts(row: dict) -> tuple[list[dict], str, str] | str:
 @dataclass(frozen=True)
 class Format:
     """A row shape. `fields`: what a row must hold (else dropped as missing_field); `detect(columns, first row)`:
-    whether a dataset is of this shape (`data.format: auto` tries the formats in order); `parse(row)`: the
+    whether a dataset whose first row has these columns is of this shape (`data.format: auto` tries the formats in order); `parse(row)`: the
     prompt's messages, the chosen and the rejected answer, or the reason the row is dropped."""
 
     fields: tuple[str, ...]
-    detect: Callable[[set, dict | None], bool]
+    detect: Callable[[set, dict], bool]
     parse: Callable[[dict], tuple[list[dict], str, str] | str]
 
 
-def _first_chosen(first: dict | None):
-    return None if first is None else first.get("chosen")
+def _first_chosen(first: dict):
+    return first.get("chosen")
 
 
 # The registry: a new shape is one function and one line here; `data.format` and `--format` list its name.
@@ -291,8 +291,10 @@ FORMATS: dict[str, Format] = {
 }
 
 
-def detect_format(columns: list[str], first: dict | None) -> str:
-    cols = set(columns)
+def detect_format(first: dict) -> str:
+    """The format of a dataset whose first row is `first` (`data.format: auto`): the first row decides,
+    so that planning the keys reads no other row."""
+    cols = set(first)
     found = next((name for name, f in FORMATS.items() if f.detect(cols, first)), None)
     if found:
         return found

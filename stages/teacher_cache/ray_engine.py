@@ -71,8 +71,8 @@ class BlockWorker:
 
     def __init__(self, spec: Spec):
         self.spec = spec
-        self.run = local.setup(spec.models, spec.data, spec.settings, Store(spec.store_root, spec.workdir), say=silent,
-                               backend=spec.backend)
+        settings = replace(spec.settings, backend=spec.backend)  # the driver's pick, not `auto` again
+        self.run = local.setup(spec.models, spec.data, settings, Store(spec.store_root, spec.workdir), say=silent)
         self.jobs = [_job(self.run, name, spec.states_key) for name in spec.jobs]
 
     def __call__(self, batch: dict) -> dict:

@@ -31,7 +31,7 @@ from schemas.keys import artifact_key
 from stages.common.device import compute_dtype, pick_device
 from stages.common.lm import Sequence
 from stages.common.models import ResolvedModel, load_tokenizer
-from stages.common.ranks import Ranks, silent
+from stages.common.ranks import Ranks
 from stages.common.tokenizers import compare_tokenizers, tokenizer_fingerprint
 from stages.teacher_cache import backends
 from stages.teacher_cache.pairs import DataError, detect_format, load_rows, parse_row
@@ -52,13 +52,22 @@ class Result:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What stage one's artifact keys are made of: the models' keys, the settings, and what every artifact
+    shares (`key_inputs`). Planned from the data's fingerprint and first row without rendering a row."""
+
+    models: dict[str, ResolvedModel]  # teacher, reference, student
+    settings: TeacherCache
+    common: dict
+
+
 @dataclass
 class Run:
     """Everything the producers share: models, settings, tokenizer, prepared rows, the input spec."""
 
-    models: dict[str, ResolvedModel]  # teacher, reference, student
+    inputs: Inputs
     data: Data
-    settings: TeacherCache
     store: Store
     backend: str  # the engine picked for the tasks it serves (backends.serving)
     device: str
@@ -66,10 +75,17 @@ class Run:
     vocab_size: int
     tok: object
     prepared: list  # Encoded or a drop reason, one per input row
-    common: dict
     truncated: int
     ranks: Ranks = field(default_factory=Ranks)
     _open: dict = field(default_factory=dict)
+
+    @property
+    def models(self) -> dict[str, ResolvedModel]:
+        return self.inputs.models
+
+    @property
+    def settings(self) -> TeacherCache:
+        return self.inputs.settings
 
     def engine(self, role: str, task: str) -> backends.Backend:
         """The loaded model of `role` on the engine that serves `task` (loaded once per engine and role)."""
@@ -91,11 +107,14 @@ class Run:
         self._open.clear()
 
 
+def data_format(data: Data, first: dict) -> str:
+    return data.format if data.format != "auto" else detect_format(first)
+
+
 def prepare(data: Data, tc: TeacherCache, tok, strict: bool) -> tuple[list, dict, str]:
     """(Encoded-or-reason per input row, data fingerprint, format). `data.source` is a file or a hub id."""
     rows, fp = load_rows(data.source, data.split, data.revision, data.limit)
-    columns = list(dict.fromkeys(c for row in rows for c in row))
-    fmt = data.format if data.format != "auto" else detect_format(columns, rows[0])
+    fmt = data_format(data, rows[0])
     prepared = []
     for i, row in enumerate(rows):
         parsed = parse_row(i, row, fmt)
@@ -110,24 +129,40 @@ def prepare(data: Data, tc: TeacherCache, tok, strict: bool) -> tuple[list, dict
     return prepared, fp, fmt
 
 
+def key_inputs(data: Data, tc: TeacherCache, seen: tuple[dict, str], tok, dtype: str) -> dict:
+    """What every stage-one artifact's key shares: the data (`seen`: its fingerprint and format; the limit),
+    the rendering (the chat template's tokenizer, by its saved files; max_length) and the compute dtype."""
+    fp, fmt = seen
+    return {"data": fp | {"format": fmt, "limit": data.limit},
+            "render": {"tokenizer": tokenizer_fingerprint(tok), "template_from": tc.chat_template,
+                       "max_length": tc.max_length},
+            "dtype": dtype}
+
+
 def setup(models: dict[str, ResolvedModel], data: Data, tc: TeacherCache, store: Store, strict: bool = False,
-          say=print, ranks: Ranks | None = None, backend: str | None = None) -> Run:
-    """Tokenizers compared (before any model work), rows rendered, backend, device and dtype chosen.
-    `backend`: the engine, when already picked (planning keys needs none)."""
+          say=print, ranks: Ranks | None = None) -> Run:
+    """Tokenizers compared (before any model work), rows rendered, backend, device and dtype chosen."""
     ranks = ranks or Ranks()
     toks = {r: load_tokenizer(m) for r, m in models.items()}
     vocab = compare_tokenizers(toks)
-    backend = backend or backends.pick(tc.backend, say)
+    backend = backends.pick(tc.backend, say)
     tok = toks[tc.chat_template]
     prepared, data_fp, fmt = prepare(data, tc, tok, strict)
     device = pick_device(ranks.local_rank)
     dtype = compute_dtype(tc.dtype, device)
-    common = {"data": data_fp | {"format": fmt, "limit": data.limit},
-              "render": {"tokenizer": tokenizer_fingerprint(tok), "template_from": tc.chat_template,
-                         "max_length": tc.max_length},
-              "dtype": dtype}
+    inputs = Inputs(models, tc, key_inputs(data, tc, (data_fp, fmt), tok, dtype))
     truncated = sum(e.truncated for e in prepared if isinstance(e, Encoded))
-    return Run(models, data, tc, store, backend, device, dtype, vocab, tok, prepared, common, truncated, ranks)
+    return Run(inputs, data, store, backend, device, dtype, vocab, tok, prepared, truncated, ranks)
+
+
+def plan(models: dict[str, ResolvedModel], data: Data, tc: TeacherCache) -> dict[str, str]:
+    """The keys of the artifacts stage one produces for these inputs (`planned_keys`), as `setup` makes
+    them but from the data's fingerprint and first row and the chat template's tokenizer alone: no other
+    row is parsed, none rendered, no model loaded."""
+    first, fp = load_rows(data.source, data.split, data.revision, limit=1)
+    tok = load_tokenizer(models[tc.chat_template])
+    dtype = compute_dtype(tc.dtype, pick_device())
+    return planned_keys(Inputs(models, tc, key_inputs(data, tc, (fp, data_format(data, first[0])), tok, dtype)))
 
 
 @dataclass
@@ -228,39 +263,39 @@ def _sides(enc: Encoded):
     return (("chosen", enc.chosen_ids), ("rejected", enc.rejected_ids))
 
 
-def topk_inputs(run: Run) -> dict:
-    return run.common | {"model": run.models["teacher"].identity, "role": "teacher", "k": run.settings.k,
+def topk_inputs(ins: Inputs) -> dict:
+    return ins.common | {"model": ins.models["teacher"].identity, "role": "teacher", "k": ins.settings.k,
                          "sides": ["chosen", "rejected"]}
 
 
-def seq_logp_inputs(run: Run, role: str) -> dict:
-    return run.common | {"model": run.models[role].identity, "role": role, "sides": ["chosen", "rejected"]}
+def seq_logp_inputs(ins: Inputs, role: str) -> dict:
+    return ins.common | {"model": ins.models[role].identity, "role": role, "sides": ["chosen", "rejected"]}
 
 
-def generations_inputs(run: Run, role: str) -> dict:
-    return run.common | {"model": run.models[role].identity, "role": role, "decoding": "greedy",
-                         "max_new_tokens": run.settings.max_new_tokens}
+def generations_inputs(ins: Inputs, role: str) -> dict:
+    return ins.common | {"model": ins.models[role].identity, "role": role, "decoding": "greedy",
+                         "max_new_tokens": ins.settings.max_new_tokens}
 
 
-def advantage_inputs(run: Run, states_key: str | None) -> dict:
-    tc = run.settings
-    return run.common | {
-        "teacher": run.models["teacher"].identity, "reference": run.models[tc.advantage_reference].identity,
+def advantage_inputs(ins: Inputs, states_key: str | None) -> dict:
+    tc = ins.settings
+    return ins.common | {
+        "teacher": ins.models["teacher"].identity, "reference": ins.models[tc.advantage_reference].identity,
         "reference_role": "teacher-sft" if tc.advantage_reference == "reference" else "student-init",
         "reference_gather": "exact", "k": tc.k, "states": tc.states, "states_artifact": states_key}
 
 
-def planned_keys(run: Run) -> dict[str, str]:
-    """The keys of the artifacts this run produces (or reuses), computed without any model:
+def planned_keys(ins: Inputs) -> dict[str, str]:
+    """The keys of the artifacts these inputs make (or reuse), computed without any model:
     teacher_topk, reference_logp, student_logp, generations (generated states only), advantage."""
-    tc = run.settings
+    tc = ins.settings
     key = lambda kind, inputs, codec: artifact_key(kind, inputs, {"name": codec.name, "version": codec.version})  # noqa: E731
-    out = {"teacher_topk": key("teacher-topk", topk_inputs(run), token_topk.Codec),
-           "reference_logp": key("seq-logp", seq_logp_inputs(run, "reference"), sequences.Codec),
-           "student_logp": key("seq-logp", seq_logp_inputs(run, "student"), sequences.Codec)}
+    out = {"teacher_topk": key("teacher-topk", topk_inputs(ins), token_topk.Codec),
+           "reference_logp": key("seq-logp", seq_logp_inputs(ins, "reference"), sequences.Codec),
+           "student_logp": key("seq-logp", seq_logp_inputs(ins, "student"), sequences.Codec)}
     if tc.states in GENERATED:
-        out["generations"] = key("generations", generations_inputs(run, tc.states), sequences.Codec)
-    out["advantage"] = key("advantage", advantage_inputs(run, out.get("generations")), token_topk.Codec)
+        out["generations"] = key("generations", generations_inputs(ins, tc.states), sequences.Codec)
+    out["advantage"] = key("advantage", advantage_inputs(ins, out.get("generations")), token_topk.Codec)
     return out
 
 
@@ -278,7 +313,7 @@ def teacher_topk_job(run: Run) -> Job:
                            "tail_logp": r["tail_logp"], "realized_logp": r["realized_logp"]})
         return out
 
-    return Job("teacher-topk", "teacher", topk_inputs(run), token_topk.Codec,
+    return Job("teacher-topk", "teacher", topk_inputs(run.inputs), token_topk.Codec,
                {"k": k, "vocab_size": run.vocab_size, "with_ref": False}, run.prepared, rows, (("teacher", "topk"),))
 
 
@@ -297,7 +332,7 @@ def seq_logp_job(run: Run, role: str) -> Job:
                            "prompt_len": s.prompt_len, "realized_logp": r["realized_logp"]})
         return out
 
-    return Job("seq-logp", role, seq_logp_inputs(run, role), sequences.Codec,
+    return Job("seq-logp", role, seq_logp_inputs(run.inputs, role), sequences.Codec,
                {"vocab_size": run.vocab_size, "with_logp": True}, run.prepared, rows, ((role, "seq_logp"),))
 
 
@@ -319,7 +354,7 @@ def generations_job(run: Run, role: str) -> Job:
                        "token_ids": enc.prompt_ids + resp, "prompt_len": len(enc.prompt_ids), "finish": finish}]
         return out
 
-    return Job("generations", role, generations_inputs(run, role), sequences.Codec,
+    return Job("generations", role, generations_inputs(run.inputs, role), sequences.Codec,
                {"vocab_size": run.vocab_size, "with_logp": False}, run.prepared, rows, ((role, "generate"),))
 
 
@@ -354,7 +389,7 @@ def advantage_job(run: Run, gen_key: str | None) -> Job:
                      "ref_realized_logp": rr["realized_logp"]}]
                 for (i, (pid, side, _, _)), s, tr, rr in zip(items, seqs, t, ref)}
 
-    return Job("advantage", f"states={tc.states}, reference={ref_role}", advantage_inputs(run, gen_key),
+    return Job("advantage", f"states={tc.states}, reference={ref_role}", advantage_inputs(run.inputs, gen_key),
                token_topk.Codec, {"k": k, "vocab_size": run.vocab_size, "with_ref": True}, _states(run, gen_key), rows,
                (("teacher", "topk"), (ref_role, "gather")),
                # The reference is gathered at exactly the teacher's ids on every backend: no fill rule.
@@ -397,11 +432,6 @@ def run_states(models: dict[str, ResolvedModel], data: Data, tc: TeacherCache, s
         return [r for r in (gen, advantage(run, gen, say)) if r is not None]
     finally:
         run.close()
-
-
-def plan(models: dict[str, ResolvedModel], data: Data, tc: TeacherCache, store: Store) -> dict[str, str]:
-    """The keys of the artifacts stage one produces for these inputs, computed without loading a model."""
-    return planned_keys(setup(models, data, tc, store, say=silent, backend="hf"))
 
 
 def summary_table(results: list[Result]) -> str:
