@@ -9,6 +9,7 @@ them. Everything streams: one record batch of rows in memory at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,8 @@ def plain_rows(artifact_dir: Path, limit: int | None = None) -> Iterator[dict]:
     for i, row in enumerate(ArtifactReader(artifact_dir)):
         if limit is not None and i >= limit:
             return
-        yield {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in row.items()}
+        values = {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}  # the codec's Row
+        yield {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in values.items() if v is not None}
 
 
 def export(artifact_dir: Path, out: Path, limit: int | None = None) -> int:

@@ -63,7 +63,7 @@ class ArtifactReader:
                     yield self.codec.decode(batch, self.layout, state)
 
     def __iter__(self):
-        """Rows as dicts of numpy arrays (see the codec's TokenBatch.row), decoding `prefetch` batches ahead."""
+        """The codec's `Row`s (arrays are views into their record batch), decoding `prefetch` batches ahead."""
         for batch in background(self.decoded(), self.prefetch, "adpa-shard-decoder"):
             for i in range(len(batch)):
                 yield batch.row(i)

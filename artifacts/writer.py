@@ -261,8 +261,8 @@ class ArtifactWriter:
                              f"[{self.start}, {self.end}) of {self.input_rows}")
         self.next_index += 1
 
-    def add(self, index: int, rows: list[dict]) -> None:
-        """Store the scored sequences of input row `index` (at least one)."""
+    def add(self, index: int, rows: list) -> None:
+        """Store the scored sequences of input row `index` (at least one; the codec's `Row`s)."""
         if not rows:
             raise StoreError(f"{self.key}: input row {index} has no sequences; drop it with a reason instead")
         self._take(index)

@@ -68,14 +68,11 @@ def _row(rng, i, side, ids, prompt_len, vocab, with_ref=False):
     top = (rng.integers(0, vocab, (n, 1)) + np.arange(K) * 7919) % vocab  # distinct: 7919 is prime to the vocab
     p = rng.dirichlet(np.full(K + 1, 0.3), size=n)
     logp = np.log(np.sort(p[:, :K], axis=1)[:, ::-1] + 1e-12)
-    from schemas.token_topk import tail_logmass
-    row = {"pair_id": f"p{i}", "side": side, "input_index": i, "token_ids": ids, "prompt_len": prompt_len,
-           "topk_ids": top, "topk_logp": logp, "tail_logp": tail_logmass(logp),
-           "realized_logp": -rng.exponential(2.0, n)}
-    if with_ref:
-        row["ref_topk_logp"] = logp + rng.normal(0, 0.5, logp.shape)
-        row["ref_realized_logp"] = row["realized_logp"] - rng.normal(0, 0.5, n)
-    return row
+    from schemas.token_topk import Row, tail_logmass
+    realized = -rng.exponential(2.0, n)
+    ref = {"ref_topk_logp": logp + rng.normal(0, 0.5, logp.shape),
+           "ref_realized_logp": realized - rng.normal(0, 0.5, n)} if with_ref else {}
+    return Row(f"p{i}", side, i, ids, prompt_len, top, logp, realized, tail_logp=tail_logmass(logp), **ref)
 
 
 def _seq(rng, prompt_ids, vocab: int, response: tuple[int, int]) -> np.ndarray:
@@ -165,7 +162,7 @@ def bare_run(dirs: dict, model, batch_pairs: int, steps: int, device: str, autoc
     import torch
 
     from artifacts import ArtifactReader
-    rows = [r for r in ArtifactReader(dirs["student_logp"]) if r["side"] == "chosen"]
+    rows = [r for r in ArtifactReader(dirs["student_logp"]) if r.side == "chosen"]
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     ctx = torch.autocast(device.split(":")[0], dtype=getattr(torch, autocast)) if autocast else torch.autocast(
@@ -173,14 +170,14 @@ def bare_run(dirs: dict, model, batch_pairs: int, steps: int, device: str, autoc
     times, fwd = [], 0
     for s in range(steps + 1):
         batch = rows[s * batch_pairs:(s + 1) * batch_pairs]
-        T = max(len(r["token_ids"]) for r in batch)
+        T = max(len(r.token_ids) for r in batch)
         ids = torch.zeros(len(batch), T, dtype=torch.long)
         labels = torch.full((len(batch), T), -100, dtype=torch.long)
         mask = torch.zeros(len(batch), T, dtype=torch.long)
         for b, r in enumerate(batch):
-            ids[b, :len(r["token_ids"])] = torch.as_tensor(r["token_ids"])
-            labels[b, r["prompt_len"]:len(r["token_ids"])] = ids[b, r["prompt_len"]:len(r["token_ids"])]
-            mask[b, :len(r["token_ids"])] = 1
+            ids[b, :len(r.token_ids)] = torch.as_tensor(r.token_ids)
+            labels[b, r.prompt_len:len(r.token_ids)] = ids[b, r.prompt_len:len(r.token_ids)]
+            mask[b, :len(r.token_ids)] = 1
         t0 = time.perf_counter()
         with ctx:
             out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device))

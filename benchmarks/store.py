@@ -50,9 +50,8 @@ def ours(seqs, k: int, vocab: int, root: Path, zstd_level: int = 1) -> dict:
     rows = []
     for i, s in enumerate(seqs):
         top = s["topk_logp"][:, :k]
-        rows.append({"pair_id": f"s{i}", "side": "chosen", "input_index": i, "token_ids": s["token_ids"],
-                     "prompt_len": 1, "topk_ids": s["topk_ids"][:, :k], "topk_logp": top,
-                     "tail_logp": tt.tail_logmass(top), "realized_logp": s["realized_logp"]})
+        rows.append(tt.Row(f"s{i}", "chosen", i, s["token_ids"], 1, s["topk_ids"][:, :k], top, s["realized_logp"],
+                           tail_logp=tt.tail_logmass(top)))
     store = Store(root)
     t0 = time.perf_counter()
     with ArtifactWriter(store, "bench-topk", {"k": k}, tt.Codec, {"k": k, "vocab_size": vocab}, len(rows),
@@ -63,11 +62,11 @@ def ours(seqs, k: int, vocab: int, root: Path, zstd_level: int = 1) -> dict:
     write_s = time.perf_counter() - t0
     d = store.path(m["key"])
     got = list(ArtifactReader(d))
-    orig = np.concatenate([r["topk_logp"] for r in rows])
-    dec = np.concatenate([g["topk_logp"] for g in got])
-    ids_equal = all(np.array_equal(g["topk_ids"], r["topk_ids"]) for g, r in zip(got, rows))
+    orig = np.concatenate([r.topk_logp for r in rows])
+    dec = np.concatenate([g.topk_logp for g in got])
+    ids_equal = all(np.array_equal(g.topk_ids, r.topk_ids) for g, r in zip(got, rows))
     above = orig > -10
-    tail_err = np.abs(np.concatenate([g["tail_logp"] for g in got]) - np.concatenate([r["tail_logp"] for r in rows]))
+    tail_err = np.abs(np.concatenate([g.tail_logp for g in got]) - np.concatenate([r.tail_logp for r in rows]))
     best = min(_time(lambda: sum(b.tokens for b in ArtifactReader(d, check_sha=False).decoded())) for _ in range(3))
     best_sha = min(_time(lambda: sum(b.tokens for b in ArtifactReader(d).decoded())) for _ in range(3))
     toks = m["totals"]["tokens"]

@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 OUT = Path("bench-out")
@@ -134,13 +135,13 @@ def rewritten(store, key: str, inputs: dict, copies: int = 1, change=lambda row:
     n_in = reader.manifest["input_rows"]
     by_index: dict = {}
     for r in reader:
-        by_index.setdefault(r["input_index"], []).append(r)
+        by_index.setdefault(r.input_index, []).append(r)
     with ArtifactWriter(store, reader.manifest["kind"], inputs | {"from": key, "copies": copies}, codec,
                         reader.manifest["shard_schema"]["layout"], n_in * copies) as w:
         for c in range(copies) if not w.reused else ():
             for i in range(n_in):
                 if i in by_index:
-                    w.add(c * n_in + i, [change(r) | {"input_index": c * n_in + i} for r in by_index[i]])
+                    w.add(c * n_in + i, [replace(change(r), input_index=c * n_in + i) for r in by_index[i]])
                 else:
                     w.drop(c * n_in + i, "dropped")
         return w.publish({})
@@ -167,8 +168,8 @@ def advantage_by_reference_distance(key: str, scales=(0.0, 0.01, 0.03, 0.1, 0.3,
     for s in scales:
         rng = np.random.default_rng(0)
         noisy = lambda x: np.minimum(x + rng.laplace(0.0, s, np.shape(x)), 0.0)  # noqa: E731
-        m = rewritten(store, key, {"reference_distance": s}, change=lambda r: r | {
-            "ref_topk_logp": noisy(r["topk_logp"]), "ref_realized_logp": noisy(r["realized_logp"])})
+        m = rewritten(store, key, {"reference_distance": s}, change=lambda r: replace(
+            r, ref_topk_logp=noisy(r.topk_logp), ref_realized_logp=noisy(r.realized_logp)))
         out[s] = m["totals"]["bytes"] / m["totals"]["tokens"]
     return out
 

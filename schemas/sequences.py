@@ -7,6 +7,7 @@ position under one model, float32, for DPO references and implicit rewards).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +52,29 @@ def arrow_schema(layout: Layout) -> pa.Schema:
     return pa.schema(fields, metadata={"adpa.schema": NAME, "adpa.schema_version": VERSION})
 
 
+@dataclass(frozen=True)
+class Row:
+    """One sequence: a generated ADPA state (`finish`: why generation stopped) or a scored response
+    (`realized_logp`: the model's log-prob of each response token, n of them)."""
+
+    pair_id: str
+    side: str  # chosen | rejected | generated
+    input_index: int
+    token_ids: np.ndarray  # [prompt + n] (any integer sequence when written)
+    prompt_len: int
+    finish: str = ""  # "" (not generated) | stop | length
+    realized_logp: np.ndarray | None = None  # [n], layouts with_logp
+
+    @property
+    def tokens(self) -> int:
+        return len(self.token_ids) - int(self.prompt_len)
+
+    def copy(self) -> "Row":
+        """The row with its arrays copied: a decoded row's arrays are views into its whole record batch."""
+        arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return dataclasses.replace(self, **{n: v.copy() for n, v in arrays.items() if isinstance(v, np.ndarray)})
+
+
 @dataclass
 class SequenceBatch:
     pair_id: list[str]
@@ -70,53 +94,52 @@ class SequenceBatch:
     def tokens(self) -> int:
         return int(self.pos_offsets[-1])
 
-    def row(self, i: int) -> dict:
-        out = {"pair_id": self.pair_id[i], "side": self.side[i], "input_index": int(self.input_index[i]),
-               "prompt_len": int(self.prompt_len[i]), "finish": self.finish[i],
-               "token_ids": self.token_ids[self.tok_offsets[i]:self.tok_offsets[i + 1]]}
-        if self.realized_logp is not None:
-            out["realized_logp"] = self.realized_logp[self.pos_offsets[i]:self.pos_offsets[i + 1]]
-        return out
+    def row(self, i: int) -> Row:
+        """Row i, its arrays views into this batch (Row.copy() to keep one beyond it)."""
+        lp = self.realized_logp
+        return Row(self.pair_id[i], self.side[i], int(self.input_index[i]),
+                   self.token_ids[self.tok_offsets[i]:self.tok_offsets[i + 1]], int(self.prompt_len[i]), self.finish[i],
+                   None if lp is None else lp[self.pos_offsets[i]:self.pos_offsets[i + 1]])
 
 
-def check_row(row: dict, layout: Layout) -> int:
-    ids = np.asarray(row["token_ids"])
-    p = int(row["prompt_len"])
-    if row["side"] not in SIDES:
-        raise ValueError(f"row {row['pair_id']!r}: side {row['side']!r} is not one of {SIDES}")
-    if row.get("finish", "") not in FINISH:
-        raise ValueError(f"row {row['pair_id']!r}: finish {row.get('finish')!r} is not one of {FINISH}")
+def check_row(row: Row, layout: Layout) -> int:
+    ids = np.asarray(row.token_ids)
+    p = int(row.prompt_len)
+    if row.side not in SIDES:
+        raise ValueError(f"row {row.pair_id!r}: side {row.side!r} is not one of {SIDES}")
+    if row.finish not in FINISH:
+        raise ValueError(f"row {row.pair_id!r}: finish {row.finish!r} is not one of {FINISH}")
     if not 0 <= p <= len(ids):
-        raise ValueError(f"row {row['pair_id']!r}: prompt_len {p} is outside 0..{len(ids)}")
+        raise ValueError(f"row {row.pair_id!r}: prompt_len {p} is outside 0..{len(ids)}")
     if len(ids) and (ids.min() < 0 or ids.max() >= layout.vocab_size):
-        raise ValueError(f"row {row['pair_id']!r}: token id outside the vocabulary of {layout.vocab_size}")
+        raise ValueError(f"row {row.pair_id!r}: token id outside the vocabulary of {layout.vocab_size}")
     if layout.with_logp:
-        lp = np.asarray(row["realized_logp"])
+        lp = np.asarray(row.realized_logp)
         if lp.shape != (len(ids) - p,):
-            raise ValueError(f"row {row['pair_id']!r}: realized_logp has shape {lp.shape}, expected ({len(ids) - p},)")
+            raise ValueError(f"row {row.pair_id!r}: realized_logp has shape {lp.shape}, expected ({len(ids) - p},)")
         if np.isnan(lp).any() or (lp > 1e-4).any():
-            raise ValueError(f"row {row['pair_id']!r}: realized_logp holds NaN or positive values")
+            raise ValueError(f"row {row.pair_id!r}: realized_logp holds NaN or positive values")
     return len(ids) - p
 
 
-def encode(rows: list[dict], layout: Layout, state=None) -> pa.RecordBatch:
+def encode(rows: list[Row], layout: Layout, state=None) -> pa.RecordBatch:
     for r in rows:
         check_row(r, layout)
-    lens = [len(r["token_ids"]) for r in rows]
+    lens = [len(r.token_ids) for r in rows]
     tok_offs = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
-    flat = np.concatenate([np.asarray(r["token_ids"], np.int64) for r in rows]) if rows else np.zeros(0, np.int64)
+    flat = np.concatenate([np.asarray(r.token_ids, np.int64) for r in rows]) if rows else np.zeros(0, np.int64)
     cols = {
-        "pair_id": pa.array([str(r["pair_id"]) for r in rows], pa.string()),
-        "side": pa.array([r["side"] for r in rows], pa.string()),
-        "input_index": pa.array([int(r["input_index"]) for r in rows], pa.int64()),
+        "pair_id": pa.array([str(r.pair_id) for r in rows], pa.string()),
+        "side": pa.array([r.side for r in rows], pa.string()),
+        "input_index": pa.array([int(r.input_index) for r in rows], pa.int64()),
         "token_ids": pa.ListArray.from_arrays(pa.array(tok_offs), pa.array(flat, layout.id_type)),
-        "prompt_len": pa.array([int(r["prompt_len"]) for r in rows], pa.int32()),
-        "finish": pa.array([r.get("finish", "") for r in rows], pa.string()),
+        "prompt_len": pa.array([int(r.prompt_len) for r in rows], pa.int32()),
+        "finish": pa.array([r.finish for r in rows], pa.string()),
     }
     if layout.with_logp:
-        n = [len(r["token_ids"]) - int(r["prompt_len"]) for r in rows]
+        n = [r.tokens for r in rows]
         offs = np.concatenate([[0], np.cumsum(n)]).astype(np.int32)
-        lp = np.concatenate([np.asarray(r["realized_logp"], np.float32) for r in rows]) if rows else np.zeros(0, np.float32)
+        lp = np.concatenate([np.asarray(r.realized_logp, np.float32) for r in rows]) if rows else np.zeros(0, np.float32)
         cols["realized_logp"] = pa.ListArray.from_arrays(pa.array(offs), pa.array(lp, pa.float32()))
     return pa.RecordBatch.from_pydict(cols, schema=arrow_schema(layout))
 
@@ -143,7 +166,7 @@ class Codec:
     decode = staticmethod(decode)
 
     @staticmethod
-    def file_schema(layout: Layout, first_rows: list[dict]):
+    def file_schema(layout: Layout, first_rows: list[Row]):
         return arrow_schema(layout), None
 
     @staticmethod
@@ -151,8 +174,8 @@ class Codec:
         return None
 
     @staticmethod
-    def row_tokens(row: dict) -> int:
-        return len(row["token_ids"]) - int(row["prompt_len"])
+    def row_tokens(row: Row) -> int:
+        return row.tokens
 
     @staticmethod
     def batch_tokens(batch: pa.RecordBatch) -> int:

@@ -37,6 +37,7 @@ _compiled).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import struct
 from dataclasses import dataclass
@@ -295,24 +296,54 @@ def id_order_from_meta(raw: bytes, layout: Layout) -> np.ndarray:
 
 # ---- rows <-> record batches ---------------------------------------------------------------
 
-def check_row(row: dict, layout: Layout) -> int:
+@dataclass(frozen=True)
+class Row:
+    """One scored sequence: what a producer hands the writer and what a reader yields. Per response position j
+    (predicting ``token_ids[prompt_len + j]``, n of them): the teacher's top-k ids and log-probs (descending),
+    the tail's log-mass and the realized token's log-prob; advantage rows add the reference's log-probs at
+    the same ids and at the realized token."""
+
+    pair_id: str
+    side: str  # chosen | rejected | generated (an advantage row's state: where it came from)
+    input_index: int
+    token_ids: np.ndarray  # [prompt + n] (any integer sequence when written)
+    prompt_len: int
+    topk_ids: np.ndarray  # [n, k]
+    topk_logp: np.ndarray  # [n, k]
+    realized_logp: np.ndarray  # [n]
+    tail_logp: np.ndarray | None = None  # [n]; None when written: computed from the top-k
+    ref_topk_logp: np.ndarray | None = None  # [n, k], advantage rows
+    ref_realized_logp: np.ndarray | None = None  # [n], advantage rows
+
+    @property
+    def tokens(self) -> int:
+        """Scored (response) positions."""
+        return len(self.token_ids) - int(self.prompt_len)
+
+    def copy(self) -> "Row":
+        """The row with its arrays copied: a decoded row's arrays are views into its whole record batch."""
+        arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return dataclasses.replace(self, **{n: v.copy() for n, v in arrays.items() if isinstance(v, np.ndarray)})
+
+
+def check_row(row: Row, layout: Layout) -> int:
     """Validate one row's shapes and ranges; return its number of response positions."""
-    ids = np.asarray(row["token_ids"])
-    p = int(row["prompt_len"])
+    ids = np.asarray(row.token_ids)
+    p = int(row.prompt_len)
     n = len(ids) - p
-    if row["side"] not in SIDES:
-        raise ValueError(f"row {row['pair_id']!r}: side {row['side']!r} is not one of {SIDES}")
+    if row.side not in SIDES:
+        raise ValueError(f"row {row.pair_id!r}: side {row.side!r} is not one of {SIDES}")
     if not 0 <= p <= len(ids):
-        raise ValueError(f"row {row['pair_id']!r}: prompt_len {p} is outside 0..{len(ids)}")
+        raise ValueError(f"row {row.pair_id!r}: prompt_len {p} is outside 0..{len(ids)}")
     if len(ids) and (ids.min() < 0 or ids.max() >= layout.vocab_size):
-        raise ValueError(f"row {row['pair_id']!r}: token id outside the vocabulary of {layout.vocab_size}")
+        raise ValueError(f"row {row.pair_id!r}: token id outside the vocabulary of {layout.vocab_size}")
     want = {"topk_ids": (n, layout.k), "topk_logp": (n, layout.k), "realized_logp": (n,)}
     if layout.with_ref:
         want |= {"ref_topk_logp": (n, layout.k), "ref_realized_logp": (n,)}
     for name, shape in want.items():
-        got = np.shape(row[name])
+        got = np.shape(getattr(row, name))
         if got != shape:
-            raise ValueError(f"row {row['pair_id']!r}: {name} has shape {got}, expected {shape}")
+            raise ValueError(f"row {row.pair_id!r}: {name} has shape {got}, expected {shape}")
     return n
 
 
@@ -341,19 +372,19 @@ def _list(flat: np.ndarray, offsets: np.ndarray, typ: pa.DataType) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, typ))
 
 
-def encode(rows: list[dict], layout: Layout, id_order: np.ndarray) -> pa.RecordBatch:
-    """Encode rows (dicts of numpy arrays, see check_row) into one record batch.
+def encode(rows: list[Row], layout: Layout, id_order: np.ndarray) -> pa.RecordBatch:
+    """Encode rows (see check_row) into one record batch.
 
     Each row's top-k must be sorted by descending teacher log-prob (what torch.topk returns).
     """
     k, groups = layout.k, layout.groups
     lens = np.array([check_row(r, layout) for r in rows], dtype=np.int64)
     offs = np.concatenate([[0], np.cumsum(lens)])
-    tok_offs = np.concatenate([[0], np.cumsum([len(r["token_ids"]) for r in rows])]).astype(np.int64)
+    tok_offs = np.concatenate([[0], np.cumsum([len(r.token_ids) for r in rows])]).astype(np.int64)
     cat = lambda name, shape: (  # noqa: E731
-        np.concatenate([np.asarray(r[name]).reshape(shape) for r in rows]) if rows else np.zeros((0,) + shape[1:]))
+        np.concatenate([np.asarray(getattr(r, name)).reshape(shape) for r in rows]) if rows else np.zeros((0,) + shape[1:]))
     token_ids = cat("token_ids", (-1,)).astype(np.int64)
-    prompt_len = np.array([int(r["prompt_len"]) for r in rows], dtype=np.int64)
+    prompt_len = np.array([int(r.prompt_len) for r in rows], dtype=np.int64)
     ids = cat("topk_ids", (-1, k)).astype(np.int64)
     logp = cat("topk_logp", (-1, k)).astype(np.float64)
     if (np.diff(logp, axis=1) > 1e-6).any():
@@ -376,7 +407,7 @@ def encode(rows: list[dict], layout: Layout, id_order: np.ndarray) -> pa.RecordB
     grouped("dq", dq_lo)
     fields["dq_hi"] = _fsl(dq_hi, k)
     # The producer's tail (from the full distribution) is exact; recomputing from top-k is the fallback.
-    tail = cat("tail_logp", (-1,)) if rows and "tail_logp" in rows[0] else tail_logmass(logp)
+    tail = cat("tail_logp", (-1,)) if rows and rows[0].tail_logp is not None else tail_logmass(logp)
     fields["tail_q"] = pa.array(logp_to_code(tail).astype(np.uint16))
     realized_tok = token_ids[_realized_positions(token_ids, tok_offs, prompt_len, offs)]
     fine = lambda name: logp_to_code(cat(name, (-1,)), REALIZED_STEP, FINE * CODE_MAX).astype(np.int64)  # noqa: E731
@@ -396,9 +427,9 @@ def encode(rows: list[dict], layout: Layout, id_order: np.ndarray) -> pa.RecordB
     x1_offs = np.concatenate([[0], np.cumsum(esc1)])[offs]
     x3_offs = 3 * np.concatenate([[0], np.cumsum(esc3)])[offs]
     cols = {
-        "pair_id": pa.array([str(r["pair_id"]) for r in rows], pa.string()),
-        "side": pa.array([r["side"] for r in rows], pa.string()),
-        "input_index": pa.array([int(r["input_index"]) for r in rows], pa.int64()),
+        "pair_id": pa.array([str(r.pair_id) for r in rows], pa.string()),
+        "side": pa.array([r.side for r in rows], pa.string()),
+        "input_index": pa.array([int(r.input_index) for r in rows], pa.int64()),
         "token_ids": _list(token_ids, tok_offs, layout.id_type),
         "prompt_len": pa.array(prompt_len, pa.int32()),
         "positions": pa.ListArray.from_arrays(pa.array(offs, pa.int32()), positions,
@@ -434,16 +465,15 @@ class TokenBatch:
     def tokens(self) -> int:
         return int(self.pos_offsets[-1])
 
-    def row(self, i: int) -> dict:
-        t0, t1 = self.tok_offsets[i], self.tok_offsets[i + 1]
-        p0, p1 = self.pos_offsets[i], self.pos_offsets[i + 1]
-        out = {"pair_id": self.pair_id[i], "side": self.side[i], "input_index": int(self.input_index[i]),
-               "prompt_len": int(self.prompt_len[i]), "token_ids": self.token_ids[t0:t1]}
-        for name in ("topk_ids", "topk_logp", "tail_logp", "realized_logp", "ref_topk_logp", "ref_realized_logp"):
-            arr = getattr(self, name)
-            if arr is not None:
-                out[name] = arr[p0:p1]
-        return out
+    def row(self, i: int) -> Row:
+        """Row i, its arrays views into this batch (Row.copy() to keep one beyond it)."""
+        p = slice(self.pos_offsets[i], self.pos_offsets[i + 1])
+        ref = self.ref_topk_logp is not None
+        return Row(self.pair_id[i], self.side[i], int(self.input_index[i]),
+                   self.token_ids[self.tok_offsets[i]:self.tok_offsets[i + 1]], int(self.prompt_len[i]),
+                   self.topk_ids[p], self.topk_logp[p], self.realized_logp[p], tail_logp=self.tail_logp[p],
+                   ref_topk_logp=self.ref_topk_logp[p] if ref else None,
+                   ref_realized_logp=self.ref_realized_logp[p] if ref else None)
 
 
 def list_offsets(col: pa.ListArray) -> np.ndarray:
@@ -513,9 +543,9 @@ class Codec:
         return arrow_schema(layout)
 
     @staticmethod
-    def file_schema(layout: Layout, first_rows: list[dict]) -> tuple[pa.Schema, np.ndarray]:
+    def file_schema(layout: Layout, first_rows: list[Row]) -> tuple[pa.Schema, np.ndarray]:
         """Schema for a new shard; its id table comes from the rows of its first record batch."""
-        ids = [np.asarray(r["topk_ids"]).reshape(-1) for r in first_rows]
+        ids = [np.asarray(r.topk_ids).reshape(-1) for r in first_rows]
         order, seen = build_id_order(np.concatenate(ids) if ids else np.zeros(0, np.int64), layout.vocab_size)
         schema = arrow_schema(layout)
         meta = dict(schema.metadata) | {b"adpa.id_order": id_order_to_meta(order, seen, layout)}
@@ -532,8 +562,8 @@ class Codec:
     decode = staticmethod(decode)
 
     @staticmethod
-    def row_tokens(row: dict) -> int:
-        return len(row["token_ids"]) - int(row["prompt_len"])
+    def row_tokens(row: Row) -> int:
+        return row.tokens
 
     @staticmethod
     def batch_tokens(batch: pa.RecordBatch) -> int:

@@ -8,6 +8,7 @@ Run as a script: python tests/synthetic.py STORE N [--sleep S] [--max-shard-rows
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ def drop_reason(i: int) -> str | None:
     return "empty_response" if i % 11 == 5 else ("identical_pair" if i % 17 == 3 else None)
 
 
-def make_row(seed: int, i: int, side: str, k: int = K, vocab: int = VOCAB, with_ref: bool = False) -> dict:
+def make_row(seed: int, i: int, side: str, k: int = K, vocab: int = VOCAB, with_ref: bool = False) -> token_topk.Row:
     """A peaked top-k distribution per position, sorted descending, as a teacher would give."""
     rng = np.random.default_rng([seed, i, ("chosen", "rejected", "generated").index(side)])
     n = int(rng.integers(1, 40))
@@ -36,14 +37,13 @@ def make_row(seed: int, i: int, side: str, k: int = K, vocab: int = VOCAB, with_
     ids = np.argsort(-logp, axis=1, kind="stable")[:, :k]
     top = np.take_along_axis(logp, ids, 1)
     tokens = rng.integers(0, vocab, PROMPT + n)
-    row = {"pair_id": f"pair-{i:06d}", "side": side, "input_index": i, "token_ids": tokens, "prompt_len": PROMPT,
-           "topk_ids": ids, "topk_logp": top, "tail_logp": token_topk.tail_logmass(top),
-           "realized_logp": logp[np.arange(n), tokens[PROMPT:]]}
+    row = token_topk.Row(f"pair-{i:06d}", side, i, tokens, PROMPT, ids, top, logp[np.arange(n), tokens[PROMPT:]],
+                         tail_logp=token_topk.tail_logmass(top))
     if with_ref:
         ref = logp + rng.normal(0, 0.3, logp.shape)
         ref -= np.logaddexp.reduce(ref, axis=1, keepdims=True)
-        row["ref_topk_logp"] = np.take_along_axis(ref, ids, 1)
-        row["ref_realized_logp"] = ref[np.arange(n), tokens[PROMPT:]]
+        row = dataclasses.replace(row, ref_topk_logp=np.take_along_axis(ref, ids, 1),
+                                  ref_realized_logp=ref[np.arange(n), tokens[PROMPT:]])
     return row
 
 

@@ -1,6 +1,8 @@
 """The token shard codec against the original values: exact ids, bounded log-prob error; its compiled
 decode kernels against the plain numpy computation of the format (written here, independently)."""
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -24,25 +26,25 @@ def test_roundtrip_matches_originals(with_ref):
     assert len(tb) == len(rows)
     for i, r in enumerate(rows):
         got = tb.row(i)
-        assert got["pair_id"] == r["pair_id"] and got["side"] == r["side"] and got["input_index"] == r["input_index"]
-        np.testing.assert_array_equal(got["token_ids"], r["token_ids"])
-        np.testing.assert_array_equal(got["topk_ids"], r["topk_ids"])
-        assert np.abs(got["topk_logp"] - r["topk_logp"]).max() <= tt.LOGP_STEP / 2 + 1e-6
-        assert np.abs(got["tail_logp"] - r["tail_logp"]).max() <= tt.LOGP_STEP / 2 + 1e-6
-        assert np.abs(got["realized_logp"] - r["realized_logp"]).max() <= tt.REALIZED_STEP / 2 + 1e-6
+        assert got.pair_id == r.pair_id and got.side == r.side and got.input_index == r.input_index
+        np.testing.assert_array_equal(got.token_ids, r.token_ids)
+        np.testing.assert_array_equal(got.topk_ids, r.topk_ids)
+        assert np.abs(got.topk_logp - r.topk_logp).max() <= tt.LOGP_STEP / 2 + 1e-6
+        assert np.abs(got.tail_logp - r.tail_logp).max() <= tt.LOGP_STEP / 2 + 1e-6
+        assert np.abs(got.realized_logp - r.realized_logp).max() <= tt.REALIZED_STEP / 2 + 1e-6
         if with_ref:
-            assert np.abs(got["ref_topk_logp"] - r["ref_topk_logp"]).max() <= tt.LOGP_STEP / 2 + 1e-6
-            adv, adv0 = got["topk_logp"] - got["ref_topk_logp"], r["topk_logp"] - r["ref_topk_logp"]
+            assert np.abs(got.ref_topk_logp - r.ref_topk_logp).max() <= tt.LOGP_STEP / 2 + 1e-6
+            adv, adv0 = got.topk_logp - got.ref_topk_logp, r.topk_logp - r.ref_topk_logp
             assert np.abs(adv - adv0).max() <= tt.LOGP_STEP + 1e-6
-            assert np.abs(got["ref_realized_logp"] - r["ref_realized_logp"]).max() <= tt.REALIZED_STEP / 2 + 1e-6
+            assert np.abs(got.ref_realized_logp - r.ref_realized_logp).max() <= tt.REALIZED_STEP / 2 + 1e-6
 
 
 def test_error_bound_holds_over_the_whole_range():
     """Every value down to about -1245 nats decodes within LOGP_STEP / 2; lower values clamp."""
     layout = tt.Layout(4, 100)
     vals = -np.sort(np.random.default_rng(0).uniform(0, 1200, (5000, 4)), axis=1)
-    rows = [{"pair_id": "a", "side": "chosen", "input_index": 0, "token_ids": np.zeros(5001, int), "prompt_len": 1,
-             "topk_ids": np.tile(np.arange(4), (5000, 1)), "topk_logp": vals, "realized_logp": vals[:, 0]}]
+    rows = [tt.Row(pair_id="a", side="chosen", input_index=0, token_ids=np.zeros(5001, int), prompt_len=1,
+             topk_ids=np.tile(np.arange(4), (5000, 1)), topk_logp=vals, realized_logp=vals[:, 0])]
     tb = roundtrip(rows, layout)
     assert np.abs(tb.topk_logp - vals).max() <= tt.LOGP_STEP / 2 + 1e-4
     assert tt.code_to_logp(tt.logp_to_code(np.array([-np.inf])))[0] == pytest.approx(-tt.LOGP_STEP * tt.CODE_MAX)
@@ -54,9 +56,9 @@ def test_a_reference_far_from_the_teacher_decodes_within_the_bound_or_at_the_cla
     layout = tt.Layout(2, 100, with_ref=True)
     teacher = np.array([[-0.5, -2.0], [-1.0, -3.0]])
     ref = np.array([[-np.inf, -2.5], [-1.5, -1200.0]])
-    rows = [{"pair_id": "a", "side": "generated", "input_index": 0, "token_ids": np.array([0, 1, 7]), "prompt_len": 1,
-             "topk_ids": np.array([[1, 2], [3, 4]]), "topk_logp": teacher, "realized_logp": np.array([-0.5, -30.0]),
-             "ref_topk_logp": ref, "ref_realized_logp": np.array([-np.inf, -2.0])}]
+    rows = [tt.Row(pair_id="a", side="generated", input_index=0, token_ids=np.array([0, 1, 7]), prompt_len=1,
+             topk_ids=np.array([[1, 2], [3, 4]]), topk_logp=teacher, realized_logp=np.array([-0.5, -30.0]),
+             ref_topk_logp=ref, ref_realized_logp=np.array([-np.inf, -2.0]))]
     tb = roundtrip(rows, layout)
     assert tb.ref_topk_logp[0, 0] == pytest.approx(-tt.LOGP_STEP * tt.CODE_MAX)  # -inf: the lowest code
     assert np.abs(tb.ref_topk_logp[[0, 1, 1], [1, 0, 1]] - ref[[0, 1, 1], [1, 0, 1]]).max() <= tt.LOGP_STEP / 2 + 1e-4
@@ -72,14 +74,14 @@ def test_large_vocabulary_uses_uint32_ids_and_three_byte_rank_escapes():
     ids = np.stack([np.random.default_rng(i).choice(151_936, 4, replace=False) for i in range(n)])
     ids[0, 0] = 151_935
     logp = np.tile([-0.1, -2.0, -3.0, -9.0], (n, 1))
-    rows = [{"pair_id": "x", "side": "generated", "input_index": 3, "token_ids": np.array([151_935] * (n + 2)),
-             "prompt_len": 2, "topk_ids": ids, "topk_logp": logp, "realized_logp": np.zeros(n)}]
+    rows = [tt.Row(pair_id="x", side="generated", input_index=3, token_ids=np.array([151_935] * (n + 2)),
+             prompt_len=2, topk_ids=ids, topk_logp=logp, realized_logp=np.zeros(n))]
     schema, order = tt.Codec.file_schema(layout, rows[:0])  # an empty id table: every rank is the id itself
     batch = tt.encode(rows, layout, order)
     assert len(batch.column("rank_x3").flatten()) > 0  # ranks past ESC_ONE took the three-byte escape
     tb = tt.decode(batch, layout, tt.Codec.read_state(schema, layout))
     np.testing.assert_array_equal(tb.topk_ids, ids)
-    np.testing.assert_array_equal(tb.token_ids, rows[0]["token_ids"])
+    np.testing.assert_array_equal(tb.token_ids, rows[0].token_ids)
     with pytest.raises(ValueError, match="2\\^24"):
         tt.Layout(4, (1 << 24) + 1)
 
@@ -132,16 +134,16 @@ def test_damaged_rank_streams_are_refused_not_read_out_of_bounds(cut):
 
 def test_empty_response_and_k1():
     layout = tt.Layout(1, 10)
-    rows = [{"pair_id": "e", "side": "chosen", "input_index": 0, "token_ids": np.array([1, 2]), "prompt_len": 2,
-             "topk_ids": np.zeros((0, 1), int), "topk_logp": np.zeros((0, 1)), "realized_logp": np.zeros(0)},
-            {"pair_id": "f", "side": "chosen", "input_index": 1, "token_ids": np.array([1, 2, 3]), "prompt_len": 2,
-             "topk_ids": np.array([[3]]), "topk_logp": np.array([[-0.5]]), "realized_logp": np.array([-0.5])}]
+    rows = [tt.Row(pair_id="e", side="chosen", input_index=0, token_ids=np.array([1, 2]), prompt_len=2,
+             topk_ids=np.zeros((0, 1), int), topk_logp=np.zeros((0, 1)), realized_logp=np.zeros(0)),
+            tt.Row(pair_id="f", side="chosen", input_index=1, token_ids=np.array([1, 2, 3]), prompt_len=2,
+             topk_ids=np.array([[3]]), topk_logp=np.array([[-0.5]]), realized_logp=np.array([-0.5]))]
     tb = roundtrip(rows, layout)
-    assert tb.row(0)["topk_ids"].shape == (0, 1) and tb.row(1)["topk_ids"].tolist() == [[3]]
+    assert tb.row(0).topk_ids.shape == (0, 1) and tb.row(1).topk_ids.tolist() == [[3]]
     for with_ref in (False, True):  # a record batch without a single scored position
-        empty = dict(rows[0], ref_topk_logp=np.zeros((0, 1)), ref_realized_logp=np.zeros(0))
+        empty = dataclasses.replace(rows[0], ref_topk_logp=np.zeros((0, 1)), ref_realized_logp=np.zeros(0))
         tb = roundtrip([empty], tt.Layout(1, 10, with_ref))
-        assert tb.tokens == 0 and tb.topk_ids.shape == (0, 1) and tb.row(0)["token_ids"].tolist() == [1, 2]
+        assert tb.tokens == 0 and tb.topk_ids.shape == (0, 1) and tb.row(0).token_ids.tolist() == [1, 2]
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -154,9 +156,9 @@ def test_empty_response_and_k1():
 ])
 def test_bad_rows_are_refused_with_a_reason(field, value, message):
     layout = tt.Layout(2, 100)
-    row = {"pair_id": "bad", "side": "chosen", "input_index": 0, "token_ids": np.arange(5), "prompt_len": 2,
-           "topk_ids": np.array([[1, 2]] * 3), "topk_logp": np.array([[-0.5, -1.0]] * 3), "realized_logp": np.zeros(3)}
-    row[field] = value
+    row = tt.Row(pair_id="bad", side="chosen", input_index=0, token_ids=np.arange(5), prompt_len=2,
+           topk_ids=np.array([[1, 2]] * 3), topk_logp=np.array([[-0.5, -1.0]] * 3), realized_logp=np.zeros(3))
+    row = dataclasses.replace(row, **{field: value})
     with pytest.raises(ValueError, match=message):
         tt.encode([row], layout, np.arange(100))
 

@@ -36,7 +36,7 @@ def test_a_new_engine_is_its_file_and_its_registry_line(tmp_path, monkeypatch):
         m = by_kind["seq-logp", role]
         assert m["producer"]["backend"] == "uniform" and m["producer"]["uniform-engine"] == "0.1"
         assert "transformers" not in m["producer"] and m["rows_used"] > 0
-        logp = np.concatenate([r["realized_logp"] for r in ArtifactReader(st.path(m["key"]))])
+        logp = np.concatenate([r.realized_logp for r in ArtifactReader(st.path(m["key"]))])
         np.testing.assert_allclose(logp, -math.log(vocab), rtol=1e-6)
     for kind in ("teacher-topk", "advantage"):  # tasks the toy does not serve: the transformers backend
         m = next(m for (k, _), m in by_kind.items() if k == kind)

@@ -1,6 +1,8 @@
 """An artifact as other tools read it: Parquet and JSON lines read back by datasets, polars and duckdb,
 and a `datasets` view straight over the shards, each equal to what the reader (stage two) sees."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,9 @@ def artifact(tmp_path_factory):
 
 
 def same(row, original):
+    """A plain row (dict) equal to the reader's Row: its fields that are set, the same values."""
+    original = {f.name: getattr(original, f.name) for f in dataclasses.fields(original)}
+    original = {k: v for k, v in original.items() if v is not None}
     assert set(row) == set(original)
     for k, v in original.items():
         if isinstance(v, np.ndarray):
@@ -41,10 +46,10 @@ def test_export_reads_back_equal_in_datasets_polars_and_duckdb(artifact, tmp_pat
     for got, want in zip(ds, rows):
         same(got, want)
     frame = pl.read_parquet(out) if suffix == ".parquet" else pl.read_ndjson(out)
-    assert frame.height == len(rows) and frame["topk_ids"][3].to_list() == rows[3]["topk_ids"].tolist()
+    assert frame.height == len(rows) and frame["topk_ids"][3].to_list() == rows[3].topk_ids.tolist()
     reader = "read_parquet" if suffix == ".parquet" else "read_json_auto"
     (n, positions), = duckdb.sql(f"select count(*), sum(len(topk_logp)) from {reader}('{out}')").fetchall()
-    assert n == len(rows) and positions == sum(len(r["topk_logp"]) for r in rows)
+    assert n == len(rows) and positions == sum(len(r.topk_logp) for r in rows)
 
 
 def test_limit_and_a_bad_suffix(artifact, tmp_path):
@@ -65,4 +70,4 @@ def test_a_datasets_view_over_the_shards(artifact, tmp_path, monkeypatch):
     for g, w in zip(got, rows):
         same(g, w)
     table = as_dataset(d, streaming=False, limit=7)
-    assert len(table) == 7 and table[6]["pair_id"] == rows[6]["pair_id"]
+    assert len(table) == 7 and table[6]["pair_id"] == rows[6].pair_id

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from schemas.token_topk import Row
 from stages.distill import objective
 from stages.distill.settings import Distill
 from stages.distill.pair_stream import Example
@@ -49,11 +50,11 @@ def make_pairs(seed=0, n_pairs=4):
             P, R = dist(rng, n), dist(rng, n)
             top = np.argsort(-P, axis=1)[:, :K]
             tp = np.take_along_axis(P, top, 1)
-            parts[name] = {"input_index": i, "side": name, "pair_id": f"p{i}", "token_ids": ids, "prompt_len": p,
-                           "topk_ids": top, "topk_logp": tp.astype(np.float32),
-                           "tail_logp": np.log1p(-np.exp(tp).sum(1)).astype(np.float32),
-                           "ref_topk_logp": np.take_along_axis(R, top, 1).astype(np.float32),
-                           "realized_logp": (-rng.uniform(0.5, 4, n)).astype(np.float32)}
+            parts[name] = Row(input_index=i, side=name, pair_id=f"p{i}", token_ids=ids, prompt_len=p,
+                           topk_ids=top, topk_logp=tp.astype(np.float32),
+                           tail_logp=np.log1p(-np.exp(tp).sum(1)).astype(np.float32),
+                           ref_topk_logp=np.take_along_axis(R, top, 1).astype(np.float32),
+                           realized_logp=(-rng.uniform(0.5, 4, n)).astype(np.float32))
             full[name] = (P, R)
         pairs.append(Example(i, parts))
         truth.append(full)
@@ -64,25 +65,25 @@ def outside_topk_fraction(pairs):
     n = out = 0
     for ex in pairs:
         for r in ex.parts.values():
-            y = r["token_ids"][r["prompt_len"]:]
-            out += sum(int(t not in set(ids)) for t, ids in zip(y, r["topk_ids"]))
+            y = r.token_ids[r.prompt_len:]
+            out += sum(int(t not in set(ids)) for t, ids in zip(y, r.topk_ids))
             n += len(y)
     return out / n
 
 
 def reference_loss(model64, pairs, truth, loss, alpha=0.1, gamma=1.5, beta=0.1, mode="signed"):
     def logq(r):
-        ids = torch.as_tensor(r["token_ids"])[None]
+        ids = torch.as_tensor(r.token_ids)[None]
         lq = model64(input_ids=ids).logits[0].log_softmax(-1)
-        pos = torch.arange(r["prompt_len"] - 1, len(r["token_ids"]) - 1)
-        return lq[pos], torch.as_tensor(r["token_ids"][r["prompt_len"]:])
+        pos = torch.arange(r.prompt_len - 1, len(r.token_ids) - 1)
+        return lq[pos], torch.as_tensor(r.token_ids[r.prompt_len:])
 
     def kl(r, P):
         lq, _ = logq(r)
         total = 0
         for t in range(len(lq)):
             mask = torch.zeros(V, dtype=torch.bool)
-            mask[torch.as_tensor(r["topk_ids"][t])] = True
+            mask[torch.as_tensor(r.topk_ids[t])] = True
             p = torch.as_tensor(P[t])
             p_tail, q_tail = p[~mask].exp().sum(), lq[t][~mask].exp().sum()
             total = total + (p[mask].exp() * (p[mask] - lq[t][mask])).sum() + p_tail * (p_tail.log() - q_tail.log())
@@ -105,7 +106,7 @@ def reference_loss(model64, pairs, truth, loss, alpha=0.1, gamma=1.5, beta=0.1, 
             P, R = (torch.as_tensor(x) for x in full["state"])
             total = 0
             for t in range(len(lq_s)):
-                a = torch.as_tensor(s["topk_ids"][t])
+                a = torch.as_tensor(s.topk_ids[t])
                 adv = P[t, a] - R[t, a]
                 if mode == "clip01":
                     adv = adv.clamp(0, 1)
@@ -115,8 +116,8 @@ def reference_loss(model64, pairs, truth, loss, alpha=0.1, gamma=1.5, beta=0.1, 
             r = ex.parts["rejected"]
             lq_r, y_r = logq(r)
             pi_w, pi_l = lq_c[torch.arange(len(y_c)), y_c].sum(), lq_r[torch.arange(len(y_r)), y_r].sum()
-            ref_w = float(np.sum(c["realized_logp"], dtype=np.float64))
-            ref_l = float(np.sum(r["realized_logp"], dtype=np.float64))
+            ref_w = float(np.sum(c.realized_logp, dtype=np.float64))
+            ref_l = float(np.sum(r.realized_logp, dtype=np.float64))
             per_pair.append(-torch.nn.functional.logsigmoid(beta * ((pi_w - ref_w) - (pi_l - ref_l))))
     return torch.stack(per_pair).mean()
 
@@ -171,12 +172,12 @@ def test_prompt_tokens_never_contribute():
     model = tiny_model(4)
     mb = objective.collate(pairs, "dckd", 0)
     for name, p in mb.parts.items():  # every scored position predicts a response token, each exactly once
-        assert len(p.cols) == sum(len(ex.parts[name]["token_ids"]) - ex.parts[name]["prompt_len"] for ex in pairs)
+        assert len(p.cols) == sum(len(ex.parts[name].token_ids) - ex.parts[name].prompt_len for ex in pairs)
         rows, cols = p.rows.numpy(), p.cols.numpy()
         for r, c in zip(rows, cols):
             ex = pairs[r % len(pairs)]
             name = list(mb.parts)[r // len(pairs)]
-            assert c + 1 >= ex.parts[name]["prompt_len"]
+            assert c + 1 >= ex.parts[name].prompt_len
     loss, _ = objective.micro_loss(model, OutputLayer(model, V), mb, "dckd", Distill())
     assert torch.isfinite(loss)
 
@@ -186,7 +187,7 @@ def test_pack_respects_the_token_budget():
     batches = objective.pack(pairs, token_budget=40)
     assert sorted(ex.index for b in batches for ex in b) == list(range(9))
     for b in batches:
-        longest = max(len(r["token_ids"]) for ex in b for r in ex.parts.values())
+        longest = max(len(r.token_ids) for ex in b for r in ex.parts.values())
         assert len(b) == 1 or len(b) * 3 * longest <= 40
 
 

@@ -38,12 +38,12 @@ def test_join_gives_each_usable_pair_once_with_the_right_rows(dirs):
     assert [ex.index for ex in got] == usable
     for ex in got:
         assert set(ex.parts) == {"chosen", "state"}
-        assert ex.parts["chosen"]["side"] == "chosen" and ex.parts["chosen"]["input_index"] == ex.index
+        assert ex.parts["chosen"].side == "chosen" and ex.parts["chosen"].input_index == ex.index
         want = make_row(0, ex.index, "generated", with_ref=True)
-        np.testing.assert_array_equal(ex.parts["state"]["token_ids"], want["token_ids"])
-        np.testing.assert_array_equal(ex.parts["state"]["topk_ids"], want["topk_ids"])
+        np.testing.assert_array_equal(ex.parts["state"].token_ids, want.token_ids)
+        np.testing.assert_array_equal(ex.parts["state"].topk_ids, want.topk_ids)
     rejected = [ex.parts["rejected"] for ex in joined(dirs, "dckd")]
-    assert all(r["side"] == "rejected" for r in rejected) and len(rejected) == len(usable)
+    assert all(r.side == "rejected" for r in rejected) and len(rejected) == len(usable)
 
 
 def test_artifacts_with_different_rows_are_refused(store_root, dirs):

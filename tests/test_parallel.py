@@ -30,7 +30,7 @@ def run(store, data, backend, nproc):
 
 
 def content(store, key):
-    return sorted((r["pair_id"], r["side"], tuple(r["token_ids"].tolist())) for r in ArtifactReader(store.path(key)))
+    return sorted((r.pair_id, r.side, tuple(r.token_ids.tolist())) for r in ArtifactReader(store.path(key)))
 
 
 @pytest.mark.parametrize("backend", ["hf", "vllm"])

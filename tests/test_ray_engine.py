@@ -43,7 +43,7 @@ def keys_of(stdout: str) -> dict:
 def rows(store, key) -> dict:
     out = {}
     for r in ArtifactReader(store.location(key)):
-        k = (str(r["pair_id"]), str(r["side"]))
+        k = (str(r.pair_id), str(r.side))
         assert k not in out, f"{key}: row {k} twice"
         out[k] = r
     return out
@@ -53,7 +53,7 @@ def same_rows(a, b, key):
     ra, rb = rows(a, key), rows(b, key)
     assert ra.keys() == rb.keys()
     for k in ra:
-        assert ra[k]["token_ids"].tolist() == rb[k]["token_ids"].tolist()
+        assert ra[k].token_ids.tolist() == rb[k].token_ids.tolist()
         for name in ("realized_logp", "topk_logp", "ref_topk_logp"):
             if name in ra[k]:  # one thread here, one per worker there: equal up to float rounding
                 np.testing.assert_allclose(ra[k][name], rb[k][name], atol=2e-3, err_msg=f"{key} {k} {name}")

@@ -94,7 +94,7 @@ def test_rows_go_in_order_and_all_must_be_accounted(tmp_path):
 
 def test_reader_gives_every_row_in_manifest_order(built):
     root, m, _ = built
-    rows = [(r["input_index"], r["side"]) for r in ArtifactReader(Store(root).path(m["key"]))]
+    rows = [(r.input_index, r.side) for r in ArtifactReader(Store(root).path(m["key"]))]
     assert len(rows) == m["totals"]["rows"] and rows == sorted(rows, key=lambda x: x[0])
 
 
@@ -117,8 +117,8 @@ def test_advantage_rows_round_trip(tmp_path):
     m, _ = produce(tmp_path, 20, with_ref=True)
     rows = assert_complete_and_exact(Store(tmp_path).path(m["key"]), 20, with_ref=True)
     r = rows[0]
-    o = make_row(0, r["input_index"], r["side"], with_ref=True)
-    assert np.abs(r["ref_topk_logp"] - o["ref_topk_logp"]).max() <= tt.LOGP_STEP / 2 + 1e-6
+    o = make_row(0, r.input_index, r.side, with_ref=True)
+    assert np.abs(r.ref_topk_logp - o.ref_topk_logp).max() <= tt.LOGP_STEP / 2 + 1e-6
 
 
 @pytest.mark.slow

@@ -61,7 +61,7 @@ def test_bad_rows_are_counted_by_reason_in_every_artifact(model_store, bad_rows_
     for key in keys:
         m = verify_artifact(model_store.path(key))
         assert m["dropped"] == want and m["input_rows"] == 9 and m["rows_used"] == 4
-        assert sorted({r["pair_id"] for r in ArtifactReader(model_store.path(key))}) == ["g0", "g1", "g2", "g3"]
+        assert sorted({r.pair_id for r in ArtifactReader(model_store.path(key))}) == ["g0", "g1", "g2", "g3"]
     show = adpa("cache", "show", keys[0], store=model_store)
     assert "dropped no_shared_prompt: 1" in show.stdout and "9 = 4 used + 5 dropped" in show.stdout
 
@@ -137,5 +137,5 @@ def test_sigkill_mid_run_then_resume(model_store, tmp_path):
     assert q.returncode == 0, q.stderr
     assert f"resuming {key} at input row" in q.stdout
     m = verify_artifact(store.path(key))
-    rows = sorted((r["input_index"], r["side"]) for r in ArtifactReader(store.path(key)))
+    rows = sorted((r.input_index, r.side) for r in ArtifactReader(store.path(key)))
     assert rows == [(i, s) for i in range(40) for s in ("chosen", "rejected")] and m["rows_used"] == 40

@@ -73,23 +73,23 @@ def test_teacher_topk_matches_float64_full_vocabulary(world):
     store, recipe, res = world
     teacher = f64(store, recipe.models.teacher)
     rows = list(ArtifactReader(store.path(res[("teacher-topk", "teacher")].key)))
-    assert sorted((r["input_index"], r["side"]) for r in rows) == [(i, s) for i in range(6) for s in ("chosen", "rejected")]
+    assert sorted((r.input_index, r.side) for r in rows) == [(i, s) for i in range(6) for s in ("chosen", "rejected")]
     for r in rows:
-        lp = full_logp(teacher, r["token_ids"].tolist(), r["prompt_len"])
+        lp = full_logp(teacher, r.token_ids.tolist(), r.prompt_len)
         check_topk(r, lp)
-        realized = lp.gather(1, torch.as_tensor(r["token_ids"][r["prompt_len"]:])[:, None])[:, 0].numpy()
-        assert np.abs(r["realized_logp"] - realized).max() <= 1e-3
+        realized = lp.gather(1, torch.as_tensor(r.token_ids[r.prompt_len:])[:, None])[:, 0].numpy()
+        assert np.abs(r.realized_logp - realized).max() <= 1e-3
 
 
 def check_topk(r, lp):
     top = lp.topk(K + 1)
     kth = top.values[:, K - 1].numpy()
-    at_ids = lp.gather(1, torch.as_tensor(r["topk_ids"]))
+    at_ids = lp.gather(1, torch.as_tensor(r.topk_ids))
     assert (at_ids.numpy() >= kth[:, None] - 1e-3).all(), "a stored id is not a top-k member"
-    assert all(len(set(row)) == K for row in r["topk_ids"].tolist())
-    assert np.abs(r["topk_logp"] - at_ids.numpy()).max() <= LOGP_STEP / 2 + 1e-3
+    assert all(len(set(row)) == K for row in r.topk_ids.tolist())
+    assert np.abs(r.topk_logp - at_ids.numpy()).max() <= LOGP_STEP / 2 + 1e-3
     tail = torch.log1p(-at_ids.exp().sum(-1)).numpy()
-    assert np.abs(r["tail_logp"] - tail).max() <= LOGP_STEP / 2 + 1e-3
+    assert np.abs(r.tail_logp - tail).max() <= LOGP_STEP / 2 + 1e-3
 
 
 def test_advantages_match_float64_log_ratio_at_the_same_ids(world):
@@ -100,17 +100,17 @@ def test_advantages_match_float64_log_ratio_at_the_same_ids(world):
     assert adv.manifest["inputs"]["reference_gather"] == "exact"
     assert adv.manifest["stats"]["reference_exact_mass_fraction"] == 1.0
     rows = list(ArtifactReader(store.path(adv.key)))
-    assert len(rows) == 6 and {r["side"] for r in rows} == {"generated"}
+    assert len(rows) == 6 and {r.side for r in rows} == {"generated"}
     for r in rows:
-        ids, p = r["token_ids"].tolist(), r["prompt_len"]
+        ids, p = r.token_ids.tolist(), r.prompt_len
         lt, lr = full_logp(teacher, ids, p), full_logp(ref, ids, p)
         check_topk(r, lt)
-        at = torch.as_tensor(r["topk_ids"])
+        at = torch.as_tensor(r.topk_ids)
         want = (lt.gather(1, at) - lr.gather(1, at)).numpy()
-        got = r["topk_logp"] - r["ref_topk_logp"]
+        got = r.topk_logp - r.ref_topk_logp
         assert np.abs(got - want).max() <= LOGP_STEP + 2e-3
         realized = torch.as_tensor(ids[p:])[:, None]
-        assert np.abs(r["ref_realized_logp"] - lr.gather(1, realized)[:, 0].numpy()).max() <= 1e-3
+        assert np.abs(r.ref_realized_logp - lr.gather(1, realized)[:, 0].numpy()).max() <= 1e-3
 
 
 def test_sequence_logprobs_of_reference_and_student(world):
@@ -118,9 +118,9 @@ def test_sequence_logprobs_of_reference_and_student(world):
     for role, spec in (("reference", recipe.models.reference), ("student", recipe.models.student)):
         model = f64(store, spec)
         for r in ArtifactReader(store.path(res[("seq-logp", role)].key)):
-            lp = full_logp(model, r["token_ids"].tolist(), r["prompt_len"])
-            want = lp.gather(1, torch.as_tensor(r["token_ids"][r["prompt_len"]:])[:, None])[:, 0].numpy()
-            assert np.abs(r["realized_logp"] - want).max() <= 1e-3
+            lp = full_logp(model, r.token_ids.tolist(), r.prompt_len)
+            want = lp.gather(1, torch.as_tensor(r.token_ids[r.prompt_len:])[:, None])[:, 0].numpy()
+            assert np.abs(r.realized_logp - want).max() <= 1e-3
 
 
 def test_generations_are_the_students_greedy_continuations(world):
@@ -128,14 +128,14 @@ def test_generations_are_the_students_greedy_continuations(world):
     from pipeline.builtin import resolve_model as resolve
     student = AutoModelForCausalLM.from_pretrained(resolve(recipe.models.student, store).source).eval()
     for r in ArtifactReader(store.path(res[("generations", "student")].key)):
-        prompt = r["token_ids"][: r["prompt_len"]]
+        prompt = r.token_ids[: r.prompt_len]
         with torch.no_grad():
             out = student.generate(torch.as_tensor(prompt)[None], attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                                    max_new_tokens=12, do_sample=False, eos_token_id=2, pad_token_id=2)
         alone = out[0, len(prompt):].tolist()
-        stored = r["token_ids"][r["prompt_len"]:].tolist()
-        assert stored == alone[: len(stored)] and r["finish"] in ("stop", "length")
-        assert (r["finish"] == "stop") == (stored[-1] == 2)
+        stored = r.token_ids[r.prompt_len:].tolist()
+        assert stored == alone[: len(stored)] and r.finish in ("stop", "length")
+        assert (r.finish == "stop") == (stored[-1] == 2)
 
 
 def test_a_second_run_reuses_everything(world):
@@ -180,13 +180,13 @@ def test_a_prompt_shared_by_its_continuations_scores_as_each_sequence_alone(attn
         for task in ({"k": 8, "gather": gather},):  # realized log-probs, top-k, tail and gathers in one pass
             a, b = shared.score(seqs, **task), alone.score(seqs, **task)
             for s, x, y in zip(seqs, a, b):
-                assert set(x) == {"realized_logp", "topk_ids", "topk_logp", "tail_logp", "gathered_logp"}
-                assert x.keys() == y.keys() and len(x["realized_logp"]) == s.n
-                for name in x:
+                assert len(x.realized_logp) == s.n
+                for name in ("realized_logp", "topk_ids", "topk_logp", "tail_logp", "gathered_logp"):
+                    xs, ys = getattr(x, name), getattr(y, name)
                     if name == "topk_ids":  # near-ties may swap; the values must agree anyway
-                        assert (x[name][:, 0] == y[name][:, 0]).mean() > 0.95
+                        assert (xs[:, 0] == ys[:, 0]).mean() > 0.95
                     else:
-                        assert np.abs(x[name] - y[name]).max() <= 2e-4, (attn, budget, name)
+                        assert np.abs(xs - ys).max() <= 2e-4, (attn, budget, name)
     if attn == "eager":
         return
     # ... and against plain float64 full-vocabulary log-probs, one sequence at a time
@@ -194,4 +194,4 @@ def test_a_prompt_shared_by_its_continuations_scores_as_each_sequence_alone(attn
     for s, x in zip(seqs, a):
         want = full_logp(m64, s.ids, s.prompt_len)
         got = want.gather(1, torch.as_tensor(s.ids[s.prompt_len:])[:, None])[:, 0].numpy()
-        assert np.abs(x["realized_logp"] - got).max() <= 1e-3
+        assert np.abs(x.realized_logp - got).max() <= 1e-3

@@ -50,7 +50,7 @@ def both(model_store, tmp_path_factory):
 
 
 def rows(st, res, kind, role):
-    return {(r["input_index"], r["side"]): r for r in ArtifactReader(st.path(res[(kind, role)].key))}
+    return {(r.input_index, r.side): r for r in ArtifactReader(st.path(res[(kind, role)].key))}
 
 
 def test_vllm_artifacts_verify_and_say_so(both):
@@ -63,20 +63,20 @@ def test_vllm_artifacts_verify_and_say_so(both):
 
 
 def compare_topk(a, b):
-    assert a["token_ids"].tolist() == b["token_ids"].tolist()
-    assert np.abs(a["realized_logp"] - b["realized_logp"]).max() <= 1e-3
-    same = [set(x) == set(y) for x, y in zip(a["topk_ids"].tolist(), b["topk_ids"].tolist())]
+    assert a.token_ids.tolist() == b.token_ids.tolist()
+    assert np.abs(a.realized_logp - b.realized_logp).max() <= 1e-3
+    same = [set(x) == set(y) for x, y in zip(a.topk_ids.tolist(), b.topk_ids.tolist())]
     for pos in np.flatnonzero(~np.array(same)):
         # Only a near-tie at the k-th place may differ: the ids outside the other's set are its last ones.
-        assert abs(a["topk_logp"][pos, -1] - b["topk_logp"][pos, -1]) <= LOGP_STEP + 1e-3
+        assert abs(a.topk_logp[pos, -1] - b.topk_logp[pos, -1]) <= LOGP_STEP + 1e-3
     ok = np.array(same)
     assert ok.mean() >= 0.9
-    ia, ib = a["topk_ids"][ok], b["topk_ids"][ok]
-    la = np.take_along_axis(a["topk_logp"][ok], np.argsort(ia, 1), 1)
-    lb = np.take_along_axis(b["topk_logp"][ok], np.argsort(ib, 1), 1)
+    ia, ib = a.topk_ids[ok], b.topk_ids[ok]
+    la = np.take_along_axis(a.topk_logp[ok], np.argsort(ia, 1), 1)
+    lb = np.take_along_axis(b.topk_logp[ok], np.argsort(ib, 1), 1)
     assert np.abs(la - lb).max() <= LOGP_STEP + 1e-3
-    heavy = np.exp(b["tail_logp"]) >= 1e-3
-    assert np.abs(a["tail_logp"][heavy] - b["tail_logp"][heavy]).max() <= LOGP_STEP + 1e-3
+    heavy = np.exp(b.tail_logp) >= 1e-3
+    assert np.abs(a.tail_logp[heavy] - b.tail_logp[heavy]).max() <= LOGP_STEP + 1e-3
 
 
 def test_teacher_topk_agrees_with_transformers(both):
@@ -93,7 +93,7 @@ def test_vllm_generations_are_greedy_under_transformers(both, model_store):
     gens = list(ArtifactReader(st.path(res[("generations", "student")].key)))
     assert len(gens) == 6
     for r in gens:
-        ids, p = r["token_ids"].tolist(), r["prompt_len"]
+        ids, p = r.token_ids.tolist(), r.prompt_len
         with torch.no_grad():
             lp = torch.log_softmax(student(torch.tensor([ids])).logits[0].double(), -1)[p - 1:-1]
         chosen = lp.gather(1, torch.tensor(ids[p:])[:, None])[:, 0]
@@ -103,13 +103,13 @@ def test_vllm_generations_are_greedy_under_transformers(both, model_store):
 def test_advantages_agree_where_states_are_the_same(both):
     (sv, _, rv), (sh, _, rh) = both["vllm"], both["hf"]
     a, b = rows(sv, rv, "advantage", "states=student"), rows(sh, rh, "advantage", "states=student")
-    common = [key for key in a if a[key]["token_ids"].tolist() == b[key]["token_ids"].tolist()]
+    common = [key for key in a if a[key].token_ids.tolist() == b[key].token_ids.tolist()]
     assert len(common) >= 3, "the two backends' greedy states should mostly coincide"
     for key in common:
         compare_topk(a[key], b[key])
         x, y = a[key], b[key]
-        same = np.array([set(i) == set(j) for i, j in zip(x["topk_ids"].tolist(), y["topk_ids"].tolist())])
-        ax = np.take_along_axis((x["topk_logp"] - x["ref_topk_logp"])[same], np.argsort(x["topk_ids"][same], 1), 1)
-        ay = np.take_along_axis((y["topk_logp"] - y["ref_topk_logp"])[same], np.argsort(y["topk_ids"][same], 1), 1)
+        same = np.array([set(i) == set(j) for i, j in zip(x.topk_ids.tolist(), y.topk_ids.tolist())])
+        ax = np.take_along_axis((x.topk_logp - x.ref_topk_logp)[same], np.argsort(x.topk_ids[same], 1), 1)
+        ay = np.take_along_axis((y.topk_logp - y.ref_topk_logp)[same], np.argsort(y.topk_ids[same], 1), 1)
         assert np.abs(ax - ay).max() <= 2 * LOGP_STEP + 2e-3
-        assert np.abs(x["ref_realized_logp"] - y["ref_realized_logp"]).max() <= 1e-3
+        assert np.abs(x.ref_realized_logp - y.ref_realized_logp).max() <= 1e-3

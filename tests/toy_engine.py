@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from stages.common.lm import Scores
+
 
 class UniformBackend:
     TASKS = frozenset({"seq_logp"})
@@ -23,8 +25,8 @@ class UniformBackend:
     def __init__(self, vocab_size: int, **_):
         self.logp = -math.log(vocab_size)
 
-    def seq_logp(self, seqs) -> list[dict]:
-        return [{"realized_logp": np.full(len(s.ids) - s.prompt_len, self.logp)} for s in seqs]
+    def seq_logp(self, seqs) -> list[Scores]:
+        return [Scores(realized_logp=np.full(s.n, self.logp)) for s in seqs]
 
     def close(self) -> None:
         pass

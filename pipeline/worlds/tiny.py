@@ -127,8 +127,7 @@ def _sft_tokens(store: Store, world_seed: int) -> str:
             for i, r in enumerate(rows):
                 msgs = [{"role": "user", "content": r["prompt"]}]
                 p = render_prompt(tok, msgs)
-                w.add(i, [{"pair_id": r["id"], "side": "chosen", "input_index": i, "finish": "",
-                           "token_ids": p + render_response(tok, msgs, p, r["response"]), "prompt_len": len(p)}])
+                w.add(i, [sequences.Row(r["id"], "chosen", i, p + render_response(tok, msgs, p, r["response"]), len(p))])
             w.publish({})
         return w.key
 

@@ -16,6 +16,19 @@ import numpy as np
 import torch
 
 
+@dataclass(frozen=True)
+class Scores:
+    """What a model says about one sequence's n response positions: the realized token's log-prob; with k,
+    the top-k ids and log-probs (descending) and the log-mass of the tail beyond them; with given ids
+    (`gather`), the log-probs there. What every stage-one engine returns."""
+
+    realized_logp: np.ndarray  # [n]
+    topk_ids: np.ndarray | None = None  # [n, k]
+    topk_logp: np.ndarray | None = None  # [n, k]
+    tail_logp: np.ndarray | None = None  # [n]
+    gathered_logp: np.ndarray | None = None  # [n, g]
+
+
 @dataclass
 class Sequence:
     ids: list[int]
@@ -146,13 +159,13 @@ class HFScorer:
                               and getattr(model.config, "sliding_window", None) is None)
 
     @torch.inference_mode()
-    def score(self, seqs: list[Sequence], k: int | None = None, gather: list[np.ndarray] | None = None) -> list[dict]:
+    def score(self, seqs: list[Sequence], k: int | None = None, gather: list[np.ndarray] | None = None) -> list[Scores]:
         """Per sequence (in input order): realized_logp [n]; with k: topk_ids, topk_logp [n,k], tail_logp [n];
         with gather (per sequence [n, g] ids): gathered_logp [n, g]."""
         for s in seqs:
             if s.prompt_len < 1 or s.n < 1:
                 raise ValueError(f"a sequence needs a prompt and a response (prompt {s.prompt_len}, response {s.n})")
-        out: list[dict | None] = [None] * len(seqs)
+        out: list[Scores | None] = [None] * len(seqs)
         rows = pack_by_prompt(seqs, self.share_prompts)
         for batch in token_budget_batches([len(r.ids) for r in rows], self.token_budget):
             part = [rows[b] for b in batch]
@@ -207,7 +220,7 @@ class HFScorer:
                 parts["tail_logp"].append(torch.logsumexp(logits, -1) - lse[:, 0])
         flat = {name: torch.cat(v).cpu().numpy() for name, v in parts.items() if v}
         bounds = np.cumsum([0] + list(ns))
-        return [{name: v[bounds[b]:bounds[b + 1]] for name, v in flat.items()} for b in range(len(ns))]
+        return [Scores(**{name: v[bounds[b]:bounds[b + 1]] for name, v in flat.items()}) for b in range(len(ns))]
 
     @torch.inference_mode()
     def kl_to(self, other: "HFScorer", seqs: list[Sequence]) -> list[np.ndarray]:

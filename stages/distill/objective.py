@@ -55,12 +55,12 @@ class MicroBatch:
 def pack(examples: list[Example], token_budget: int) -> list[list[Example]]:
     """Split a rank's pairs into micro-batches of at most `token_budget` padded tokens (a longer pair
     goes alone), longest first so that similar lengths share a batch."""
-    cost = [len(ex.parts) * max(len(r["token_ids"]) for r in ex.parts.values()) for ex in examples]
+    cost = [len(ex.parts) * max(len(r.token_ids) for r in ex.parts.values()) for ex in examples]
     return [[examples[i] for i in batch] for batch in token_budget_batches(cost, token_budget)]
 
 
-def _cat(rows: list[dict], field: str) -> torch.Tensor:
-    return torch.from_numpy(np.concatenate([r[field] for r in rows]))
+def _cat(rows: list, field: str) -> torch.Tensor:
+    return torch.from_numpy(np.concatenate([getattr(r, field) for r in rows]))
 
 
 def collate(examples: list[Example], loss: str, pad_id: int) -> MicroBatch:
@@ -69,18 +69,18 @@ def collate(examples: list[Example], loss: str, pad_id: int) -> MicroBatch:
     reads = LOSSES[loss].reads
     names = list(reads)
     seqs = [ex.parts[n] for n in names for ex in examples]
-    T = max(len(r["token_ids"]) for r in seqs)
+    T = max(len(r.token_ids) for r in seqs)
     ids = np.full((len(seqs), T), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), T), dtype=np.int64)
     for s, r in enumerate(seqs):
-        ids[s, : len(r["token_ids"])] = r["token_ids"]
-        mask[s, : len(r["token_ids"])] = 1
+        ids[s, : len(r.token_ids)] = r.token_ids
+        mask[s, : len(r.token_ids)] = 1
     parts, tokens = {}, 0
     for j, name in enumerate(names):
         rows = [ex.parts[name] for ex in examples]
         base = j * len(examples)
-        n = [len(r["token_ids"]) - r["prompt_len"] for r in rows]
-        cols = np.concatenate([np.arange(r["prompt_len"] - 1, len(r["token_ids"]) - 1) for r in rows])
+        n = [r.tokens for r in rows]
+        cols = np.concatenate([np.arange(r.prompt_len - 1, len(r.token_ids) - 1) for r in rows])
         srow = np.concatenate([np.full(m, base + b) for b, m in enumerate(n)])
         p = Part(rows=torch.from_numpy(srow), cols=torch.from_numpy(cols),
                  targets=torch.from_numpy(ids[srow, cols + 1]),
@@ -92,7 +92,7 @@ def collate(examples: list[Example], loss: str, pad_id: int) -> MicroBatch:
         if "ref_topk" in columns:
             p.ref_topk_logp = _cat(rows, "ref_topk_logp")
         if "realized_logp" in columns:
-            p.init_logp_sum = torch.tensor([float(np.sum(r["realized_logp"], dtype=np.float64)) for r in rows])
+            p.init_logp_sum = torch.tensor([float(np.sum(r.realized_logp, dtype=np.float64)) for r in rows])
         parts[name] = p
         tokens += int(sum(n))
     return MicroBatch(torch.from_numpy(ids), torch.from_numpy(mask), parts, len(examples), tokens, int(mask.sum()))

@@ -18,27 +18,31 @@ import numpy as np
 
 from artifacts.reader import ArtifactReader
 from artifacts.remote import RemoteArtifact
+from schemas import sequences, token_topk
 from stages.distill.losses import LOSSES
 
 class JoinError(ValueError):
     pass
 
 
+Row = token_topk.Row | sequences.Row  # what a part is: a row of the artifact it comes from
+
+
 @dataclass
 class Example:
     index: int  # the input row
-    parts: dict  # part name -> row dict (see the codecs' row())
+    parts: dict[str, Row]  # part name (the loss's reads: chosen, rejected, state) -> its row
 
     @property
     def tokens(self) -> int:
-        return sum(len(r["token_ids"]) for r in self.parts.values())
+        return sum(len(r.token_ids) for r in self.parts.values())
 
 
-def _grouped(reader: ArtifactReader, name: str) -> Iterator[tuple[int, list[dict]]]:
+def _grouped(reader: ArtifactReader, name: str) -> Iterator[tuple[int, list[Row]]]:
     """(input index, its rows) in input order."""
     cur, rows = None, []
     for row in reader:
-        i = row["input_index"]
+        i = row.input_index
         if cur is not None and i != cur:
             if i < cur:
                 raise JoinError(f"{reader.dir.name} ({name}): rows are not in input order ({cur} then {i})")
@@ -50,13 +54,13 @@ def _grouped(reader: ArtifactReader, name: str) -> Iterator[tuple[int, list[dict
         yield cur, rows
 
 
-def _part(rows: list[dict], side: str, where: str) -> dict:
+def _part(rows: list[Row], side: str, where: str) -> Row:
     """The row of this side, its arrays copied: a view would keep its whole decoded record batch alive
     for as long as the shuffle buffer holds the pair."""
     for r in rows:
-        if r["side"] == side or side == "generated":  # an advantage row's side names where its state came from
-            return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in r.items()}
-    raise JoinError(f"{where}: input row {rows[0]['input_index']} has no {side} row")
+        if r.side == side or side == "generated":  # an advantage row's side names where its state came from
+            return r.copy()
+    raise JoinError(f"{where}: input row {rows[0].input_index} has no {side} row")
 
 
 def joined(dirs: dict[str, Path | RemoteArtifact], loss: str) -> Iterator[Example]:

@@ -54,7 +54,7 @@ def _mean_se(x) -> tuple[float, float]:
 
 
 def _seq_logp(scorer, seqs) -> np.ndarray:
-    return np.array([float(np.sum(r["realized_logp"], dtype=np.float64)) for r in scorer.score(seqs)])
+    return np.array([float(np.sum(r.realized_logp, dtype=np.float64)) for r in scorer.score(seqs)])
 
 
 class Judge:

@@ -93,7 +93,7 @@ def audit(store: Store, key: str, sample: int, seed: int = 0, given: dict[str, s
     n_rows = m["totals"]["rows"]
     picked = set(np.random.default_rng(seed).choice(n_rows, size=min(sample, n_rows), replace=False).tolist())
     rows = [r for i, r in enumerate(ArtifactReader(d)) if i in picked]
-    seqs = [Sequence(r["token_ids"].tolist(), int(r["prompt_len"])) for r in rows]
+    seqs = [Sequence(r.token_ids.tolist(), r.prompt_len) for r in rows]
     dtype = getattr(torch, inputs.get("dtype", "float32"))
     vocab = m["shard_schema"]["layout"]["vocab_size"]
     fidelity = token_topk.LOGP_STEP / 2 + 1e-6  # the codes' rounding
@@ -107,25 +107,25 @@ def audit(store: Store, key: str, sample: int, seed: int = 0, given: dict[str, s
             raise AuditError(f"{model.spec}: vocabulary of {len(tok)} ids, the artifact's has {vocab}")
         lm = load_model(model, dtype, device)
         checks = [(c, how) for r_, c, how in CHECKS[m["kind"]] if r_ == role]
-        k = rows[0]["topk_ids"].shape[1] if "topk_ids" in rows[0] else None
+        k = rows[0].topk_ids.shape[1] if getattr(rows[0], "topk_ids", None) is not None else None
         scored = HFScorer(lm, vocab, pad_id(tok)).score(
             seqs, k=k if any(how == "rank" for _, how in checks) else None,
-            gather=[r["topk_ids"] for r in rows] if k else None)
+            gather=[r.topk_ids for r in rows] if k else None)
         for column, how in checks:
             bound = (fidelity if how == "gather" else 0.0 if how == "rank" else token_topk.REALIZED_STEP / 2 + 1e-6) + slack
             if how == "rank":  # how far the k-th recomputed log-prob lies above the worst stored id's
-                diffs = [np.maximum(0.0, sc["topk_logp"][:, -1].astype(np.float64) - sc["gathered_logp"].min(1))
+                diffs = [np.maximum(0.0, sc.topk_logp[:, -1].astype(np.float64) - sc.gathered_logp.min(1))
                          for sc in scored]
             else:
-                new = [sc["gathered_logp"] if how == "gather" else sc["realized_logp"] for sc in scored]
-                diffs = [np.abs(np.asarray(a, np.float64) - np.asarray(r[column], np.float64))
+                new = [sc.gathered_logp if how == "gather" else sc.realized_logp for sc in scored]
+                diffs = [np.abs(np.asarray(a, np.float64) - np.asarray(getattr(r, column), np.float64))
                          for a, r in zip(new, rows)]
             if how == "gather":  # the stated fidelity holds above the clamp; far-tail values are not compared
-                diffs = [np.where(np.asarray(r[column]) > -10, x, 0.0) for x, r in zip(diffs, rows)]
+                diffs = [np.where(np.asarray(getattr(r, column)) > -10, x, 0.0) for x, r in zip(diffs, rows)]
             worst = max(range(len(rows)), key=lambda i: diffs[i].max())
             pos = np.unravel_index(int(np.argmax(diffs[worst])), diffs[worst].shape)
             findings.append(Finding(role, column, bound, float(diffs[worst].max()),
-                                    f"{rows[worst]['pair_id']} {rows[worst]['side']} position {pos[0]}"))
+                                    f"{rows[worst].pair_id} {rows[worst].side} position {pos[0]}"))
         del lm
     return findings, len(rows)
 

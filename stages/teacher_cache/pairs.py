@@ -20,6 +20,7 @@ import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from artifacts.fsutil import fingerprint_files, sha256_file
@@ -35,6 +36,21 @@ class Pair:
     prompt: list[dict]  # chat messages, ending with a user turn
     chosen: str
     rejected: str
+
+
+class Drop(StrEnum):
+    """Why an input row is not used; every artifact's manifest counts its rows by these (rows in = rows used +
+    rows dropped). Parsing gives the first six, rendering (`render.encode_pair`) the last three."""
+
+    missing_field = "missing_field"
+    not_text = "not_text"
+    no_final_assistant_turn = "no_final_assistant_turn"
+    no_shared_prompt = "no_shared_prompt"
+    empty_prompt = "empty_prompt"
+    identical_responses = "identical_responses"
+    empty_response = "empty_response"
+    prompt_too_long = "prompt_too_long"
+    template_mismatch = "template_mismatch"
 
 
 class DataError(ValueError):
@@ -230,35 +246,35 @@ def _parse_transcript(t: str) -> list[dict] | None:
     return msgs
 
 
-def _strings(row: dict) -> tuple[list[dict], str, str] | str:
+def _strings(row: dict) -> tuple[list[dict], str, str] | Drop:
     """{prompt, chosen, rejected}: three strings, one user turn."""
     prompt, chosen, rejected = _text(row["prompt"]), _text(row["chosen"]), _text(row["rejected"])
     if None in (prompt, chosen, rejected):
-        return "not_text"
+        return Drop.not_text
     return [{"role": "user", "content": prompt}], chosen, rejected
 
 
-def _message_lists(row: dict) -> tuple[list[dict], str, str] | str:
+def _message_lists(row: dict) -> tuple[list[dict], str, str] | Drop:
     """{chosen, rejected}: two conversations that share every turn but the last, the assistant's."""
     c, r = _messages(row["chosen"]), _messages(row["rejected"])
     if c is None or r is None:
-        return "not_text"
+        return Drop.not_text
     if not c or not r or c[-1]["role"] != "assistant" or r[-1]["role"] != "assistant":
-        return "no_final_assistant_turn"
+        return Drop.no_final_assistant_turn
     if c[:-1] != r[:-1]:
-        return "no_shared_prompt"
+        return Drop.no_shared_prompt
     return c[:-1], c[-1]["content"], r[-1]["content"]
 
 
-def _transcripts(row: dict) -> tuple[list[dict], str, str] | str:
+def _transcripts(row: dict) -> tuple[list[dict], str, str] | Drop:
     """{chosen, rejected}: two "\n\nHuman: ...\n\nAssistant: ..." transcripts (Anthropic HH)."""
     if _text(row["chosen"]) is None or _text(row["rejected"]) is None:
-        return "not_text"
+        return Drop.not_text
     c, r = _parse_transcript(row["chosen"]), _parse_transcript(row["rejected"])
     if c is None or r is None or c[-1]["role"] != "assistant" or r[-1]["role"] != "assistant":
-        return "no_final_assistant_turn"
+        return Drop.no_final_assistant_turn
     if c[:-1] != r[:-1]:
-        return "no_shared_prompt"
+        return Drop.no_shared_prompt
     return c[:-1], c[-1]["content"], r[-1]["content"]
 
 
@@ -270,7 +286,7 @@ class Format:
 
     fields: tuple[str, ...]
     detect: Callable[[set, dict], bool]
-    parse: Callable[[dict], tuple[list[dict], str, str] | str]
+    parse: Callable[[dict], tuple[list[dict], str, str] | Drop]
 
 
 def _first_chosen(first: dict):
@@ -304,22 +320,22 @@ def detect_format(first: dict) -> str:
                     f"data.format=... ({', '.join(FORMATS)})")
 
 
-def parse_row(index: int, row: dict, fmt: str) -> Pair | str:
+def parse_row(index: int, row: dict, fmt: str) -> Pair | Drop:
     """A Pair, or the reason the row is dropped."""
     if fmt not in FORMATS:
         raise DataError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
     shape = FORMATS[fmt]
     if any(row.get(f) is None for f in shape.fields):
-        return "missing_field"
+        return Drop.missing_field
     parsed = shape.parse(row)
-    if isinstance(parsed, str):
-        return parsed
+    if isinstance(parsed, str):  # a reason; a format's own must be one of Drop's
+        return Drop(parsed)
     history, chosen, rejected = parsed
     pair_id = str(row.get("pair_id") or row.get("id") or f"row-{index}")
     if not history or history[-1]["role"] != "user" or not any(m["content"].strip() for m in history):
-        return "empty_prompt"
+        return Drop.empty_prompt
     if not chosen.strip() or not rejected.strip():
-        return "empty_response"
+        return Drop.empty_response
     if chosen.strip() == rejected.strip():
-        return "identical_responses"
+        return Drop.identical_responses
     return Pair(index, pair_id, history, chosen, rejected)

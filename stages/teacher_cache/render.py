@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stages.teacher_cache.pairs import Pair
+from stages.teacher_cache.pairs import Drop, Pair
 
 
 @dataclass
@@ -39,22 +39,22 @@ def render_response(tok, messages: list[dict], prompt_ids: list[int], response: 
     return resp
 
 
-def encode_pair(tok, pair: Pair, max_length: int) -> Encoded | str:
+def encode_pair(tok, pair: Pair, max_length: int) -> Encoded | Drop:
     """Encoded pair, or the drop reason. Responses longer than the room left are cut, keeping their start."""
     prompt = render_prompt(tok, pair.prompt)
     room = max_length - len(prompt)
     if room < 1:
-        return "prompt_too_long"
+        return Drop.prompt_too_long
     sides, truncated = [], 0
     for text in (pair.chosen, pair.rejected):
         ids = render_response(tok, pair.prompt, prompt, text)
         if ids is None:
-            return "template_mismatch"
+            return Drop.template_mismatch
         if not ids:
-            return "empty_response"
+            return Drop.empty_response
         if len(ids) > room:
             ids, truncated = ids[:room], truncated + 1
         sides.append(ids)
     if sides[0] == sides[1]:
-        return "identical_responses"
+        return Drop.identical_responses
     return Encoded(pair, prompt, sides[0], sides[1], truncated)

@@ -34,7 +34,7 @@ from stages.common.models import ResolvedModel, load_tokenizer
 from stages.common.ranks import Ranks
 from stages.common.tokenizers import compare_tokenizers, tokenizer_fingerprint
 from stages.teacher_cache import backends
-from stages.teacher_cache.pairs import DataError, detect_format, load_rows, parse_row
+from stages.teacher_cache.pairs import DataError, Drop, detect_format, load_rows, parse_row
 from stages.teacher_cache.render import Encoded, encode_pair
 from stages.teacher_cache.settings import Data, TeacherCache
 
@@ -74,7 +74,7 @@ class Run:
     dtype_name: str
     vocab_size: int
     tok: object
-    prepared: list  # Encoded or a drop reason, one per input row
+    prepared: list[Encoded | Drop]  # one per input row
     truncated: int
     ranks: Ranks = field(default_factory=Ranks)
     _open: dict = field(default_factory=dict)
@@ -118,11 +118,11 @@ def prepare(data: Data, tc: TeacherCache, tok, strict: bool) -> tuple[list, dict
     prepared = []
     for i, row in enumerate(rows):
         parsed = parse_row(i, row, fmt)
-        enc = parsed if isinstance(parsed, str) else encode_pair(tok, parsed, tc.max_length)
-        if strict and isinstance(enc, str):
+        enc = parsed if isinstance(parsed, Drop) else encode_pair(tok, parsed, tc.max_length)
+        if strict and isinstance(enc, Drop):
             raise DataError(f"{data.source} row {i}: {enc.replace('_', ' ')} (--strict stops at the first unusable row)")
         prepared.append(enc)
-    if all(isinstance(e, str) for e in prepared):  # nothing would be learnt from empty artifacts
+    if all(isinstance(e, Drop) for e in prepared):  # nothing would be learnt from empty artifacts
         drops = ", ".join(f"{r} {n}" for r, n in sorted(Counter(prepared).items()))
         raise DataError(f"{data.source}: no usable row of {len(prepared)} (dropped: {drops}); "
                         f"teacher_cache.max_length is {tc.max_length}")
@@ -227,9 +227,9 @@ def write_slice(run: Run, job: Job, say) -> Written:
                    unit="row", dynamic_ncols=True, disable=rk.rank > 0)
         for start in range(w.resume_from, w.end, block):
             idx = range(start, min(w.end, start + block))
-            rows = job.make_rows([(i, items[i]) for i in idx if not isinstance(items[i], str)])
+            rows = job.make_rows([(i, items[i]) for i in idx if not isinstance(items[i], Drop)])
             for i in idx:
-                if isinstance(items[i], str):
+                if isinstance(items[i], Drop):
                     w.drop(i, items[i])
                 else:
                     w.add(i, rows[i])
@@ -299,18 +299,22 @@ def planned_keys(ins: Inputs) -> dict[str, str]:
     return out
 
 
+def _responses(items: list[tuple[int, Encoded]]) -> list[tuple[int, str, str, Sequence]]:
+    """(input row, pair id, side, prompt + response) of both responses of every pair."""
+    return [(i, enc.pair.pair_id, side, Sequence(enc.prompt_ids + resp, len(enc.prompt_ids))) for i, enc in items
+            for side, resp in _sides(enc)]
+
+
 def teacher_topk_job(run: Run) -> Job:
     k = run.settings.k
 
     def rows(items):
-        meta = [(i, enc, side, Sequence(enc.prompt_ids + resp, len(enc.prompt_ids))) for i, enc in items
-                for side, resp in _sides(enc)]
+        meta = _responses(items)
         scored = run.engine("teacher", "topk").topk([m[3] for m in meta], k)
         out = defaultdict(list)
-        for (i, enc, side, s), r in zip(meta, scored):
-            out[i].append({"pair_id": enc.pair.pair_id, "side": side, "input_index": i, "token_ids": s.ids,
-                           "prompt_len": s.prompt_len, "topk_ids": r["topk_ids"], "topk_logp": r["topk_logp"],
-                           "tail_logp": r["tail_logp"], "realized_logp": r["realized_logp"]})
+        for (i, pid, side, s), r in zip(meta, scored):
+            out[i].append(token_topk.Row(pid, side, i, s.ids, s.prompt_len, r.topk_ids, r.topk_logp, r.realized_logp,
+                                         tail_logp=r.tail_logp))
         return out
 
     return Job("teacher-topk", "teacher", topk_inputs(run.inputs), token_topk.Codec,
@@ -323,13 +327,11 @@ def teacher_topk(run: Run, say) -> Result:
 
 def seq_logp_job(run: Run, role: str) -> Job:
     def rows(items):
-        meta = [(i, enc, side, Sequence(enc.prompt_ids + resp, len(enc.prompt_ids))) for i, enc in items
-                for side, resp in _sides(enc)]
+        meta = _responses(items)
         scored = run.engine(role, "seq_logp").seq_logp([m[3] for m in meta])
         out = defaultdict(list)
-        for (i, enc, side, s), r in zip(meta, scored):
-            out[i].append({"pair_id": enc.pair.pair_id, "side": side, "input_index": i, "token_ids": s.ids,
-                           "prompt_len": s.prompt_len, "realized_logp": r["realized_logp"]})
+        for (i, pid, side, s), r in zip(meta, scored):
+            out[i].append(sequences.Row(pid, side, i, s.ids, s.prompt_len, realized_logp=r.realized_logp))
         return out
 
     return Job("seq-logp", role, seq_logp_inputs(run.inputs, role), sequences.Codec,
@@ -350,8 +352,8 @@ def generations_job(run: Run, role: str) -> Job:
             room = tc.max_length - len(enc.prompt_ids)
             if len(resp) > room:
                 resp, finish = resp[:room], "length"
-            out[i] = [{"pair_id": enc.pair.pair_id, "side": "generated", "input_index": i,
-                       "token_ids": enc.prompt_ids + resp, "prompt_len": len(enc.prompt_ids), "finish": finish}]
+            out[i] = [sequences.Row(enc.pair.pair_id, "generated", i, enc.prompt_ids + resp, len(enc.prompt_ids),
+                                    finish)]
         return out
 
     return Job("generations", role, generations_inputs(run.inputs, role), sequences.Codec,
@@ -362,17 +364,16 @@ def generations(run: Run, role: str, say) -> Result:
     return _produce(run, generations_job(run, role), say)
 
 
-def _states(run: Run, gen_key: str | None) -> list:
-    """Per input row: (pair id, side, token ids, prompt length) of its ADPA state, or its drop reason."""
+def _states(run: Run, gen_key: str | None) -> list[sequences.Row | Drop]:
+    """Per input row: its ADPA state (a dataset response, or the generated one), or its drop reason."""
     states = run.settings.states
     if gen_key is None:
-        return [e if isinstance(e, str) else
-                (e.pair.pair_id, states, e.prompt_ids + (e.chosen_ids if states == "chosen" else e.rejected_ids),
-                 len(e.prompt_ids)) for e in run.prepared]
-    by_index = {r["input_index"]: r for r in ArtifactReader(run.store.location(gen_key))}
-    return [e if isinstance(e, str) else
-            (by_index[i]["pair_id"], "generated", by_index[i]["token_ids"].tolist(), by_index[i]["prompt_len"])
-            for i, e in enumerate(run.prepared)]
+        return [e if isinstance(e, Drop) else
+                sequences.Row(e.pair.pair_id, states, i, e.prompt_ids + (e.chosen_ids if states == "chosen"
+                                                                          else e.rejected_ids), len(e.prompt_ids))
+                for i, e in enumerate(run.prepared)]
+    by_index = {r.input_index: r for r in ArtifactReader(run.store.location(gen_key))}
+    return [e if isinstance(e, Drop) else by_index[i] for i, e in enumerate(run.prepared)]
 
 
 def advantage_job(run: Run, gen_key: str | None) -> Job:
@@ -380,14 +381,13 @@ def advantage_job(run: Run, gen_key: str | None) -> Job:
     k, ref_role = tc.k, tc.advantage_reference
 
     def rows(items):
-        seqs = [Sequence(ids, p) for _, (_, _, ids, p) in items]
+        seqs = [Sequence(list(map(int, st.token_ids)), st.prompt_len) for _, st in items]
         t = run.engine("teacher", "topk").topk(seqs, k)
-        ref = run.engine(ref_role, "gather").gather(seqs, [r["topk_ids"] for r in t])
-        return {i: [{"pair_id": pid, "side": side, "input_index": i, "token_ids": s.ids, "prompt_len": s.prompt_len,
-                     "topk_ids": tr["topk_ids"], "topk_logp": tr["topk_logp"], "tail_logp": tr["tail_logp"],
-                     "realized_logp": tr["realized_logp"], "ref_topk_logp": rr["gathered_logp"],
-                     "ref_realized_logp": rr["realized_logp"]}]
-                for (i, (pid, side, _, _)), s, tr, rr in zip(items, seqs, t, ref)}
+        ref = run.engine(ref_role, "gather").gather(seqs, [r.topk_ids for r in t])
+        return {i: [token_topk.Row(st.pair_id, st.side, i, s.ids, s.prompt_len, tr.topk_ids, tr.topk_logp,
+                                   tr.realized_logp, tail_logp=tr.tail_logp, ref_topk_logp=rr.gathered_logp,
+                                   ref_realized_logp=rr.realized_logp)]
+                for (i, st), s, tr, rr in zip(items, seqs, t, ref)}
 
     return Job("advantage", f"states={tc.states}, reference={ref_role}", advantage_inputs(run.inputs, gen_key),
                token_topk.Codec, {"k": k, "vocab_size": run.vocab_size, "with_ref": True}, _states(run, gen_key), rows,
@@ -406,7 +406,7 @@ def run_teacher_cache(models: dict[str, ResolvedModel], data: Data, tc: TeacherC
     ranks = ranks or Ranks()
     say = ranks.speaker(say)
     run = setup(models, data, tc, store, strict, say, ranks)
-    dropped = Counter(e for e in run.prepared if isinstance(e, str))
+    dropped = Counter(e for e in run.prepared if isinstance(e, Drop))
     if ranks.world_size > 1:
         say(f"{ranks.world_size} ranks, each scoring its own slice of the rows")
     say(f"data: {len(run.prepared)} rows, {len(run.prepared) - sum(dropped.values())} usable"

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:  # the engines themselves import torch; the table above them must not
     import numpy as np
 
-    from stages.common.lm import Sequence
+    from stages.common.lm import Scores, Sequence
 
 TASKS = ("topk", "gather", "seq_logp", "generate")
 ENGINES = {"hf": "stages.teacher_cache.backends.hf:HFBackend",
@@ -41,13 +41,13 @@ class Backend(Protocol):
     def versions() -> dict:
         """{package: version} of what the engine runs on, for the manifests of what it produces."""
 
-    def topk(self, seqs: list[Sequence], k: int) -> list[dict]:
+    def topk(self, seqs: list[Sequence], k: int) -> list[Scores]:
         """Per sequence: topk_ids, topk_logp [n, k], tail_logp [n], realized_logp [n]."""
 
-    def gather(self, seqs: list[Sequence], ids: list[np.ndarray]) -> list[dict]:
+    def gather(self, seqs: list[Sequence], ids: list[np.ndarray]) -> list[Scores]:
         """Per sequence: gathered_logp [n, g] at ids [n, g], realized_logp [n]."""
 
-    def seq_logp(self, seqs: list[Sequence]) -> list[dict]:
+    def seq_logp(self, seqs: list[Sequence]) -> list[Scores]:
         """Per sequence: realized_logp [n]."""
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[tuple[list[int], str]]:

@@ -6,7 +6,7 @@ import numpy as np
 
 from artifacts.writer import package_versions
 from stages.common.device import pad_id
-from stages.common.lm import HFScorer, Sequence, generate
+from stages.common.lm import HFScorer, Scores, Sequence, generate
 from stages.common.models import ResolvedModel, load_model
 
 
@@ -29,13 +29,13 @@ class HFBackend:
         self.token_budget = token_budget
         self.scorer = HFScorer(self.model, vocab_size, self.pad, token_budget, share_prompts=share_prompts)
 
-    def topk(self, seqs: list[Sequence], k: int) -> list[dict]:
+    def topk(self, seqs: list[Sequence], k: int) -> list[Scores]:
         return self.scorer.score(seqs, k=k)
 
-    def gather(self, seqs: list[Sequence], ids: list[np.ndarray]) -> list[dict]:
+    def gather(self, seqs: list[Sequence], ids: list[np.ndarray]) -> list[Scores]:
         return self.scorer.score(seqs, gather=ids)
 
-    def seq_logp(self, seqs: list[Sequence]) -> list[dict]:
+    def seq_logp(self, seqs: list[Sequence]) -> list[Scores]:
         return self.scorer.score(seqs)
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[tuple[list[int], str]]:

@@ -27,7 +27,7 @@ import numpy as np
 
 from artifacts.writer import package_versions
 from schemas.token_topk import tail_logmass
-from stages.common.lm import Sequence
+from stages.common.lm import Scores, Sequence
 from stages.common.models import ResolvedModel
 
 
@@ -98,7 +98,7 @@ class VLLMBackend:
         """Stop the engine's worker processes now rather than at interpreter exit."""
         self.llm.llm_engine.engine_core.shutdown()
 
-    def topk(self, seqs: list[Sequence], k: int) -> list[dict]:
+    def topk(self, seqs: list[Sequence], k: int) -> list[Scores]:
         """Per sequence: topk_ids, topk_logp [n, k], tail_logp [n], realized_logp [n] at response positions."""
         from vllm import SamplingParams
 
@@ -107,7 +107,7 @@ class VLLMBackend:
         return [self._unpack(s, o.prompt_logprobs, k) for s, o in zip(seqs, outs)]
 
     @staticmethod
-    def _unpack(s: Sequence, pl, k: int) -> dict:
+    def _unpack(s: Sequence, pl, k: int) -> Scores:
         L = len(s.ids)
         first = pl.start_indices[1] if L > 1 else 0  # position 0 predicts nothing
         ids = np.asarray(pl.token_ids[first:], dtype=np.int64).reshape(L - 1, k + 1)
@@ -116,8 +116,7 @@ class VLLMBackend:
         if not np.array_equal(ids[rows, 0], np.asarray(s.ids[s.prompt_len:])):
             raise RuntimeError("vLLM's prompt log-probs are not aligned with the prompt tokens")
         top = lp[rows, 1:]
-        return {"topk_ids": ids[rows, 1:], "topk_logp": top, "tail_logp": tail_logmass(top),
-                "realized_logp": lp[rows, 0]}
+        return Scores(realized_logp=lp[rows, 0], topk_ids=ids[rows, 1:], topk_logp=top, tail_logp=tail_logmass(top))
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[tuple[list[int], str]]:
         """Greedy responses through the first end-of-turn token, with "stop" or "length"."""
