@@ -26,6 +26,7 @@ import platform
 import re
 import shutil
 from collections import Counter
+from dataclasses import dataclass
 from importlib import metadata
 
 import pyarrow as pa
@@ -116,6 +117,37 @@ class Progress:
 MAX_WRITERS = 999  # ranks have three digits in shard and record names
 
 
+@dataclass(frozen=True)
+class ArtifactSpec:
+    """An artifact before it exists: its kind, the inputs its key hashes, its codec and the codec's layout
+    parameters, and how many input rows it accounts for (rows in = rows used + rows dropped)."""
+
+    kind: str
+    inputs: dict
+    codec: object  # schemas.token_topk.Codec, schemas.sequences.Codec
+    layout: dict
+    input_rows: int
+
+    @property
+    def shard_schema(self) -> dict:
+        return {"name": self.codec.name, "version": self.codec.version, "layout": self.layout}
+
+    @property
+    def key(self) -> str:
+        return artifact_key(self.kind, self.inputs, self.shard_schema)
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """How shards are cut and compressed, and how a complete artifact is checked before reuse."""
+
+    max_shard_rows: int = 50_000
+    max_shard_bytes: int = 256 << 20
+    batch_tokens: int = 65_536  # scored tokens per record batch
+    zstd_level: int = 1  # level 1 beat 3 and 9 on real top-k byte planes, in size and speed (make bench-store)
+    verify_reuse: bool = False  # re-hash every shard of a complete artifact, whatever its size
+
+
 def rank_slice(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return n * rank // world_size, n * (rank + 1) // world_size
 
@@ -130,24 +162,19 @@ class ArtifactWriter:
     already finished this slice and only the manifest is pending: `finish()` then keeps its record).
     """
 
-    def __init__(self, store: Store, kind: str, inputs: dict, codec, layout: dict, input_rows: int, *,
-                 rank: int = 0, world_size: int = 1, max_shard_rows: int = 50_000, max_shard_bytes: int = 256 << 20,
-                 batch_tokens: int = 65_536, zstd_level: int = 1, verify_reuse: bool = False):
+    def __init__(self, store: Store, spec: ArtifactSpec, *, rank: int = 0, world_size: int = 1,
+                 options: WriteOptions = WriteOptions()):
         if not 0 <= rank < world_size <= MAX_WRITERS:
             raise ValueError(f"rank {rank} of world size {world_size} is not a valid data-parallel rank")
-        self.store, self.codec = store, codec
-        self.kind, self.inputs, self.input_rows = kind, inputs, int(input_rows)
+        self.store, self.spec, self.codec, self.options = store, spec, spec.codec, options
+        self.input_rows = int(spec.input_rows)
         self.rank, self.world_size = rank, world_size
         self.start, self.end = rank_slice(self.input_rows, rank, world_size)
-        self.shard_schema = {"name": codec.name, "version": codec.version, "layout": layout}
-        self.layout = codec.layout(layout)
-        self.key = artifact_key(kind, inputs, self.shard_schema)
+        self.layout = spec.codec.layout(spec.layout)
+        self.key = spec.key
         self.dir = store.path(self.key)
-        self.max_shard_rows, self.max_shard_bytes, self.batch_tokens = max_shard_rows, max_shard_bytes, batch_tokens
-        # Level 1 beat 3 and 9 on real top-k byte planes, in size and speed (make bench-store).
-        self.ipc_options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", zstd_level))
+        self.ipc_options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", options.zstd_level))
         self.reused, self.manifest, self.resume_from, self.done = False, None, self.start, False
-        self.verify_reuse = verify_reuse
         self.remote, self.progress = store.remote, Progress(store, self.key)
         self._lock = None
 
@@ -166,7 +193,7 @@ class ArtifactWriter:
         self._lock.__enter__()
         try:
             with self.store.lock(self.key, quiet=True):
-                self.manifest = checked_for_reuse(self.store, self.key, self.verify_reuse)
+                self.manifest = checked_for_reuse(self.store, self.key, self.options.verify_reuse)
                 if self.manifest is not None:
                     self.reused = True
                     return self
@@ -272,9 +299,10 @@ class ArtifactWriter:
         self._rows_in_shard += len(rows)
         self._tokens_in_shard += tokens
         self._used += 1
-        if self._pending_tokens >= self.batch_tokens:
+        if self._pending_tokens >= self.options.batch_tokens:
             self._flush_batch()
-        if self._rows_in_shard >= self.max_shard_rows or (self._file and self._file[1].tell() >= self.max_shard_bytes):
+        if self._rows_in_shard >= self.options.max_shard_rows or (
+                self._file and self._file[1].tell() >= self.options.max_shard_bytes):
             self._close_shard()
 
     def drop(self, index: int, reason: str) -> None:
@@ -343,17 +371,14 @@ class ArtifactWriter:
         self.finish(stats)
         if self.world_size > 1:
             return None
-        self.manifest = assemble(self.store, self.kind, self.inputs, self.codec, self.shard_schema["layout"],
-                                 self.input_rows, producer)
+        self.manifest = assemble(self.store, self.spec, producer)
         self.reused = True
         return self.manifest
 
 
-def assemble(store: Store, kind: str, inputs: dict, codec, layout: dict, input_rows: int,
-             producer: dict | None = None) -> dict:
+def assemble(store: Store, spec: ArtifactSpec, producer: dict | None = None) -> dict:
     """Write the manifest once every rank's slice is done (idempotent; under the key's lock)."""
-    shard_schema = {"name": codec.name, "version": codec.version, "layout": layout}
-    key = artifact_key(kind, inputs, shard_schema)
+    key = spec.key
     d, prog = store.path(key), Progress(store, key)
     with store.lock(key):
         if (m := store.manifest(key)) is not None:
@@ -379,13 +404,13 @@ def assemble(store: Store, kind: str, inputs: dict, codec, layout: dict, input_r
                   for r in records]
         m = {
             "format": mf.FORMAT, "format_version": mf.VERSION,
-            "key": key, "kind": kind, "created": now_iso(),
-            "inputs": inputs, "shard_schema": shard_schema,
+            "key": key, "kind": spec.kind, "created": now_iso(),
+            "inputs": spec.inputs, "shard_schema": spec.shard_schema,
             "producer": producer or producer_versions(),
             "shards": shards,
             "totals": {"shards": len(shards), "rows": sum(s["rows"] for s in shards),
                        "tokens": sum(s["tokens"] for s in shards), "bytes": sum(s["bytes"] for s in shards)},
-            "input_rows": input_rows,
+            "input_rows": spec.input_rows,
             "rows_used": used,
             "dropped": dict(sorted(dropped.items())),
             "stats": stats[0] if world == 1 else _merge_stats(stats),

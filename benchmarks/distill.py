@@ -81,7 +81,7 @@ def _seq(rng, prompt_ids, vocab: int, response: tuple[int, int]) -> np.ndarray:
 
 def build_caches(store, n: int, vocab: int, prompt: int, response: tuple[int, int], batch_tokens: int = 65536) -> dict:
     """teacher_topk, advantage and student_logp artifacts for n pairs, through the store's writer."""
-    from artifacts import ArtifactWriter
+    from artifacts import ArtifactSpec, ArtifactWriter, WriteOptions
     from schemas import sequences, token_topk
     specs = {"teacher_topk": ("teacher-topk", token_topk.Codec, {"k": K, "vocab_size": vocab, "with_ref": False}),
              "advantage": ("advantage", token_topk.Codec, {"k": K, "vocab_size": vocab, "with_ref": True}),
@@ -89,9 +89,9 @@ def build_caches(store, n: int, vocab: int, prompt: int, response: tuple[int, in
     keys = {}
     for name, (kind, codec, layout) in specs.items():
         rng = np.random.default_rng(0)
-        with ArtifactWriter(store, kind, {"bench": name, "n": n, "vocab": vocab, "prompt": prompt,
-                                          "response": list(response), "batch_tokens": batch_tokens}, codec, layout, n,
-                            max_shard_rows=512, batch_tokens=batch_tokens) as w:
+        spec = ArtifactSpec(kind, {"bench": name, "n": n, "vocab": vocab, "prompt": prompt, "response": list(response),
+                                   "batch_tokens": batch_tokens}, codec, layout, n)
+        with ArtifactWriter(store, spec, options=WriteOptions(max_shard_rows=512, batch_tokens=batch_tokens)) as w:
             if not w.reused:
                 for i in range(n):
                     p_ids = rng.integers(0, vocab, prompt)

@@ -44,7 +44,7 @@ def teacher_output(n_tokens: int, seq_len: int, kmax: int):
 
 
 def ours(seqs, k: int, vocab: int, root: Path, zstd_level: int = 1) -> dict:
-    from artifacts import ArtifactReader, ArtifactWriter, Store
+    from artifacts import ArtifactReader, ArtifactSpec, ArtifactWriter, Store, WriteOptions
     from schemas import token_topk as tt
 
     rows = []
@@ -54,8 +54,8 @@ def ours(seqs, k: int, vocab: int, root: Path, zstd_level: int = 1) -> dict:
                            tail_logp=tt.tail_logmass(top)))
     store = Store(root)
     t0 = time.perf_counter()
-    with ArtifactWriter(store, "bench-topk", {"k": k}, tt.Codec, {"k": k, "vocab_size": vocab}, len(rows),
-                        zstd_level=zstd_level) as w:
+    spec = ArtifactSpec("bench-topk", {"k": k}, tt.Codec, {"k": k, "vocab_size": vocab}, len(rows))
+    with ArtifactWriter(store, spec, options=WriteOptions(zstd_level=zstd_level)) as w:
         for i, r in enumerate(rows):
             w.add(i, [r])
         m = w.publish()

@@ -128,7 +128,7 @@ def advantage_artifact(n: int, k: int) -> dict:
 def rewritten(store, key: str, inputs: dict, copies: int = 1, change=lambda row: row) -> dict:
     """The manifest of an artifact holding the rows of `key`, each passed through `change`, `copies` times
     over (input indices shifted per copy), written through the store like stage one's."""
-    from artifacts import ArtifactReader, ArtifactWriter
+    from artifacts import ArtifactReader, ArtifactSpec, ArtifactWriter
     from artifacts.shards import codec_and_layout
     reader = ArtifactReader(store.path(key))
     codec, _ = codec_and_layout(reader.manifest)
@@ -136,8 +136,9 @@ def rewritten(store, key: str, inputs: dict, copies: int = 1, change=lambda row:
     by_index: dict = {}
     for r in reader:
         by_index.setdefault(r.input_index, []).append(r)
-    with ArtifactWriter(store, reader.manifest["kind"], inputs | {"from": key, "copies": copies}, codec,
-                        reader.manifest["shard_schema"]["layout"], n_in * copies) as w:
+    spec = ArtifactSpec(reader.manifest["kind"], inputs | {"from": key, "copies": copies}, codec,
+                        reader.manifest["shard_schema"]["layout"], n_in * copies)
+    with ArtifactWriter(store, spec) as w:
         for c in range(copies) if not w.reused else ():
             for i in range(n_in):
                 if i in by_index:

@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from artifacts import ArtifactWriter, Store  # noqa: E402
+from artifacts import ArtifactSpec, ArtifactWriter, Store, WriteOptions  # noqa: E402
 from artifacts.writer import assemble  # noqa: E402
 from schemas import token_topk  # noqa: E402
 
@@ -47,10 +47,10 @@ def make_row(seed: int, i: int, side: str, k: int = K, vocab: int = VOCAB, with_
     return row
 
 
-def spec(seed: int = 0, n: int = 0, with_ref: bool = False):
-    """(kind, inputs, codec, layout) of the synthetic artifact."""
-    return ("teacher-topk", {"dataset": "synthetic", "seed": seed, "n": n, "k": K, "with_ref": with_ref},
-            token_topk.Codec, {"k": K, "vocab_size": VOCAB, "with_ref": with_ref})
+def spec(seed: int = 0, n: int = 0, with_ref: bool = False) -> ArtifactSpec:
+    """The synthetic artifact of n input rows."""
+    return ArtifactSpec("teacher-topk", {"dataset": "synthetic", "seed": seed, "n": n, "k": K, "with_ref": with_ref},
+                        token_topk.Codec, {"k": K, "vocab_size": VOCAB, "with_ref": with_ref}, n)
 
 
 def produce(root, n: int, seed: int = 0, sleep: float = 0.0, max_shard_rows: int = 16, with_ref: bool = False,
@@ -61,9 +61,8 @@ def produce(root, n: int, seed: int = 0, sleep: float = 0.0, max_shard_rows: int
     (manifest or None while other ranks are pending, reused). `assemble_after`: as stage one does,
     finish the slice inside the writer and assemble the manifest after leaving it. `batch_tokens`: other
     record batch boundaries give other shard bytes for the same rows (as two machines' runs would)."""
-    kind, inputs, codec, layout = spec(seed, n, with_ref)
-    with ArtifactWriter(Store(root), kind, inputs, codec, layout, n, rank=rank, world_size=world_size,
-                        max_shard_rows=max_shard_rows, batch_tokens=batch_tokens) as w:
+    options = WriteOptions(max_shard_rows=max_shard_rows, batch_tokens=batch_tokens)
+    with ArtifactWriter(Store(root), spec(seed, n, with_ref), rank=rank, world_size=world_size, options=options) as w:
         if w.reused:
             return w.manifest, True
         if w.done:
@@ -83,7 +82,7 @@ def produce(root, n: int, seed: int = 0, sleep: float = 0.0, max_shard_rows: int
             return w.publish(stats={"note": "synthetic"}), False
         w.finish({"note": "synthetic"})
     time.sleep(pause_before_assemble)  # a slow barrier between the ranks' finish and the manifest
-    return assemble(Store(root), kind, inputs, codec, layout, n), w.done
+    return assemble(Store(root), spec(seed, n, with_ref)), w.done
 
 
 if __name__ == "__main__":

@@ -306,12 +306,13 @@ def test_vllm_loads_a_distilled_student(world, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from stages.common.models import resolve
+    from stages.teacher_cache.backends import EngineSpec
     from stages.teacher_cache.backends.vllm import VLLMBackend
     tok = AutoTokenizer.from_pretrained(run / "model")
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is 4 + 4?"}], add_generation_prompt=True,
                                      tokenize=True, return_dict=False)
-    engine = VLLMBackend(resolve(str(run / "model")), tok, dtype="float32", device="cpu", token_budget=1024,
-                         max_model_len=256, max_logprobs=4)
+    engine = VLLMBackend(EngineSpec(resolve(str(run / "model")), tok, len(tok), "float32", "cpu", 1024,
+                                    max_model_len=256, max_logprobs=4))
     try:
         (got, _), = engine.generate([prompt], 8)
     finally:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from artifacts import ArtifactWriter, Store
+from artifacts import ArtifactSpec, ArtifactWriter, Store, WriteOptions
 from schemas import token_topk
 from stages.distill.pair_stream import JoinError, PairStream, joined, shuffled
 from synthetic import drop_reason, make_row, produce
@@ -14,8 +14,8 @@ N = 70
 def advantage_artifact(root, n=N, drop=drop_reason, seed=0, tag="same"):
     """One generated-state row per usable input row, like stage one's advantage artifact."""
     layout = {"k": 8, "vocab_size": 5000, "with_ref": True}
-    with ArtifactWriter(Store(root), "advantage", {"synthetic": seed, "n": n, "drop": tag},
-                        token_topk.Codec, layout, n, max_shard_rows=9) as w:
+    spec = ArtifactSpec("advantage", {"synthetic": seed, "n": n, "drop": tag}, token_topk.Codec, layout, n)
+    with ArtifactWriter(Store(root), spec, options=WriteOptions(max_shard_rows=9)) as w:
         for i in range(n):
             if reason := drop(i):
                 w.drop(i, reason)

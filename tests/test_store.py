@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from artifacts import ArtifactReader, ArtifactWriter, Store, StoreError, verify_artifact
+from artifacts import ArtifactReader, ArtifactSpec, ArtifactWriter, Store, StoreError, verify_artifact
 from helpers import assert_complete_and_exact
 from schemas import token_topk as tt
 from synthetic import K, VOCAB, drop_reason, make_row, produce
@@ -75,7 +75,7 @@ def test_resume_after_failure_keeps_finished_shards(tmp_path):
 
 
 def test_rows_go_in_order_and_all_must_be_accounted(tmp_path):
-    w = ArtifactWriter(Store(tmp_path), "teacher-topk", {"t": 1}, tt.Codec, {"k": K, "vocab_size": VOCAB}, 3)
+    w = ArtifactWriter(Store(tmp_path), ArtifactSpec("teacher-topk", {"t": 1}, tt.Codec, {"k": K, "vocab_size": VOCAB}, 3))
     with w:
         w.add(0, [make_row(0, 0, "chosen")])
         with pytest.raises(StoreError, match="expected row 1"):
@@ -137,9 +137,8 @@ def test_ranks_write_disjoint_slices_then_one_manifest(tmp_path):
     st = Store(tmp_path)
     key = st.keys()[0]
     assert not st.is_complete(key)
-    kind, inputs, codec, layout = spec(0, N)
-    m = assemble(st, kind, inputs, codec, layout, N)
-    assert assemble(st, kind, inputs, codec, layout, N) == m  # idempotent
+    m = assemble(st, spec(0, N))
+    assert assemble(st, spec(0, N)) == m  # idempotent
     assert {s["file"][:9] for s in m["shards"]} == {"shard-000", "shard-001", "shard-002"}
     assert [s["input_start"] for s in m["shards"]] == sorted(s["input_start"] for s in m["shards"])
     verify_artifact(st.path(key))
@@ -152,11 +151,10 @@ def test_a_dead_rank_blocks_the_manifest_and_resumes_with_the_same_world_size(tm
     produce(tmp_path, N, rank=0, world_size=2)
     with pytest.raises(RuntimeError, match="injected"):
         produce(tmp_path, N, rank=1, world_size=2, fail_at=45)
-    kind, inputs, codec, layout = spec(0, N)
     with pytest.raises(StoreError, match=r"ranks \[1\] of 2 have not finished"):
-        assemble(Store(tmp_path), kind, inputs, codec, layout, N)
+        assemble(Store(tmp_path), spec(0, N))
     with pytest.raises(StoreError, match="started with world size 2"):
         produce(tmp_path, N)
     assert produce(tmp_path, N, rank=1, world_size=2) == (None, False)
-    m = assemble(Store(tmp_path), kind, inputs, codec, layout, N)
+    m = assemble(Store(tmp_path), spec(0, N))
     assert_complete_and_exact(Store(tmp_path).path(m["key"]), N)

@@ -68,9 +68,9 @@ def test_shards_go_straight_to_the_url_and_a_failed_run_resumes_there(url, tmp_p
 def test_ranks_on_two_machines_publish_one_manifest(url, tmp_path):
     assert produce(url, tmp_path / "a", rank=0, world_size=2) == (None, False)
     with pytest.raises(StoreError, match=r"ranks \[1\] of 2 have not finished"):
-        assemble(Store(url, tmp_path / "a"), *spec(0, N), N)
+        assemble(Store(url, tmp_path / "a"), spec(0, N))
     assert produce(url, tmp_path / "b", rank=1, world_size=2) == (None, False)
-    m = assemble(Store(url, tmp_path / "c"), *spec(0, N), N)
+    m = assemble(Store(url, tmp_path / "c"), spec(0, N))
     assert {s["file"][:9] for s in m["shards"]} == {"shard-000", "shard-001"}
     assert_complete_and_exact(Store(url, tmp_path / "d").location(m["key"]), N)
 

@@ -22,8 +22,8 @@ class UniformBackend:
     def versions() -> dict:
         return {"uniform-engine": "0.1"}
 
-    def __init__(self, vocab_size: int, **_):
-        self.logp = -math.log(vocab_size)
+    def __init__(self, spec):  # a backends.EngineSpec
+        self.logp = -math.log(spec.vocab_size)
 
     def seq_logp(self, seqs) -> list[Scores]:
         return [Scores(realized_logp=np.full(s.n, self.logp)) for s in seqs]

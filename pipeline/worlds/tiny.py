@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from artifacts import ArtifactWriter, Store
+from artifacts import ArtifactSpec, ArtifactWriter, Store, WriteOptions
 from artifacts.folders import publish_folder
 from pipeline.worlds import sorting_task
 from schemas import sequences
@@ -121,8 +121,8 @@ def _sft_tokens(store: Store, world_seed: int) -> str:
     inputs = {"data": {"builtin": "tiny-sort-sft", "file": data.parent.name},
               "render": {"tokenizer": tokenizer_fingerprint(tok), "template_from": "student",
                          "max_length": MAX_LENGTH}}
-    with ArtifactWriter(store, "tokenized", inputs, sequences.Codec, {"vocab_size": len(tok), "with_logp": False},
-                        len(rows), max_shard_rows=len(rows)) as w:
+    spec = ArtifactSpec("tokenized", inputs, sequences.Codec, {"vocab_size": len(tok), "with_logp": False}, len(rows))
+    with ArtifactWriter(store, spec, options=WriteOptions(max_shard_rows=len(rows))) as w:
         if not w.reused:
             for i, r in enumerate(rows):
                 msgs = [{"role": "user", "content": r["prompt"]}]

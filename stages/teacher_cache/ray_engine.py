@@ -101,7 +101,7 @@ def run_pass(ray, run: local.Run, spec: Spec, say) -> list[local.Result]:
     jobs = {name: _job(run, name, spec.states_key) for name in spec.jobs}
     results, todo = {}, []
     for name, job in jobs.items():
-        key = local.job_key(job)
+        key = job.spec.key
         if (m := run.store.manifest(key)) is not None:
             say(f"{job.kind} ({job.role}): complete artifact {key} reused")
             results[name] = local.Result(job.kind, job.role, key, "reused", m)
@@ -136,8 +136,7 @@ def run_pass(ray, run: local.Run, spec: Spec, say) -> list[local.Result]:
             missing = sorted(set(range(spec.n_blocks)) - {r["block"] for r in mine})
             if missing:
                 raise RuntimeError(f"{job.kind} ({job.role}): blocks {missing} did not report")
-            m = assemble(run.store, job.kind, job.inputs, job.codec, job.layout, len(job.items),
-                         local.job_producer(job, spec.backend))
+            m = assemble(run.store, job.spec, local.job_producer(job, spec.backend))
             statuses = [r["status"] for r in mine]
             tokens = sum(r["tokens"] for r in mine)
             say(f"{job.kind} ({job.role}): {spec.n_blocks} blocks on {pool_size(tc, spec.n_blocks)} workers, "

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from artifacts import ArtifactReader, ArtifactWriter, Store
+from artifacts import ArtifactReader, ArtifactSpec, ArtifactWriter, Store, WriteOptions
 from artifacts.writer import assemble, producer_versions
 from schemas import sequences, token_topk
 from schemas.keys import artifact_key
@@ -92,10 +92,10 @@ class Run:
         name = backends.serving(self.backend, task)
         if (name, role) not in self._open:
             tc = self.settings
-            self._open[name, role] = backends.engine_class(name)(
-                model=self.models[role], tok=self.tok, vocab_size=self.vocab_size, dtype=self.dtype_name,
-                device=self.device, token_budget=tc.token_budget, max_model_len=tc.max_length + tc.max_new_tokens,
-                max_logprobs=tc.k, local_rank=self.ranks.local_rank, share_prompts=tc.share_prompts)
+            self._open[name, role] = backends.engine_class(name)(backends.EngineSpec(
+                self.models[role], self.tok, self.vocab_size, self.dtype_name, self.device, tc.token_budget,
+                max_model_len=tc.max_length + tc.max_new_tokens, max_logprobs=tc.k, local_rank=self.ranks.local_rank,
+                share_prompts=tc.share_prompts))
         return self._open[name, role]
 
     def backend_of(self, task: str) -> str:
@@ -180,15 +180,14 @@ class Job:
     engines: tuple[tuple[str, str], ...]
     extra_stats: dict = field(default_factory=dict)
 
+    @property
+    def spec(self) -> ArtifactSpec:
+        return ArtifactSpec(self.kind, self.inputs, self.codec, self.layout, len(self.items))
+
 
 def job_producer(job: Job, backend: str) -> dict:
     """The manifest's `producer` of the job's artifact when `backend` was picked."""
     return producer_versions(backends.producer(backend, tuple(task for _, task in job.engines)))
-
-
-def job_key(job: Job) -> str:
-    return artifact_key(job.kind, job.inputs, {"name": job.codec.name, "version": job.codec.version,
-                                               "layout": job.layout})
 
 
 @dataclass
@@ -205,9 +204,9 @@ class Written:
 def write_slice(run: Run, job: Job, say) -> Written:
     """Write `run.ranks`' slice of the job's artifact (all of it for one process); never publishes."""
     rk = run.ranks
-    with ArtifactWriter(run.store, job.kind, job.inputs, job.codec, job.layout, len(job.items), rank=rk.rank,
-                        world_size=rk.world_size, max_shard_rows=run.settings.shard_rows, max_shard_bytes=64 << 20,
-                        verify_reuse=run.settings.verify_reuse) as w:
+    options = WriteOptions(max_shard_rows=run.settings.shard_rows, max_shard_bytes=64 << 20,
+                           verify_reuse=run.settings.verify_reuse)
+    with ArtifactWriter(run.store, job.spec, rank=rk.rank, world_size=rk.world_size, options=options) as w:
         if w.reused:
             return Written(w.key, "reused", manifest=w.manifest)
         if w.done:
@@ -253,8 +252,7 @@ def _produce(run: Run, job: Job, say) -> Result:
     rk = run.ranks
     rk.barrier()  # every rank's slice is done
     if rk.rank == 0:
-        assemble(run.store, job.kind, job.inputs, job.codec, job.layout, len(job.items),
-                 job_producer(job, run.backend))
+        assemble(run.store, job.spec, job_producer(job, run.backend))
     rk.barrier()  # the manifest is published
     return Result(job.kind, job.role, w.key, w.status, run.store.manifest(w.key), w.seconds)
 

