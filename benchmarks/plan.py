@@ -35,7 +35,7 @@ def main() -> None:
     from pipeline import builtin
     from pipeline.recipe import load_recipe
     from stages.common.ranks import silent
-    from stages.teacher_cache.run import plan, setup
+    from stages.teacher_cache.run import Request, plan, setup
 
     data = OUT / f"plan-{args.pairs}.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
@@ -49,7 +49,7 @@ def main() -> None:
     times = []
     for _ in range(REPEATS):
         t0 = time.perf_counter()
-        keys = plan(models, r.data, r.teacher_cache)
+        keys = plan(Request(models, r.data, r.teacher_cache))
         times.append(time.perf_counter() - t0)
     print(f"plan, in process (best of {REPEATS}):  {min(times):7.3f} s  ({', '.join(f'{t:.3f}' for t in times)})")
 
@@ -62,7 +62,7 @@ def main() -> None:
     print(f"adpa cache ls -r, a fresh process:     {cli:7.3f} s")
 
     t0 = time.perf_counter()
-    run = setup(models, r.data, r.teacher_cache, store, say=silent)
+    run = setup(Request(models, r.data, r.teacher_cache), store, say=silent)
     rendered = time.perf_counter() - t0
     print(f"setup (3 tokenizers, every row rendered): {rendered:7.3f} s  ({len(run.prepared):,} rows; "
           f"{rendered / min(times):,.0f}x plan)")

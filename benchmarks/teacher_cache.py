@@ -54,9 +54,9 @@ def setup_run(recipe, store):
     """Stage one's shared state for a benchmark recipe (its built-in models resolved first)."""
     from pipeline import builtin
     from stages.common.ranks import silent
-    from stages.teacher_cache.run import setup
-    return setup(builtin.resolve_models(recipe.models, store), builtin.resolve_data(recipe.data, store),
-                 recipe.teacher_cache, store, say=silent)
+    from stages.teacher_cache.run import Request, setup
+    return setup(Request(builtin.resolve_models(recipe.models, store), builtin.resolve_data(recipe.data, store),
+                         recipe.teacher_cache), store, say=silent)
 
 
 def end_to_end(n: int, k: int, backend: str = "hf", share: bool = True, keep: bool = False) -> dict:

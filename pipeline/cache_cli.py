@@ -188,8 +188,8 @@ def audit(key: str = typer.Argument(..., help="Artifact key (teacher-topk, seq-l
     """Re-score sampled rows with the models the manifest names and compare: exit 1 when a stored value lies
     beyond the stated fidelity (a forged or mislabelled artifact), without trusting its producer."""
     from stages.teacher_cache.audit import audit as run_audit
-    from stages.teacher_cache.audit import parse_models, report
-    findings, n = run_audit(Store(store), key, sample, seed, parse_models(model), slack, say=echo)
+    from stages.teacher_cache.audit import Sample, parse_models, report
+    findings, n = run_audit(Store(store), key, Sample(sample, seed, slack), parse_models(model), say=echo)
     for line in report(key, findings, n).split("\n"):
         echo(line)
     if not all(f.ok for f in findings):

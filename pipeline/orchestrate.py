@@ -21,7 +21,7 @@ from stages.distill.losses import LOSSES, caches_of
 from stages.distill.distiller import Distiller, Job, Place, Trained
 from stages.evaluate.run import Validator, run_eval
 from stages.teacher_cache import ray_engine
-from stages.teacher_cache.run import Result, plan, run_states, run_teacher_cache
+from stages.teacher_cache.run import Request, Result, plan, run_states, run_teacher_cache
 
 
 def teacher_cache(recipe: Recipe, store: Store, strict: bool = False, say=print,
@@ -32,12 +32,12 @@ def teacher_cache(recipe: Recipe, store: Store, strict: bool = False, say=print,
 def _stage_one(models, recipe: Recipe, store: Store, say, ranks: Ranks | None, strict: bool = False,
                states_only: bool = False) -> list[Result]:
     """Stage one on the recipe's engine: every artifact, or only the ADPA states and their advantages."""
-    data, tc = builtin.resolve_data(recipe.data, store), recipe.teacher_cache
-    if _engine(tc, ranks) == "ray":
-        return ray_engine.run_teacher_cache(models, data, tc, store, strict, say, states_only=states_only)
+    req = Request(models, builtin.resolve_data(recipe.data, store), recipe.teacher_cache)
+    if _engine(req.settings, ranks) == "ray":
+        return ray_engine.run_teacher_cache(req, store, strict, say, states_only=states_only)
     if states_only:
-        return run_states(models, data, tc, store, say, ranks)
-    return run_teacher_cache(models, data, tc, store, strict, say, ranks)
+        return run_states(req, store, say, ranks)
+    return run_teacher_cache(req, store, strict, say, ranks)
 
 
 def _engine(tc, ranks: Ranks | None) -> str:
@@ -91,7 +91,7 @@ def planned(recipe: Recipe, store: Store, models: dict | None = None) -> dict[st
     """The keys of the recipe's stage-one artifacts by name (teacher_topk, ..., advantage), planned without
     rendering a row (`models`: the recipe's, when already resolved; built-in ones are built when absent)."""
     models = models or builtin.resolve_models(recipe.models, store)
-    return plan(models, builtin.resolve_data(recipe.data, store), recipe.teacher_cache)
+    return plan(Request(models, builtin.resolve_data(recipe.data, store), recipe.teacher_cache))
 
 
 def validator(recipe: Recipe, d, store: Store, models: dict | None = None) -> Validator | None:
@@ -111,5 +111,5 @@ def validator(recipe: Recipe, d, store: Store, models: dict | None = None) -> Va
 def evaluate(recipe: Recipe, store: Store, students: dict[str, str], out_dir: Path, say=print):
     """The recipe's teachers and student init plus `students` (name -> folder) on its held-out pairs."""
     models = builtin.resolve_models(recipe.models, store)
-    return run_eval(models, builtin.heldout(recipe.data, store), recipe.teacher_cache, students, out_dir,
+    return run_eval(Request(models, builtin.heldout(recipe.data, store), recipe.teacher_cache), students, out_dir,
                     builtin.reward(recipe.data.reward), say)

@@ -365,7 +365,7 @@ def test_a_planted_checkpoint_is_refused_without_running_its_code(tmp_path, monk
     d.mkdir(parents=True)
     torch.save({"key": "k", "step": 1, "evil": _Planted()}, d / "state.pt")
     with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
-        checkpoints.load(d, "k", None, None, None, Ranks())
+        checkpoints.load(d, checkpoints.Trainee("k", None, None, None, Ranks()))
     assert not (tmp_path / "planted-code-ran").exists()
 
 

@@ -24,7 +24,7 @@ from stages.distill.distiller import Distiller, Job, Place
 from stages.distill.objective import collate, micro_loss
 from stages.distill.settings import Distill
 from stages.distill.training import NotFinite, Selection
-from stages.teacher_cache.run import plan
+from stages.teacher_cache.run import Request, plan
 
 PAIRS = 16
 
@@ -44,7 +44,7 @@ def unit(tmp_path_factory):
     orchestrate.teacher_cache(r, st, say=silent)
     models = {role: resolve(getattr(r.models, role)) for role in ("teacher", "reference", "student")}
     return {"store": st, "recipe": r, "init": models["student"], "dir": d,
-            "keys": plan(models, r.data, r.teacher_cache)}
+            "keys": plan(Request(models, r.data, r.teacher_cache))}
 
 
 def distiller(unit, run_dir, loss="dckd", store=None, resume=False, **settings) -> Distiller:

@@ -51,7 +51,7 @@ def test_the_planned_keys_are_the_keys_stage_one_writes(world, data, tc):
     r = recipe(world, {"source": str(tiny_world.dataset(st, "train", 0))} | data, **tc)
     results = orchestrate.teacher_cache(r, st, say=silent)
     written = {NAMES.get((x.kind, x.role), "advantage"): x.key for x in results}
-    assert stage_one.plan(models_of(r), r.data, r.teacher_cache) == written
+    assert stage_one.plan(stage_one.Request(models_of(r), r.data, r.teacher_cache)) == written
     assert len(written) == (5 if r.teacher_cache.states == "student" else 4)
 
     listed = CliRunner().invoke(app, ["cache", "ls", "-r", str(r.path), "--store", str(st.root), "--json"])
@@ -76,7 +76,7 @@ def test_planning_reads_the_first_row_only(world, monkeypatch):
     refuse = lambda *a, **k: pytest.fail("planning parsed or rendered a row")  # noqa: E731
     monkeypatch.setattr(stage_one, "parse_row", refuse)
     monkeypatch.setattr(stage_one, "encode_pair", refuse)
-    keys = stage_one.plan(models_of(r), r.data, r.teacher_cache)
+    keys = stage_one.plan(stage_one.Request(models_of(r), r.data, r.teacher_cache))
     assert set(keys) == {"teacher_topk", "reference_logp", "student_logp", "generations", "advantage"}
     f.write_text("\n".join([rows[0], "{not json", *rows[1:41]]) + "\n")  # another file: other keys
-    assert stage_one.plan(models_of(r), r.data, r.teacher_cache)["teacher_topk"] != keys["teacher_topk"]
+    assert stage_one.plan(stage_one.Request(models_of(r), r.data, r.teacher_cache))["teacher_topk"] != keys["teacher_topk"]

@@ -157,7 +157,8 @@ def _dpo_teacher(store: Store, world_seed: int, say) -> Path:
     sft = resolve(str(build(f"tiny-teacher-sft{_suffix(world_seed)}", store, say)[0]))
     d = Distill(loss="dpo", token_budget=8192, seed=world_seed, **WORLD["dpo"])
     data = Data(source=str(dataset(store, "dpo", world_seed)), format="strings")  # the teacher's own pairs
-    run = stage_one.setup({"teacher": sft, "reference": sft, "student": sft}, data, SCORING, store, say=silent)
+    run = stage_one.setup(stage_one.Request({"teacher": sft, "reference": sft, "student": sft}, data, SCORING), store,
+                          say=silent)
     try:
         ref = stage_one.seq_logp(run, "student", silent)
     finally:

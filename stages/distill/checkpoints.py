@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,11 +63,24 @@ def complete(run_dir: Path) -> list[Path]:
     return sorted(p for p in d.glob(f"{PREFIX}*") if p.is_dir() and not p.name.endswith(".tmp")) if d.is_dir() else []
 
 
-def save(run_dir: Path, step: int, key: str, model, optimizer, scheduler, ranks, keep: int = 2,
-         extra: dict | None = None, sharded=None) -> Path:
+@dataclass(frozen=True)
+class Trainee:
+    """What a checkpoint holds the state of: a run (its key), its model, optimizer and schedule, on its ranks.
+    `sharded` (the FSDP root, else None): model and optimizer are saved by every rank, in shards."""
+
+    key: str
+    model: object
+    optimizer: object
+    scheduler: object
+    ranks: object  # stages.common.ranks.Ranks
+    sharded: object = None
+
+
+def save(run_dir: Path, step: int, t: Trainee, keep: int = 2, extra: dict | None = None) -> Path:
     """Every rank calls this; rank 0 writes the shared state (and `extra`: the best state so far when
-    checkpoints are selected), each rank its RNG state. `sharded` (the FSDP root): model and optimizer
-    go to `dcp/` instead, each rank writing its own shards."""
+    checkpoints are selected), each rank its RNG state. Sharded, model and optimizer go to `dcp/`
+    instead, each rank writing its own shards."""
+    key, model, optimizer, scheduler, ranks, sharded = t.key, t.model, t.optimizer, t.scheduler, t.ranks, t.sharded
     d = Path(run_dir) / "checkpoints"
     final = d / f"{PREFIX}{step:08d}"
     tmp = final.with_name(final.name + ".tmp")
@@ -99,8 +113,9 @@ def save(run_dir: Path, step: int, key: str, model, optimizer, scheduler, ranks,
     return final
 
 
-def load(path: Path, key: str, model, optimizer, scheduler, ranks, sharded=None) -> dict:
-    """Restore a checkpoint into the given objects; returns its step and what `save` got as `extra`."""
+def load(path: Path, t: Trainee) -> dict:
+    """Restore a checkpoint into the trainee's objects; returns its step and what `save` got as `extra`."""
+    key, model, optimizer, scheduler, ranks, sharded = t.key, t.model, t.optimizer, t.scheduler, t.ranks, t.sharded
     # weights_only: a checkpoint is data (tensors, numbers, strings), never code to run
     state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=True)
     if state["key"] != key:

@@ -56,7 +56,7 @@ from stages.distill.caches import check_caches, locate, stage_one_drops
 from stages.distill.losses import LOSSES
 from stages.distill.objective import MicroBatch, collate, micro_loss, pack
 from stages.distill.pair_stream import PairStream
-from stages.distill.run_log import METRICS, WANDB_ID, RunLog, read_records
+from stages.distill.run_log import METRICS, WANDB_ID, RunLog, Sinks, read_records
 from stages.distill.settings import Distill
 from stages.distill.training import (Selection, all_reduce_grads, lr_multiplier, stop_if_not_finite,
                                      stop_if_weights_not_finite, sum_over_ranks)
@@ -231,6 +231,7 @@ class Distiller:
         self.opt = torch.optim.AdamW(self.params, lr=self.key_settings["lr"], weight_decay=s.weight_decay)
         warmup_steps = max(1, round(s.warmup * self.total)) if s.warmup > 0 else 0
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_multiplier(s.schedule, self.total, warmup_steps))
+        self.trainee = checkpoints.Trainee(self.key, model, self.opt, self.sched, self.ranks, self.root)
         self._resume()
 
     def _resume(self) -> None:
@@ -240,7 +241,7 @@ class Distiller:
                              f"run or choose another --output")
         self.start, extra = 0, None
         if found:
-            restored = checkpoints.load(found[-1], self.key, self.model, self.opt, self.sched, self.ranks, self.root)
+            restored = checkpoints.load(found[-1], self.trainee)
             self.start, extra = restored["step"], restored["extra"]
             self.say(f"resuming from {found[-1]} (step {self.start} of {self.total})")
         self.selection = Selection.from_extra(self.settings.select_by, extra)
@@ -311,8 +312,8 @@ class Distiller:
         bar = tqdm(total=total, initial=self.start, desc=f"distill ({job.loss})", unit="step", dynamic_ncols=True,
                    disable=self.ranks.rank > 0)
         totals = defaultdict(float)
-        with RunLog(self.run_dir, s.report_to, self.start, name=f"{self.run_dir.name} ({job.loss})", config=config,
-                    rank=self.ranks.rank, say=self.say) as self.log, bar:  # the bar closes before an error's line
+        sinks = Sinks(s.report_to, f"{self.run_dir.name} ({job.loss})", config, active=self.ranks.rank == 0)
+        with RunLog(self.run_dir, sinks, self.start, self.say) as self.log, bar:  # the bar closes before an error's line
             last = {n: v for n, v in self.log.final.items() if n in ("loss", *LOSSES[job.loss].terms)}  # resumed at the end
             if validating and self.start == 0:
                 self.validate(0)
@@ -334,8 +335,7 @@ class Distiller:
                     self.validate(step + 1)
                 # the last step always: a run killed after it (saving, publishing) resumes with nothing to retrain
                 if s.save_every and (step + 1) % s.save_every == 0 or step + 1 == total:
-                    checkpoints.save(self.run_dir, step + 1, self.key, self.model, self.opt, self.sched, self.ranks,
-                                     extra=self.selection.as_extra(), sharded=self.root)
+                    checkpoints.save(self.run_dir, step + 1, self.trainee, extra=self.selection.as_extra())
                 t_ready = time.perf_counter()
         return self._summary(last, totals, time.perf_counter() - t_start)
 
@@ -373,10 +373,9 @@ class Distiller:
             self.tok.save_pretrained(out)
             title = self.place.title
             report.plot_loss(read_records(self.run_dir / METRICS, self.say), f"{title}: {name}", self.run_dir / "loss.png")
-            (out / "README.md").write_text(report.model_card(
-                title=title, loss=name, init_spec=self.job.init.spec, settings=self.key_settings,
-                caches=self.inputs["caches"], summary=summary, key=self.key,
-                command=self.place.command or f"adpa distill -r {title} --loss {name}"))
+            card = report.Card(title, name, self.job.init.spec, self.key_settings, self.inputs["caches"], self.key,
+                               self.place.command or f"adpa distill -r {title} --loss {name}")
+            (out / "README.md").write_text(report.model_card(card, summary))
             publish_folder(self.store, "student", self.inputs, lambda folder: (_copy_files(out, folder), summary)[1])
             shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)  # the run is complete and published
         self.ranks.barrier()

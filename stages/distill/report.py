@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from stages.distill.losses import LOSSES
@@ -46,8 +47,23 @@ def plot_loss(metrics: list[dict], title: str, path: Path) -> Path | None:
     return path
 
 
-def model_card(*, title: str, loss: str, init_spec: str, settings: dict, caches: dict, summary: dict, key: str,
-               command: str) -> str:
+@dataclass(frozen=True)
+class Card:
+    """What a student's model card names: the recipe (title), loss, init model, settings in its key, the
+    caches it read, its own key and the command that reproduces it."""
+
+    title: str
+    loss: str
+    init_spec: str
+    settings: dict
+    caches: dict
+    key: str
+    command: str
+
+
+def model_card(card: Card, summary: dict) -> str:
+    title, loss, init_spec, settings = card.title, card.loss, card.init_spec, card.settings
+    caches, key, command = card.caches, card.key, card.command
     final = summary.get("final", {})
     rows = "\n".join(f"| {k} | {v} |" for k, v in settings.items())
     cache_rows = "\n".join(f"| {name} | `{k}` |" for name, k in caches.items())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 from artifacts.fsutil import atomic_write_bytes
@@ -46,10 +47,21 @@ def read_records(path: Path, say=print) -> list[dict]:
     return out
 
 
+@dataclass(frozen=True)
+class Sinks:
+    """Where a run's records go besides metrics.jsonl (`report_to`: tensorboard, wandb), under what name and
+    configuration (W&B); `active`: this process writes (rank 0)."""
+
+    report_to: tuple[str, ...]
+    name: str
+    config: dict
+    active: bool = True
+
+
 class RunLog:
-    def __init__(self, run_dir: Path, report_to: tuple[str, ...], start: int, name: str, config: dict,
-                 rank: int = 0, say=print):
-        self.active = rank == 0
+    def __init__(self, run_dir: Path, sinks: Sinks, start: int, say=print):
+        report_to, name, config = sinks.report_to, sinks.name, sinks.config
+        self.active = sinks.active
         self.path = Path(run_dir) / METRICS
         self.tensorboard = self.wandb = None
         self.final = {}

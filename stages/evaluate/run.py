@@ -29,7 +29,7 @@ from stages.common.device import pad_id, pick_device
 from stages.common.lm import HFScorer, Sequence, generate
 from stages.common.models import ResolvedModel, load_model, load_tokenizer, resolve
 from stages.teacher_cache.render import Encoded
-from stages.teacher_cache.run import prepare
+from stages.teacher_cache.run import Request, prepare
 from stages.teacher_cache.settings import Data, TeacherCache
 
 
@@ -63,15 +63,17 @@ class Judge:
     per-token KL(model || student init) on its own answers (the over-optimisation guard).
     Loads the teacher, its reference and the init once; used by `evaluate` and by checkpoint selection."""
 
-    def __init__(self, teacher: str, reference: str, init: str, pairs: list, tok,
-                 reward: tuple[str, Callable[[str, str], float]] | None, max_new_tokens: int,
-                 token_budget: int = 8192):
+    def __init__(self, models: dict[str, ResolvedModel], pairs: list, tok,
+                 reward: tuple[str, Callable[[str, str], float]] | None, tc: TeacherCache):
+        """`models`: the recipe's teacher (DPO), reference (its SFT) and student (the init); `tc`: generation
+        length and token budget."""
         import torch
         self.device = pick_device()
-        self.tok, self.pairs, self.reward, self.max_new_tokens = tok, pairs, reward, max_new_tokens
-        self.token_budget, self.vocab, self.pad, self.eos = token_budget, len(tok), pad_id(tok), tok.eos_token_id
+        self.tok, self.pairs, self.reward, self.max_new_tokens = tok, pairs, reward, tc.max_new_tokens
+        self.token_budget, self.vocab, self.pad, self.eos = tc.token_budget, len(tok), pad_id(tok), tok.eos_token_id
         self.load = lambda spec: load_model(resolve(spec), torch.float32, self.device)  # noqa: E731
-        self.dpo, self.ref, self.init = (self.scorer(self.load(spec)) for spec in (teacher, reference, init))
+        self.dpo, self.ref, self.init = (self.scorer(self.load(models[role].source))
+                                         for role in ("teacher", "reference", "student"))
 
     def scorer(self, model) -> HFScorer:
         return HFScorer(model, self.vocab, self.pad, self.token_budget)
@@ -148,8 +150,7 @@ class Validator:
         pairs = [e for e in prepared if isinstance(e, Encoded)]
         if not pairs:
             raise ValueError(f"{valid.source}: no usable validation pairs")
-        self.judge = Judge(models["teacher"].source, models["reference"].source, models["student"].source, pairs,
-                           tok, reward, tc.max_new_tokens, tc.token_budget)
+        self.judge = Judge(models, pairs, tok, reward, tc)
         self.identity = {"data": fp, "pairs": len(pairs), "reward": reward[0] if reward else None,
                          **{role: models[role].identity for role in ("teacher", "reference", "student")}}
 
@@ -164,10 +165,10 @@ def heldout_pairs(heldout: Data, tc: TeacherCache, tok) -> list[Encoded]:
     return [e for e in prepared if isinstance(e, Encoded)]
 
 
-def run_eval(models: dict[str, ResolvedModel], heldout: Data, tc: TeacherCache, students: dict[str, str],
-             out_dir: Path, reward=None, say=print) -> list[ModelResult]:
-    """The teachers (`models`: teacher, reference, student) and the student init, plus `students`
-    (name -> folder), on the held-out pairs (`heldout.source` a file or hub id)."""
+def run_eval(req: Request, students: dict[str, str], out_dir: Path, reward=None, say=print) -> list[ModelResult]:
+    """The teachers (`req.models`: teacher, reference, student) and the student init, plus `students`
+    (name -> folder), on the held-out pairs (`req.data`: a file or hub id)."""
+    models, heldout, tc = req.models, req.data, req.settings
     tok = load_tokenizer(models["student"])
     pairs = heldout_pairs(heldout, tc, tok)
     if not pairs:
@@ -175,6 +176,5 @@ def run_eval(models: dict[str, ResolvedModel], heldout: Data, tc: TeacherCache, 
     named = {"teacher-sft": models["reference"].source, "teacher-dpo": models["teacher"].source,
              "student-sft": models["student"].source} | students
     say(f"eval: {len(named)} models on {len(pairs)} held-out pairs")
-    judge = Judge(models["teacher"].source, models["reference"].source, models["student"].source, pairs, tok, reward,
-                  tc.max_new_tokens, tc.token_budget)
+    judge = Judge(models, pairs, tok, reward, tc)
     return evaluate(named, judge, "student-sft", out_dir, say)

@@ -78,11 +78,22 @@ def model_for(identity: dict, role: str, store: Store, given: dict[str, str]) ->
                      f"--model {role}=PATH (its weights must hash to {identity.get('weights_sha256', '?')[:16]}…)")
 
 
-def audit(store: Store, key: str, sample: int, seed: int = 0, given: dict[str, str] | None = None,
-          slack: float = SLACK, device: str = "cpu", say=print) -> tuple[list[Finding], int]:
+@dataclass(frozen=True)
+class Sample:
+    """Which rows are scored again (`rows` of them, drawn with `seed`) and how close they must come: the
+    stated fidelity plus `slack` nats for other engines and kernels."""
+
+    rows: int
+    seed: int = 0
+    slack: float = SLACK
+
+
+def audit(store: Store, key: str, drawn: Sample, given: dict[str, str] | None = None, device: str = "cpu",
+          say=print) -> tuple[list[Finding], int]:
     """(findings per stored column, rows audited). The artifact is verified first (sizes, sha256s)."""
     import torch
 
+    sample, seed, slack = drawn.rows, drawn.seed, drawn.slack
     d = store.location(key)
     m = verify_artifact(d)
     if m["kind"] not in CHECKS:

@@ -72,7 +72,8 @@ class BlockWorker:
     def __init__(self, spec: Spec):
         self.spec = spec
         settings = replace(spec.settings, backend=spec.backend)  # the driver's pick, not `auto` again
-        self.run = local.setup(spec.models, spec.data, settings, Store(spec.store_root, spec.workdir), say=silent)
+        self.run = local.setup(local.Request(spec.models, spec.data, settings), Store(spec.store_root, spec.workdir),
+                               say=silent)
         self.jobs = [_job(self.run, name, spec.states_key) for name in spec.jobs]
 
     def __call__(self, batch: dict) -> dict:
@@ -152,15 +153,16 @@ def _count(statuses: list[str]) -> str:
     return ", ".join(f"{s} {statuses.count(s)}" for s in sorted(set(statuses)))
 
 
-def run_teacher_cache(models: dict[str, ResolvedModel], data: Data, tc: TeacherCache, store: Store,
-                      strict: bool = False, say=print, states_only: bool = False) -> list[local.Result]:
+def run_teacher_cache(req: local.Request, store: Store, strict: bool = False, say=print,
+                      states_only: bool = False) -> list[local.Result]:
     """Every artifact of stage one (or only the ADPA states and their advantages) on a Ray cluster:
     the one `ray.init()` finds (RAY_ADDRESS, `ray job submit`) or a local one it starts."""
     import ray
     import ray.data
     import ray.exceptions  # noqa: F401  (run_pass catches its errors)
 
-    run = local.setup(models, data, tc, store, strict, say)
+    models, data, tc = req.models, req.data, req.settings
+    run = local.setup(req, store, strict, say)
     n = len(run.prepared)
     nb = blocks(n, tc.ray_block_rows)
     if not ray.is_initialized():
