@@ -43,8 +43,7 @@ def teacher_cache(
     backend: str = setting_option(TeacherCache, "backend"),
     engine: str = setting_option(TeacherCache, "engine"),
     data: str = typer.Option(None, help=help_of(Data, "source")),
-    data_format: str = setting_option(Data, "format", " Default: the recipe's data.format (auto: found from "
-                                      "the columns).", "--format"),
+    data_format: str = setting_option(Data, "format", " Default: the recipe's data.format.", "--format"),
     limit: int = typer.Option(None, help=help_of(Data, "limit")),
     overrides: list[str] = SetOpt,
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unusable row, naming it."),

@@ -16,7 +16,7 @@ class Data:
     split: str = setting("train", "dataset split")
     revision: str | None = setting(None, "hub dataset revision: branch, tag or commit (null: main); the commit it "
                                    "resolves to is in the artifact keys")
-    format: str = setting("auto", "row shape", choices=lambda: ("auto", *FORMATS))
+    format: str = setting("auto", "row shape (auto: found from the first row)", choices=lambda: ("auto", *FORMATS))
     limit: int | None = setting(None, "use only the first N rows (null: all)", minimum=1)
     eval_source: str | None = setting(None, "held-out pairs for adpa eval (null: source)")
     eval_split: str = setting("test", "split of eval_source")
