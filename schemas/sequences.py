@@ -7,12 +7,12 @@ position under one model, float32, for DPO references and implicit rewards).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
+from schemas.rows import SequenceRow
 from schemas.token_topk import list_offsets
 
 NAME = "adpa.sequences"
@@ -53,7 +53,7 @@ def arrow_schema(layout: Layout) -> pa.Schema:
 
 
 @dataclass(frozen=True)
-class Row:
+class Row(SequenceRow):
     """One sequence: a generated ADPA state (`finish`: why generation stopped) or a scored response
     (`realized_logp`: the model's log-prob of each response token, n of them)."""
 
@@ -64,15 +64,6 @@ class Row:
     prompt_len: int
     finish: str = ""  # "" (not generated) | stop | length
     realized_logp: np.ndarray | None = None  # [n], layouts with_logp
-
-    @property
-    def tokens(self) -> int:
-        return len(self.token_ids) - int(self.prompt_len)
-
-    def copy(self) -> "Row":
-        """The row with its arrays copied: a decoded row's arrays are views into its whole record batch."""
-        arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return dataclasses.replace(self, **{n: v.copy() for n, v in arrays.items() if isinstance(v, np.ndarray)})
 
 
 @dataclass

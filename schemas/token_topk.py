@@ -37,13 +37,14 @@ _compiled).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import struct
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+
+from schemas.rows import SequenceRow
 
 NAME = "adpa.token_topk"
 VERSION = "2.0"
@@ -297,7 +298,7 @@ def id_order_from_meta(raw: bytes, layout: Layout) -> np.ndarray:
 # ---- rows <-> record batches ---------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Row:
+class Row(SequenceRow):
     """One scored sequence: what a producer hands the writer and what a reader yields. Per response position j
     (predicting ``token_ids[prompt_len + j]``, n of them): the teacher's top-k ids and log-probs (descending),
     the tail's log-mass and the realized token's log-prob; advantage rows add the reference's log-probs at
@@ -314,16 +315,6 @@ class Row:
     tail_logp: np.ndarray | None = None  # [n]; None when written: computed from the top-k
     ref_topk_logp: np.ndarray | None = None  # [n, k], advantage rows
     ref_realized_logp: np.ndarray | None = None  # [n], advantage rows
-
-    @property
-    def tokens(self) -> int:
-        """Scored (response) positions."""
-        return len(self.token_ids) - int(self.prompt_len)
-
-    def copy(self) -> "Row":
-        """The row with its arrays copied: a decoded row's arrays are views into its whole record batch."""
-        arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return dataclasses.replace(self, **{n: v.copy() for n, v in arrays.items() if isinstance(v, np.ndarray)})
 
 
 def check_row(row: Row, layout: Layout) -> int:
