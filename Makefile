@@ -34,7 +34,7 @@ endif
 # wait on subprocesses, so a lone worker leaves a core idle (35 min against 59 measured here).
 TEST_WORKERS ?= 2
 test: setup
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 
 # The unit layer, to run after each change: in-process tests on tiny models (the Distiller stepped, losses
 # against float64, codecs, settings, hostile inputs); `make test` runs these and the slow ones.
