@@ -100,8 +100,8 @@ def build_caches(store, n: int, vocab: int, prompt: int, response: tuple[int, in
                     else:
                         rows = [_row(rng, i, s, _seq(rng, p_ids, vocab, response), prompt, vocab) for s in ("chosen", "rejected")]
                         if name == "student_logp":
-                            rows = [{k: r[k] for k in ("pair_id", "side", "input_index", "token_ids", "prompt_len",
-                                                       "realized_logp")} | {"finish": ""} for r in rows]
+                            rows = [sequences.Row(r.pair_id, r.side, r.input_index, r.token_ids, r.prompt_len,
+                                                  realized_logp=r.realized_logp) for r in rows]
                         w.add(i, rows)
                 w.publish({})
             keys[name] = w.key
