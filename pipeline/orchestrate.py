@@ -103,9 +103,12 @@ def validator(recipe: Recipe, d, store: Store, models: dict | None = None) -> Va
         raise ValueError("distill.eval_every > 0 needs validation pairs: set data.valid_source")
     if d.select_by == "reward" and not recipe.data.reward:
         raise ValueError("distill.select_by reward needs a ground-truth reward: set data.reward")
+    if d.select_by == "rm" and not recipe.models.reward_model:
+        raise ValueError("distill.select_by rm needs a reward model: set models.reward_model")
     valid = builtin.validation(recipe.data, store)
+    rm = builtin.resolve_model(recipe.models.reward_model, store) if recipe.models.reward_model else None
     return Validator(models or builtin.resolve_models(recipe.models, store), valid, recipe.teacher_cache,
-                     builtin.reward(recipe.data.reward))
+                     builtin.reward(recipe.data.reward), rm)
 
 
 def evaluate(recipe: Recipe, store: Store, students: dict[str, str], out_dir: Path, say=print):

@@ -40,6 +40,8 @@ class Models:
     teacher: str = setting(help="pi_dpo, the aligned (DPO) teacher: hub id[@revision], folder or builtin:NAME")
     reference: str = setting(help="pi_ref, the teacher's SFT model (its DPO reference)")
     student: str = setting(help="pi_init, the student before distillation (its SFT model)")
+    reward_model: str | None = setting(None, "a reward model (a sequence classifier with one output: hub id[@revision] "
+                                       "or folder) that scores validation answers for distill.select_by rm")
 
 
 SECTIONS = {"models": Models, "data": Data, "teacher_cache": TeacherCache, "distill": Distill}

@@ -103,10 +103,11 @@ def load_tokenizer(m: ResolvedModel):
             raise FileNotFoundError(f"cannot load the tokenizer of {m.spec}: {str(e).splitlines()[0]}") from None
 
 
-def load_model(m: ResolvedModel, dtype, device):
-    from transformers import AutoModelForCausalLM
+def load_model(m: ResolvedModel, dtype, device, head: str = "causal"):
+    """The model in eval mode on `device`: a causal LM, or (`head="reward"`) a sequence classifier."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    cls = AutoModelForSequenceClassification if head == "reward" else AutoModelForCausalLM
     with quiet():
-        model = AutoModelForCausalLM.from_pretrained(m.source, revision=m.revision, dtype=dtype,
-                                                     trust_remote_code=False)
+        model = cls.from_pretrained(m.source, revision=m.revision, dtype=dtype, trust_remote_code=False)
     return model.to(device).eval()

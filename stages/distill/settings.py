@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from stages.common.settings import setting
 
 
-SELECT_BY = ("last", "reward", "implicit_reward", "implicit_reward_per_token", "preference_accuracy", "chosen_nll")
+SELECT_BY = ("last", "rm", "reward", "implicit_reward", "implicit_reward_per_token", "preference_accuracy",
+             "chosen_nll")
 LOWER_IS_BETTER = ("chosen_nll", "kl_to_init")
 
 
@@ -70,4 +71,5 @@ class Distill:
                                          "files in the run folder), wandb (WANDB_MODE=offline works)",
                                          choices=REPORT_TO, in_key=False)
     select_by: str = setting("last", "which state becomes the student: the last, or the best on the validation "
-                             "pairs by this metric (chosen_nll: lower is better)", choices=SELECT_BY)
+                             "pairs by this metric (rm: models.reward_model's score of the greedy answers; reward: "
+                             "data.reward, a built-in ground truth; chosen_nll: lower is better)", choices=SELECT_BY)

@@ -28,6 +28,7 @@ from artifacts.fsutil import fingerprint_files
 from stages.common.device import pad_id, pick_device
 from stages.common.lm import HFScorer, Sequence, generate
 from stages.common.models import ResolvedModel, load_model, load_tokenizer, resolve
+from stages.evaluate.reward_model import RewardModel
 from stages.teacher_cache.render import Encoded
 from stages.teacher_cache.run import Request, prepare
 from stages.teacher_cache.settings import Data, TeacherCache
@@ -64,9 +65,10 @@ class Judge:
     Loads the teacher, its reference and the init once; used by `evaluate` and by checkpoint selection."""
 
     def __init__(self, models: dict[str, ResolvedModel], pairs: list, tok,
-                 reward: tuple[str, Callable[[str, str], float]] | None, tc: TeacherCache):
+                 reward: tuple[str, Callable[[str, str], float]] | None, tc: TeacherCache,
+                 reward_model: ResolvedModel | None = None):
         """`models`: the recipe's teacher (DPO), reference (its SFT) and student (the init); `tc`: generation
-        length and token budget."""
+        length and token budget; `reward_model`: a sequence classifier that scores the answers (metric rm)."""
         import torch
         self.device = pick_device()
         self.tok, self.pairs, self.reward, self.max_new_tokens = tok, pairs, reward, tc.max_new_tokens
@@ -74,6 +76,7 @@ class Judge:
         self.load = lambda spec: load_model(resolve(spec), torch.float32, self.device)  # noqa: E731
         self.dpo, self.ref, self.init = (self.scorer(self.load(models[role].source))
                                          for role in ("teacher", "reference", "student"))
+        self.rm = RewardModel(reward_model, self.device) if reward_model is not None else None
 
     def scorer(self, model) -> HFScorer:
         return HFScorer(model, self.vocab, self.pad, self.token_budget)
@@ -101,6 +104,9 @@ class Judge:
         if self.reward:
             texts = [e.pair.prompt[-1]["content"] for e in self.pairs]
             values["reward"] = np.array([self.reward[1](t, d) for t, d in zip(texts, decoded)])
+        if self.rm:
+            values["rm"] = self.rm.score([e.pair.prompt + [{"role": "assistant", "content": d}]
+                                          for e, d in zip(self.pairs, decoded)])
         model.train(was_training)
         model.config.use_cache = cache
         return values, decoded
@@ -144,15 +150,17 @@ def evaluate(models: dict[str, str], judge: Judge, baseline: str, out_dir: Path,
 class Validator:
     """Checkpoint selection's measure: a Judge on the validation pairs, as means per metric."""
 
-    def __init__(self, models: dict[str, ResolvedModel], valid: Data, tc: TeacherCache, reward=None):
+    def __init__(self, models: dict[str, ResolvedModel], valid: Data, tc: TeacherCache, reward=None,
+                 reward_model: ResolvedModel | None = None):
         tok = load_tokenizer(models["student"])
         prepared, fp, _ = prepare(valid, tc, tok, False)
         pairs = [e for e in prepared if isinstance(e, Encoded)]
         if not pairs:
             raise ValueError(f"{valid.source}: no usable validation pairs")
-        self.judge = Judge(models, pairs, tok, reward, tc)
+        self.judge = Judge(models, pairs, tok, reward, tc, reward_model)
         self.identity = {"data": fp, "pairs": len(pairs), "reward": reward[0] if reward else None,
-                         **{role: models[role].identity for role in ("teacher", "reference", "student")}}
+                         **{role: models[role].identity for role in ("teacher", "reference", "student")},
+                         **({"reward_model": reward_model.identity} if reward_model else {})}
 
     def __call__(self, model) -> dict[str, float]:
         values, _ = self.judge.score(model)
