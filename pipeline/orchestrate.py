@@ -114,5 +114,6 @@ def validator(recipe: Recipe, d, store: Store, models: dict | None = None) -> Va
 def evaluate(recipe: Recipe, store: Store, students: dict[str, str], out_dir: Path, say=print):
     """The recipe's teachers and student init plus `students` (name -> folder) on its held-out pairs."""
     models = builtin.resolve_models(recipe.models, store)
+    rm = builtin.resolve_model(recipe.models.reward_model, store) if recipe.models.reward_model else None
     return run_eval(Request(models, builtin.heldout(recipe.data, store), recipe.teacher_cache), students, out_dir,
-                    builtin.reward(recipe.data.reward), say)
+                    builtin.reward(recipe.data.reward), say, rm)

@@ -2,6 +2,9 @@
 on the validation prompts (metric rm), against an independent float64 computation of the same classifier; a
 recipe that selects by rm without one is refused; the reward model is part of the student's key."""
 
+import copy
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -84,6 +87,18 @@ def test_validation_reports_rm_and_selection_keeps_its_best(world):
 
 def test_selecting_by_rm_without_a_reward_model_is_refused(world):
     st, recipe, _ = world
+    recipe = copy.deepcopy(recipe)
     recipe.models.reward_model = None
     with pytest.raises(ValueError, match="select_by rm needs a reward model: set models.reward_model"):
         orchestrate.validator(recipe, recipe.distill, st)
+
+
+def test_eval_reports_the_reward_models_score_of_every_model(world, tmp_path):
+    st, recipe, rm = world
+    results = orchestrate.evaluate(recipe, st, {}, tmp_path / "eval", say=lambda *_: None)
+    assert [r.name for r in results] == ["teacher-sft", "teacher-dpo", "student-sft"]
+    assert all("rm" in r.metrics for r in results)
+    from stages.evaluate.report import table
+    assert "RM score" in table(results, 1).splitlines()[0]
+    saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert all("rm" in m for m in saved["models"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-COLUMNS = [("reward", "reward", "{:.3f}"), ("implicit_reward", "r(y) seq", "{:+.3f}"),
+COLUMNS = [("reward", "reward", "{:.3f}"), ("rm", "RM score", "{:+.3f}"), ("implicit_reward", "r(y) seq", "{:+.3f}"),
            ("implicit_reward_per_token", "r(y)/tok", "{:+.3f}"), ("win_rate_vs_", "win vs base", "{:.3f}"),
            ("preference_accuracy", "pref acc", "{:.3f}"), ("kl_to_init", "KL(init)/tok", "{:.3f}")]
 TEACHER, INIT = "teacher-dpo", "student-sft"  # the rows the guard compares a student with

@@ -173,9 +173,10 @@ def heldout_pairs(heldout: Data, tc: TeacherCache, tok) -> list[Encoded]:
     return [e for e in prepared if isinstance(e, Encoded)]
 
 
-def run_eval(req: Request, students: dict[str, str], out_dir: Path, reward=None, say=print) -> list[ModelResult]:
+def run_eval(req: Request, students: dict[str, str], out_dir: Path, reward=None, say=print,
+             reward_model: ResolvedModel | None = None) -> list[ModelResult]:
     """The teachers (`req.models`: teacher, reference, student) and the student init, plus `students`
-    (name -> folder), on the held-out pairs (`req.data`: a file or hub id)."""
+    (name -> folder), on the held-out pairs (`req.data`: a file or hub id); `reward_model` adds its scores."""
     models, heldout, tc = req.models, req.data, req.settings
     tok = load_tokenizer(models["student"])
     pairs = heldout_pairs(heldout, tc, tok)
@@ -184,5 +185,5 @@ def run_eval(req: Request, students: dict[str, str], out_dir: Path, reward=None,
     named = {"teacher-sft": models["reference"].source, "teacher-dpo": models["teacher"].source,
              "student-sft": models["student"].source} | students
     say(f"eval: {len(named)} models on {len(pairs)} held-out pairs")
-    judge = Judge(models, pairs, tok, reward, tc)
+    judge = Judge(models, pairs, tok, reward, tc, reward_model)
     return evaluate(named, judge, "student-sft", out_dir, say)
