@@ -39,8 +39,8 @@ def resolve_source(source: str, store: Store) -> str:
         return str(tiny_pairs.build(store))
     if tiny.known(name):
         return str(tiny.build(name, store)[0])
-    raise ValueError(f"unknown built-in dataset {source!r} (known: builtin:tiny-pairs, "
-                     f"{', '.join(PREFIX + n for n in tiny.DATASETS)})")
+    known = [PREFIX + n for w in tiny.WORLDS.values() for n in w.datasets()]
+    raise ValueError(f"unknown built-in dataset {source!r} (known: builtin:tiny-pairs, {', '.join(known)})")
 
 
 def resolve_data(data: Data, store: Store) -> Data:

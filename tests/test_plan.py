@@ -28,7 +28,7 @@ NAMES = {("teacher-topk", "teacher"): "teacher_topk", ("seq-logp", "reference"):
 def world(tmp_path_factory):
     d = tmp_path_factory.mktemp("plan")
     st = Store(d / "store")
-    teacher, student = (tiny_world._init_model(st, role, 0) for role in ("teacher", "student"))
+    teacher, student = (tiny_world.init_model(st, tiny_world.V3, role, 0) for role in ("teacher", "student"))
     return d, st, {"teacher": str(teacher), "reference": str(student), "student": str(student)}
 
 
@@ -48,7 +48,7 @@ def models_of(r):
                                       ({"limit": 6}, {"states": "chosen", "advantage_reference": "student"})])
 def test_the_planned_keys_are_the_keys_stage_one_writes(world, data, tc):
     _, st, _ = world
-    r = recipe(world, {"source": str(tiny_world.dataset(st, "train", 0))} | data, **tc)
+    r = recipe(world, {"source": str(tiny_world.dataset(st, tiny_world.V3, "train", 0))} | data, **tc)
     results = orchestrate.teacher_cache(r, st, say=silent)
     written = {NAMES.get((x.kind, x.role), "advantage"): x.key for x in results}
     assert stage_one.plan(stage_one.Request(models_of(r), r.data, r.teacher_cache)) == written
@@ -67,7 +67,7 @@ def test_planning_reads_the_first_row_only(world, monkeypatch):
     """A file whose second line is not JSON stops stage one's reading, not planning (which hashes the file
     and reads its first row); nothing is parsed into a pair or rendered."""
     d, st, _ = world
-    rows = (tiny_world.dataset(st, "train", 0)).read_text().splitlines()
+    rows = (tiny_world.dataset(st, tiny_world.V3, "train", 0)).read_text().splitlines()
     f = d / "broken.jsonl"
     f.write_text("\n".join([rows[0], "{not json", *rows[1:40]]) + "\n")
     r = recipe(world, {"source": str(f)})

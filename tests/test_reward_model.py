@@ -26,7 +26,7 @@ def world(tmp_path_factory):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
     d = tmp_path_factory.mktemp("rm")
     st = Store(d / "store")
-    teacher, student = (tiny_world._init_model(st, role, 0) for role in ("teacher", "student"))
+    teacher, student = (tiny_world.init_model(st, tiny_world.V3, role, 0) for role in ("teacher", "student"))
     tok = AutoTokenizer.from_pretrained(student)
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -35,7 +35,7 @@ def world(tmp_path_factory):
     rm = d / "rm"
     LlamaForSequenceClassification(cfg).save_pretrained(rm)
     tok.save_pretrained(rm)
-    valid = tiny_world.dataset(st, "valid", 0)
+    valid = tiny_world.dataset(st, tiny_world.V3, "valid", 0)
     recipe = d / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({
         "name": "rm", "models": {"teacher": str(teacher), "reference": str(student), "student": str(student),

@@ -29,10 +29,19 @@ def digits(text: str) -> list[int] | None:
     return [int(w) for w in words] if words and all(w.isdigit() and len(w) == 1 for w in words) else None
 
 
+VERBS = ("sort", "order", "rank", "arrange", "list")  # the words a prompt may start with (v4 uses all)
+
+
+def prompt_digits(prompt: str) -> list[int]:
+    """The digits of a prompt: its words after the verb."""
+    words = prompt.split()
+    return digits(" ".join(words[1:])) or [] if words and words[0] in VERBS else digits(prompt) or []
+
+
 def reward(prompt: str, response: str) -> float:
     """Graded: the fraction of the sorted list's positions the response gets right, over the longer of the
     two lengths (a missing or extra digit costs a position); 1.0 exactly when the response is sorted."""
-    want = sorted(digits(prompt) or [])
+    want = sorted(prompt_digits(prompt))
     got = digits(response) or []
     return sum(a == b for a, b in zip(want, got)) / max(len(want), len(got), 1)
 

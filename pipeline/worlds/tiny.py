@@ -1,11 +1,15 @@
-"""The built-in world (docs/TINY_WORLD.md): tokenizer, data and models, each an artifact built once.
+"""The built-in worlds (docs/TINY_WORLD.md, docs/PREREG-v4.md): tokenizer, data and models, each an
+artifact built once.
 
-Built-in names (`builtin:NAME` in a recipe):
+A `World` names its builtins `NAME-...`: version 3 is `tiny` (`V3`, here), version 4 `tiny4`
+(`pipeline/worlds/tiny4.py`). Built-in names (`builtin:NAME` in a recipe), for a world `W`:
 
-* models `tiny-teacher-sft` (pi_ref), `tiny-teacher-dpo` (pi_dpo), `tiny-student-sft` (pi_init),
-  trained from random initialisation by this project's own trainer;
-* datasets (`strings` preference pairs): `tiny-sort-train` (the distillation pairs), `tiny-sort-valid`
-  (checkpoint selection), `tiny-sort-test` (reported results), `tiny-sort-dpo` (the teacher's DPO).
+* models `W-teacher-sft` (pi_ref), `W-teacher-dpo` (pi_dpo), `W-ROLE-sft` (pi_init of each student
+  role: `tiny-student-sft`; `tiny4-s8-sft`, `tiny4-s32-sft`), trained from random initialisation by
+  this project's own trainer, and the world's own extras (`tiny4-reward-model`);
+* datasets (`strings` preference pairs) `W-sort-SPLIT` of every split but `sft`: `train` (the
+  distillation pairs), `valid` (checkpoint selection), `test` (reported results), `dpo` (the
+  teacher's DPO), and v4's `rm` (the reward model's pairs).
 
 Each name takes an optional `:seedN` (`builtin:tiny-teacher-dpo:seed1`): the same world drawn
 from another seed (data, initialisations, data order), for repeated measurements.
@@ -16,9 +20,13 @@ DPO), under the store's locks, so concurrent runs build each thing once.
 
 from __future__ import annotations
 
+import importlib
 import json
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
 import torch
 
@@ -36,30 +44,44 @@ from stages.teacher_cache import run as stage_one
 from stages.teacher_cache.render import render_prompt, render_response
 from stages.teacher_cache.settings import Data, TeacherCache
 
-# Everything that fixes the world; part of every key built from it.
-WORLD = {
-    "version": 3, "splits": {"test": 256, "valid": 256, "train": 1024, "dpo": 8192, "sft": 8192},
-    "policy": {"min_len": sorting_task.MIN_LEN, "max_len": sorting_task.MAX_LEN, "flaw": sorting_task.FLAW,
-               "slip": sorting_task.SLIP},
-    "teacher": {"hidden": 128, "layers": 3, "heads": 4}, "student": {"hidden": 64, "layers": 2, "heads": 2},
-    "sft": {"sft_lr": 3e-3, "epochs": 4, "batch_pairs": 64, "warmup": 0.05},
-    "dpo": {"lr": 5e-5, "epochs": 2, "batch_pairs": 128, "beta": 0.1, "warmup": 0.1},
-}
-MODELS = ("tiny-teacher-sft", "tiny-teacher-dpo", "tiny-student-sft")
-DATASETS = {"tiny-sort-train": "train", "tiny-sort-valid": "valid", "tiny-sort-test": "test", "tiny-sort-dpo": "dpo"}
+
+@dataclass(frozen=True)
+class World:
+    """One version of the built-in world: what fixes it and how its models are made."""
+
+    name: str  # the builtins' prefix
+    constants: dict  # everything that fixes the world: its data and shapes enter every key built from it
+    task: ModuleType  # split_rows(seed, sizes, split): the rows of a split
+    roles: tuple[str, ...]  # the model shapes in `constants`, in the order their initialisation seeds take
+    words: tuple[str, ...]  # the tokenizer's words besides its special tokens
+    scoring: TeacherCache  # how the world's own stage-one runs render and score (max_length: of SFT data too)
+    dpo_teacher: Callable  # (store, world, seed, say) -> folder of the DPO teacher
+    extras: dict[str, Callable] = field(default_factory=dict)  # other built-in models: name -> (store, world, seed, say)
+
+    def models(self) -> tuple[str, ...]:
+        return (f"{self.name}-teacher-sft", f"{self.name}-teacher-dpo",
+                *(f"{self.name}-{r}-sft" for r in self.roles if r != "teacher"),
+                *(f"{self.name}-{e}" for e in self.extras))
+
+    def datasets(self) -> dict[str, str]:
+        return {f"{self.name}-sort-{s}": s for s in self.constants["splits"] if s != "sft"}
+
+    def suffix(self, seed: int) -> str:
+        return f":seed{seed}" if seed else ""
+
+
 SPECIAL = ["<pad>", "<|im_start|>", "<|im_end|>"]
 WORDS = ["system", "user", "assistant", "sort"] + [str(d) for d in range(10)]
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-MAX_LENGTH = 32
 
 
-def tokenizer(store: Store) -> Path:
-    """A word-level tokenizer with a ChatML template, built with the `tokenizers` library."""
+def tokenizer(store: Store, words: tuple[str, ...] | list[str] = WORDS) -> Path:
+    """A word-level tokenizer of `words` with a ChatML template, built with the `tokenizers` library."""
     def build(d: Path):
         from tokenizers import Tokenizer, models, pre_tokenizers
         from transformers import PreTrainedTokenizerFast
-        vocab = {t: i for i, t in enumerate(SPECIAL + WORDS)}
+        vocab = {t: i for i, t in enumerate(SPECIAL + list(words))}
         t = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
         t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
         t.add_special_tokens(SPECIAL)
@@ -68,59 +90,59 @@ def tokenizer(store: Store) -> Path:
         tok.chat_template = CHAT_TEMPLATE
         tok.save_pretrained(d)
         return {"vocab_size": len(vocab)}
-    folder, _, _ = publish_folder(store, "tokenizer", {"builtin": "tiny-sort", "special": SPECIAL, "words": WORDS,
+    folder, _, _ = publish_folder(store, "tokenizer", {"builtin": "tiny-sort", "special": SPECIAL, "words": list(words),
                                                        "template": CHAT_TEMPLATE, "version": 1}, build)
     return folder
 
 
-def dataset(store: Store, split: str, world_seed: int = 0) -> Path:
-    """The jsonl file of a split: `sft` (prompt, response) or preference pairs (test, valid, train, dpo)."""
+def dataset(store: Store, world: World, split: str, seed: int = 0) -> Path:
+    """The jsonl file of a split: `sft` (prompt, response) or preference pairs (every other split)."""
+    c = world.constants
+
     def build(d: Path):
-        rows = sorting_task.split_rows(world_seed, WORLD["splits"], split)
+        rows = world.task.split_rows(seed, c["splits"], split)
         (d / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         return {"rows": len(rows)}
-    folder, _, _ = publish_folder(store, "dataset", {"builtin": f"tiny-sort-{split}", "seed": world_seed,
-                                                     "splits": WORLD["splits"], "policy": WORLD["policy"],
-                                                     "version": WORLD["version"]}, build)
+    folder, _, _ = publish_folder(store, "dataset", {"builtin": f"{world.name}-sort-{split}", "seed": seed,
+                                                     "splits": c["splits"], "policy": c["policy"],
+                                                     "version": c["version"]}, build)
     return folder / "data.jsonl"
 
 
-def _init_model(store: Store, role: str, world_seed: int) -> Path:
+def init_model(store: Store, world: World, role: str, seed: int) -> Path:
     """A randomly initialised Llama of the role's shape, with the world's tokenizer."""
-    tok_dir = tokenizer(store)
-    shape = WORLD[role]
+    tok_dir = tokenizer(store, world.words)
+    shape = world.constants[role]
 
     def build(d: Path):
-        import torch
         from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
         tok = AutoTokenizer.from_pretrained(tok_dir)
         cfg = LlamaConfig(vocab_size=len(tok), hidden_size=shape["hidden"], intermediate_size=3 * shape["hidden"],
                           num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
                           num_key_value_heads=shape["heads"], max_position_embeddings=64, tie_word_embeddings=True,
                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        torch.manual_seed(2 * world_seed + (0 if role == "teacher" else 1))
+        torch.manual_seed(len(world.roles) * seed + world.roles.index(role))
         model = LlamaForCausalLM(cfg)
         model.generation_config.eos_token_id = tok.eos_token_id
         model.generation_config.pad_token_id = tok.pad_token_id
         model.save_pretrained(d)
         tok.save_pretrained(d)
         return {"parameters": sum(p.numel() for p in model.parameters())}
-    folder, _, _ = publish_folder(store, "model", {"builtin": f"tiny-{role}-init", "shape": shape,
-                                                   "tokenizer": tok_dir.name, "seed": world_seed}, build)
+    folder, _, _ = publish_folder(store, "model", {"builtin": f"{world.name}-{role}-init", "shape": shape,
+                                                   "tokenizer": tok_dir.name, "seed": seed}, build)
     return folder
 
 
-def _sft_tokens(store: Store, world_seed: int) -> str:
+def _sft_tokens(store: Store, world: World, seed: int) -> str:
     """The SFT data rendered with the world's chat template, as a `tokenized` artifact (one chosen row each)."""
     from transformers import AutoTokenizer
 
-    tok_dir = tokenizer(store)
-    tok = AutoTokenizer.from_pretrained(tok_dir)
-    data = dataset(store, "sft", world_seed)
+    tok = AutoTokenizer.from_pretrained(tokenizer(store, world.words))
+    data = dataset(store, world, "sft", seed)
     rows = [json.loads(ln) for ln in data.read_text().splitlines()]
-    inputs = {"data": {"builtin": "tiny-sort-sft", "file": data.parent.name},
+    inputs = {"data": {"builtin": f"{world.name}-sort-sft", "file": data.parent.name},
               "render": {"tokenizer": tokenizer_fingerprint(tok), "template_from": "student",
-                         "max_length": MAX_LENGTH}}
+                         "max_length": world.scoring.max_length}}
     spec = ArtifactSpec("tokenized", inputs, sequences.Codec, {"vocab_size": len(tok), "with_logp": False}, len(rows))
     with ArtifactWriter(store, spec, options=WriteOptions(max_shard_rows=len(rows))) as w:
         if not w.reused:
@@ -132,44 +154,43 @@ def _sft_tokens(store: Store, world_seed: int) -> str:
         return w.key
 
 
-def _suffix(world_seed: int) -> str:
-    return f":seed{world_seed}" if world_seed else ""
-
-
-# How the world's own stage-one run renders and scores (its data: the train pairs).
-SCORING = TeacherCache(backend="hf", k=8, max_length=MAX_LENGTH, max_new_tokens=12, token_budget=8192)
-
-
-def _run_dir(store: Store, what: str, world_seed: int) -> Path:
+def run_dir(store: Store, world: World, what: str, seed: int) -> Path:
     """Where a world model's training run (metrics, loss curve) goes: inside its store, so that worlds of
     two stores never share a run folder."""
-    return store.root / ".world-runs" / f"tiny-world{_suffix(world_seed)}-{what}"
+    return store.root / ".world-runs" / f"{world.name}-world{world.suffix(seed)}-{what}"
 
 
-def _sft(store: Store, role: str, world_seed: int, say) -> Path:
-    d = Distill(loss="sft", token_budget=8192, seed=world_seed, **WORLD["sft"])
-    init = resolve(str(_init_model(store, role, world_seed)))
-    job = Job("sft", init, d, {"student_logp": _sft_tokens(store, world_seed)})
-    return _train(store, job, _run_dir(store, f"{role}-sft", world_seed), say)
+def sft(store: Store, world: World, role: str, seed: int, say) -> Path:
+    """A model of the role's shape after SFT on the world's sft split."""
+    d = Distill(loss="sft", token_budget=8192, seed=seed, **world.constants["sft"])
+    init = resolve(str(init_model(store, world, role, seed)))
+    job = Job("sft", init, d, {"student_logp": _sft_tokens(store, world, seed)})
+    return train(store, job, run_dir(store, world, f"{role}-sft", seed), say)
 
 
-def _dpo_teacher(store: Store, world_seed: int, say) -> Path:
-    sft = resolve(str(build(f"tiny-teacher-sft{_suffix(world_seed)}", store, say)[0]))
-    d = Distill(loss="dpo", token_budget=8192, seed=world_seed, **WORLD["dpo"])
-    data = Data(source=str(dataset(store, "dpo", world_seed)), format="strings")  # the teacher's own pairs
-    run = stage_one.setup(stage_one.Request({"teacher": sft, "reference": sft, "student": sft}, data, SCORING), store,
-                          say=silent)
+def reference_logp(store: Store, world: World, sft_dir: Path, seed: int) -> str:
+    """Key of the SFT teacher's sequence log-probs of the world's dpo pairs (DPO's reference)."""
+    sft_model = resolve(str(sft_dir))
+    data = Data(source=str(dataset(store, world, "dpo", seed)), format="strings")  # the teacher's own pairs
+    run = stage_one.setup(stage_one.Request({"teacher": sft_model, "reference": sft_model, "student": sft_model},
+                                            data, world.scoring), store, say=silent)
     try:
-        ref = stage_one.seq_logp(run, "student", silent)
+        return stage_one.seq_logp(run, "student", silent).key
     finally:
         run.close()
-    return _train(store, Job("dpo", sft, d, {"student_logp": ref.key}), _run_dir(store, "teacher-dpo", world_seed),
-                  say)
 
 
-def _train(store: Store, job: Job, run_dir: Path, say) -> Path:
+def plain_dpo_teacher(store: Store, world: World, seed: int, say) -> Path:
+    """The DPO teacher at the world's fixed DPO settings, without selection (v3)."""
+    sft_dir = build(f"{world.name}-teacher-sft{world.suffix(seed)}", store, say)[0]
+    d = Distill(loss="dpo", token_budget=8192, seed=seed, **world.constants["dpo"])
+    job = Job("dpo", resolve(str(sft_dir)), d, {"student_logp": reference_logp(store, world, sft_dir, seed)})
+    return train(store, job, run_dir(store, world, "teacher-dpo", seed), say)
+
+
+def train(store: Store, job: Job, folder: Path, say) -> Path:
     """A world model's training run; its folder is the world's own (overwritten), the model a store artifact."""
-    return Distiller(store, job, Place(run_dir, overwrite=True, title="tiny-world", say=say or silent)).run().model_dir
+    return Distiller(store, job, Place(folder, overwrite=True, title="tiny-world", say=say or silent)).run().model_dir
 
 
 @contextmanager
@@ -185,29 +206,61 @@ def _one_thread():
         torch.set_num_threads(before)
 
 
+# Version 3: everything that fixes it; its data and shapes are part of every key built from it.
+WORLD = {
+    "version": 3, "splits": {"test": 256, "valid": 256, "train": 1024, "dpo": 8192, "sft": 8192},
+    "policy": {"min_len": sorting_task.MIN_LEN, "max_len": sorting_task.MAX_LEN, "flaw": sorting_task.FLAW,
+               "slip": sorting_task.SLIP},
+    "teacher": {"hidden": 128, "layers": 3, "heads": 4}, "student": {"hidden": 64, "layers": 2, "heads": 2},
+    "sft": {"sft_lr": 3e-3, "epochs": 4, "batch_pairs": 64, "warmup": 0.05},
+    "dpo": {"lr": 5e-5, "epochs": 2, "batch_pairs": 128, "beta": 0.1, "warmup": 0.1},
+}
+V3 = World("tiny", WORLD, sorting_task, ("teacher", "student"), tuple(WORDS),
+           TeacherCache(backend="hf", k=8, max_length=32, max_new_tokens=12, token_budget=8192), plain_dpo_teacher)
+WORLDS: dict[str, World] = {"tiny": V3}  # by name; tiny4 registers itself on import
+
+
+def find(name: str) -> tuple[World, str, int] | None:
+    """(world, base name, seed) of a built-in name of any world (`NAME:seedN`), or None."""
+    importlib.import_module("pipeline.worlds.tiny4")  # registers v4
+    base, _, seed_text = name.partition(":seed")
+    world = next((w for w in WORLDS.values() if base in w.models() or base in w.datasets()), None)
+    if world is None:
+        return None
+    if seed_text and not seed_text.isdigit():
+        raise ValueError(f"built-in {name!r}: the world's seed must be a number (NAME:seed1)")
+    return world, base, int(seed_text or 0)
+
+
 def known(name: str) -> bool:
-    return name.partition(":seed")[0] in MODELS + tuple(DATASETS)
+    return find(name) is not None
 
 
 def build(name: str, store: Store | None = None, say=None) -> tuple[Path, dict]:
-    """Folder (or data file) and manifest of a built-in of the world, building it if needed.
+    """Folder (or data file) and manifest of a built-in of a world, building it if needed.
     `NAME:seedN` is the same thing in the world of seed N (default 0)."""
     store = store or Store()
-    base, _, seed_text = name.partition(":seed")
-    if seed_text and not seed_text.isdigit():
-        raise ValueError(f"built-in {name!r}: the world's seed must be a number (NAME:seed1)")
-    seed = int(seed_text or 0)
-    if base in DATASETS:
-        path = dataset(store, DATASETS[base], seed)
-    elif base in MODELS:
+    found = find(name)
+    if found is None:
+        names = [n for w in WORLDS.values() for n in (*w.models(), *w.datasets())]
+        raise ValueError(f"unknown built-in {name!r} of the tiny worlds (known: {', '.join(names)})")
+    world, base, seed = found
+    if base in world.datasets():
+        path = dataset(store, world, world.datasets()[base], seed)
+    else:
         # Several processes (torchrun ranks, parallel runs) may ask at once: one trains, the others wait
         # and then reuse what it published.
-        with store.lock(artifact_key("world", {"model": base, "seed": seed, "world": WORLD},
+        with store.lock(artifact_key("world", {"model": base, "seed": seed, "world": world.constants},
                                      {"name": "lock", "version": "1"})), _one_thread():
-            path = _dpo_teacher(store, seed, say) if base == "tiny-teacher-dpo" else \
-                _sft(store, "teacher" if base == "tiny-teacher-sft" else "student", seed, say)
-    else:
-        raise ValueError(f"unknown built-in {name!r} of the tiny world (known: {', '.join(MODELS + tuple(DATASETS))})")
+            path = _model(store, world, base, seed, say)
     folder = path if path.is_dir() else path.parent
     return path, store.manifest(folder.name)
 
+
+def _model(store: Store, world: World, base: str, seed: int, say) -> Path:
+    what = base.removeprefix(f"{world.name}-")
+    if what == "teacher-dpo":
+        return world.dpo_teacher(store, world, seed, say)
+    if what in world.extras:
+        return world.extras[what](store, world, seed, say)
+    return sft(store, world, what.removesuffix("-sft"), seed, say)

@@ -11,6 +11,14 @@ import numpy as np
 from stages.common.models import ResolvedModel, load_model, load_tokenizer
 
 
+def conversation_ids(tok, messages: list[dict]) -> list[int]:
+    """The conversation as a reward model reads it: its own chat template, else the turns' text (training
+    one, as the built-in world does, renders the same way)."""
+    if tok.chat_template:
+        return list(tok.apply_chat_template(messages, tokenize=True, return_dict=False))
+    return tok("\n\n".join(m["content"] for m in messages))["input_ids"]
+
+
 class RewardModel:
     def __init__(self, m: ResolvedModel, device: str):
         import torch
@@ -21,10 +29,7 @@ class RewardModel:
                              f"{self.model.config.num_labels}")
 
     def ids(self, messages: list[dict]) -> list[int]:
-        """The conversation as the reward model reads it: its own chat template, else the turns' text."""
-        if self.tok.chat_template:
-            return list(self.tok.apply_chat_template(messages, tokenize=True, return_dict=False))
-        return self.tok("\n\n".join(m["content"] for m in messages))["input_ids"]
+        return conversation_ids(self.tok, messages)
 
     def score(self, conversations: list[list[dict]]) -> np.ndarray:
         """One score per conversation (prompt turns and the answer as the last, assistant, turn)."""

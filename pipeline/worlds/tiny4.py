@@ -1,0 +1,91 @@
+"""World v4 (`tiny4`, docs/PREREG-v4.md): longer answers, four flaw types, a teacher about 8 and 32
+times the size of its two students, a DPO teacher tuned and selected like the students, and a
+Bradley-Terry reward model for selection without the ground truth.
+
+Its constants are the prereg's (tests/test_world4.py checks them against docs/PREREG-v4.json).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from artifacts import Store
+from artifacts.folders import publish_folder
+from pipeline.worlds import flawed_sorting, reward_model, sorting_task
+from pipeline.worlds.tiny import WORDS, WORLDS, World, build, dataset, reference_logp, run_dir, train
+from stages.common.models import resolve
+from stages.common.ranks import silent
+from stages.distill.distiller import Job
+from stages.distill.settings import Distill
+from stages.evaluate.run import Validator
+from stages.teacher_cache.settings import Data, TeacherCache
+
+WORLD = {
+    "version": 4,
+    "splits": {"test": 512, "valid": 256, "train": 512, "rm": 4096, "dpo": 8192, "sft": 8192},
+    "policy": {"min_len": flawed_sorting.MIN_LEN, "max_len": flawed_sorting.MAX_LEN, "flaw": flawed_sorting.FLAW,
+               "slip": flawed_sorting.SLIP, "classes": flawed_sorting.CLASSES},
+    "teacher": {"hidden": 128, "layers": 4, "heads": 4},
+    "s8": {"hidden": 64, "layers": 2, "heads": 2},
+    "s32": {"hidden": 32, "layers": 2, "heads": 2},
+    "sft": {"sft_lr": 3e-3, "epochs": 3, "batch_pairs": 64, "warmup": 0.05},
+    "rm": {"lr": 3e-4, "epochs": 1, "batch_pairs": 64, "warmup": 0.05},
+    "dpo": {"epochs": 1, "batch_pairs": 128, "warmup": 0.1, "eval_every": 32, "select_by": "rm"},
+}
+DPO_GRID = [{"lr": lr, "beta": beta} for lr in (1e-4, 5e-4) for beta in (0.1, 0.5)]  # the students' dpo grid
+# The DPO teacher's grid setting, chosen on world seed 0's validation prompts by the reward model
+# (make bench-quality, phase 0); None until that has run.
+TUNED_DPO: dict | None = None
+SORTING = ("sorting", sorting_task.reward)
+
+
+def reward_model_of(store: Store, world: World, seed: int, say) -> Path:
+    """The world's reward model: the SFT teacher's body with a one-output head, Bradley-Terry on the rm split."""
+    sft_dir = build(f"{world.name}-teacher-sft{world.suffix(seed)}", store, say)[0]
+    data = dataset(store, world, "rm", seed)
+    valid = dataset(store, world, "valid", seed)
+    settings = world.constants["rm"]
+
+    def build_rm(d: Path):
+        rows = [json.loads(ln) for ln in data.read_text().splitlines()]
+        model, tok = reward_model.train(sft_dir, rows, settings, seed, say or silent)
+        acc = reward_model.accuracy(model, tok, [json.loads(ln) for ln in valid.read_text().splitlines()])
+        (say or silent)(f"reward model: pairwise accuracy on the validation pairs {acc:.4f}")
+        model.save_pretrained(d)
+        tok.save_pretrained(d)
+        return {"pairs": len(rows), "valid_pairwise_accuracy": acc}
+    folder, _, _ = publish_folder(store, "model", {"builtin": f"{world.name}-reward-model", "seed": seed,
+                                                   "init": sft_dir.name, "data": data.parent.name,
+                                                   "training": settings}, build_rm)
+    return folder
+
+
+def validator(store: Store, world: World, seed: int, say) -> Validator:
+    """Selection as the students have it: the reward model's mean score of the greedy answers on the
+    validation prompts (ground truth measured beside it, never chosen on)."""
+    sft_model = resolve(str(build(f"{world.name}-teacher-sft{world.suffix(seed)}", store, say)[0]))
+    rm = resolve(str(build(f"{world.name}-reward-model{world.suffix(seed)}", store, say)[0]))
+    valid = Data(source=str(dataset(store, world, "valid", seed)), format="strings")
+    models = {"teacher": sft_model, "reference": sft_model, "student": sft_model}
+    return Validator(models, valid, world.scoring, SORTING, rm)
+
+
+def dpo_teacher(store: Store, world: World, seed: int, say, setting: dict | None = None) -> Path:
+    """The DPO teacher at `setting` (default: the tuned one), selected on validation by the reward model."""
+    setting = setting or TUNED_DPO
+    if setting is None:
+        raise ValueError(f"builtin:{world.name}-teacher-dpo: its DPO setting is chosen by make bench-quality on "
+                         f"world seed 0 (docs/PREREG-v4.md) and has not been chosen yet")
+    sft_dir = build(f"{world.name}-teacher-sft{world.suffix(seed)}", store, say)[0]
+    d = Distill(loss="dpo", token_budget=8192, seed=seed, **world.constants["dpo"], **setting)
+    job = Job("dpo", resolve(str(sft_dir)), d, {"student_logp": reference_logp(store, world, sft_dir, seed)},
+              validation=validator(store, world, seed, say))
+    what = "teacher-dpo-" + "-".join(f"{k}{v}" for k, v in setting.items())
+    return train(store, job, run_dir(store, world, what, seed), say)
+
+
+V4 = World("tiny4", WORLD, flawed_sorting, ("teacher", "s8", "s32"), tuple(WORDS + list(flawed_sorting.CLASSES)[1:]),
+           TeacherCache(backend="hf", k=8, max_length=48, max_new_tokens=24, token_budget=8192), dpo_teacher,
+           {"reward-model": reward_model_of})
+WORLDS[V4.name] = V4
