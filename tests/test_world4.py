@@ -20,6 +20,8 @@ def test_the_world_is_the_registered_one():
     w, reg = tiny4.WORLD, PREREG["world"]
     assert w["splits"] == reg["splits_in_drawing_order"] and tuple(reg["splits_in_drawing_order"]) == F.SPLITS
     assert w["policy"]["classes"] == reg["flaw_class_by_prompt_verb"] and set(F.CLASSES.values()) - {"none"} == set(reg["flaws"])
+    assert all(reg["flaws"][k] == f"every {a} of the sorted list written as {b}" or reg["flaws"][k] == f"every {a} written as {b}"
+               for k, (a, b) in F.SUBSTITUTIONS.items())
     assert (F.MIN_LEN, F.MAX_LEN) == (reg["digits"]["min_len"], reg["digits"]["max_len"])
     assert (F.FLAW, F.SLIP) == (reg["policy"]["flaw"], reg["policy"]["slip"])
     for role in ("teacher", "s8", "s32"):
@@ -36,7 +38,10 @@ def test_the_world_is_the_registered_one():
     assert w["splits"]["dpo"] == 16 * w["splits"]["train"]
 
 
-@pytest.mark.parametrize("kind", ["last_swap", "first_swap", "boundary_swap", "dup_bump"])
+KINDS = ["two_as_seven", "four_as_one", "six_as_three", "eight_as_five"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_each_flaw_keeps_the_length_and_moves_with_the_list(kind):
     import random
     rng, positions = random.Random(kind), set()
@@ -45,11 +50,13 @@ def test_each_flaw_keeps_the_length_and_moves_with_the_list(kind):
         bad = F.flawed(kind, s)
         if bad is None:
             continue
+        a, b = F.SUBSTITUTIONS[kind]
         assert len(bad) == len(s) and bad != s
-        assert sum(a != b for a, b in zip(s, bad)) in (1, 2)  # one bumped digit or one swapped pair
-        positions.add(next(i for i, (a, b) in enumerate(zip(s, bad)) if a != b))
+        assert [i for i, (x, y) in enumerate(zip(s, bad)) if x != y] == [i for i, x in enumerate(s) if x == a]
+        assert all(y == b for x, y in zip(s, bad) if x == a)
+        positions.add(s.index(a))
     assert len(positions) >= 3  # not one fixed place
-    assert F.flawed(kind, [9] * 12) is None  # nothing differs to swap, no digit below 9 to bump
+    assert F.flawed(kind, [d for d in range(10) if d != F.SUBSTITUTIONS[kind][0]] * 2) is None  # its digit absent
     assert F.flawed("none", [1, 2]) is None
 
 
@@ -61,7 +68,7 @@ def test_the_policy_has_each_flaw_in_10_to_20_percent_and_the_pairs_no_dominant_
         kind, xs = F.flaw_class(r["prompt"]), T.prompt_digits(r["prompt"])
         got, bad = T.digits(r["response"]), F.flawed(kind, sorted(xs))
         seen[kind if bad is not None and got == bad else "other"] += 1
-    for kind in ("last_swap", "first_swap", "boundary_swap", "dup_bump"):
+    for kind in KINDS:
         assert 0.10 <= seen[kind] / len(rows) <= 0.20, (kind, seen)
     pairs = F.split_rows(0, sizes, "train")
     contrasts = collections.Counter(F.flaw_class(p["prompt"]) for p in pairs

@@ -12,11 +12,15 @@ import random
 
 from pipeline.worlds.sorting_task import prompt_digits, reward, slip
 
-MIN_LEN, MAX_LEN = 12, 16
+MIN_LEN, MAX_LEN = 16, 22
 FLAW = 0.9  # how often the policy makes its prompt's flaw where it can
 SLIP = 0.2  # how often it also makes one random slip
 # The prompt's verb, drawn uniformly, sets the flaw its answers may carry ("sort": none).
-CLASSES = {"sort": "none", "order": "last_swap", "rank": "first_swap", "arrange": "boundary_swap", "list": "dup_bump"}
+CLASSES = {"sort": "none", "order": "two_as_seven", "rank": "four_as_one", "arrange": "six_as_three",
+           "list": "eight_as_five"}
+# Each flaw writes every copy of one digit as another (amendment 2): easy to imitate at any size, and it
+# lands wherever the sorted list puts that digit.
+SUBSTITUTIONS = {"two_as_seven": (2, 7), "four_as_one": (4, 1), "six_as_three": (6, 3), "eight_as_five": (8, 5)}
 # Splits in drawing order: prompts of a later split never repeat an earlier one's.
 SPLITS = ("test", "valid", "train", "rm", "dpo", "sft")
 
@@ -26,31 +30,14 @@ def flaw_class(prompt: str) -> str:
     return CLASSES[prompt.split()[0]]
 
 
-def _swap(s: list[int], i: int) -> list[int]:
-    return s[:i - 1] + [s[i], s[i - 1]] + s[i + 1:]
-
-
-def _changes(s: list[int]) -> list[int]:
-    """Positions i where s[i] differs from s[i - 1]."""
-    return [i for i in range(1, len(s)) if s[i] != s[i - 1]]
-
-
 def flawed(kind: str, s: list[int]) -> list[int] | None:
-    """The sorted list `s` with flaw `kind`, or None where the flaw cannot occur."""
-    changes = _changes(s)
-    if kind == "last_swap":  # the last two neighbours that differ, swapped
-        return _swap(s, changes[-1]) if changes else None
-    if kind == "first_swap":  # the first two neighbours that differ, swapped
-        return _swap(s, changes[0]) if changes else None
-    if kind == "boundary_swap":  # the last digit below 5 and the first of 5 or more, swapped
-        i = sum(d < 5 for d in s)
-        return _swap(s, i) if 0 < i < len(s) else None
-    if kind == "dup_bump":  # the second copy of the first repeated digit below 9, one higher
-        i = next((i for i in range(1, len(s)) if s[i] == s[i - 1] and s[i] < 9), None)
-        return None if i is None else s[:i] + [s[i] + 1] + s[i + 1:]
+    """The sorted list `s` with flaw `kind`, or None where the flaw cannot occur (its digit is absent)."""
     if kind == "none":
         return None
-    raise ValueError(f"unknown flaw {kind!r}")
+    if kind not in SUBSTITUTIONS:
+        raise ValueError(f"unknown flaw {kind!r}")
+    a, b = SUBSTITUTIONS[kind]
+    return [b if d == a else d for d in s] if a in s else None
 
 
 def sample(prompt: str, rng: random.Random) -> list[int]:

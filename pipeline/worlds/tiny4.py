@@ -86,6 +86,6 @@ def dpo_teacher(store: Store, world: World, seed: int, say, setting: dict | None
 
 
 V4 = World("tiny4", WORLD, flawed_sorting, ("teacher", "s8", "s32"), tuple(WORDS + list(flawed_sorting.CLASSES)[1:]),
-           TeacherCache(backend="hf", k=8, max_length=48, max_new_tokens=24, token_budget=8192), dpo_teacher,
+           TeacherCache(backend="hf", k=8, max_length=56, max_new_tokens=28, token_budget=8192), dpo_teacher,
            {"reward-model": reward_model_of})
 WORLDS[V4.name] = V4
