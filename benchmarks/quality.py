@@ -1,167 +1,286 @@
-"""`make bench-quality`: which method transfers the teacher's alignment best, at the same tuning budget.
+"""`make bench-quality`: world v4's registered protocol (docs/PREREG-v4.md, docs/PREREG-v4.json).
 
-The protocol (docs/RESULTS.md, fixed before any number): every method gets a grid of GRID_SIZE
-settings over its learning rate and its main coefficient, 3 epochs, validation every epoch, the
-checkpoint selected by ground-truth reward on the world's validation pairs. Tuning runs on world
-seed 0; each method's setting with the best validation reward (first in grid order on ties) is then
-trained again on every world seed (each seed draws its own data, initialisations and data order,
-and trains its own teachers), selected on that seed's validation pairs, and measured once on its
-test pairs. Writes docs/results/quality.json (every run's figures), docs/results-quality.png, and
-prints the table with paired standard errors against the SFT student and against DCKD.
+Refuses to run when benchmarks/analysis.py is not the registered one. Phases, each run keyed in the
+store (a rerun after a kill reuses every finished run):
 
-The `tiny` recipe carries the choices of the published run (its `per_loss:` section, 3 epochs,
-selection by validation reward), so `make demo` trains exactly this benchmark's world-seed-0
-students; each grid setting given here replaces the recipe's value of that setting. A rerun that
-chooses differently must update the recipe, and the demo's table in docs/RESULTS.md with it.
+0. world seed 0: the DPO teacher's grid, selected by the reward model on validation (the choice must be
+   `tiny4.TUNED_DPO`); the DPO students' grid at each size; the integrity checks on the validation
+   prompts. The protocol stops here when a check fails.
+1. world seed 0: every other method's grid at each size (ADPA+ from the tuned DCKD student).
+2. report seeds: every method at its tuned setting, at each size, measured once on the test prompts.
+
+Writes docs/results/quality-v4.json (every figure, the prereg's commit) and docs/results-quality-v4.png,
+and prints the hypotheses with Holm-adjusted p-values. v3's benchmark and results stay in git history
+and docs/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import itertools
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+
+from benchmarks import analysis, prereg
 
 DOCS = Path("docs")
-OUT = Path("bench-out") / "quality"
-PROTOCOL = ["distill.epochs=3", "distill.eval_every=32", "distill.select_by=reward", "teacher_cache.backend=hf"]
-# The same number of settings for every method: its learning rate and its main coefficient.
-GRID = {
-    "sft": [{"sft_lr": lr} for lr in (1e-4, 2e-4, 4e-4, 8e-4)],
-    "kd": [{"lr": lr} for lr in (1e-4, 2e-4, 4e-4, 8e-4)],
-    "dpo": [{"lr": lr, "beta": b} for lr in (1e-4, 4e-4) for b in (0.1, 0.5)],
-    "dckd": [{"lr": lr, "alpha": a} for lr in (1e-4, 4e-4) for a in (0.1, 1.0)],
-    "adpa": [{"advantage": adv, "gamma": g} for adv in ("signed", "clip01") for g in (0.3, 1.5)],
-    "adpa+": [{"advantage": adv, "gamma": g} for adv in ("signed", "clip01") for g in (0.3, 1.5)],
-}
-GRID_SIZE = 4
-assert all(len(g) == GRID_SIZE for g in GRID.values())
+OUT = Path("bench-out") / "quality-v4"
+RESULTS = DOCS / "results" / "quality-v4.json"
 
 
-def seeded(recipe, seed: int):
-    """The recipe in the world of `seed` (its models and data are that world's)."""
-    r = copy.deepcopy(recipe)
-    if seed:
-        for role in ("teacher", "reference", "student"):
-            setattr(r.models, role, f"{getattr(r.models, role)}:seed{seed}")
-        for field in ("source", "eval_source", "valid_source"):
-            setattr(r.data, field, getattr(r.data, field) + f":seed{seed}")
-    r.distill.seed = seed
+@dataclass(frozen=True)
+class Run:
+    """One student of the protocol."""
+
+    method: str
+    size: str
+    seed: int
+    setting: tuple  # (name, value) pairs of the grid setting
+
+    @property
+    def folder(self) -> Path:
+        tag = "-".join(f"{k}{v}" for k, v in self.setting)
+        return OUT / f"seed{self.seed}" / self.size / f"{self.method}-{tag}"
+
+
+def grid(spec: dict, method: str) -> list[tuple]:
+    """The method's grid settings in registered order (the first list outermost)."""
+    g = spec["methods"][method]["grid"]
+    return [tuple(zip(g, values)) for values in itertools.product(*g.values())]
+
+
+def recipe_for(spec: dict, run: Run):
+    """The tiny4 recipe for one run: its student size, world seed, fixed and grid settings."""
+    from pipeline.recipe import load_recipe
+    sets = [f"models.student=builtin:tiny4-{run.size}-sft"]
+    fixed = spec["methods"].get(run.method, {}).get("fixed", {})
+    sets += [f"distill.{k}={v}" for k, v in {**fixed, **dict(run.setting)}.items()]
+    r = load_recipe("tiny4", sets)
+    if run.seed:
+        for role in ("teacher", "reference", "student", "reward_model"):
+            setattr(r.models, role, f"{getattr(r.models, role)}:seed{run.seed}")
+        for name in ("source", "eval_source", "valid_source"):
+            setattr(r.data, name, getattr(r.data, name) + f":seed{run.seed}")
+    r.distill.seed = run.seed
     return r
 
 
-def recipe_for(seed: int, setting: dict):
-    from pipeline.recipe import load_recipe
-    return seeded(load_recipe("tiny", PROTOCOL + [f"distill.{k}={v}" for k, v in setting.items()]), seed)
+@dataclass
+class Progress:
+    """Plain progress lines with an ETA from the mean time of the units done so far."""
+
+    total: int
+    done: int = 0
+    spent: float = 0.0
+    t0: float = field(default_factory=time.perf_counter)
+
+    def step(self, what: str, t: float) -> None:
+        self.done += 1
+        self.spent += t
+        eta = self.spent / self.done * (self.total - self.done)
+        print(f"  [{self.done}/{self.total}] {what} ({t:.0f} s; elapsed {(time.perf_counter() - self.t0) / 60:.1f} "
+              f"min, ETA {eta / 60:.0f} min)", flush=True)
 
 
-def train(store, method: str, seed: int, setting: dict, out: Path):
+def train(store, spec: dict, run: Run, init=None):
+    """The run's student (a Trained), after stage one for its recipe: `init`, when given, is the DCKD
+    student ADPA+ starts from, on states it generated."""
     from pipeline import orchestrate
     from stages.common.ranks import silent
-    run = orchestrate.distill(recipe_for(seed, setting), store, method, out, say=silent, overwrite=True)[-1]
-    return run, run.summary["selected"]
+    r = recipe_for(spec, run)
+    if init is not None:
+        r.models.student = str(init.model_dir)
+    orchestrate.teacher_cache(r, store, say=silent)  # reused when made: its artifacts are keyed by their inputs
+    return orchestrate.distill(r, store, spec["methods"][run.method]["loss"], run.folder, say=silent,
+                               overwrite=True)[-1]
 
 
-def tune(store, methods) -> dict:
-    """Phase 1, world seed 0: every grid setting of every method, judged by its best validation reward."""
-    from pipeline import orchestrate
-    from stages.common.ranks import silent
-    orchestrate.teacher_cache(recipe_for(0, {}), store, say=silent)
-    tried = {}
-    for method in methods:
-        tried[method] = []
-        for i, setting in enumerate(GRID[method]):
+def curve(trained) -> list[dict]:
+    """The run's validation records (step, rm, reward, ...)."""
+    path = Path(trained.run_dir) / "metrics.jsonl"
+    return [rec for rec in map(json.loads, path.read_text().splitlines()) if rec.get("split") == "valid"]
+
+
+def figures(trained) -> dict:
+    """What the protocol keeps of a run: the selection and the validation curve's last and ground-truth best."""
+    c = curve(trained)
+    sel = trained.summary["selected"]
+    return {"selected_step": sel["step"], "selected_rm": sel.get("value"),
+            "valid_reward_selected": next((v["reward"] for v in c if v["step"] == sel["step"]), None),
+            "valid_reward_last": c[-1]["reward"] if c else None,
+            "valid_reward_best": max((v["reward"] for v in c), default=None),
+            "model": str(trained.model_dir)}
+
+
+def tune(store, spec: dict, sizes_methods: list[tuple[str, str]], progress: Progress, inits: dict) -> dict:
+    """Every grid setting of each (size, method) on the tuning seed; the best selected rm wins (first on ties)."""
+    seed = spec["seeds"]["tuning"][0]
+    out = {}
+    for size, method in sizes_methods:
+        tried = []
+        for setting in grid(spec, method):
             t = time.perf_counter()
-            _, sel = train(store, method, 0, setting, OUT / "tune" / f"{method}-{i}")
-            tried[method].append({"setting": setting, "valid_reward": sel["value"], "selected_step": sel["step"]})
-            print(f"  tune {method:6} {json.dumps(setting):42} valid reward {sel['value']:.4f} (step "
-                  f"{sel['step']}) {time.perf_counter() - t:5.1f} s", flush=True)
-    return {m: max(runs, key=lambda r: r["valid_reward"]) | {"tried": runs} for m, runs in tried.items()}
+            run = Run(method, size, seed, setting)
+            tried.append({"setting": dict(setting), **figures(train(store, spec, run, inits.get(size)
+                                                                      if method == "adpa+" else None))})
+            progress.step(f"tune {size} {method} {dict(setting)}: rm {tried[-1]['selected_rm']:.4f}",
+                          time.perf_counter() - t)
+        best = max(range(len(tried)), key=lambda i: (tried[i]["selected_rm"], -i))
+        out.setdefault(size, {})[method] = tried[best] | {"tried": tried}
+    return out
 
 
-def measure(store, chosen: dict, seeds) -> dict:
-    """Phase 2: the chosen setting of each method on every world seed, measured on its test pairs."""
-    from pipeline import orchestrate
-    from pipeline.worlds import sorting_task
+def teacher_phase(store, spec: dict, progress: Progress) -> dict:
+    """The DPO teacher's grid on the tuning seed, selected like the students; the choice must be the world's."""
+    from pipeline.worlds import tiny4
     from stages.common.ranks import silent
-    per_seed = {}
-    for seed in seeds:
+    tried = []
+    for setting in grid(spec, "dpo"):
         t = time.perf_counter()
-        recipe = recipe_for(seed, {})
-        orchestrate.teacher_cache(recipe, store, say=silent)
-        students = {m: str(train(store, m, seed, c["setting"], OUT / f"seed{seed}" / m)[0].model_dir)
-                    for m, c in chosen.items()}
-        d = OUT / f"seed{seed}" / "eval"
-        results = orchestrate.evaluate(recipe, store, students, d, say=silent)
-        per_seed[seed] = {}
-        for r in results:
-            rows = [json.loads(ln) for ln in (d / "generations" / f"{r.name}.jsonl").read_text().splitlines()]
-            per_seed[seed][r.name] = {"means": {k: v[0] for k, v in r.metrics.items()},
-                                      "reward_per_prompt": [sorting_task.reward(x["instruction"], x["output"])
-                                                            for x in rows]}
-        print(f"  seed {seed}: " + ", ".join(f"{n} {v['means']['reward']:.3f}" for n, v in per_seed[seed].items())
-              + f" ({time.perf_counter() - t:.0f} s)", flush=True)
-    return per_seed
+        tried.append({"setting": dict(setting), **figures(tiny4.dpo_run(store, 0, dict(setting), silent))})
+        progress.step(f"teacher dpo {dict(setting)}: rm {tried[-1]['selected_rm']:.4f}", time.perf_counter() - t)
+    best = tried[max(range(len(tried)), key=lambda i: (tried[i]["selected_rm"], -i))]
+    if best["setting"] != tiny4.TUNED_DPO:
+        raise SystemExit(f"the DPO teacher's tuned setting is {best['setting']}; pipeline/worlds/tiny4.py's "
+                         f"TUNED_DPO is {tiny4.TUNED_DPO}: set it, commit, and run again")
+    return best | {"tried": tried}
 
 
-def paired(per_seed: dict, a: str, b: str) -> dict:
-    """a - b on test reward: the mean over seeds of the per-seed paired differences, with its standard
-    error over seeds, and the standard error over all (seed, prompt) pairs."""
-    per = [np.mean(np.subtract(s[a]["reward_per_prompt"], s[b]["reward_per_prompt"])) for s in per_seed.values()]
-    pooled = np.concatenate([np.subtract(s[a]["reward_per_prompt"], s[b]["reward_per_prompt"])
-                             for s in per_seed.values()])
-    return {"diff": float(np.mean(per)), "se_seeds": float(np.std(per, ddof=1) / np.sqrt(len(per))) if len(per) > 1
-            else 0.0, "se_prompts": float(pooled.std(ddof=1) / np.sqrt(len(pooled)))}
+def evaluate(store, spec: dict, run: Run, students: dict[str, str], split: str) -> dict:
+    """Per-prompt ground truth of the world's models and `students` (name -> folder) on the seed's
+    `split` prompts ("valid" or "test"), with each prompt's flaw class; cached in the run folder."""
+    from pipeline import orchestrate
+    from pipeline.worlds import flawed_sorting
+    from stages.common.ranks import silent
+    d = OUT / f"seed{run.seed}" / run.size / f"eval-{split}"
+    cached = d / "per_prompt.json"
+    if cached.exists() and json.loads(cached.read_text())["students"] == students:
+        return json.loads(cached.read_text())
+    r = recipe_for(spec, run)
+    r.data.eval_source = r.data.valid_source if split == "valid" else r.data.eval_source
+    results = orchestrate.evaluate(r, store, students, d, say=silent)
+    out = {"students": students, "rewards": {}, "means": {}}
+    for res in results:
+        rows = [json.loads(ln) for ln in (d / "generations" / f"{res.name}.jsonl").read_text().splitlines()]
+        out["rewards"][res.name] = [flawed_sorting.reward(x["instruction"], x["output"]) for x in rows]
+        out["classes"] = [flawed_sorting.flaw_class(x["instruction"]) for x in rows]
+        out["means"][res.name] = {k: v[0] for k, v in res.metrics.items()}
+    cached.write_text(json.dumps(out))
+    return out
+
+
+def integrity(store, spec: dict, tuned_dpo: dict) -> dict:
+    """The registered checks on the tuning seed's validation prompts."""
+    valid, classes = {}, None
+    for size in spec["students"]["sizes"]:
+        run = Run("dpo", size, spec["seeds"]["tuning"][0], ())
+        ev = evaluate(store, spec, run, {"dpo": tuned_dpo[size]["dpo"]["model"]}, "valid")
+        valid |= {"teacher-sft": ev["rewards"]["teacher-sft"], "teacher-dpo": ev["rewards"]["teacher-dpo"],
+                  f"student-sft:{size}": ev["rewards"]["student-sft"], f"dpo:{size}": ev["rewards"]["dpo"]}
+        classes = ev["classes"]
+    return analysis.integrity(valid, classes, {k: spec["integrity"][k] for k in ("a", "b", "c", "smallest")})
+
+
+def report(store, spec: dict, chosen: dict, progress: Progress) -> tuple[dict, dict, dict]:
+    """Every method at its tuned setting on every report seed: per-prompt test rewards, flaw classes, figures."""
+    test, classes, runs = {}, {}, {}
+    for seed in spec["seeds"]["report"]:
+        for size in spec["students"]["sizes"]:
+            students, done = {}, {}
+            for method in spec["methods"]:
+                t = time.perf_counter()
+                run = Run(method, size, seed, tuple(chosen[size][method]["setting"].items()))
+                trained = train(store, spec, run, done.get("dckd") if method == "adpa+" else None)
+                done[method] = trained
+                students[method] = str(trained.model_dir)
+                runs.setdefault(str(seed), {}).setdefault(size, {})[method] = figures(trained)
+                progress.step(f"seed {seed} {size} {method}", time.perf_counter() - t)
+            t = time.perf_counter()
+            ev = evaluate(store, spec, Run("eval", size, seed, ()), students, "test")
+            test.setdefault(str(seed), {})[size] = {m: ev["rewards"][m] for m in students} | {
+                f"{n}": ev["rewards"][n] for n in ("teacher-sft", "teacher-dpo", "student-sft")}
+            classes[str(seed)] = ev["classes"]
+            progress.step(f"seed {seed} {size} test evaluation", time.perf_counter() - t)
+    return test, classes, runs
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--methods", nargs="+", default=list(GRID))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", default=None, help="default: $ADPA_STORE or ./store")
+    ap.add_argument("--until", choices=("integrity", "tuning", "report"), default="report",
+                    help="stop after this phase (its figures are written)")
     a = ap.parse_args()
+    spec = prereg.check()
     from artifacts import Store
     store = Store(a.store)
-    t0 = time.perf_counter()
-    print(f"phase 1: tuning on world seed 0 ({GRID_SIZE} settings per method, selection on validation)", flush=True)
-    chosen = tune(store, a.methods)
-    print(f"phase 2: the chosen settings on world seeds {a.seeds}, measured on test", flush=True)
-    per_seed = measure(store, chosen, a.seeds)
-    names = list(per_seed[a.seeds[0]])
-    summary = {n: {"reward": float(np.mean([per_seed[s][n]["means"]["reward"] for s in a.seeds])),
-                   "reward_sd_seeds": float(np.std([per_seed[s][n]["means"]["reward"] for s in a.seeds], ddof=1))
-                   if len(a.seeds) > 1 else 0.0,
-                   **{k: float(np.mean([per_seed[s][n]["means"][k] for s in a.seeds]))
-                      for k in ("implicit_reward_per_token", "kl_to_init", "preference_accuracy")},
-                   "vs_sft": paired(per_seed, n, "sft") if "sft" in names else None,
-                   "vs_dckd": paired(per_seed, n, "dckd") if "dckd" in names else None} for n in names}
-    secs = time.perf_counter() - t0
-    print(f"\ntest reward over world seeds {a.seeds} ({secs / 60:.1f} min)")
-    print(f"{'model':13} {'reward':>14} {'vs sft (±se seeds)':>22} {'vs dckd (±se seeds)':>22} {'r(y)/tok':>9} "
-          f"{'KL(init)':>9}  setting")
-    for n in names:
-        s = summary[n]
-        fmt = lambda p: f"{p['diff']:+.3f} ± {p['se_seeds']:.3f}" if p else "-"  # noqa: E731
-        print(f"{n:13} {s['reward']:>8.3f} ± {s['reward_sd_seeds']:.3f} {fmt(s['vs_sft']):>22} "
-              f"{fmt(s['vs_dckd']):>22} {s['implicit_reward_per_token']:>+9.3f} {s['kl_to_init']:>9.3f}  "
-              f"{json.dumps(chosen[n]['setting']) if n in chosen else ''}")
-    (DOCS / "results").mkdir(parents=True, exist_ok=True)
-    (DOCS / "results" / "quality.json").write_text(json.dumps(
-        {"protocol": {"fixed": PROTOCOL, "grid": GRID, "tuning_seed": 0, "seeds": a.seeds}, "chosen": chosen,
-         "summary": summary, "per_seed": per_seed, "minutes": round(secs / 60, 1)}, indent=1))
-    plot(summary, names, a.seeds, DOCS / "results-quality.png")
+    sizes, methods = spec["students"]["sizes"], list(spec["methods"])
+    seeds = spec["seeds"]["report"]
+    progress = Progress(4 + 4 * len(sizes) * len(methods) + len(seeds) * len(sizes) * (len(methods) + 1))
+    print(f"world v4, prereg {prereg.first_commit(prereg.PREREG)[:12]}: phase 0 (teacher, dpo, integrity)", flush=True)
+    teacher = teacher_phase(store, spec, progress)
+    chosen = tune(store, spec, [(s, "dpo") for s in sizes], progress, {})
+    checks = integrity(store, spec, chosen)
+    print(json.dumps(checks["checks"], indent=1), flush=True)
+    results = {"prereg_commit": prereg.first_commit(prereg.PREREG), "analysis_sha256": spec["analysis"]["sha256"],
+               "teacher_dpo": teacher, "integrity": checks}
+    if not checks["passed"]:
+        write(results | {"stopped": "an integrity check failed"})
+        raise SystemExit("an integrity check failed: the protocol stops before any other method (docs/PREREG-v4.md)")
+    if a.until == "integrity":
+        return write(results)
+    print("phase 1: tuning every other method on world seed 0", flush=True)
+    others = [(s, m) for s in sizes for m in methods if m not in ("dpo", "adpa+")]
+    for size, got in tune(store, spec, others, progress, {}).items():
+        chosen[size] |= got
+    inits = {s: _trained(store, spec, Run("dckd", s, 0, tuple(chosen[s]["dckd"]["setting"].items()))) for s in sizes}
+    for size, got in tune(store, spec, [(s, "adpa+") for s in sizes], progress, inits).items():
+        chosen[size] |= got
+    if a.until == "tuning":
+        return write(results | {"chosen": chosen})
+    print(f"phase 2: report seeds {seeds}", flush=True)
+    test, classes, runs = report(store, spec, chosen, progress)
+    methods_only = {s: {sz: {m: v for m, v in d.items() if m in spec["methods"]} for sz, d in t.items()}
+                    for s, t in test.items()}
+    results |= {"chosen": chosen, "runs": runs, "test": test, "classes": classes,
+                "hypotheses": analysis.hypotheses(methods_only, spec["hypotheses"], spec["alpha"]),
+                "table": analysis.table(test), "per_flaw": analysis.per_flaw(test, classes),
+                "minutes": round((time.perf_counter() - progress.t0) / 60, 1)}
+    write(results)
+    show(results)
 
 
-def plot(summary, names, seeds, path):
+def _trained(store, spec: dict, run: Run):
+    return train(store, spec, run)  # reused from the store: the tuning phase trained it
+
+
+def write(results: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1))
+    print(f"wrote {RESULTS}", flush=True)
+
+
+def show(results: dict) -> None:
+    for h in results["hypotheses"]:
+        print(f"{h['id']}: {h['text']}: {h['mean']:+.4f} ± {h['se_seeds']:.4f} (se over seeds), p {h['p']:.4f}, "
+              f"Holm {h['p_holm']:.4f}: {'supported' if h['supported'] else 'not supported'}")
+    for size, rows in results["table"].items():
+        print(f"\n{size}: test reward, mean ± sd over report seeds")
+        for m, v in sorted(rows.items(), key=lambda kv: -kv[1]["reward"]):
+            print(f"  {m:12} {v['reward']:.4f} ± {v['sd_seeds']:.4f}")
+    plot(results, DOCS / "results-quality-v4.png")
+
+
+def plot(results: dict, path: Path) -> None:
     from stages.evaluate.report import bar_chart
-    panels = [("test reward (± sd over seeds)", [summary[n]["reward"] for n in names],
-               [summary[n]["reward_sd_seeds"] for n in names]),
-              ("r(y) per token", [summary[n]["implicit_reward_per_token"] for n in names], [0] * len(names)),
-              ("KL(model || init) per token", [summary[n]["kl_to_init"] for n in names], [0] * len(names))]
-    bar_chart(names, panels, f"tiny world v3, each method at its tuned setting, world seeds {seeds}", path)
+    panels = []
+    for size, rows in results["table"].items():
+        names = list(rows)
+        panels.append((f"{size}: test reward (± sd over seeds)", [rows[n]["reward"] for n in names],
+                       [rows[n]["sd_seeds"] for n in names]))
+    bar_chart(list(next(iter(results["table"].values()))), panels, "world v4, tuned settings, report seeds", path)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from schemas.keys import artifact_key
 from stages.common.models import resolve
 from stages.common.ranks import silent
 from stages.common.tokenizers import tokenizer_fingerprint
-from stages.distill.distiller import Distiller, Job, Place
+from stages.distill.distiller import Distiller, Job, Place, Trained
 from stages.distill.settings import Distill
 from stages.teacher_cache import run as stage_one
 from stages.teacher_cache.render import render_prompt, render_response
@@ -190,7 +190,11 @@ def plain_dpo_teacher(store: Store, world: World, seed: int, say) -> Path:
 
 def train(store: Store, job: Job, folder: Path, say) -> Path:
     """A world model's training run; its folder is the world's own (overwritten), the model a store artifact."""
-    return Distiller(store, job, Place(folder, overwrite=True, title="tiny-world", say=say or silent)).run().model_dir
+    return trained(store, job, folder, say).model_dir
+
+
+def trained(store: Store, job: Job, folder: Path, say) -> Trained:
+    return Distiller(store, job, Place(folder, overwrite=True, title="tiny-world", say=say or silent)).run()
 
 
 @contextmanager

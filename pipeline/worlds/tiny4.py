@@ -13,10 +13,10 @@ from pathlib import Path
 from artifacts import Store
 from artifacts.folders import publish_folder
 from pipeline.worlds import flawed_sorting, reward_model, sorting_task
-from pipeline.worlds.tiny import WORDS, WORLDS, World, build, dataset, reference_logp, run_dir, train
+from pipeline.worlds.tiny import WORDS, WORLDS, World, build, dataset, reference_logp, run_dir, trained
 from stages.common.models import resolve
 from stages.common.ranks import silent
-from stages.distill.distiller import Job
+from stages.distill.distiller import Job, Trained
 from stages.distill.settings import Distill
 from stages.evaluate.run import Validator
 from stages.teacher_cache.settings import Data, TeacherCache
@@ -30,12 +30,12 @@ WORLD = {
     "s8": {"hidden": 64, "layers": 2, "heads": 2},
     "s32": {"hidden": 32, "layers": 2, "heads": 2},
     "sft": {"sft_lr": 3e-3, "epochs": 3, "batch_pairs": 64, "warmup": 0.05},
-    "rm": {"lr": 3e-4, "epochs": 1, "batch_pairs": 64, "warmup": 0.05},
+    "rm": {"lr": 3e-4, "epochs": 3, "batch_pairs": 64, "warmup": 0.05},
     "dpo": {"epochs": 1, "batch_pairs": 128, "warmup": 0.1, "eval_every": 32, "select_by": "rm"},
 }
 DPO_GRID = [{"lr": lr, "beta": beta} for lr in (1e-4, 5e-4) for beta in (0.1, 0.5)]  # the students' dpo grid
 # The DPO teacher's grid setting, chosen on world seed 0's validation prompts by the reward model
-# (make bench-quality, phase 0); None until that has run.
+# (make bench-quality, phase 0, which stops when this is not its choice); None until chosen.
 TUNED_DPO: dict | None = None
 SORTING = ("sorting", sorting_task.reward)
 
@@ -71,18 +71,24 @@ def validator(store: Store, world: World, seed: int, say) -> Validator:
     return Validator(models, valid, world.scoring, SORTING, rm)
 
 
-def dpo_teacher(store: Store, world: World, seed: int, say, setting: dict | None = None) -> Path:
-    """The DPO teacher at `setting` (default: the tuned one), selected on validation by the reward model."""
-    setting = setting or TUNED_DPO
-    if setting is None:
+def dpo_teacher(store: Store, world: World, seed: int, say) -> Path:
+    """The DPO teacher at the tuned setting, selected on validation by the reward model."""
+    if TUNED_DPO is None:
         raise ValueError(f"builtin:{world.name}-teacher-dpo: its DPO setting is chosen by make bench-quality on "
                          f"world seed 0 (docs/PREREG-v4.md) and has not been chosen yet")
+    return dpo_run(store, seed, TUNED_DPO, say).model_dir
+
+
+def dpo_run(store: Store, seed: int, setting: dict, say) -> Trained:
+    """DPO of the SFT teacher at one grid setting, selected on validation by the reward model (a stored
+    run is reused: its key is its inputs)."""
+    world = V4
     sft_dir = build(f"{world.name}-teacher-sft{world.suffix(seed)}", store, say)[0]
     d = Distill(loss="dpo", token_budget=8192, seed=seed, **world.constants["dpo"], **setting)
     job = Job("dpo", resolve(str(sft_dir)), d, {"student_logp": reference_logp(store, world, sft_dir, seed)},
               validation=validator(store, world, seed, say))
     what = "teacher-dpo-" + "-".join(f"{k}{v}" for k, v in setting.items())
-    return train(store, job, run_dir(store, world, what, seed), say)
+    return trained(store, job, run_dir(store, world, what, seed), say)
 
 
 V4 = World("tiny4", WORLD, flawed_sorting, ("teacher", "s8", "s32"), tuple(WORDS + list(flawed_sorting.CLASSES)[1:]),
