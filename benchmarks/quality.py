@@ -19,12 +19,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 
+import numpy as np
+
 from benchmarks import analysis, prereg
+from stages.common import kernels
 
 DOCS = Path("docs")
 OUT = Path("bench-out") / "quality-v4"
@@ -70,17 +75,18 @@ def recipe_for(spec: dict, run: Run):
 
 @dataclass
 class Progress:
-    """Plain progress lines with an ETA from the mean time of the units done so far."""
+    """Plain progress lines with an ETA: the units left at the median time of those done (a unit that
+    first builds a world seed's models is an outlier the median ignores; so the ETA is a low guess)."""
 
     total: int
     done: int = 0
-    spent: float = 0.0
+    times: list = field(default_factory=list)
     t0: float = field(default_factory=time.perf_counter)
 
     def step(self, what: str, t: float) -> None:
         self.done += 1
-        self.spent += t
-        eta = self.spent / self.done * (self.total - self.done)
+        self.times.append(t)
+        eta = float(np.median(self.times)) * (self.total - self.done)
         print(f"  [{self.done}/{self.total}] {what} ({t:.0f} s; elapsed {(time.perf_counter() - self.t0) / 60:.1f} "
               f"min, ETA {eta / 60:.0f} min)", flush=True)
 
@@ -208,12 +214,16 @@ def report(store, spec: dict, chosen: dict, progress: Progress) -> tuple[dict, d
 
 
 def main():
+    if not kernels.is_pinned():  # before torch starts: the kernels are read once, at its start
+        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.quality", *sys.argv[1:]], kernels.pinned_env())
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", default=None, help="default: $ADPA_STORE or ./store")
     ap.add_argument("--until", choices=("integrity", "tuning", "report"), default="report",
                     help="stop after this phase (its figures are written)")
     a = ap.parse_args()
     spec = prereg.check()
+    import torch
+    torch.set_num_threads(1)  # the prereg's: one thread for everything, so the same bits on every machine
     from artifacts import Store
     store = Store(a.store)
     sizes, methods = spec["students"]["sizes"], list(spec["methods"])

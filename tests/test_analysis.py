@@ -115,3 +115,16 @@ def test_registered_hypotheses_are_well_formed():
 def _grid(method):
     import itertools
     return list(itertools.product(*method["grid"].values()))
+
+
+def test_the_bench_runs_the_registered_grids_in_order():
+    from benchmarks import prereg, quality
+    spec = prereg.check()
+    assert quality.grid(spec, "dpo") == [(("lr", 1e-4), ("beta", 0.1)), (("lr", 1e-4), ("beta", 0.5)),
+                                         (("lr", 5e-4), ("beta", 0.1)), (("lr", 5e-4), ("beta", 0.5))]
+    assert all(len(quality.grid(spec, m)) == 4 for m in spec["methods"])
+    r = quality.recipe_for(spec, quality.Run("adpa-signed", "s8", 3, (("lr", 5e-4), ("gamma", 0.3))))
+    assert (r.models.student, r.models.reward_model) == ("builtin:tiny4-s8-sft:seed3", "builtin:tiny4-reward-model:seed3")
+    assert (r.distill.advantage, r.distill.lr, r.distill.gamma, r.distill.seed) == ("signed", 5e-4, 0.3, 3)
+    assert (r.distill.select_by, r.distill.eval_every, r.distill.epochs) == ("rm", 16, 3)
+    assert r.data.eval_source == "builtin:tiny4-sort-test:seed3"
