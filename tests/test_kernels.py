@@ -15,11 +15,12 @@ PROBE = str(Path(__file__).parent / "kernel_probe.py")
 NARROWER = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
-def test_a_world_model_has_the_same_bits_under_two_kernel_settings_when_pinned(tmp_path):
+@pytest.mark.parametrize("model", ["builtin:tiny-teacher-sft", "builtin:tiny4-s32-sft"])
+def test_a_world_model_has_the_same_bits_under_two_kernel_settings_when_pinned(tmp_path, model):
     base = {k: v for k, v in pinned_env().items() if k not in NARROWER}
     envs = [base, base | NARROWER]
     assert all(is_pinned(e) for e in envs)
-    procs = [subprocess.Popen([sys.executable, PROBE, str(tmp_path / f"store{i}")], env=e, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, PROBE, str(tmp_path / f"store{i}"), model], env=e, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i, e in enumerate(envs)]
     outs = [p.communicate() for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
