@@ -252,14 +252,20 @@ def main():
         return write(results | {"chosen": chosen})
     print(f"phase 2: report seeds {seeds}", flush=True)
     test, classes, runs = report(store, spec, chosen, progress)
-    methods_only = {s: {sz: {m: v for m, v in d.items() if m in spec["methods"]} for sz, d in t.items()}
-                    for s, t in test.items()}
-    results |= {"chosen": chosen, "runs": runs, "test": test, "classes": classes,
-                "hypotheses": analysis.hypotheses(methods_only, spec["hypotheses"], spec["alpha"]),
-                "table": analysis.table(test), "per_flaw": analysis.per_flaw(test, classes),
+    results |= {"chosen": chosen, "runs": runs, **analyse(spec, test, classes),
                 "minutes": round((time.perf_counter() - progress.t0) / 60, 1)}
     write(results)
-    show(results)
+    show(results, DOCS / "results-quality-v4.png")
+
+
+def analyse(spec: dict, test: dict, classes: dict) -> dict:
+    """The registered analysis of the report seeds' per-prompt test rewards (the teachers' and SFT
+    students' rows are in the tables, never in a hypothesis)."""
+    methods_only = {s: {sz: {m: v for m, v in d.items() if m in spec["methods"]} for sz, d in t.items()}
+                    for s, t in test.items()}
+    return {"test": test, "classes": classes,
+            "hypotheses": analysis.hypotheses(methods_only, spec["hypotheses"], spec["alpha"]),
+            "table": analysis.table(test), "per_flaw": analysis.per_flaw(test, classes)}
 
 
 def _trained(store, spec: dict, run: Run):
@@ -272,7 +278,7 @@ def write(results: dict) -> None:
     print(f"wrote {RESULTS}", flush=True)
 
 
-def show(results: dict) -> None:
+def show(results: dict, png: Path) -> None:
     for h in results["hypotheses"]:
         print(f"{h['id']}: {h['text']}: {h['mean']:+.4f} ± {h['se_seeds']:.4f} (se over seeds), p {h['p']:.4f}, "
               f"Holm {h['p_holm']:.4f}: {'supported' if h['supported'] else 'not supported'}")
@@ -280,7 +286,7 @@ def show(results: dict) -> None:
         print(f"\n{size}: test reward, mean ± sd over report seeds")
         for m, v in sorted(rows.items(), key=lambda kv: -kv[1]["reward"]):
             print(f"  {m:12} {v['reward']:.4f} ± {v['sd_seeds']:.4f}")
-    plot(results, DOCS / "results-quality-v4.png")
+    plot(results, png)
 
 
 def plot(results: dict, path: Path) -> None:

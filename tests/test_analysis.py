@@ -128,3 +128,20 @@ def test_the_bench_runs_the_registered_grids_in_order():
     assert (r.distill.advantage, r.distill.lr, r.distill.gamma, r.distill.seed) == ("signed", 5e-4, 0.3, 3)
     assert (r.distill.select_by, r.distill.eval_every, r.distill.epochs) == ("rm", 16, 3)
     assert r.data.eval_source == "builtin:tiny4-sort-test:seed3"
+
+
+def test_the_bench_analyses_and_shows_report_seeds(tmp_path, capsys):
+    """The end of make bench-quality on made-up per-prompt rewards: hypotheses over the methods only,
+    tables with the reference rows, a chart."""
+    from benchmarks import prereg, quality
+    spec = prereg.check()
+    rng = np.random.default_rng(1)
+    names = list(spec["methods"]) + ["teacher-sft", "teacher-dpo", "student-sft"]
+    test = {str(s): {size: {n: list(rng.uniform(0.7, 1.0, 20)) for n in names} for size in spec["students"]["sizes"]}
+            for s in spec["seeds"]["report"]}
+    classes = {s: ["none", "two_as_seven"] * 10 for s in test}
+    out = quality.analyse(spec, test, classes)
+    assert [h["id"] for h in out["hypotheses"]] == [h["id"] for h in spec["hypotheses"]]
+    assert set(out["table"]["s32"]) == set(names) and set(out["per_flaw"]["s8"]["dckd"]) == {"none", "two_as_seven"}
+    quality.show(out, tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").stat().st_size > 0 and "H1:" in capsys.readouterr().out
