@@ -118,7 +118,7 @@ def figures(trained) -> dict:
             "valid_reward_selected": next((v["reward"] for v in c if v["step"] == sel["step"]), None),
             "valid_reward_last": c[-1]["reward"] if c else None,
             "valid_reward_best": max((v["reward"] for v in c), default=None),
-            "model": str(trained.model_dir)}
+            "model": trained.key}  # its store key: the results name no folder of one machine
 
 
 def tune(store, spec: dict, sizes_methods: list[tuple[str, str]], progress: Progress, inits: dict) -> dict:
@@ -168,7 +168,7 @@ def evaluate(store, spec: dict, run: Run, students: dict[str, str], split: str) 
     r = recipe_for(spec, run)
     r.data.eval_source = r.data.valid_source if split == "valid" else r.data.eval_source
     results = orchestrate.evaluate(r, store, students, d, say=silent)
-    out = {"students": students, "rewards": {}, "means": {}}
+    out = {"students": students, "rewards": {}, "means": {}}  # cached beside the run (bench-out), never in docs
     for res in results:
         rows = [json.loads(ln) for ln in (d / "generations" / f"{res.name}.jsonl").read_text().splitlines()]
         out["rewards"][res.name] = [flawed_sorting.reward(x["instruction"], x["output"]) for x in rows]
@@ -180,10 +180,11 @@ def evaluate(store, spec: dict, run: Run, students: dict[str, str], split: str) 
 
 def integrity(store, spec: dict, tuned_dpo: dict) -> dict:
     """The registered checks on the tuning seed's validation prompts."""
+    from artifacts.transfer import local_copy
     valid, classes = {}, None
     for size in spec["students"]["sizes"]:
         run = Run("dpo", size, spec["seeds"]["tuning"][0], ())
-        ev = evaluate(store, spec, run, {"dpo": tuned_dpo[size]["dpo"]["model"]}, "valid")
+        ev = evaluate(store, spec, run, {"dpo": str(local_copy(store, tuned_dpo[size]["dpo"]["model"]))}, "valid")
         valid |= {"teacher-sft": ev["rewards"]["teacher-sft"], "teacher-dpo": ev["rewards"]["teacher-dpo"],
                   f"student-sft:{size}": ev["rewards"]["student-sft"], f"dpo:{size}": ev["rewards"]["dpo"]}
         classes = ev["classes"]
