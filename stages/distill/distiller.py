@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from artifacts import Store
 from artifacts.folders import publish_folder
@@ -48,6 +47,7 @@ from schemas.keys import artifact_key
 from stages.common.device import compute_dtype, pad_id, pick_device
 from stages.common.lm import OutputLayer
 from stages.common.models import ResolvedModel, load_model, load_tokenizer
+from stages.common.progress import Progress
 from stages.common.ranks import Ranks
 from stages.common.run_folder import claim
 from stages.common.settings import in_key, plain
@@ -309,8 +309,7 @@ class Distiller:
         validating = bool(s.eval_every and job.validation)
         config = {"loss": job.loss, "key": self.key, "lr": self.key_settings["lr"]} | {
             k: plain(v) for k, v in vars(s).items()}
-        bar = tqdm(total=total, initial=self.start, desc=f"distill ({job.loss})", unit="step", dynamic_ncols=True,
-                   disable=self.ranks.rank > 0)
+        bar = Progress(total, f"distill ({job.loss})", "step", self.say, self.start, active=self.ranks.rank == 0)
         totals = defaultdict(float)
         sinks = Sinks(s.report_to, f"{self.run_dir.name} ({job.loss})", config, active=self.ranks.rank == 0)
         with RunLog(self.run_dir, sinks, self.start, self.say) as self.log, bar:  # the bar closes before an error's line
@@ -329,8 +328,8 @@ class Distiller:
                     totals[n] += rec[n]
                 self.log.write(rec)
                 last = {n: v for n, v in rec.items() if n not in STEP_FIELDS}  # the loss and its terms
+                bar.postfix(f"loss {rec['loss']:.4f} {totals['tokens'] / totals['step_s']:,.0f} tok/s")
                 bar.update(1)
-                bar.set_postfix_str(f"loss {rec['loss']:.4f} {totals['tokens'] / totals['step_s']:,.0f} tok/s")
                 if validating and ((step + 1) % s.eval_every == 0 or step + 1 == total):
                     self.validate(step + 1)
                 # the last step always: a run killed after it (saving, publishing) resumes with nothing to retrain

@@ -22,8 +22,6 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tqdm import tqdm
-
 from artifacts import ArtifactReader, ArtifactSpec, ArtifactWriter, Store, WriteOptions
 from artifacts.writer import assemble, producer_versions
 from schemas import sequences, token_topk
@@ -31,6 +29,7 @@ from schemas.keys import artifact_key
 from stages.common.device import compute_dtype, pick_device
 from stages.common.lm import Sequence
 from stages.common.models import ResolvedModel, load_tokenizer
+from stages.common.progress import Progress
 from stages.common.ranks import Ranks
 from stages.common.tokenizers import compare_tokenizers, tokenizer_fingerprint
 from stages.teacher_cache import backends
@@ -233,8 +232,8 @@ def write_slice(run: Run, job: Job, say) -> Written:
         # A block never spans more than one shard (2 sequences per input row at most), so a killed
         # run loses at most one shard of work.
         block = max(1, min(BLOCK_ROWS, run.settings.shard_rows // 2))
-        bar = tqdm(total=w.end - w.start, initial=w.resume_from - w.start, desc=f"{job.kind} ({job.role})",
-                   unit="row", dynamic_ncols=True, disable=rk.rank > 0)
+        bar = Progress(w.end - w.start, f"{job.kind} ({job.role})", "row", say, w.resume_from - w.start,
+                       active=rk.rank == 0)
         for start in range(w.resume_from, w.end, block):
             idx = range(start, min(w.end, start + block))
             rows = job.make_rows([(i, items[i]) for i in idx if not isinstance(items[i], Drop)])
@@ -244,8 +243,8 @@ def write_slice(run: Run, job: Job, say) -> Written:
                 else:
                     w.add(i, rows[i])
                     tokens += sum(codec.row_tokens(r) for r in rows[i])
+            bar.postfix(f"{tokens / (time.perf_counter() - t0):,.0f} tok/s")
             bar.update(len(idx))
-            bar.set_postfix_str(f"{tokens / (time.perf_counter() - t0):,.0f} tok/s")
         bar.close()
         secs = time.perf_counter() - t0
         w.finish({"seconds": round(secs, 3), "tokens_per_s": round(tokens / secs, 1) if secs else None,

@@ -1,0 +1,58 @@
+"""Progress of long work: a tqdm bar on a terminal, plain lines in a log.
+
+On a terminal the bar redraws in place. Written to a file or a pipe, a bar becomes runs of carriage
+returns (dozens of kilobytes for one run), so there the bar is off and one plain line goes to `say`
+at each tenth of the work. `TQDM_DISABLE=1` turns the bar off anywhere, as tqdm documents.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from tqdm import tqdm
+
+
+def bar_enabled(active: bool = True) -> bool:
+    """A bar only for the process that reports (`active`), on a terminal, without TQDM_DISABLE."""
+    off = os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
+    return active and not off and sys.stderr.isatty()
+
+
+class Progress:
+    """`update(n)` and `postfix(text)` as a tqdm bar has them; without a bar, `say` gets
+    "DESC: DONE/TOTAL UNIT (PCT%) POSTFIX" each time another tenth is done, and at the end."""
+
+    def __init__(self, total: int, desc: str, unit: str, say, initial: int = 0, active: bool = True):
+        self.total, self.desc, self.unit, self.say = total, desc, unit, say if active else None
+        self.done, self.text = initial, ""
+        self.tenth = self._tenth()
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True) \
+            if bar_enabled(active) else None
+
+    def _tenth(self) -> int:
+        return 10 * self.done // self.total if self.total else 10
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.say is not None and (self._tenth() > self.tenth or self.done == self.total):
+            self.tenth = self._tenth()
+            pct = 100 * self.done / self.total if self.total else 100
+            self.say(f"{self.desc}: {self.done:,}/{self.total:,} {self.unit}s ({pct:.0f}%) {self.text}".rstrip())
+
+    def postfix(self, text: str) -> None:
+        self.text = text
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

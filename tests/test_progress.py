@@ -1,0 +1,42 @@
+"""Progress (stages/common/progress.py): plain lines in a log, a bar on a terminal, TQDM_DISABLE honoured."""
+
+import io
+
+from stages.common import progress
+
+
+def test_a_log_gets_a_plain_line_per_tenth_and_no_carriage_returns(monkeypatch):
+    err = io.StringIO()
+    monkeypatch.setattr(progress.sys, "stderr", err)  # not a terminal
+    lines = []
+    with progress.Progress(37, "distill (dckd)", "step", lines.append) as p:
+        for _ in range(37):
+            p.postfix("loss 0.5")
+            p.update(1)
+    assert err.getvalue() == ""  # no bar: nothing but the lines below
+    assert len(lines) == 10 and lines[-1] == "distill (dckd): 37/37 steps (100%) loss 0.5"
+    assert lines[0].startswith("distill (dckd): 4/37 steps (11%)")
+
+
+def test_a_resumed_run_counts_from_where_it_was_and_other_ranks_say_nothing(monkeypatch):
+    monkeypatch.setattr(progress.sys, "stderr", io.StringIO())
+    lines = []
+    p = progress.Progress(100, "teacher-topk (teacher)", "row", lines.append, initial=50)
+    p.update(50)
+    assert lines == ["teacher-topk (teacher): 100/100 rows (100%)"]
+    quiet = []
+    progress.Progress(10, "x", "row", quiet.append, active=False).update(10)
+    assert quiet == []
+
+
+def test_a_terminal_gets_a_bar_unless_tqdm_disable_is_set(monkeypatch):
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    monkeypatch.setattr(progress.sys, "stderr", Tty())
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert progress.bar_enabled() and not progress.bar_enabled(active=False)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert not progress.bar_enabled()
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    assert progress.bar_enabled()
