@@ -6,6 +6,9 @@ help text (`models` here, `data` and `teacher_cache` in stage one, `distill` in 
 
 A nested section is set by its dotted path (`--set distill.lora.r=16`).
 
+A relative data path in a recipe file (`data.source`, `eval_source`, `valid_source`) names the file
+beside the recipe when one is there; on the command line it is relative to the working directory.
+
 `per_loss:` holds `distill` settings for one loss (`per_loss: {adpa: {advantage: clip01}}`): a recipe's
 tuned choice per method (a nested section given there replaces the section's whole). A chained loss (adpa+) applies its entry to every step of its chain. On the
 command line `--set per_loss.adpa.gamma=0.3` sets one of them, and `--set distill.NAME=VALUE` sets NAME
@@ -137,6 +140,22 @@ def _per_loss(raw, distill: Distill, where: str) -> dict[str, dict]:
     return out
 
 
+DATA_PATHS = ("source", "eval_source", "valid_source")
+
+
+def _beside(raw: dict, folder: Path) -> dict:
+    """A data file the recipe names by a relative path is the one beside the recipe file, when there is one
+    there (so a copied recipe and its data travel together); a hub id or a path from `--set` is kept as given."""
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return raw
+    for name in DATA_PATHS:
+        value = data.get(name)
+        if isinstance(value, str) and value and not Path(value).is_absolute() and (folder / value).is_file():
+            data[name] = str((folder / value).resolve())
+    return raw
+
+
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
     p = Path(name_or_path)
     if p.suffix not in (".yaml", ".yml"):  # a name (names may hold dots: danube2-1.8b)
@@ -157,7 +176,7 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     unknown = set(raw) - {"name", "description", "per_loss"} - set(SECTIONS)
     if unknown:
         raise RecipeError(f"{p.name} has unknown sections {sorted(map(str, unknown))}")
-    raw = apply_overrides(raw, overrides or [])
+    raw = apply_overrides(_beside(raw, p.parent), overrides or [])
     name = raw.get("name", p.stem)
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise RecipeError(f"{p.name}: name must be a short word (letters, digits, . _ + -), got {quote(name)}")

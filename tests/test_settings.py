@@ -145,3 +145,18 @@ def test_a_recipe_name_that_is_not_a_short_word_is_refused(tmp_path):
     p.write_text("name: [1, 2]\nmodels: {teacher: a, reference: b, student: c}\ndata: {source: x.jsonl}\n")
     with pytest.raises(RecipeError, match=r"name must be a short word .* got \[1, 2\]"):
         load_recipe(str(p))
+
+
+def test_a_recipes_relative_data_path_is_beside_the_recipe_file(tmp_path, monkeypatch):
+    """issue 27: a copied recipe and its data travel together; --set paths and hub ids are kept as given."""
+    from pipeline.recipe import load_recipe
+    d = tmp_path / "project"
+    (d / "data").mkdir(parents=True)
+    (d / "data" / "pairs.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    (d / "mine.yaml").write_text("models: {teacher: t, reference: r, student: s}\n"
+                                 "data: {source: data/pairs.jsonl, eval_source: org/hub-set}\n")
+    monkeypatch.chdir(tmp_path)  # elsewhere: data/pairs.jsonl does not exist here
+    r = load_recipe(str(d / "mine.yaml"))
+    assert r.data.source == str((d / "data" / "pairs.jsonl").resolve()) and r.data.eval_source == "org/hub-set"
+    given = load_recipe(str(d / "mine.yaml"), ["data.source=other/pairs.jsonl"])
+    assert given.data.source == "other/pairs.jsonl"
