@@ -40,3 +40,19 @@ def test_a_terminal_gets_a_bar_unless_tqdm_disable_is_set(monkeypatch):
     assert not progress.bar_enabled()
     monkeypatch.setenv("TQDM_DISABLE", "0")
     assert progress.bar_enabled()
+
+
+def test_a_one_step_runs_loss_plot_has_whole_steps_on_its_axis(tmp_path, monkeypatch):
+    """issue 27 item 12: a short run's loss.png read 0.96 ... 1.04 on its step axis."""
+    import matplotlib.figure
+
+    from stages.distill.report import plot_loss
+    ticks = []
+    save = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *a, **k):
+        ticks.extend(t for ax in fig.axes for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1])
+        return save(fig, *a, **k)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    assert plot_loss([{"step": 1, "loss": 0.5}], "t", tmp_path / "loss.png").stat().st_size > 0
+    assert ticks and all(float(t).is_integer() for t in ticks) and 1 in ticks

@@ -41,6 +41,12 @@ def plot_loss(metrics: list[dict], title: str, path: Path) -> Path | None:
         ax.set(xlabel="optimizer step", title="validation (means over the validation pairs)")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
+    for ax in axes[0]:  # steps are whole: a one-step run's axis reads 0 1 2, not 0.96 to 1.04
+        lo, hi = ax.get_xlim()
+        if hi - lo < 2:
+            ax.set_xlim((lo + hi) / 2 - 1, (lo + hi) / 2 + 1)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
