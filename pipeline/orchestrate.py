@@ -70,7 +70,7 @@ def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path 
 
     def train(step_loss: str, init, step_caches: dict, run_dir: Path, label: str = "") -> Trained:
         job = Job(step_loss, init, d, step_caches, label, validation)
-        place = Place(run_dir, resume, overwrite, recipe.name, ranks=ranks, say=say)
+        place = Place(run_dir, resume, overwrite, recipe.name, recipe.command("distill", "--loss", loss), ranks, say)
         return Distiller(store, job, place).run()
 
     spec = LOSSES[loss]

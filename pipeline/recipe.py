@@ -60,6 +60,13 @@ class Recipe:
     description: str = ""
     path: str = ""
     per_loss: dict[str, dict] = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()  # the --set items it was loaded with
+
+    def command(self, verb: str, *args: str) -> str:
+        """The `adpa` command line that makes this recipe again (its file or name, then its --set items)."""
+        import shlex
+        where = self.name if self.path and Path(self.path).parent == RECIPES else self.path or self.name
+        return shlex.join(["adpa", verb, "-r", where, *args, *(x for o in self.overrides for x in ("--set", o))])
 
     def distill_for(self, loss: str) -> Distill:
         """The `distill` settings loss `loss` trains with: the section, then its `per_loss` entry."""
@@ -187,7 +194,7 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
         raise RecipeError(str(e)) from None
     per_loss = _per_loss(raw.get("per_loss"), sections["distill"], p.name)
     return Recipe(name=name, description=str(raw.get("description", "")), path=str(p), per_loss=per_loss,
-                  **sections)
+                  overrides=tuple(overrides or ()), **sections)
 
 
 def show(recipe: Recipe) -> str:

@@ -56,3 +56,18 @@ def test_a_one_step_runs_loss_plot_has_whole_steps_on_its_axis(tmp_path, monkeyp
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
     assert plot_loss([{"step": 1, "loss": 0.5}], "t", tmp_path / "loss.png").stat().st_size > 0
     assert ticks and all(float(t).is_integer() for t in ticks) and 1 in ticks
+
+
+def test_the_model_card_names_the_teacher_reference_and_data_its_caches_came_from():
+    """issue 27 item 4: the card named no dataset, teacher or reference."""
+    from stages.distill import report
+    topk = {"inputs": {"role": "teacher", "model": {"hub_id": "org/teacher", "revision": "abc"}, "k": 8,
+                       "data": {"file": "data.jsonl", "sha256": "d" * 64, "split": "train", "format": "trl"}}}
+    adv = {"inputs": {"teacher": {"hub_id": "org/teacher", "revision": "abc"},
+                      "reference": {"folder": "ref", "weights_sha256": "e" * 64}}}
+    p = report.provenance([topk, adv])
+    assert p == {"teacher": {"hub_id": "org/teacher", "revision": "abc"}, "data": {"sha256": "d" * 64, "split": "train",
+                 "format": "trl"}, "reference": {"folder": "ref", "weights_sha256": "e" * 64}}
+    rows = report._provenance_rows(p)
+    assert "| teacher | `org/teacher@abc` |" in rows and f"| data | `sha256 {'d' * 64}, split train, format trl` |" in rows
+    assert "data.jsonl" not in rows  # a file's name says nothing another team can check; its sha256 does

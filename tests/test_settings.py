@@ -160,3 +160,13 @@ def test_a_recipes_relative_data_path_is_beside_the_recipe_file(tmp_path, monkey
     assert r.data.source == str((d / "data" / "pairs.jsonl").resolve()) and r.data.eval_source == "org/hub-set"
     given = load_recipe(str(d / "mine.yaml"), ["data.source=other/pairs.jsonl"])
     assert given.data.source == "other/pairs.jsonl"
+
+
+def test_a_recipe_knows_the_command_that_makes_it_again(tmp_path):
+    """issue 27 item 4: the model card's Reproduce line kept --set data.source=... out, and would train on other data."""
+    r = load_recipe("tiny", ["data.source=my pairs.jsonl", "distill.lr=1e-5"])
+    assert r.command("distill", "--loss", "adpa") == ("adpa distill -r tiny --loss adpa --set 'data.source=my pairs.jsonl' "
+                                                      "--set distill.lr=1e-5")
+    own = tmp_path / "mine.yaml"
+    own.write_text((Path(__file__).parent.parent / "pipeline" / "recipes" / "tiny.yaml").read_text())
+    assert load_recipe(str(own)).command("eval") == f"adpa eval -r {own}"

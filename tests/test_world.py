@@ -134,6 +134,9 @@ def test_selection_keeps_the_checkpoint_best_on_validation(world, tmp_path):
     again = validator(recipe, recipe.distill_for("kd"), world["store"])(AutoModelForCausalLM.from_pretrained(run.model_dir))
     assert again == {k: v for k, v in best.items() if k not in ("step", "split")}
     assert f"step {best['step']}, the best on the validation pairs by reward" in (run.model_dir / "README.md").read_text()
+    card = (run.model_dir / "README.md").read_text()
+    assert f"Reproduce: `{recipe.command('distill', '--loss', 'kd')}`" in card and "--set distill.eval_every=16" in card
+    assert "| teacher | `builtin:tiny-teacher-dpo (artifact " in card and "| data | `sha256 " in card
 
 
 def test_the_guard_marks_students_that_over_optimise():

@@ -372,8 +372,9 @@ class Distiller:
             self.tok.save_pretrained(out)
             title = self.place.title
             report.plot_loss(read_records(self.run_dir / METRICS, self.say), f"{title}: {name}", self.run_dir / "loss.png")
+            sources = report.provenance([self.store.manifest(self.job.caches[n]) or {} for n in self.dirs])
             card = report.Card(title, name, self.job.init.spec, self.key_settings, self.inputs["caches"], self.key,
-                               self.place.command or f"adpa distill -r {title} --loss {name}")
+                               self.place.command or f"adpa distill -r {title} --loss {name}", sources)
             (out / "README.md").write_text(report.model_card(card, summary))
             publish_folder(self.store, "student", self.inputs, lambda folder: (_copy_files(out, folder), summary)[1])
             shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)  # the run is complete and published

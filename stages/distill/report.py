@@ -56,7 +56,7 @@ def plot_loss(metrics: list[dict], title: str, path: Path) -> Path | None:
 @dataclass(frozen=True)
 class Card:
     """What a student's model card names: the recipe (title), loss, init model, settings in its key, the
-    caches it read, its own key and the command that reproduces it."""
+    caches it read, its own key, the command that reproduces it, and where the caches came from."""
 
     title: str
     loss: str
@@ -65,6 +65,42 @@ class Card:
     caches: dict
     key: str
     command: str
+    provenance: dict = None  # role -> model identity, "data" -> data identity (from the caches' manifests)
+
+
+def provenance(manifests: list[dict]) -> dict:
+    """The models and the data the caches were made from, as their manifests' inputs name them: teacher,
+    reference and the states' student by their identities (hub id and revision, built-in artifact, or a
+    folder's name and weights' sha256), the data by its file's sha256, split and format."""
+    out = {}
+    for m in manifests:
+        i = m.get("inputs", {})
+        if "model" in i and "role" in i:
+            out.setdefault(i["role"], i["model"])
+        for role in ("teacher", "reference"):
+            if isinstance(i.get(role), dict):
+                out.setdefault(role, i[role])
+        if isinstance(i.get("data"), dict):
+            out.setdefault("data", {k: v for k, v in i["data"].items() if k in ("sha256", "split", "format", "limit",
+                                                                               "hub_id", "revision")})
+    return out
+
+
+def _identity(x: dict) -> str:
+    if "hub_id" in x:
+        return f"{x['hub_id']}@{x.get('revision', 'main')}"
+    if "builtin" in x:
+        return f"{x['builtin']} (artifact {x.get('artifact')})"
+    return ", ".join(f"{k} {v}" for k, v in x.items())
+
+
+def _provenance_rows(p: dict | None) -> str:
+    if not p:
+        return "(not recorded)"
+    rows = [f"| {role} | `{_identity(x)}` |" for role, x in p.items() if role != "data"]
+    if "data" in p:
+        rows.append(f"| data | `{_identity(p['data'])}` |")
+    return "| what | identity |\n|---|---|\n" + "\n".join(rows)
 
 
 def model_card(card: Card, summary: dict) -> str:
@@ -110,6 +146,10 @@ Reproduce: `{command}`
 {cache_rows}
 
 This student's own artifact key: `{key}`.{adapter}
+
+## Where the caches came from (their manifests' inputs)
+
+{_provenance_rows(card.provenance)}
 
 ## Run
 
