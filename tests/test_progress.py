@@ -71,3 +71,10 @@ def test_the_model_card_names_the_teacher_reference_and_data_its_caches_came_fro
     rows = report._provenance_rows(p)
     assert "| teacher | `org/teacher@abc` |" in rows and f"| data | `sha256 {'d' * 64}, split train, format trl` |" in rows
     assert "data.jsonl" not in rows  # a file's name says nothing another team can check; its sha256 does
+
+
+def test_the_cards_base_model_is_a_hub_id_or_absent(tmp_path):
+    from stages.distill import report
+    card = lambda spec: report.model_card(report.Card("r", "dckd", spec, {}, {}, "student-x", "adpa distill"), {})  # noqa: E731
+    assert "base_model: org/student\n" in card("org/student@v2")
+    assert "base_model:" not in card("builtin:tiny-student-sft") and "base_model:" not in card(str(tmp_path))

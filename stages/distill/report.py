@@ -117,10 +117,11 @@ def model_card(card: Card, summary: dict) -> str:
     selected = (f"The weights are those of step {sel['step']}, the best on the validation pairs by {sel['by']} "
                 f"({sel['value']:.6g})." if sel.get("by", "last") != "last" and "value" in sel
                 else "The weights are those of the last step.")
+    base = "" if init_spec.startswith("builtin:") or Path(init_spec).exists() else \
+        f"base_model: {init_spec.partition('@')[0]}\n"  # the hub's field holds a hub id, never a folder
     return f"""---
 library_name: transformers
-base_model: {init_spec}
-tags: [adpa, distillation, preference-alignment]
+{base}tags: [adpa, distillation, preference-alignment]
 ---
 # {title} student, {loss}
 
