@@ -149,7 +149,7 @@ class Store:
             return e
         t = m["totals"]
         return e | {"complete": True, "rows": t["rows"], "tokens": t["tokens"], "bytes": t["bytes"],
-                    "created": m.get("created"), "input_rows": m["input_rows"]}
+                    "created": m.get("created"), "input_rows": m["input_rows"], **_what(m.get("inputs"))}
 
     # ---- garbage collection ------------------------------------------------------------
     def gc(self, older_than_s: float, dry_run: bool = False) -> list[Path | str]:
@@ -222,3 +222,16 @@ def _iso(ts: float) -> str:
 
 def now_iso() -> str:
     return _iso(time.time())
+
+
+def _what(inputs) -> dict:
+    """Which model role and which data an artifact is of, from its inputs: `role` (teacher, reference,
+    student; an advantage artifact's states), `data` (the first 12 hex digits of the data file's sha256)."""
+    if not isinstance(inputs, dict):
+        return {"role": None, "data": None}
+    role = inputs.get("role") if isinstance(inputs.get("role"), str) else None
+    if role is None and isinstance(inputs.get("states"), str):
+        role = f"states={inputs['states']}"
+    data = inputs.get("data") if isinstance(inputs.get("data"), dict) else {}
+    sha = data.get("sha256") if isinstance(data.get("sha256"), str) else None
+    return {"role": role[:24] if role else None, "data": sha[:12] if sha else None}
