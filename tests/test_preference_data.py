@@ -24,6 +24,19 @@ def test_messages_format_keeps_multi_turn_history():
     assert p.pair_id == "x7" and p.prompt == hist and (p.chosen, p.rejected) == ("4", "5")
 
 
+def test_trls_conversational_shape_with_an_explicit_prompt():
+    """issue 27 item 1: TRL's conversational pairs (the prompt as messages, each answer a list holding the
+    assistant's turn) were dropped as empty_prompt."""
+    row = {"prompt": [{"role": "system", "content": "Be brief."}, U("2+2?")], "chosen": [A("4")], "rejected": [A("5")]}
+    assert detect_format(row) == "conversational"
+    p = parse_row(0, row, "conversational")
+    assert p.prompt == row["prompt"] and (p.chosen, p.rejected) == ("4", "5")
+    assert parse_row(0, row | {"chosen": [U("again"), A("4")], "rejected": [U("again"), A("5")]},
+                     "conversational").prompt == row["prompt"] + [U("again")]
+    assert parse_row(0, row | {"chosen": [U("4")]}, "conversational") == "no_final_assistant_turn"
+    assert parse_row(0, row | {"prompt": "2+2?"}, "conversational") == "not_text"
+
+
 def test_transcripts_format_keeps_multi_turn_history():
     base = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: What is 2+2?\n\nAssistant:"
     p = parse_row(0, {"chosen": base + " 4", "rejected": base + " 5"}, "transcripts")

@@ -266,6 +266,20 @@ def _message_lists(row: dict) -> tuple[list[dict], str, str] | Drop:
     return c[:-1], c[-1]["content"], r[-1]["content"]
 
 
+def _conversational(row: dict) -> tuple[list[dict], str, str] | Drop:
+    """TRL's conversational shape with an explicit prompt: {prompt: messages, chosen: messages, rejected:
+    messages}, the answers' lists ending with the assistant's turn (turns before it, if any, extend the
+    prompt and must be the same on both sides)."""
+    p, c, r = _messages(row["prompt"]), _messages(row["chosen"]), _messages(row["rejected"])
+    if p is None or c is None or r is None:
+        return Drop.not_text
+    if not c or not r or c[-1]["role"] != "assistant" or r[-1]["role"] != "assistant":
+        return Drop.no_final_assistant_turn
+    if c[:-1] != r[:-1]:
+        return Drop.no_shared_prompt
+    return p + c[:-1], c[-1]["content"], r[-1]["content"]
+
+
 def _transcripts(row: dict) -> tuple[list[dict], str, str] | Drop:
     """{chosen, rejected}: two "\n\nHuman: ...\n\nAssistant: ..." transcripts (Anthropic HH)."""
     if _text(row["chosen"]) is None or _text(row["rejected"]) is None:
@@ -298,6 +312,9 @@ FORMATS: dict[str, Format] = {
     "strings": Format(("prompt", "chosen", "rejected"),
                       lambda cols, first: {"prompt", "chosen", "rejected"} <= cols and isinstance(_first_chosen(first), str),
                       _strings),
+    "conversational": Format(("prompt", "chosen", "rejected"),
+                             lambda cols, first: {"prompt", "chosen", "rejected"} <= cols
+                             and isinstance(first.get("prompt"), list), _conversational),
     "messages": Format(("chosen", "rejected"),
                        lambda cols, first: {"chosen", "rejected"} <= cols and isinstance(_first_chosen(first), list),
                        _message_lists),
