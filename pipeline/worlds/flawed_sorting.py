@@ -1,4 +1,4 @@
-"""World v4's task (docs/PREREG-v4.md): sort 12 to 16 digits; a policy with four flaw types.
+"""World v4's task (docs/PREREG-v4.md): sort 16 to 22 digits; a policy with four flaw types.
 
 Which flaw a prompt admits is set by its verb (`CLASSES`), so a model of any size can learn where the
 policy errs; each flaw keeps the answer's length and sits where the list puts it. The ground truth
