@@ -26,7 +26,8 @@ def run(store, data, backend, nproc):
                        capture_output=True, text=True, env=dict(os.environ, ADPA_STORE=str(store.root)))
     assert p.returncode == 0, p.stderr[-3000:]
     return {line.split()[0] + ":" + line.split()[1]: line.split()[-1] for line in p.stdout.splitlines()
-            if line.split() and line.split()[0] in ("teacher-topk", "seq-logp", "generations", "advantage")}
+            if line.split() and line.split()[0] in ("teacher-topk", "seq-logp", "generations", "advantage")
+            and not line.split()[1].startswith("(")}  # the summary table's rows, not the progress lines
 
 
 def content(store, key):
