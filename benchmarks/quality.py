@@ -246,7 +246,8 @@ def main():
     others = [(s, m) for s in sizes for m in methods if m not in ("dpo", "adpa+")]
     for size, got in tune(store, spec, others, progress, {}).items():
         chosen[size] |= got
-    inits = {s: _trained(store, spec, Run("dckd", s, 0, tuple(chosen[s]["dckd"]["setting"].items()))) for s in sizes}
+    # the tuned DCKD students ADPA+ starts from: reused from the store, where the tuning above made them
+    inits = {s: train(store, spec, Run("dckd", s, 0, tuple(chosen[s]["dckd"]["setting"].items()))) for s in sizes}
     for size, got in tune(store, spec, [(s, "adpa+") for s in sizes], progress, inits).items():
         chosen[size] |= got
     if a.until == "tuning":
@@ -267,10 +268,6 @@ def analyse(spec: dict, test: dict, classes: dict) -> dict:
     return {"test": test, "classes": classes,
             "hypotheses": analysis.hypotheses(methods_only, spec["hypotheses"], spec["alpha"]),
             "table": analysis.table(test), "per_flaw": analysis.per_flaw(test, classes)}
-
-
-def _trained(store, spec: dict, run: Run):
-    return train(store, spec, run)  # reused from the store: the tuning phase trained it
 
 
 def write(results: dict) -> None:
