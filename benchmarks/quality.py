@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,8 +213,7 @@ def report(store, spec: dict, chosen: dict, progress: Progress) -> tuple[dict, d
 
 
 def main():
-    if not kernels.is_pinned():  # before torch starts: the kernels are read once, at its start
-        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.quality", *sys.argv[1:]], kernels.pinned_env())
+    kernels.run_pinned("benchmarks.quality")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", default=None, help="default: $ADPA_STORE or ./store")
     ap.add_argument("--until", choices=("integrity", "tuning", "report"), default="report",

@@ -65,25 +65,26 @@ def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path 
     keys = dict(caches or {})
     if not all(name in keys for name in caches_of(loss)):
         keys = planned(recipe, store, models) | keys
-    d = recipe.distill_for(loss)
-    validation = validator(recipe, d, store, models)
 
-    def train(step_loss: str, init, step_caches: dict, run_dir: Path, label: str = "") -> Trained:
-        job = Job(step_loss, init, d, step_caches, label, validation)
+    def train(step_loss: str, settings: str, init, step_caches: dict, run_dir: Path, label: str = "") -> Trained:
+        """`settings`: the loss whose `per_loss` entry the step trains with."""
+        d = recipe.distill_for(settings)
+        job = Job(step_loss, init, d, step_caches, label, validator(recipe, d, store, models))
         place = Place(run_dir, resume, overwrite, recipe.name, recipe.command("distill", "--loss", loss), ranks, say)
         return Distiller(store, job, place).run()
 
     spec = LOSSES[loss]
     final = Path(output or Path("runs") / f"{recipe.name}-{loss}")
     if spec.then is None:
-        return [train(loss, models["student"], keys, final)]
+        return [train(loss, loss, models["student"], keys, final)]
     first_loss, then_loss = spec.then
-    # beside the chain's folder: its first step has the chain's settings, not those of a plain first_loss run
-    first = train(first_loss, models["student"], keys, final.with_name(f"{final.name}-{first_loss}"))
+    # a chain's first step is the plain first_loss student (its own per_loss entry, so its key: reused when
+    # trained), the chain's entry is for its last step; the folder is beside the chain's
+    first = train(first_loss, first_loss, models["student"], keys, final.with_name(f"{final.name}-{first_loss}"))
     say(f"{loss}: states for {then_loss} from the {first_loss} student {first.key}")
     models = models | {"student": resolve(str(first.model_dir))}
     states = _stage_one(models, recipe, store, say, ranks, states_only=True)
-    second = train(then_loss, models["student"], keys | {"advantage": states[-1].key}, final, label=loss)
+    second = train(then_loss, loss, models["student"], keys | {"advantage": states[-1].key}, final, label=loss)
     return [first, second]
 
 

@@ -10,7 +10,8 @@ A relative data path in a recipe file (`data.source`, `eval_source`, `valid_sour
 beside the recipe when one is there; on the command line it is relative to the working directory.
 
 `per_loss:` holds `distill` settings for one loss (`per_loss: {adpa: {advantage: clip01}}`): a recipe's
-tuned choice per method (a nested section given there replaces the section's whole). A chained loss (adpa+) applies its entry to every step of its chain. On the
+tuned choice per method (a nested section given there replaces the section's whole). A chained loss's
+entry (adpa+) is for its last step; its first step is that loss's plain student (its own entry). On the
 command line `--set per_loss.adpa.gamma=0.3` sets one of them, and `--set distill.NAME=VALUE` sets NAME
 for every loss (it replaces the per-loss values of NAME).
 """

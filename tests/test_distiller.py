@@ -100,6 +100,21 @@ def test_every_loss_trains_4_steps_publishes_and_is_reused(unit, tmp_path, monke
     assert [r.status for r in again] == ["reused"] * len(runs) and again[-1].key == final.key
 
 
+def test_a_chains_first_step_is_the_plain_student_of_its_own_settings(unit, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = copy.copy(unit["recipe"])
+    r.per_loss = {"dckd": {"lr": 5e-4}, "adpa+": {"lr": 2e-3, "gamma": 0.5}}
+    first, second = orchestrate.distill(r, unit["store"], "adpa+", output=tmp_path / "chain", say=silent)
+    plain = orchestrate.distill(r, unit["store"], "dckd", output=tmp_path / "dckd", say=silent)[0]
+    assert plain.status == "reused" and plain.key == first.key  # the DCKD half: dckd's entry, one student
+    inputs = [unit["store"].manifest(t.key)["inputs"] for t in (first, second)]
+    assert inputs[0]["settings"]["lr"] == 5e-4 and inputs[0]["loss"] == "dckd"
+    assert inputs[1]["settings"]["lr"] == 2e-3 and inputs[1]["settings"]["gamma"] == 0.5
+    # the adpa step on the DCKD student's states is one student, whatever the run is called
+    job = Job("adpa", resolve(str(first.model_dir)), r.distill_for("adpa+"), inputs[1]["caches"])
+    assert inputs[1]["loss"] == "adpa" and Distiller(unit["store"], job, Place(tmp_path / "x", say=silent)).check() == second.key
+
+
 def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(unit, tmp_path, monkeypatch):
     whole = distiller(unit, tmp_path / "whole", seed=3).run()
     # the same student again, in a store that has the caches but not it

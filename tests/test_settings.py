@@ -92,7 +92,7 @@ def test_per_loss_settings_are_each_methods_choice_and_a_set_on_distill_wins():
     r = load_recipe("tiny")
     assert r.distill_for("adpa").advantage == "clip01" and r.distill_for("kd").advantage == r.distill.advantage
     assert r.distill_for("dpo").lr == 1e-4 and r.distill_for("dpo").beta == 0.5 and r.distill_for("kd").lr == 4e-4
-    assert r.distill_for("adpa+").advantage == "clip01"  # a chain's entry: for every step of adpa+
+    assert r.distill_for("adpa+").advantage == "clip01"  # a chain's entry: for its last step
     assert r.distill_for("dpo").loss == "dpo"
     r = load_recipe("tiny", ["distill.lr=1e-5", "per_loss.adpa.gamma=0.3", "per_loss.sft.epochs=1"])
     assert r.distill_for("dpo").lr == r.distill_for("kd").lr == 1e-5  # one value for every loss

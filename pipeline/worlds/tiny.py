@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import importlib
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -35,6 +34,7 @@ from artifacts.folders import publish_folder
 from pipeline.worlds import sorting_task
 from schemas import sequences
 from schemas.keys import artifact_key
+from stages.common.kernels import one_thread
 from stages.common.models import resolve
 from stages.common.ranks import silent
 from stages.common.tokenizers import tokenizer_fingerprint
@@ -197,19 +197,6 @@ def trained(store: Store, job: Job, folder: Path, say) -> Trained:
     return Distiller(store, job, Place(folder, overwrite=True, title="tiny-world", say=say or silent)).run()
 
 
-@contextmanager
-def _one_thread():
-    """Train the world on one thread whatever OMP_NUM_THREADS says: a float sum split over threads may
-    round differently (seen on CI's CPU at 2 threads, not on AVX2 here), and the world's models must be
-    the same bits on every run of one machine. The student's build takes 47 s instead of 41."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 # Version 3: everything that fixes it; its data and shapes are part of every key built from it.
 WORLD = {
     "version": 3, "splits": {"test": 256, "valid": 256, "train": 1024, "dpo": 8192, "sft": 8192},
@@ -255,7 +242,7 @@ def build(name: str, store: Store | None = None, say=None) -> tuple[Path, dict]:
         # Several processes (torchrun ranks, parallel runs) may ask at once: one trains, the others wait
         # and then reuse what it published.
         with store.lock(artifact_key("world", {"model": base, "seed": seed, "world": world.constants},
-                                     {"name": "lock", "version": "1"})), _one_thread():
+                                     {"name": "lock", "version": "1"})), one_thread():
             path = _model(store, world, base, seed, say)
     folder = path if path.is_dir() else path.parent
     return path, store.manifest(folder.name)

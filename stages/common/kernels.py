@@ -18,6 +18,8 @@ Intel documents for its own processors (not measurable here).
 from __future__ import annotations
 
 import os
+import sys
+from contextlib import contextmanager
 
 PINNED = {"ATEN_CPU_CAPABILITY": "avx2",  # ATen's vectorized kernels: the AVX2 build on any AVX2 CPU
           "MKL_CBWR": "AVX2"}  # MKL's conditional numerical reproducibility: its AVX2 code path
@@ -31,3 +33,24 @@ def pinned_env(base: dict | None = None) -> dict[str, str]:
 def is_pinned(env: dict | None = None) -> bool:
     env = os.environ if env is None else env
     return all(env.get(k) == v for k, v in PINNED.items())
+
+
+def run_pinned(module: str) -> None:
+    """Start this command again as `python -m module ARGS` with the kernels pinned, unless they are already
+    (then it returns; else it never does): torch reads them once, when it starts."""
+    if not is_pinned():
+        os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], pinned_env())
+
+
+@contextmanager
+def one_thread():
+    """Torch on one thread inside, whatever OMP_NUM_THREADS says: a float sum split over threads may round
+    differently (seen on CI's CPU at 2 threads), and a world's models, or the demo's table, must be the
+    same bits on every machine."""
+    import torch  # here: this module is read before torch starts, to pin its kernels
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

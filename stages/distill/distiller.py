@@ -157,7 +157,7 @@ class Distiller:
         precision = compute_dtype(s.dtype, device)
         self.autocast = precision if precision != "float32" else None
         self.key_settings = key_settings(s, job.loss)
-        self.inputs = {"init": job.init.identity, "loss": job.name, "caches": {n: job.caches[n] for n in self.dirs},
+        self.inputs = {"init": job.init.identity, "loss": job.loss, "caches": {n: job.caches[n] for n in self.dirs},
                        "settings": self.key_settings, "precision": precision} | (
             {"validation": job.validation.identity} if job.validation is not None else {})
         self.key = artifact_key("student", self.inputs, {"name": files.NAME, "version": files.VERSION})
