@@ -1,5 +1,6 @@
 """Pinned kernels (stages/common/kernels.py): a world model trained under two kernel settings of one machine
-has the same bits. The "other machine" is this one with MKL limited to AVX2 and oneDNN to AVX2; without the
+has the same bits, and so do the demo's stage one, student and evaluation (on the tiny world's untrained
+models: the path, not the world). The "other machine" is this one with MKL limited to AVX2 and oneDNN to AVX2; without the
 pins those settings change the weights on an AVX-512 machine (measured: see kernels.py)."""
 
 import subprocess
@@ -15,8 +16,8 @@ PROBE = str(Path(__file__).parent / "kernel_probe.py")
 NARROWER = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
-@pytest.mark.parametrize("model", ["builtin:tiny-teacher-sft", "builtin:tiny4-s32-sft"])
-def test_a_world_model_has_the_same_bits_under_two_kernel_settings_when_pinned(tmp_path, model):
+@pytest.mark.parametrize("model", ["builtin:tiny-teacher-sft", "builtin:tiny4-s32-sft", "pipeline"])
+def test_a_world_model_and_the_demos_path_have_the_same_bits_under_two_kernel_settings_when_pinned(tmp_path, model):
     base = {k: v for k, v in pinned_env().items() if k not in NARROWER}
     envs = [base, base | NARROWER]
     assert all(is_pinned(e) for e in envs)
