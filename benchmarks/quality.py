@@ -189,6 +189,18 @@ def integrity(store, spec: dict, tuned_dpo: dict) -> dict:
     return analysis.integrity(valid, classes, {k: spec["integrity"][k] for k in ("a", "b", "c", "smallest")})
 
 
+def checks_only(store, spec: dict) -> None:
+    """The integrity checks at the tuned settings: the DPO teacher is the world's (`tiny4.TUNED_DPO`), each
+    size's DPO student the one phase 0 chose (recorded in the committed results); exits 1 when one fails."""
+    recorded = json.loads((prereg.ROOT / RESULTS).read_text())["chosen"]
+    chosen = {size: {"dpo": {"model": train(store, spec, Run("dpo", size, spec["seeds"]["tuning"][0], tuple(
+        recorded[size]["dpo"]["setting"].items()))).key}} for size in spec["students"]["sizes"]}
+    checks = integrity(store, spec, chosen)
+    print(json.dumps(checks["checks"] | {"passed": checks["passed"]}), flush=True)
+    if not checks["passed"]:
+        raise SystemExit("an integrity check failed")
+
+
 def report(store, spec: dict, chosen: dict, progress: Progress) -> tuple[dict, dict, dict]:
     """Every method at its tuned setting on every report seed: per-prompt test rewards, flaw classes, figures."""
     test, classes, runs = {}, {}, {}
@@ -218,12 +230,17 @@ def main():
     ap.add_argument("--store", default=None, help="default: $ADPA_STORE or ./store")
     ap.add_argument("--until", choices=("integrity", "tuning", "report"), default="report",
                     help="stop after this phase (its figures are written)")
+    ap.add_argument("--checks-only", action="store_true",
+                    help="the integrity checks alone, without the grids: the DPO students at the settings "
+                         f"{RESULTS} records (what make test runs); prints them, writes nothing in docs/")
     a = ap.parse_args()
     spec = prereg.check()
     import torch
     torch.set_num_threads(1)  # the prereg's: one thread for everything, so the same bits on every machine
     from artifacts import Store
     store = Store(a.store)
+    if a.checks_only:
+        return checks_only(store, spec)
     sizes, methods = spec["students"]["sizes"], list(spec["methods"])
     seeds = spec["seeds"]["report"]
     progress = Progress(4 + 4 * len(sizes) * len(methods) + len(seeds) * len(sizes) * (len(methods) + 1))

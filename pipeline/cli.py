@@ -24,6 +24,16 @@ SetOpt = typer.Option(None, "--set", metavar="SECTION.NAME=VALUE",
                       "teacher_cache.k=20, data.limit=100); repeatable. `adpa recipe show` lists them all.")
 
 
+DataOpt = typer.Option(None, "--data", help=help_of(Data, "source"))
+FormatOpt = setting_option(Data, "format", " Default: the recipe's data.format.", "--format")
+LimitOpt = typer.Option(None, "--limit", help=help_of(Data, "limit"))
+
+
+def _data(data: str | None, data_format: str | None, limit: int | None) -> dict[str, object]:
+    """The data flags every command has, as recipe settings (None: the recipe's)."""
+    return {"data.source": data, "data.format": data_format, "data.limit": limit}
+
+
 def _recipe(name: str, overrides: list[str] | None, flags: dict[str, object] | None = None):
     """The recipe with --set overrides, then the typed flags (SECTION.NAME -> value, None: not given)."""
     from pipeline.recipe import load_recipe
@@ -42,9 +52,9 @@ def teacher_cache(
     store: StoreOpt = None,
     backend: str = setting_option(TeacherCache, "backend"),
     engine: str = setting_option(TeacherCache, "engine"),
-    data: str = typer.Option(None, help=help_of(Data, "source")),
-    data_format: str = setting_option(Data, "format", " Default: the recipe's data.format.", "--format"),
-    limit: int = typer.Option(None, help=help_of(Data, "limit")),
+    data: str = DataOpt,
+    data_format: str = FormatOpt,
+    limit: int = LimitOpt,
     overrides: list[str] = SetOpt,
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unusable row, naming it."),
     verify_reuse: bool = typer.Option(None, "--verify-reuse", help=help_of(TeacherCache, "verify_reuse")),
@@ -56,8 +66,7 @@ def teacher_cache(
     from stages.teacher_cache.run import summary_table
 
     r = _recipe(recipe, overrides, {"teacher_cache.backend": backend, "teacher_cache.engine": engine,
-                                    "data.source": data, "data.limit": limit, "data.format": data_format,
-                                    "teacher_cache.verify_reuse": verify_reuse})
+                                    "teacher_cache.verify_reuse": verify_reuse} | _data(data, data_format, limit))
     st = Store(store)
     ranks = from_env()
     say = ranks.speaker(typer.echo)
@@ -83,6 +92,9 @@ def distill(
                                    "files stay). Without it such a folder is refused."),
     cache: list[str] = typer.Option(None, help="NAME=KEY: train on this artifact instead of the recipe's "
                                     "(NAME: teacher_topk, advantage, student_logp); repeatable."),
+    data: str = DataOpt,
+    data_format: str = FormatOpt,
+    limit: int = LimitOpt,
     overrides: list[str] = SetOpt,
 ):
     """Stage two: train a student from cached teacher shards (run teacher-cache first)."""
@@ -91,7 +103,7 @@ def distill(
     from stages.distill.caches import CACHE_KINDS
     from stages.distill.distiller import summary_table
 
-    r = _recipe(recipe, overrides, {"distill.loss": loss})
+    r = _recipe(recipe, overrides, {"distill.loss": loss} | _data(data, data_format, limit))
     caches = {}
     for item in cache or []:
         name, sep, key = item.partition("=")
@@ -125,6 +137,9 @@ def evaluate(
     recipe: str = typer.Option("tiny", "--recipe", "-r", help="Recipe name or YAML path: its teachers, student "
                                "init, held-out data (data.eval_source) and reward (data.reward)."),
     store: StoreOpt = None,
+    data: str = DataOpt,
+    data_format: str = FormatOpt,
+    limit: int = LimitOpt,
     overrides: list[str] = SetOpt,
     model: list[str] = typer.Option(None, help="NAME=FOLDER: a student to evaluate besides the recipe's teachers "
                                     "and student init; repeatable."),
@@ -139,7 +154,7 @@ def evaluate(
     from stages.evaluate.report import table
     from stages.evaluate.run import OUTPUTS
 
-    r = _recipe(recipe, overrides)
+    r = _recipe(recipe, overrides, _data(data, data_format, limit))
     students = {}
     for item in model or []:
         name, sep, folder = item.partition("=")
@@ -154,18 +169,25 @@ def evaluate(
 
 @app.command()
 def demo(store: StoreOpt = None,
+         recipe: str = typer.Option("tiny4", "--recipe", "-r", help="Recipe name or YAML path (default: the "
+                                    "built-in world v4); e.g. smollm2 with --data FILE for every method on your data."),
+         data: str = DataOpt,
+         data_format: str = FormatOpt,
+         limit: int = LimitOpt,
+         overrides: list[str] = SetOpt,
          output: Path = typer.Option(Path("runs/demo"), help="Where the report, chart and students go."),
          overwrite: bool = typer.Option(False, "--overwrite", help="Write into an --output folder that is not an "
                                         "earlier demo's (its students/, eval.json, eval.png, generations/ are "
                                         "replaced; other files stay).")):
-    """The whole method end to end on the built-in offline world (recipe tiny4): both stages for every method,
-    then eval; on one thread with pinned float kernels, so the table is the same on every x86-64 CPU."""
+    """The whole method end to end (default: the built-in offline world, recipe tiny4): both stages for every
+    method, then eval; on one thread with pinned float kernels, so the table is the same on every x86-64 CPU."""
     from stages.common import kernels
     kernels.run_pinned("pipeline.cli")  # before torch starts: it reads them once
     from artifacts import Store
     from pipeline.demo import run_demo
 
-    run_demo(Store(store), out_dir=output, say=typer.echo, overwrite=overwrite)
+    r = _recipe(recipe, overrides, _data(data, data_format, limit))
+    run_demo(Store(store), r, out_dir=output, say=typer.echo, overwrite=overwrite)
 
 
 recipe_app = typer.Typer(help="Recipes: list them, or show one with every setting and its help.",

@@ -17,15 +17,27 @@ from pipeline import builtin
 from pipeline.recipe import Recipe
 from stages.common.models import resolve
 from stages.common.ranks import Ranks
+from stages.common.settings import quote
 from stages.distill.losses import LOSSES, caches_of
 from stages.distill.distiller import Distiller, Job, Place, Trained
 from stages.evaluate.run import Validator, run_eval
 from stages.teacher_cache import ray_engine
+from stages.teacher_cache.pairs import check_source
 from stages.teacher_cache.run import Request, Result, plan, run_states, run_teacher_cache
+
+
+def check_data(recipe: Recipe) -> None:
+    """Refuse a data file that is not there before any model is built or loaded (a hub id or a built-in
+    name is read later)."""
+    d = recipe.data
+    for source in (d.source, d.eval_source, d.valid_source):
+        if source and not source.startswith(builtin.PREFIX):
+            check_source(source)
 
 
 def teacher_cache(recipe: Recipe, store: Store, strict: bool = False, say=print,
                   ranks: Ranks | None = None) -> list[Result]:
+    check_data(recipe)
     return _stage_one(builtin.resolve_models(recipe.models, store), recipe, store, say, ranks, strict=strict)
 
 
@@ -58,6 +70,7 @@ def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path 
     """Train the recipe's student with `loss` (default: the recipe's). A chained loss trains its steps in
     turn; the run folders are runs/RECIPE-LOSS unless `output` names the last one (`overwrite`: even one
     that is not an earlier run of the same key)."""
+    check_data(recipe)
     ranks = ranks or Ranks()
     say = ranks.speaker(say)
     loss = loss or recipe.distill.loss
@@ -65,6 +78,7 @@ def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path 
     keys = dict(caches or {})
     if not all(name in keys for name in caches_of(loss)):
         keys = planned(recipe, store, models) | keys
+        _stage_one_ran(recipe, store, loss, {n: k for n, k in keys.items() if n not in (caches or {})})
 
     def train(step_loss: str, settings: str, init, step_caches: dict, run_dir: Path, label: str = "") -> Trained:
         """`settings`: the loss whose `per_loss` entry the step trains with."""
@@ -86,6 +100,19 @@ def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path 
     states = _stage_one(models, recipe, store, say, ranks, states_only=True)
     second = train(then_loss, loss, models["student"], keys | {"advantage": states[-1].key}, final, label=loss)
     return [first, second]
+
+
+def _stage_one_ran(recipe: Recipe, store: Store, loss: str, keys: dict[str, str]) -> None:
+    """Refuse, naming the data, when stage one has not made an artifact the loss reads from the recipe's
+    data (a chain: those of its first step; the second's come from its first student)."""
+    spec = LOSSES[loss]
+    needed = caches_of(spec.then[0] if spec.then else loss)
+    missing = [n for n in needed if n in keys and store.manifest(keys[n]) is None]
+    if missing:
+        d = recipe.data
+        data = f"data {quote(d.source)}" + (f" (first {d.limit} rows)" if d.limit else "")
+        raise ValueError(f"stage one has not run on {data} for recipe {recipe.name}: no {missing[0]} artifact "
+                         f"{keys[missing[0]]} in store {store}; run: {recipe.command('teacher-cache')}")
 
 
 def planned(recipe: Recipe, store: Store, models: dict | None = None) -> dict[str, str]:
@@ -114,6 +141,7 @@ def validator(recipe: Recipe, d, store: Store, models: dict | None = None) -> Va
 
 def evaluate(recipe: Recipe, store: Store, students: dict[str, str], out_dir: Path, say=print):
     """The recipe's teachers and student init plus `students` (name -> folder) on its held-out pairs."""
+    check_data(recipe)
     models = builtin.resolve_models(recipe.models, store)
     rm = builtin.resolve_model(recipe.models.reward_model, store) if recipe.models.reward_model else None
     return run_eval(Request(models, builtin.heldout(recipe.data, store), recipe.teacher_cache), students, out_dir,

@@ -34,6 +34,19 @@ def test_every_command_has_help(cmd):
         assert "--store" in p.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("cmd", [["teacher-cache"], ["distill"], ["eval"], ["demo"]], ids=" ".join)
+def test_every_stage_command_takes_the_data_flags(cmd, tmp_path):
+    """One --data FILE, --format and --limit N on every command that reads pairs: here a file that is not there,
+    refused in one line naming it, before a model is built or loaded."""
+    p = adpa(*cmd, "-r", "smollm2", "--data", tmp_path / "mine.jsonl", "--format", "strings", "--limit", "3",
+             "--output" if cmd[0] in ("eval", "demo") else "--set", tmp_path / "out" if cmd[0] in ("eval", "demo")
+             else "data.split=train", store=tmp_path / "store")
+    assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1, p.stderr[-2000:]
+    assert "mine.jsonl" in p.stderr, p.stderr
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").glob("model-*"))
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli") / "store"

@@ -280,6 +280,11 @@ def test_refuses_caches_that_cannot_train_this_student(world, tmp_path):
     err = run("--loss", "kd", "--cache", "teacher_topk=teacher-topk-00000000000000000000")
     assert "teacher-topk-00000000000000000000" in err and "not complete" in err
 
+    # other data (here: fewer rows) than stage one ran on: the error names the data and the command to run
+    err = run("--loss", "kd", "--limit", "3")
+    assert "stage one has not run on data" in err and "(first 3 rows)" in err, err
+    assert "adpa teacher-cache -r" in err and "--set data.limit=3" in err, err
+
     # a student whose tokenizer has one more token than the one the cache was made with
     from transformers import AutoTokenizer
     init_dir = next(d for d in st.root.iterdir() if d.name.startswith("model-") and

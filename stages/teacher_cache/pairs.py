@@ -69,9 +69,7 @@ def load_rows(source: str, split: str = "train", revision: str | None = None, li
     the commit its revision resolves to, so a moving branch never reuses an artifact made from another
     commit. Rows stay plain dicts, so a row whose fields have other types than its neighbours' is a
     counted drop, not a failed load."""
-    path = Path(source).expanduser()
-    if not path.exists() and looks_like_a_path(source):
-        raise DataError(f"{source}: no such file")
+    path = check_source(source)
     try:
         if path.is_dir():
             rows, fp = _saved_folder(path, split, source)
@@ -137,6 +135,14 @@ def _saved_folder(path: Path, split: str, source: str) -> tuple[list[dict], dict
     if fingerprint_files(files, root=path) != digest:
         raise DataError(f"{source}: changed while it was read; try again")
     return ds.to_list(), {"folder": path.name, "files_sha256": digest, "split": split}
+
+
+def check_source(source: str) -> Path:
+    """The source as a path, refused when it names a local file that is not there (a hub id passes)."""
+    path = Path(source).expanduser()
+    if not path.exists() and looks_like_a_path(source):
+        raise DataError(f"{source}: no such file")
+    return path
 
 
 def looks_like_a_path(source: str) -> bool:
