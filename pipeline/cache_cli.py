@@ -133,13 +133,30 @@ def verify(key: str = typer.Argument(..., help="Artifact key or folder."), store
 def export(key: str = typer.Argument(..., help="Artifact key or folder."),
            out: Path = typer.Argument(..., help="Output file: .parquet or .jsonl (by its suffix)."),
            limit: int = typer.Option(None, "--limit", min=1, help="Only the first N rows."),
+           text: Path = typer.Option(None, "--text", help="A tokenizer (or model) folder: adds the decoded prompt "
+                                     "and response as columns; refused unless its vocabulary is the artifact's."),
            store: StoreOpt = None):
     """Decode an artifact to plain columns (token ids, per-position top-k ids and log-probs, tail, realized,
-    reference) for datasets, polars, duckdb or pandas; streams, one batch in memory."""
+    reference, the advantage of advantage artifacts) for datasets, polars, duckdb or pandas; a Parquet file
+    carries the manifest as metadata (adpa.manifest); streams, one batch in memory."""
     from artifacts.export import export as export_artifact
     d = _artifact_dir(Store(store), key)
-    n = export_artifact(d, out, limit)
+    n = export_artifact(d, out, limit, _text_columns(d, text) if text else None)
     echo(f"exported {n:,} rows of {d.name} to {out}")
+
+
+def _text_columns(artifact_dir: Path, folder: Path):
+    """row -> {prompt, response} decoded with the tokenizer in `folder`, which must be the artifact's."""
+    from transformers import AutoTokenizer
+
+    from stages.common.tokenizers import vocab_sha256
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    want = (read_manifest(artifact_dir / MANIFEST)["inputs"].get("render") or {}).get("tokenizer", {}).get("vocab_sha256")
+    if vocab_sha256(tok) != want:
+        fail(f"--text {folder}: its vocabulary (sha256 {vocab_sha256(tok)[:12]}) is not the artifact's "
+             f"({str(want)[:12]}): the text would be wrong")
+    return lambda row: {"prompt": tok.decode(row["token_ids"][:row["prompt_len"]]),
+                        "response": tok.decode(row["token_ids"][row["prompt_len"]:])}
 
 
 @app.command()

@@ -21,9 +21,13 @@ def artifact(tmp_path_factory):
 
 
 def same(row, original):
-    """A plain row (dict) equal to the reader's Row: its fields that are set, the same values."""
+    """A plain row (dict) equal to the reader's Row: its fields that are set (never an empty string), the same
+    values, and in advantage rows the advantage of every top-k id."""
     original = {f.name: getattr(original, f.name) for f in dataclasses.fields(original)}
-    original = {k: v for k, v in original.items() if v is not None}
+    original = {k: v for k, v in original.items() if v is not None and not (isinstance(v, str) and v == "")}
+    if "ref_topk_logp" in original:
+        want = original["topk_logp"] - original["ref_topk_logp"]
+        np.testing.assert_array_equal(np.asarray(row.pop("advantage"), dtype=want.dtype), want)
     assert set(row) == set(original)
     for k, v in original.items():
         if isinstance(v, np.ndarray):
@@ -50,6 +54,23 @@ def test_export_reads_back_equal_in_datasets_polars_and_duckdb(artifact, tmp_pat
     reader = "read_parquet" if suffix == ".parquet" else "read_json_auto"
     (n, positions), = duckdb.sql(f"select count(*), sum(len(topk_logp)) from {reader}('{out}')").fetchall()
     assert n == len(rows) and positions == sum(len(r.topk_logp) for r in rows)
+
+
+def test_parquet_carries_the_manifest_and_units_and_no_empty_strings(artifact, tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+    d, rows = artifact
+    export(d, tmp_path / "a.parquet", columns=lambda row: {"n_tokens": len(row["token_ids"])})
+    f = pq.ParquetFile(tmp_path / "a.parquet")
+    meta = {k.decode(): json.loads(v) for k, v in f.schema_arrow.metadata.items() if k.startswith(b"adpa.")}
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert meta["adpa.manifest"]["key"] == manifest["key"] == d.name and "shards" not in meta["adpa.manifest"]
+    assert meta["adpa.manifest"]["shard_schema"]["layout"]["k"] == manifest["shard_schema"]["layout"]["k"]
+    assert meta["adpa.manifest"]["inputs"] == manifest["inputs"] and "nats" in meta["adpa.units"]["advantage"]
+    table = f.read()
+    assert "advantage" in table.column_names and table["n_tokens"].to_pylist() == [len(r.token_ids) for r in rows]
+    assert all(v != "" for col in table.columns if str(col.type) == "string" for v in col.to_pylist())
 
 
 def test_limit_and_a_bad_suffix(artifact, tmp_path):
