@@ -43,9 +43,16 @@ def resolve_source(source: str, store: Store) -> str:
     raise ValueError(f"unknown built-in dataset {source!r} (known: builtin:tiny-pairs, {', '.join(known)})")
 
 
+def holds_out(data: Data) -> bool:
+    """Whether rows of the source are held out of both stages for evaluation (no eval_source, holdout > 0)."""
+    return not data.eval_source and data.holdout > 0
+
+
 def resolve_data(data: Data, store: Store) -> Data:
-    """The data section stage one reads, its built-in source replaced by its file (only that split is built)."""
-    return dataclasses.replace(data, source=resolve_source(data.source, store))
+    """The data section stage one reads, its built-in source replaced by its file (only that split is built),
+    without the rows held out for evaluation."""
+    return dataclasses.replace(data, source=resolve_source(data.source, store),
+                               take="kept" if holds_out(data) else "all")
 
 
 def _split(data: Data, source: str, split: str, store: Store) -> Data:
@@ -54,8 +61,13 @@ def _split(data: Data, source: str, split: str, store: Store) -> Data:
 
 
 def heldout(data: Data, store: Store) -> Data:
-    """The held-out split as a data section of its own (eval_source, else source; never limited)."""
-    return _split(data, data.eval_source or data.source, data.eval_split, store)
+    """The held-out split as a data section of its own: eval_source (never limited); else the rows of the
+    training split (of its first `limit`) that `holdout` keeps out of both stages; else, with holdout 0,
+    the training rows themselves (take "training": evaluation says so)."""
+    if data.eval_source:
+        return _split(data, data.eval_source, data.eval_split, store)
+    return dataclasses.replace(data, source=resolve_source(data.source, store),
+                               take="held_out" if holds_out(data) else "training")
 
 
 def validation(data: Data, store: Store) -> Data:

@@ -163,7 +163,7 @@ def evaluate(
         students[name] = folder
     claim(output, "eval", OUTPUTS, overwrite)  # before the world is built or a model loaded
     results = orchestrate.evaluate(r, Store(store), students, output, say=typer.echo)
-    typer.echo(table(results, len(results[0].r_seq)))
+    typer.echo(table(results, len(results[0].r_seq), orchestrate.eval_rows(r)))
     typer.echo(f"report: {output}/eval.json, chart: {output}/eval.png, generations: {output}/generations/")
 
 

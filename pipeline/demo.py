@@ -52,10 +52,10 @@ def _demo(store, recipe, out_dir: Path, methods, say) -> dict:
                                    overwrite=True)  # inside the demo's folder: a student of another world replaced
         students[loss] = str(runs[-1].model_dir)
         say(f"  {loss:6} {runs[-1].status:8} {time.perf_counter() - t:6.1f} s  {runs[-1].key}")
-    say("[3/3] evaluation on held-out prompts")
+    say(f"[3/3] evaluation on {orchestrate.eval_rows(recipe)} prompts")
     results = orchestrate.evaluate(recipe, store, students, Path(out_dir), say=silent)
     n = len(next(iter(results)).r_seq)
-    say("\n" + table(results, n))
+    say("\n" + table(results, n, orchestrate.eval_rows(recipe)))
     world = {r.name: r.weights_sha256 for r in results if r.name.startswith(("teacher-", "student-sft"))}
     say("the world's models, sha256 of their weights (equal hashes: the same world; docs/RESULTS.md): "
         + ", ".join(f"{k} {(v or '?')[:12]}" for k, v in world.items()))

@@ -146,3 +146,9 @@ def evaluate(recipe: Recipe, store: Store, students: dict[str, str], out_dir: Pa
     rm = builtin.resolve_model(recipe.models.reward_model, store) if recipe.models.reward_model else None
     return run_eval(Request(models, builtin.heldout(recipe.data, store), recipe.teacher_cache), students, out_dir,
                     builtin.reward(recipe.data.reward), say, rm)
+
+
+def eval_rows(recipe: Recipe) -> str:
+    """What `evaluate` scores: "held-out" rows (eval_source, or those data.holdout keeps out of both stages),
+    or "training" rows (no eval_source and holdout 0)."""
+    return "held-out" if recipe.data.eval_source or builtin.holds_out(recipe.data) else "training"

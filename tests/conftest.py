@@ -58,6 +58,7 @@ def write_recipe(path, data, **teacher_cache):
 
     raw = yaml.safe_load((RECIPES / "smollm2.yaml").read_text())
     raw["data"]["source"] = str(data)
+    raw["data"]["holdout"] = 0  # every row into stage one: the tests count them (tests/test_heldout.py: the split)
     raw["teacher_cache"]["backend"] = "hf"  # vLLM has its own tests; its engines take ~25 s to start
     raw["teacher_cache"].update(teacher_cache)
     path.write_text(yaml.safe_dump(raw))

@@ -37,7 +37,8 @@ def unit(tmp_path_factory):
     recipe = d / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({
         "name": "unit", "models": {"teacher": str(teacher), "reference": str(student), "student": str(student)},
-        "data": {"source": str(tiny_world.dataset(st, tiny_world.V3, "train", 0)), "format": "strings", "limit": PAIRS},
+        "data": {"source": str(tiny_world.dataset(st, tiny_world.V3, "train", 0)), "format": "strings", "limit": PAIRS,
+                 "holdout": 0},
         "teacher_cache": {"backend": "hf", "k": 4, "max_length": 32, "max_new_tokens": 12},
         "distill": {"lr": 1e-3, "sft_lr": 1e-3, "batch_pairs": 4}}))
     r = load_recipe(str(recipe))

@@ -23,7 +23,8 @@ def test_a_new_engine_is_its_file_and_its_registry_line(tmp_path, monkeypatch):
     teacher, student = (tiny_world.init_model(st, tiny_world.V3, role, 0) for role in ("teacher", "student"))
     recipe.write_text(yaml.safe_dump({
         "name": "toy", "models": {"teacher": str(teacher), "reference": str(student), "student": str(student)},
-        "data": {"source": str(tiny_world.dataset(st, tiny_world.V3, "train", 0)), "format": "strings", "limit": 8},
+        "data": {"source": str(tiny_world.dataset(st, tiny_world.V3, "train", 0)), "format": "strings", "limit": 8,
+                 "holdout": 0},
         "teacher_cache": {"backend": "uniform", "k": 4, "max_length": 32, "max_new_tokens": 6}}))
     with pytest.raises(RecipeError, match="uniform"):
         load_recipe(str(recipe))

@@ -22,7 +22,7 @@ def run(store, data, backend, nproc):
                                                   "--no-python", str(BIN / "adpa")]
     p = subprocess.run(cmd + ["teacher-cache", "--recipe", "smollm2", "--data", str(data), "--backend", backend, "--set",
                               "teacher_cache.k=4", "--set", "teacher_cache.max_new_tokens=8", "--set",
-                              "teacher_cache.shard_rows=4"],
+                              "teacher_cache.shard_rows=4", "--set", "data.holdout=0"],
                        capture_output=True, text=True, env=dict(os.environ, ADPA_STORE=str(store.root)))
     assert p.returncode == 0, p.stderr[-3000:]
     return {line.split()[0] + ":" + line.split()[1]: line.split()[-1] for line in p.stdout.splitlines()

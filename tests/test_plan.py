@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from artifacts import Store
-from pipeline import orchestrate
+from pipeline import builtin, orchestrate
 from pipeline.cli import app
 from pipeline.recipe import load_recipe
 from pipeline.worlds import tiny as tiny_world
@@ -51,7 +51,8 @@ def test_the_planned_keys_are_the_keys_stage_one_writes(world, data, tc):
     r = recipe(world, {"source": str(tiny_world.dataset(st, tiny_world.V3, "train", 0))} | data, **tc)
     results = orchestrate.teacher_cache(r, st, say=silent)
     written = {NAMES.get((x.kind, x.role), "advantage"): x.key for x in results}
-    assert stage_one.plan(stage_one.Request(models_of(r), r.data, r.teacher_cache)) == written
+    # the data as the pipeline gives stage one: without the rows held out for evaluation (data.holdout)
+    assert stage_one.plan(stage_one.Request(models_of(r), builtin.resolve_data(r.data, st), r.teacher_cache)) == written
     assert len(written) == (5 if r.teacher_cache.states == "student" else 4)
 
     listed = CliRunner().invoke(app, ["cache", "ls", "-r", str(r.path), "--store", str(st.root), "--json"])

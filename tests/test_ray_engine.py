@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow  # processes, real models, servers: `make test`, n
 BIN = Path(sys.executable).parent
 PAIRS = 32
 COMMON = ["--recipe", "smollm2", "--backend", "hf", "--set", "teacher_cache.k=4", "--set",
-          "teacher_cache.max_new_tokens=8", "--set", "teacher_cache.shard_rows=4"]
+          "teacher_cache.max_new_tokens=8", "--set", "teacher_cache.shard_rows=4", "--set", "data.holdout=0"]
 RAY = ["--engine", "ray", "--set", "teacher_cache.ray_workers=2", "--set", "teacher_cache.ray_block_rows=16"]
 
 

@@ -27,7 +27,8 @@ def _metric(r, prefix: str):
     return next(((k, v) for k, v in r.metrics.items() if k.startswith(prefix)), (None, None))
 
 
-def table(results: list, n: int) -> str:
+def table(results: list, n: int, rows: str = "held-out") -> str:
+    """The results as text; `rows`: what the `n` prompts are (held-out, or training rows)."""
     cols = [c for c in COLUMNS if _metric(results[0], c[0])[0]]
     head = f"{'model':18}" + "".join(f"{title:>18}" for _, title, _ in cols)
     lines = [head]
@@ -38,7 +39,7 @@ def table(results: list, n: int) -> str:
             m, s = _metric(r, prefix)[1]
             cells += f"{fmt.format(m) + ' ± ' + f'{s:.3f}':>18}"
         lines.append(f"{r.name:18}{cells}" + ("  !" if r.name in flagged else ""))
-    lines.append(f"(means over {n} held-out prompts ± standard error; r(y) = log pi_dpo(y|x) - log pi_ref(y|x) of "
+    lines.append(f"(means over {n} {rows} prompts ± standard error; r(y) = log pi_dpo(y|x) - log pi_ref(y|x) of "
                  f"greedy generations; win rate by r against the baseline's generation of the same prompt; KL(init)/tok "
                  f"= KL(model || student init) per token of its own generations)")
     if flagged:
@@ -67,9 +68,9 @@ def bar_chart(names: list[str], panels: list[tuple[str, list[float], list[float]
     return path
 
 
-def plot(results: list, path: Path, n: int) -> Path:
+def plot(results: list, path: Path, n: int, rows: str = "held-out") -> Path:
     cols = [c for c in COLUMNS if _metric(results[0], c[0])[0]]
     panels = [(title, [_metric(r, prefix)[1][0] for r in results], [_metric(r, prefix)[1][1] for r in results])
               for prefix, title, _ in cols]
-    return bar_chart([r.name for r in results], panels, f"held-out evaluation ({n} prompts, bars: mean ± standard error)",
+    return bar_chart([r.name for r in results], panels, f"{rows} evaluation ({n} prompts, bars: mean ± standard error)",
                      path)

@@ -115,9 +115,13 @@ class Judge:
 OUTPUTS = ("eval.json", "eval.png", "generations")  # what evaluate writes into its folder
 
 
-def evaluate(models: dict[str, str], judge: Judge, baseline: str, out_dir: Path, say=print) -> list[ModelResult]:
-    """`models`: display name -> loadable folder or hub id, each scored by `judge` on its pairs; writes
-    eval.json, eval.png and generations/NAME.jsonl."""
+BASELINE = "student-sft"  # the win rate's: the student init's generations
+
+
+def evaluate(models: dict[str, str], judge: Judge, out_dir: Path, say=print, rows: str = "held-out") -> list[ModelResult]:
+    """`models`: display name -> loadable folder or hub id, each scored by `judge` on its pairs (`rows`: what
+    they are, held-out or training rows); writes eval.json, eval.png and generations/NAME.jsonl."""
+    baseline = BASELINE
     from stages.evaluate.report import over_optimised, plot
 
     out_dir = Path(out_dir)
@@ -139,11 +143,11 @@ def evaluate(models: dict[str, str], judge: Judge, baseline: str, out_dir: Path,
                                                                  np.where(r.r_seq == base, 0.5, 0.0)))
     flagged = over_optimised(results)
     (out_dir / "eval.json").write_text(json.dumps(
-        {"prompts": len(pairs), "baseline": baseline, "reward": judge.reward[0] if judge.reward else None,
+        {"prompts": len(pairs), "rows": rows, "baseline": baseline, "reward": judge.reward[0] if judge.reward else None,
          "models": [{"name": r.name, "source": r.source, "weights_sha256": r.weights_sha256,
                      "over_optimised": r.name in flagged,
                      **{k: {"mean": m, "se": s} for k, (m, s) in r.metrics.items()}} for r in results]}, indent=1))
-    plot(results, out_dir / "eval.png", len(pairs))
+    plot(results, out_dir / "eval.png", len(pairs), rows)
     return results
 
 
@@ -181,9 +185,16 @@ def run_eval(req: Request, students: dict[str, str], out_dir: Path, reward=None,
     tok = load_tokenizer(models["student"])
     pairs = heldout_pairs(heldout, tc, tok)
     if not pairs:
-        raise ValueError(f"{heldout.source}: no usable held-out pairs")
+        raise ValueError(f"{heldout.source}: no usable {rows_of(heldout)} pairs")
     named = {"teacher-sft": models["reference"].source, "teacher-dpo": models["teacher"].source,
-             "student-sft": models["student"].source} | students
-    say(f"eval: {len(named)} models on {len(pairs)} held-out pairs")
+             BASELINE: models["student"].source} | students
+    rows = rows_of(heldout)
+    say(f"eval: {len(named)} models on {len(pairs)} {rows} pairs" + (
+        " (data.eval_source is null and data.holdout is 0: these rows are trained on)" if rows == "training" else ""))
     judge = Judge(models, pairs, tok, reward, tc, reward_model)
-    return evaluate(named, judge, "student-sft", out_dir, say)
+    return evaluate(named, judge, out_dir, say, rows)
+
+
+def rows_of(data: Data) -> str:
+    """What an evaluation's rows are: "training" when the stages read them too, else "held-out"."""
+    return "training" if data.take == "training" else "held-out"

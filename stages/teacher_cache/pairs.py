@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import io
 import itertools
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +42,8 @@ class Pair:
 
 class Drop(StrEnum):
     """Why an input row is not used; every artifact's manifest counts its rows by these (rows in = rows used +
-    rows dropped). Parsing gives the first six, rendering (`render.encode_pair`) the last three."""
+    rows dropped). Parsing gives the first six, rendering (`render.encode_pair`) the next three; a row held out
+    for evaluation (`data.holdout`) is not used by the stages, and evaluation does not use the others."""
 
     missing_field = "missing_field"
     not_text = "not_text"
@@ -51,6 +54,8 @@ class Drop(StrEnum):
     empty_response = "empty_response"
     prompt_too_long = "prompt_too_long"
     template_mismatch = "template_mismatch"
+    held_out = "held_out"
+    not_held_out = "not_held_out"
 
 
 class DataError(ValueError):
@@ -135,6 +140,13 @@ def _saved_folder(path: Path, split: str, source: str) -> tuple[list[dict], dict
     if fingerprint_files(files, root=path) != digest:
         raise DataError(f"{source}: changed while it was read; try again")
     return ds.to_list(), {"folder": path.name, "files_sha256": digest, "split": split}
+
+
+def is_held_out(pair: Pair, fraction: float) -> bool:
+    """Whether the pair's prompt is in the held-out `fraction`: sha256 of the prompt's messages, read as a
+    number in [0, 1). A prompt's pairs are all held out or none, on every run and in every file order."""
+    digest = hashlib.sha256(json.dumps(pair.prompt, sort_keys=True, ensure_ascii=False).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64 < fraction
 
 
 def check_source(source: str) -> Path:

@@ -33,7 +33,7 @@ from stages.common.progress import Progress
 from stages.common.ranks import Ranks
 from stages.common.tokenizers import compare_tokenizers, tokenizer_fingerprint
 from stages.teacher_cache import backends
-from stages.teacher_cache.pairs import DataError, Drop, detect_format, load_rows, parse_row
+from stages.teacher_cache.pairs import DataError, Drop, detect_format, is_held_out, load_rows, parse_row
 from stages.teacher_cache.render import Encoded, encode_pair
 from stages.teacher_cache.settings import Data, TeacherCache
 
@@ -126,7 +126,7 @@ def prepare(data: Data, tc: TeacherCache, tok, strict: bool) -> tuple[list, dict
     fmt = data_format(data, rows[0])
     prepared = []
     for i, row in enumerate(rows):
-        parsed = parse_row(i, row, fmt)
+        parsed = _taken(parse_row(i, row, fmt), data)
         enc = parsed if isinstance(parsed, Drop) else encode_pair(tok, parsed, tc.max_length)
         if strict and isinstance(enc, Drop):
             raise DataError(f"{data.source} row {i}: {enc.replace('_', ' ')} (--strict stops at the first unusable row)")
@@ -138,11 +138,24 @@ def prepare(data: Data, tc: TeacherCache, tok, strict: bool) -> tuple[list, dict
     return prepared, fp, fmt
 
 
+def _taken(parsed, data: Data):
+    """A parsed row, or why this section does not read it (`data.take`: the rows held out for evaluation
+    by `data.holdout`, or the others)."""
+    if isinstance(parsed, Drop) or data.take in ("all", "training"):
+        return parsed
+    held = is_held_out(parsed, data.holdout)
+    if data.take == "kept":
+        return Drop.held_out if held else parsed
+    return parsed if held else Drop.not_held_out
+
+
 def key_inputs(data: Data, tc: TeacherCache, seen: tuple[dict, str], tok, dtype: str) -> dict:
-    """What every stage-one artifact's key shares: the data (`seen`: its fingerprint and format; the limit),
-    the rendering (the chat template's tokenizer, by its saved files; max_length) and the compute dtype."""
+    """What every stage-one artifact's key shares: the data (`seen`: its fingerprint and format; the limit;
+    the held-out fraction when rows are held out), the rendering (the chat template's tokenizer, by its saved
+    files; max_length) and the compute dtype."""
     fp, fmt = seen
-    return {"data": fp | {"format": fmt, "limit": data.limit},
+    held = {"take": data.take, "holdout": data.holdout} if data.take in ("kept", "held_out") else {}
+    return {"data": fp | {"format": fmt, "limit": data.limit} | held,
             "render": {"tokenizer": tokenizer_fingerprint(tok), "template_from": tc.chat_template,
                        "max_length": tc.max_length},
             "dtype": dtype}

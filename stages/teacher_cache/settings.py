@@ -18,7 +18,13 @@ class Data:
                                    "resolves to is in the artifact keys")
     format: str = setting("auto", "row shape (auto: found from the first row)", choices=lambda: ("auto", *FORMATS))
     limit: int | None = setting(None, "use only the first N rows (null: all)", minimum=1)
-    eval_source: str | None = setting(None, "held-out pairs for adpa eval (null: source)")
+    eval_source: str | None = setting(None, "held-out pairs for adpa eval (null: the rows of source that "
+                                      "data.holdout keeps out of both stages)")
+    holdout: float = setting(0.05, "when eval_source is null: the fraction of source's prompts held out of both "
+                             "stages for adpa eval, chosen by a hash of the prompt (the same rows on every run); 0: "
+                             "none, and adpa eval then says it scores training rows", minimum=0, below=1)
+    take: str = setting("all", "which rows of source this section reads (set by the pipeline from eval_source and "
+                        "holdout; leave it at all)", choices=("all", "kept", "held_out", "training"), in_key=False)
     eval_split: str = setting("test", "split of eval_source")
     valid_source: str | None = setting(None, "validation pairs for checkpoint selection (distill.eval_every)")
     valid_split: str = setting("valid", "split of valid_source")
