@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -212,7 +213,9 @@ def recipe_show(recipe: str = RecipeOpt, overrides: list[str] = SetOpt):
 
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show the traceback of a failure (before the command: "
-                                     "adpa --debug distill ...).")):
+                                     "adpa --debug distill ...)."),
+          quiet: bool = typer.Option(False, "--quiet", help="No progress bars or progress lines (before the "
+                                     "command: adpa --quiet distill ...); the summaries stay.")):
     """ADPA / DCKD distillation: cache teacher signals once, train students on them many times."""
 
 
@@ -220,7 +223,12 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: every failure becomes one line and exit 1 (2 for usage, 130 on Ctrl-C), never a
     traceback unless --debug asks for it."""
     argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv[: next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))]
+    head = argv[: next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))]
+    debug = "--debug" in head
+    if "--quiet" in head:
+        os.environ["ADPA_QUIET"] = "1"  # read by every Progress, and passed to the processes a command starts
+    from stages.common.progress import quiet_libraries
+    quiet_libraries()  # before any library with a bar is imported
     interrupted = ("adpa: interrupted: committed shards and checkpoints are kept; run the same command again to "
                    "resume (distill: add --resume)")
     try:

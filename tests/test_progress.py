@@ -2,6 +2,8 @@
 
 import io
 
+import pytest
+
 from stages.common import progress
 
 
@@ -78,3 +80,33 @@ def test_the_cards_base_model_is_a_hub_id_or_absent(tmp_path):
     card = lambda spec: report.model_card(report.Card("r", "dckd", spec, {}, {}, "student-x", "adpa distill"), {})  # noqa: E731
     assert "base_model: org/student\n" in card("org/student@v2")
     assert "base_model:" not in card("builtin:tiny-student-sft") and "base_model:" not in card(str(tmp_path))
+
+
+def _teacher_cache(tmp_path, *head):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"What is {i}+{i}?", "chosen": f"{2 * i}", "rejected": f"{2 * i + 1}"})
+                            + "\n" for i in range(3)))
+    adpa = str(Path(sys.executable).parent / "adpa")
+    env = {k: v for k, v in os.environ.items() if k not in ("TQDM_DISABLE", "ADPA_QUIET")}
+    return subprocess.run([adpa, *head, "teacher-cache", "-r", "smollm2", "--data", str(data), "--backend", "hf",
+                           "--set", "teacher_cache.k=2", "--set", "teacher_cache.max_new_tokens=4", "--set",
+                           "data.holdout=0", "--store", str(tmp_path / "store")], capture_output=True, text=True,
+                          env=env | {"OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_in_a_log_the_libraries_bars_are_off_too_and_quiet_leaves_the_summary(tmp_path):
+    """issue 27 item 7: transformers' GGUF conversion and "Writing model shards" bars wrote carriage-return runs
+    into a log; `--quiet` did not exist."""
+    p = _teacher_cache(tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "\r" not in p.stdout + p.stderr and "GGUF" not in p.stderr, p.stderr[-2000:]
+    assert "teacher-topk (teacher): 3/3 rows (100%)" in p.stdout
+    q = _teacher_cache(tmp_path, "--quiet")
+    assert q.returncode == 0 and q.stderr == "" and "rows (100%)" not in q.stdout
+    assert any(ln.startswith("teacher-topk  teacher") and "reused" in ln for ln in q.stdout.splitlines()), q.stdout

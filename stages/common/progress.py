@@ -3,6 +3,9 @@
 On a terminal the bar redraws in place. Written to a file or a pipe, a bar becomes runs of carriage
 returns (dozens of kilobytes for one run), so there the bar is off and one plain line goes to `say`
 at each tenth of the work. `TQDM_DISABLE=1` turns the bar off anywhere, as tqdm documents.
+`quiet_libraries` makes the libraries' own bars (transformers' "Writing model shards", its GGUF
+conversion, huggingface_hub's downloads) follow the same rule; `ADPA_QUIET=1` (`adpa --quiet`)
+silences the plain lines too, leaving the summaries.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import os
 import sys
 
-from tqdm import tqdm
 
 
 def bar_enabled(active: bool = True) -> bool:
@@ -19,14 +21,24 @@ def bar_enabled(active: bool = True) -> bool:
     return active and not off and sys.stderr.isatty()
 
 
+def quiet_libraries() -> None:
+    """Off the terminal, the libraries' tqdm bars too: set in the environment before they are imported
+    (tqdm reads TQDM_* when it is imported, so this module imports it only in `Progress`). `adpa` calls it
+    first."""
+    if os.environ.get("ADPA_QUIET") == "1" or not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")  # every tqdm bar, the libraries' included
+
+
 class Progress:
     """`update(n)` and `postfix(text)` as a tqdm bar has them; without a bar, `say` gets
     "DESC: DONE/TOTAL UNIT (PCT%) POSTFIX" each time another tenth is done, and at the end."""
 
     def __init__(self, total: int, desc: str, unit: str, say, initial: int = 0, active: bool = True):
-        self.total, self.desc, self.unit, self.say = total, desc, unit, say if active else None
+        quiet = os.environ.get("ADPA_QUIET") == "1"
+        self.total, self.desc, self.unit, self.say = total, desc, unit, say if active and not quiet else None
         self.done, self.text = initial, ""
         self.tenth = self._tenth()
+        from tqdm import tqdm  # here, not above: see quiet_libraries
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True) \
             if bar_enabled(active) else None
 
