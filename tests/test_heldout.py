@@ -96,3 +96,19 @@ def test_stage_one_counts_the_held_out_rows_and_eval_says_when_it_scores_trainin
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["rows"] == "training" and report["prompts"] == 8
     assert any("8 training pairs" in ln and "trained on" in ln for ln in lines), lines
+
+
+def test_eval_generations_keep_a_multi_turn_conversation(world, tmp_path):
+    """issue 27 item 12: generations/NAME.jsonl kept only the last user turn."""
+    d, st, models, _, rows = world
+    U, A = (lambda t: {"role": "user", "content": t}), (lambda t: {"role": "assistant", "content": t})
+    history = [U("sort 3 1"), A("1 3")]
+    f = d / "turns.jsonl"
+    f.write_text("".join(json.dumps({"chosen": history + [U(r["prompt"]), A(r["chosen"])],
+                                     "rejected": history + [U(r["prompt"]), A(r["rejected"])]}) + "\n"
+                         for r in rows[:3]))
+    r = recipe(world, eval_source=str(f), format="messages")
+    orchestrate.evaluate(r, st, {}, tmp_path / "eval", say=silent)
+    out = [json.loads(ln) for ln in (tmp_path / "eval" / "generations" / "student-sft.jsonl").read_text().splitlines()]
+    assert len(out) == 3 and out[0]["instruction"] == rows[0]["prompt"]
+    assert out[0]["conversation"] == history + [U(rows[0]["prompt"])]

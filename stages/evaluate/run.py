@@ -133,8 +133,10 @@ def evaluate(models: dict[str, str], judge: Judge, out_dir: Path, say=print, row
         res = ModelResult(name, str(spec), {k: _mean_se(v) for k, v in values.items()}, values["implicit_reward"],
                           weights_sha256(str(spec)))
         with open(out_dir / "generations" / f"{name}.jsonl", "w") as f:
-            for e, t, d in zip(pairs, texts, decoded):
-                f.write(json.dumps({"instruction": t, "output": d, "generator": name, "id": e.pair.pair_id}) + "\n")
+            for e, t, d in zip(pairs, texts, decoded):  # AlpacaEval's fields, and the whole conversation
+                turns = {"conversation": e.pair.prompt} if len(e.pair.prompt) > 1 else {}
+                f.write(json.dumps({"instruction": t, "output": d, "generator": name, "id": e.pair.pair_id} | turns)
+                        + "\n")
         results.append(res)
         say(f"  evaluated {name}")
     base = next(r for r in results if r.name == baseline).r_seq
