@@ -37,6 +37,19 @@ def test_trls_conversational_shape_with_an_explicit_prompt():
     assert parse_row(0, row | {"prompt": "2+2?"}, "conversational") == "not_text"
 
 
+def test_trls_standard_shape_with_an_implicit_prompt():
+    """issue 27 item 1: every shape TRL documents; the implicit prompt is the answers' common start, cut at a word
+    boundary as TRL's extract_prompt does (a word is never split between the prompt and an answer)."""
+    row = {"chosen": "The sky is blue.", "rejected": "The sky is green."}
+    assert detect_format(row) == "implicit" and detect_format(row | {"prompt": "x"}) == "strings"
+    p = parse_row(0, row, "implicit")
+    assert p.prompt == [U("The sky is")] and (p.chosen, p.rejected) == ("blue.", "green.")
+    assert parse_row(0, {"chosen": "Answer: 12", "rejected": "Answer: 13"}, "implicit").prompt == [U("Answer:")]
+    assert parse_row(0, {"chosen": "abc", "rejected": "abd"}, "implicit") == "no_shared_prompt"
+    assert parse_row(0, {"chosen": "same", "rejected": "same"}, "implicit") == "identical_responses"
+    assert parse_row(0, {"chosen": 3, "rejected": "x"}, "implicit") == "not_text"
+
+
 def test_transcripts_format_keeps_multi_turn_history():
     base = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: What is 2+2?\n\nAssistant:"
     p = parse_row(0, {"chosen": base + " 4", "rejected": base + " 5"}, "transcripts")

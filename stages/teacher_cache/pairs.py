@@ -310,6 +310,23 @@ def _transcripts(row: dict) -> tuple[list[dict], str, str] | Drop:
     return c[:-1], c[-1]["content"], r[-1]["content"]
 
 
+def _implicit(row: dict) -> tuple[list[dict], str, str] | Drop:
+    """{chosen, rejected}: TRL's standard shape with an implicit prompt, two strings that share the prompt as
+    their start ("The sky is blue." / "The sky is green."). The prompt is the common start, cut back to a word
+    boundary as TRL's extract_prompt does; it becomes one user turn."""
+    c, r = _text(row["chosen"]), _text(row["rejected"])
+    if c is None or r is None:
+        return Drop.not_text
+    if c == r:
+        return Drop.identical_responses
+    n = next((i for i, (a, b) in enumerate(zip(c, r)) if a != b), min(len(c), len(r)))
+    while n > 0 and not c[n - 1].isspace() and n < len(c):  # never split a word between prompt and answer
+        n -= 1
+    if not c[:n].strip():
+        return Drop.no_shared_prompt
+    return [{"role": "user", "content": c[:n].strip()}], c[n:].strip(), r[n:].strip()
+
+
 @dataclass(frozen=True)
 class Format:
     """A row shape. `fields`: what a row must hold (else dropped as missing_field); `detect(columns, first row)`:
@@ -339,6 +356,9 @@ FORMATS: dict[str, Format] = {
     "transcripts": Format(("chosen", "rejected"),
                           lambda cols, first: {"chosen", "rejected"} <= cols and isinstance(_first_chosen(first), str)
                           and "Assistant:" in _first_chosen(first), _transcripts),
+    "implicit": Format(("chosen", "rejected"),
+                       lambda cols, first: {"chosen", "rejected"} <= cols and "prompt" not in cols
+                       and isinstance(_first_chosen(first), str), _implicit),
 }
 
 
