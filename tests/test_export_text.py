@@ -1,0 +1,49 @@
+"""`adpa cache export --text TOKENIZER` (issue 27, item 9): the decoded prompt and response beside the ids, only
+with the tokenizer the artifact was made with."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from artifacts import Store
+from pipeline import orchestrate
+from pipeline.recipe import load_recipe
+from pipeline.worlds import tiny as tiny_world
+from stages.common.ranks import silent
+
+ADPA = str(Path(sys.executable).parent / "adpa")
+pytestmark = pytest.mark.slow  # the command line, in processes
+
+
+def test_text_columns_with_the_artifacts_tokenizer_only(tmp_path):
+    st = Store(tmp_path / "store")
+    teacher, student = (tiny_world.init_model(st, tiny_world.V3, role, 0) for role in ("teacher", "student"))
+    data = tiny_world.dataset(st, tiny_world.V3, "train", 0)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({
+        "name": "t", "models": {"teacher": str(teacher), "reference": str(student), "student": str(student)},
+        "data": {"source": str(data), "format": "strings", "limit": 4, "holdout": 0},
+        "teacher_cache": {"backend": "hf", "k": 4, "max_length": 32, "max_new_tokens": 6}}))
+    topk = orchestrate.teacher_cache(load_recipe(str(tmp_path / "r.yaml")), st, say=silent)[0].key
+    env = dict(os.environ, ADPA_STORE=str(st.root))
+    ok = subprocess.run([ADPA, "cache", "export", topk, str(tmp_path / "a.parquet"), "--text", str(student)],
+                        capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    rows = pq.read_table(tmp_path / "a.parquet").to_pylist()
+    first = json.loads(data.read_text().splitlines()[0])
+    assert first["prompt"] in rows[0]["prompt"]  # the rendered sequence: the chat template's tokens are in the text
+    assert rows[0]["response"].startswith((first["chosen"], first["rejected"]))
+    other = tmp_path / "other"
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(student))
+    tok.add_tokens(["<extra>"])
+    tok.save_pretrained(other)
+    bad = subprocess.run([ADPA, "cache", "export", topk, str(tmp_path / "b.parquet"), "--text", str(other)],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "is not the artifact's" in bad.stderr
+    assert not (tmp_path / "b.parquet").exists()
