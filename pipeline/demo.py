@@ -38,11 +38,20 @@ def run_demo(store, recipe="tiny4", out_dir: Path = Path("runs/demo"), methods=N
         return _demo(store, recipe, Path(out_dir), methods, say)
 
 
+def _world_lines(say):
+    """The built-in world's training runs as a few lines each: what is trained, and its progress per tenth."""
+    def world_say(line: str) -> None:
+        if line.startswith(("student (", "distill (", "reward model:")):
+            say("  " + line)
+    return world_say
+
+
 def _demo(store, recipe, out_dir: Path, methods, say) -> dict:
     methods = default_methods() if methods is None else methods
     t0 = time.perf_counter()
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
     say(f"[1/3] stage one: the world's models and the teacher cache ({recipe.name}, store {store})")
+    orchestrate.models(recipe, store, say=_world_lines(say))  # built-in ones trained the first time: shown
     say(summary_table(orchestrate.teacher_cache(recipe, store, say=silent)))
     say("[2/3] stage two: one student per method, from the SFT student")
     students = {}

@@ -26,6 +26,15 @@ from stages.teacher_cache.pairs import check_source
 from stages.teacher_cache.run import Request, Result, plan, run_states, run_teacher_cache
 
 
+def models(recipe: Recipe, store: Store, say=None) -> dict:
+    """The recipe's models resolved, its reward model included; built-in ones are built when absent (`say`:
+    their training runs' lines)."""
+    out = builtin.resolve_models(recipe.models, store, say)
+    if recipe.models.reward_model:
+        out["reward_model"] = builtin.resolve_model(recipe.models.reward_model, store, say)
+    return out
+
+
 def check_data(recipe: Recipe) -> None:
     """Refuse a data file that is not there before any model is built or loaded (a hub id or a built-in
     name is read later)."""
