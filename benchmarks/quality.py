@@ -286,7 +286,7 @@ def analyse(spec: dict, test: dict, classes: dict) -> dict:
 
 def write(results: dict) -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=1))
+    RESULTS.write_text(json.dumps(results) + "\n")  # one line: 12 seeds' per-prompt rewards; json.tool reads it
     print(f"wrote {RESULTS}", flush=True)
 
 
