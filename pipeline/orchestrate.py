@@ -26,7 +26,7 @@ from stages.teacher_cache.pairs import check_source
 from stages.teacher_cache.run import Request, Result, plan, run_states, run_teacher_cache
 
 
-def models(recipe: Recipe, store: Store, say=None) -> dict:
+def built_models(recipe: Recipe, store: Store, say=None) -> dict:
     """The recipe's models resolved, its reward model included; built-in ones are built when absent (`say`:
     their training runs' lines)."""
     out = builtin.resolve_models(recipe.models, store, say)
