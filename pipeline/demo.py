@@ -51,6 +51,7 @@ def _demo(store, recipe, out_dir: Path, methods, say) -> dict:
     t0 = time.perf_counter()
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
     say(f"[1/3] stage one: the world's models and the teacher cache ({recipe.name}, store {store})")
+    orchestrate.check_data(recipe)  # a file that is not there: refused before a model is built
     orchestrate.built_models(recipe, store, say=_world_lines(say))  # built-in ones trained the first time: shown
     say(summary_table(orchestrate.teacher_cache(recipe, store, say=silent)))
     say("[2/3] stage two: one student per method, from the SFT student")

@@ -107,10 +107,12 @@ def s3_server(tmp_path_factory):
 
 # `make test` runs two pytest-xdist workers, one file each at a time, in this order (--no-loadscope-reorder:
 # xdist would otherwise put files with more tests first): the longest files go first,
-# so that neither worker is left with a long one at the end (durations of 2026-12-03).
-LONGEST_FIRST = ("test_distill.py", "test_world.py", "test_ray_engine.py", "test_parallel.py",
-                 "test_teacher_cache_real.py", "test_teacher_cache_cli.py", "test_benchmarks.py", "test_trust.py",
-                 "test_vllm_parity.py", "test_faults.py")
+# so that neither worker is left with a long one at the end (durations of 2026-12-03 and 2026-12-05: the
+# integrity checks' 8 min on one thread first; test_kernels, last by name, left one worker idle for minutes).
+LONGEST_FIRST = ("test_integrity_v4.py", "test_distill.py", "test_world.py", "test_ray_engine.py",
+                 "test_kernels.py", "test_parallel.py", "test_benchmarks.py", "test_teacher_cache_real.py",
+                 "test_teacher_cache_cli.py", "test_trust.py", "test_vllm_parity.py", "test_faults.py",
+                 "test_progress.py")
 
 
 def pytest_collection_modifyitems(items):
