@@ -121,7 +121,6 @@ BASELINE = "student-sft"  # the win rate's: the student init's generations
 def evaluate(models: dict[str, str], judge: Judge, out_dir: Path, say=print, rows: str = "held-out") -> list[ModelResult]:
     """`models`: display name -> loadable folder or hub id, each scored by `judge` on its pairs (`rows`: what
     they are, held-out or training rows); writes eval.json, eval.png and generations/NAME.jsonl."""
-    baseline = BASELINE
     from stages.evaluate.report import over_optimised, plot
 
     out_dir = Path(out_dir)
@@ -139,13 +138,13 @@ def evaluate(models: dict[str, str], judge: Judge, out_dir: Path, say=print, row
                         + "\n")
         results.append(res)
         say(f"  evaluated {name}")
-    base = next(r for r in results if r.name == baseline).r_seq
+    base = next(r for r in results if r.name == BASELINE).r_seq
     for r in results:
-        r.metrics["win_rate_vs_" + baseline] = _mean_se(np.where(r.r_seq > base, 1.0,
+        r.metrics["win_rate_vs_" + BASELINE] = _mean_se(np.where(r.r_seq > base, 1.0,
                                                                  np.where(r.r_seq == base, 0.5, 0.0)))
     flagged = over_optimised(results)
     (out_dir / "eval.json").write_text(json.dumps(
-        {"prompts": len(pairs), "rows": rows, "baseline": baseline, "reward": judge.reward[0] if judge.reward else None,
+        {"prompts": len(pairs), "rows": rows, "baseline": BASELINE, "reward": judge.reward[0] if judge.reward else None,
          "models": [{"name": r.name, "source": r.source, "weights_sha256": r.weights_sha256,
                      "over_optimised": r.name in flagged,
                      **{k: {"mean": m, "se": s} for k, (m, s) in r.metrics.items()}} for r in results]}, indent=1))
