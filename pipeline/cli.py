@@ -86,7 +86,8 @@ def distill(
     store: StoreOpt = None,
     loss: str = setting_option(Distill, "loss", " Default: the recipe's distill.loss."),
     output: Path = typer.Option(None, help="Run folder: model/, metrics.jsonl, loss.png, checkpoints/ "
-                                "(default runs/RECIPE-LOSS)."),
+                                "(default runs/RECIPE-LOSS-KEY8: the first 8 hex digits of the "
+                                "student's key, so other data or settings never land in an earlier run's folder)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into an --output folder that is not an earlier "
                                    "run of the same settings and data (what a run writes there is replaced; other "

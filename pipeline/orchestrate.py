@@ -77,8 +77,9 @@ def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path 
             caches: dict[str, str] | None = None, say=print, ranks: Ranks | None = None,
             overwrite: bool = False) -> list[Trained]:
     """Train the recipe's student with `loss` (default: the recipe's). A chained loss trains its steps in
-    turn; the run folders are runs/RECIPE-LOSS unless `output` names the last one (`overwrite`: even one
-    that is not an earlier run of the same key)."""
+    turn; each run folder is runs/RECIPE-LOSS-KEY8 (the first 8 hex digits of its student's key: other data
+    or settings, another folder) unless `output` names the last one, a chain's first step beside it
+    (`overwrite`: even one that is not an earlier run of the same key)."""
     check_data(recipe)
     ranks = ranks or Ranks()
     say = ranks.speaker(say)
@@ -89,7 +90,7 @@ def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path 
         keys = planned(recipe, store, models) | keys
         _stage_one_ran(recipe, store, loss, {n: k for n, k in keys.items() if n not in (caches or {})})
 
-    def train(step_loss: str, settings: str, init, step_caches: dict, run_dir: Path, label: str = "") -> Trained:
+    def train(step_loss: str, settings: str, init, step_caches: dict, run_dir: Path | None, label: str = "") -> Trained:
         """`settings`: the loss whose `per_loss` entry the step trains with."""
         d = recipe.distill_for(settings)
         job = Job(step_loss, init, d, step_caches, label, validator(recipe, d, store, models))
@@ -97,13 +98,14 @@ def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path 
         return Distiller(store, job, place).run()
 
     spec = LOSSES[loss]
-    final = Path(output or Path("runs") / f"{recipe.name}-{loss}")
+    final = Path(output) if output else None
     if spec.then is None:
         return [train(loss, loss, models["student"], keys, final)]
     first_loss, then_loss = spec.then
     # a chain's first step is the plain first_loss student (its own per_loss entry, so its key: reused when
     # trained), the chain's entry is for its last step; the folder is beside the chain's
-    first = train(first_loss, first_loss, models["student"], keys, final.with_name(f"{final.name}-{first_loss}"))
+    first = train(first_loss, first_loss, models["student"], keys,
+                  final and final.with_name(f"{final.name}-{first_loss}"))
     say(f"{loss}: states for {then_loss} from the {first_loss} student {first.key}")
     models = models | {"student": resolve(str(first.model_dir))}
     states = _stage_one(models, recipe, store, say, ranks, states_only=True)

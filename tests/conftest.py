@@ -8,6 +8,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
+def pytest_configure(config):
+    # matplotlib builds its font cache on first use by running fc-list: on a fresh machine the first unit test
+    # that draws a plot would be stopped below for starting a process; built here, before any test
+    from matplotlib import font_manager  # noqa: F401 (the import builds the cache)
+
+
 @pytest.fixture(autouse=True)
 def _unit_layer_stays_in_process(request, monkeypatch):
     """The unit layer (`pytest -m "not slow"`, `make test-fast`) runs in this process: a test that starts

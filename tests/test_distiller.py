@@ -7,6 +7,8 @@ reused; an interrupted run resumed to the uninterrupted weights; a diverging run
 """
 
 import copy
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,6 +116,28 @@ def test_a_chains_first_step_is_the_plain_student_of_its_own_settings(unit, tmp_
     # the adpa step on the DCKD student's states is one student, whatever the run is called
     job = Job("adpa", resolve(str(first.model_dir)), r.distill_for("adpa+"), inputs[1]["caches"])
     assert inputs[1]["loss"] == "adpa" and Distiller(unit["store"], job, Place(tmp_path / "x", say=silent)).check() == second.key
+
+
+def test_default_run_folders_are_named_by_the_students_key_and_never_replace_another_run(unit, tmp_path, monkeypatch):
+    """issue 27 item 5: `runs/RECIPE-LOSS` ignored data and settings, so a rerun with another lr replaced the
+    earlier run's model/ and metrics.jsonl. Each run gets runs/RECIPE-LOSS-KEY8; the same inputs find their own."""
+    monkeypatch.chdir(tmp_path)
+    r = copy.copy(unit["recipe"])
+    r.per_loss = {"sft": {"sft_lr": 7e-4}}  # learning rates no other test trains with: both students are built here
+    a = orchestrate.distill(r, unit["store"], "sft", say=silent)[0]
+    r.per_loss = {"sft": {"sft_lr": 3.5e-4}}
+    b = orchestrate.distill(r, unit["store"], "sft", say=silent)[0]
+    assert a.key != b.key and a.run_dir != b.run_dir and a.status == b.status == "built"
+    lrs = []
+    for t in (a, b):
+        assert t.run_dir == Path("runs") / f"unit-sft-{t.key.rsplit('-', 1)[1][:8]}"
+        lrs.append([json.loads(ln)["lr"] for ln in (t.run_dir / "metrics.jsonl").read_text().splitlines()])
+    assert len(lrs[0]) == 4 and lrs[1] == pytest.approx([x / 2 for x in lrs[0]])  # each folder its own run
+    assert {p.name for p in (tmp_path / "runs").iterdir()} == {a.run_dir.name, b.run_dir.name}
+    again = orchestrate.distill(r, unit["store"], "sft", say=silent)[0]
+    assert again.status == "reused" and again.run_dir == b.run_dir
+    chain = orchestrate.distill(r, unit["store"], "adpa+", say=silent)
+    assert [t.run_dir.name.rsplit("-", 1)[0] for t in chain] == ["unit-dckd", "unit-adpa+"]
 
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(unit, tmp_path, monkeypatch):

@@ -87,15 +87,23 @@ class Job:
 
 @dataclass(frozen=True)
 class Place:
-    """Where and how a run happens: none of it changes what is learned."""
+    """Where and how a run happens: none of it changes what is learned. `run_dir` None: a folder under
+    `runs` named by the title, the run's name and the student key's first 8 hex digits, so that a run with
+    other data or settings (another key) never lands in an earlier run's folder."""
 
-    run_dir: Path
+    run_dir: Path | None = None
     resume: bool = False
     overwrite: bool = False  # replace a folder that is not an earlier run of the same key
     title: str = ""  # the recipe's name, in plots and the model card
     command: str = ""  # how to reproduce, for the model card
     ranks: Ranks = field(default_factory=Ranks)
     say: Callable = print
+    runs: Path = Path("runs")
+
+    def folder(self, name: str, key: str) -> Path:
+        if self.run_dir is not None:
+            return Path(self.run_dir)
+        return self.runs / f"{self.title + '-' if self.title else ''}{name}-{key.rsplit('-', 1)[1][:8]}"
 
 
 @dataclass
@@ -134,7 +142,8 @@ class Distiller:
     def __init__(self, store: Store, job: Job, place: Place):
         self.store, self.job, self.place = store, job, place
         self.settings = job.settings  # its one name from here to the loss functions
-        self.ranks, self.say, self.run_dir = place.ranks, place.ranks.speaker(place.say), Path(place.run_dir)
+        self.ranks, self.say = place.ranks, place.ranks.speaker(place.say)
+        self.run_dir = None if place.run_dir is None else Path(place.run_dir)  # None: named by the key in check()
 
     # -- what the run is ---------------------------------------------------------------------------
     def check(self) -> str:
@@ -161,6 +170,7 @@ class Distiller:
                        "settings": self.key_settings, "precision": precision} | (
             {"validation": job.validation.identity} if job.validation is not None else {})
         self.key = artifact_key("student", self.inputs, {"name": files.NAME, "version": files.VERSION})
+        self.run_dir = self.place.folder(job.name, self.key)
         return self.key
 
     def run(self) -> Trained:
