@@ -59,6 +59,12 @@ def teacher_cache(
     overrides: list[str] = SetOpt,
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unusable row, naming it."),
     verify_reuse: bool = typer.Option(None, "--verify-reuse", help=help_of(TeacherCache, "verify_reuse")),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Build nothing: print the rows, the tokens each "
+                                 "artifact would store, which artifacts are reused or built, and the bytes and "
+                                 "time of what is left, measured on --probe-rows rows in a temporary store "
+                                 "(this process, the local engine)."),
+    probe_rows: int = typer.Option(64, "--probe-rows", min=1, help="With --dry-run: the rows the probe scores "
+                                   "(after a warm-up on an eighth of them); 64 batches as stage one does."),
 ):
     """Stage one: score preference data with the DPO teacher and its reference into shards."""
     from artifacts import Store
@@ -72,6 +78,10 @@ def teacher_cache(
     ranks = from_env()
     say = ranks.speaker(typer.echo)
     say(f"recipe {r.name} ({r.path}); store {st.url or st.root.resolve()}")
+    if dry_run:
+        from stages.teacher_cache.estimate import table
+        say(table(orchestrate.estimate(r, st, probe_rows, say), r.data.source))
+        return
     try:
         results = orchestrate.teacher_cache(r, st, strict=strict, say=say, ranks=ranks)
     finally:

@@ -22,6 +22,8 @@ from stages.distill.losses import LOSSES, caches_of
 from stages.distill.distiller import Distiller, Job, Place, Trained
 from stages.evaluate.run import Validator, run_eval
 from stages.teacher_cache import ray_engine
+from stages.teacher_cache.estimate import Estimate
+from stages.teacher_cache.estimate import estimate as stage_one_estimate
 from stages.teacher_cache.pairs import check_source
 from stages.teacher_cache.run import Request, Result, plan, run_states, run_teacher_cache
 
@@ -48,6 +50,14 @@ def teacher_cache(recipe: Recipe, store: Store, strict: bool = False, say=print,
                   ranks: Ranks | None = None) -> list[Result]:
     check_data(recipe)
     return _stage_one(builtin.resolve_models(recipe.models, store), recipe, store, say, ranks, strict=strict)
+
+
+def estimate(recipe: Recipe, store: Store, probe_rows: int, say=print) -> Estimate:
+    """What `teacher_cache` would do (rows, tokens, artifacts reused or built) and its cost from a probe."""
+    check_data(recipe)
+    req = Request(builtin.resolve_models(recipe.models, store), builtin.resolve_data(recipe.data, store),
+                  recipe.teacher_cache)
+    return stage_one_estimate(req, store, probe_rows, say)
 
 
 def _stage_one(models, recipe: Recipe, store: Store, say, ranks: Ranks | None, strict: bool = False,

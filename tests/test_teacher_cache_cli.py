@@ -139,3 +139,36 @@ def test_sigkill_mid_run_then_resume(model_store, tmp_path):
     m = verify_artifact(store.path(key))
     rows = sorted((r.input_index, r.side) for r in ArtifactReader(store.path(key)))
     assert rows == [(i, s) for i in range(40) for s in ("chosen", "rejected")] and m["rows_used"] == 40
+
+
+def _planned_lines(stdout: str) -> dict[str, list[str]]:
+    """The dry run's artifact lines by name: [state, tokens, bytes, seconds, key]."""
+    names = ("teacher_topk", "reference_logp", "student_logp", "generations", "advantage")
+    return {ln.split()[0]: ln.split()[1:] for ln in stdout.splitlines() if ln.split() and ln.split()[0] in names}
+
+
+def test_a_dry_run_writes_nothing_and_foretells_the_real_runs_rows_tokens_and_bytes(model_store, bad_rows_file):
+    """issue 27 item 8: before a large stage one, rows, tokens, what is reused or built, bytes and a time from a
+    measured probe; the store is left as it was (the probe writes into a temporary one)."""
+    data, recipe = bad_rows_file
+    args = ("teacher-cache", "--recipe", recipe, "--set", "data.format=messages", "--set", "teacher_cache.k=3")
+    listing = lambda: sorted(str(p.relative_to(model_store.root)) for p in model_store.root.rglob("*")  # noqa: E731
+                             if p.suffix != ".lock")
+    before = listing()
+    dry = adpa(*args, "--dry-run", "--probe-rows", "4", store=model_store)
+    assert dry.returncode == 0, dry.stderr
+    assert listing() == before
+    assert "9 rows, 4 usable (dropped: " in dry.stdout and "probe of 4 rows" in dry.stdout
+    planned = _planned_lines(dry.stdout)
+    assert set(planned) == {"teacher_topk", "reference_logp", "student_logp", "advantage"}  # states=chosen
+    assert all(v[0] == "missing" and float(v[3]) > 0 for v in planned.values())
+
+    real = adpa(*args, store=model_store)
+    assert real.returncode == 0, real.stderr
+    for name, (_, tokens, size, _, key) in planned.items():
+        t = model_store.manifest(key)["totals"]  # the planned keys are the ones the real run made
+        assert int(tokens.replace(",", "")) == t["tokens"], name  # counted exactly (no generated states here)
+        assert abs(int(size.replace(",", "")) - t["bytes"]) <= 0.25 * t["bytes"], (name, size, t["bytes"])
+    again = adpa(*args, "--dry-run", store=model_store)
+    assert again.returncode == 0 and "probe" not in again.stdout and "nothing to build" in again.stdout
+    assert all(v[0] == "complete" for v in _planned_lines(again.stdout).values())
