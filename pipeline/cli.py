@@ -202,6 +202,19 @@ def demo(store: StoreOpt = None,
     run_demo(Store(store), r, out_dir=output, say=typer.echo, overwrite=overwrite)
 
 
+@app.command("push-to-hub")
+def push_to_hub(run: Path = typer.Argument(..., help="A finished distill run folder (runs/RECIPE-LOSS-KEY8)."),
+                repo: str = typer.Argument(..., help="The hub repository, OWNER/NAME (created when absent)."),
+                private: bool = typer.Option(False, "--private", help="Create the repository private."),
+                token: str = typer.Option(None, "--token", help="A hub token (default: HF_TOKEN, or hf auth login's)."),
+):
+    """A run's student (model/, with its model card; adapter/ for LoRA) to the Hugging Face Hub in one commit
+    (HF_ENDPOINT names another hub)."""
+    from pipeline.hub import push
+    info = push(run, repo, private, token)
+    typer.echo(f"pushed {run} to {repo}: {info.commit_url}")
+
+
 recipe_app = typer.Typer(help="Recipes: list them, or show one with every setting and its help.",
                          no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")

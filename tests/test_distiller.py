@@ -185,3 +185,33 @@ def test_selection_keeps_the_best_state_under_its_metric():
     last = Selection("last")
     last.offer(0, {"reward": 1.0}, model)
     assert last.as_extra() is None
+
+
+def test_push_to_hub_sends_the_runs_student_and_card_in_one_commit(unit, tmp_path, monkeypatch):
+    """issue 27 item 4: `adpa push-to-hub RUN REPO`, up to the requests it sends (a local server answers the
+    hub's API; no hub is reachable here): the repository created, every file of model/ committed once, with
+    the token, the model card's YAML metadata intact; a folder that is no finished run is refused first."""
+    from fake_hub import COMMIT, FakeHub
+    from pipeline.hub import PushRefused, push
+    monkeypatch.chdir(tmp_path)
+    run = orchestrate.distill(unit["recipe"], unit["store"], "dckd", output=tmp_path / "run", say=silent)[0]
+    with pytest.raises(PushRefused, match="not a distill run folder"):
+        push(tmp_path, "me/student", token="hf_test")
+    with pytest.raises(PushRefused, match="repository 'me/stu dent'"):
+        push(run.run_dir, "me/stu dent", token="hf_test")
+    with FakeHub() as hub:
+        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", hub.url)
+        info = push(run.run_dir, "me/student", private=True, token="hf_test")
+    assert info.oid == COMMIT  # the commit the server answered
+    assert hub.repos["me/student"]["private"] is True
+    sent = hub.repos["me/student"]["files"]
+    model = run.run_dir / "model"
+    assert sent == {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()}  # every file, byte for byte
+    card = sent["README.md"].decode()
+    assert card.startswith("---\n") and "tags: [adpa, distillation, preference-alignment]" in card and run.key in card
+    # (huggingface_hub 2.4 also asks /api/agent-harnesses, without the token, whatever the command)
+    calls = [(r["path"].split("?")[0], r["headers"].get("authorization")) for r in hub.requests
+             if not r["path"].startswith("/api/agent-harnesses")]
+    assert calls == [(p, "Bearer hf_test") for p in ("/api/repos/create", "/api/validate-yaml",
+                                                       "/api/models/me/student/preupload/main",
+                                                       "/api/models/me/student/commit/main")]

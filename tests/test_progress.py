@@ -80,6 +80,10 @@ def test_the_cards_base_model_is_a_hub_id_or_absent(tmp_path):
     card = lambda spec: report.model_card(report.Card("r", "dckd", spec, {}, {}, "student-x", "adpa distill"), {})  # noqa: E731
     assert "base_model: org/student\n" in card("org/student@v2")
     assert "base_model:" not in card("builtin:tiny-student-sft") and "base_model:" not in card(str(tmp_path))
+    hub = {"data": {"hub_id": "trl-lib/ultrafeedback_binarized", "revision": "abc", "split": "train"}}
+    with_data = lambda p: report.model_card(report.Card("r", "dckd", "org/s", {}, {}, "student-x", "c", p), {})  # noqa: E731
+    assert "datasets: [trl-lib/ultrafeedback_binarized]\n" in with_data(hub)
+    assert "datasets:" not in with_data({"data": {"sha256": "d" * 64}})  # a file: by its sha256 in the table
 
 
 def _teacher_cache(tmp_path, *head):

@@ -119,6 +119,8 @@ def model_card(card: Card, summary: dict) -> str:
                 else "The weights are those of the last step.")
     base = "" if init_spec.startswith("builtin:") or Path(init_spec).exists() else \
         f"base_model: {init_spec.partition('@')[0]}\n"  # the hub's field holds a hub id, never a folder
+    data = (card.provenance or {}).get("data", {})
+    base += f"datasets: [{data['hub_id']}]\n" if "hub_id" in data else ""  # a file is named by its sha256 below
     return f"""---
 library_name: transformers
 {base}tags: [adpa, distillation, preference-alignment]
