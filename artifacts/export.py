@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from artifacts.reader import ArtifactReader
+from adpa.artifacts.reader import ArtifactReader
 
 FORMATS = (".parquet", ".jsonl")
 BATCH_ROWS = 1024

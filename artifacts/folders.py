@@ -7,13 +7,13 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from artifacts.fsutil import atomic_write_bytes, fsync_dir, fsync_file, seal, sha256_file
-from schemas.keys import artifact_key
-from artifacts.store import MANIFEST, Store, StoreError, now_iso
-from artifacts.transfer import local_copy, publish
-from artifacts.writer import checked_for_reuse, package_versions, producer_versions
-from schemas import files
-from schemas import manifest as mf
+from adpa.artifacts.fsutil import atomic_write_bytes, fsync_dir, fsync_file, seal, sha256_file
+from adpa.schemas.keys import artifact_key
+from adpa.artifacts.store import MANIFEST, Store, StoreError, now_iso
+from adpa.artifacts.transfer import local_copy, publish
+from adpa.artifacts.writer import checked_for_reuse, package_versions, producer_versions
+from adpa.schemas import files
+from adpa.schemas import manifest as mf
 
 
 def publish_folder(store: Store, kind: str, inputs: dict, build: Callable[[Path], dict | None]

@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from artifacts.fsutil import work_folder
-from artifacts.prefetch import background
-from artifacts.remote import RemoteArtifact, RemoteError
-from artifacts.shards import ShardError, codec_and_layout, open_shard
-from artifacts.store import MANIFEST, read_manifest, repair_hint
+from adpa.artifacts.fsutil import work_folder
+from adpa.artifacts.prefetch import background
+from adpa.artifacts.remote import RemoteArtifact, RemoteError
+from adpa.artifacts.shards import ShardError, codec_and_layout, open_shard
+from adpa.artifacts.store import MANIFEST, read_manifest, repair_hint
 
 
 class ArtifactReader:

@@ -22,8 +22,8 @@ import json
 import os
 from pathlib import Path
 
-from schemas import manifest as mf
-from schemas.keys import parse_key
+from adpa.schemas import manifest as mf
+from adpa.schemas.keys import parse_key
 
 MANIFEST = "manifest.json"
 PROGRESS = ".progress"

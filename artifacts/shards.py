@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from artifacts.fsutil import sha256_file
-from schemas import codec as get_codec
-from schemas import manifest as mf
+from adpa.artifacts.fsutil import sha256_file
+from adpa.schemas import codec as get_codec
+from adpa.schemas import manifest as mf
 
 
 class ShardError(Exception):

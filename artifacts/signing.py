@@ -17,8 +17,8 @@ import os
 import re
 from pathlib import Path
 
-from artifacts.fsutil import atomic_write_bytes
-from artifacts.store import MANIFEST, StoreError, now_iso
+from adpa.artifacts.fsutil import atomic_write_bytes
+from adpa.artifacts.store import MANIFEST, StoreError, now_iso
 
 SIGNATURES = "signatures.json"
 FORMAT = "adpa.signatures"

@@ -21,10 +21,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from artifacts.fsutil import idle
-from artifacts.remote import Remote, RemoteArtifact, RemoteError, is_url, working_copy
-from schemas.keys import parse_key
-from schemas import manifest as mf
+from adpa.artifacts.fsutil import idle
+from adpa.artifacts.remote import Remote, RemoteArtifact, RemoteError, is_url, working_copy
+from adpa.schemas.keys import parse_key
+from adpa.schemas import manifest as mf
 
 MANIFEST = "manifest.json"
 LOCKS = ".locks"

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import fsspec
 
-from artifacts.fsutil import copy_file, fsync_dir, fsync_file, seal, work_folder
-from artifacts.remote import RemoteError, fetch_checked, is_local_fs
-from artifacts.store import INCOMING, MANIFEST, Store, StoreError
-from artifacts.signing import MAX_SIGNATURES_BYTES, SIGNATURES, SignatureError, check_trusted
-from artifacts.verify import Incomplete, VerifyError, verify_artifact
-from schemas import manifest as mf
+from adpa.artifacts.fsutil import copy_file, fsync_dir, fsync_file, seal, work_folder
+from adpa.artifacts.remote import RemoteError, fetch_checked, is_local_fs
+from adpa.artifacts.store import INCOMING, MANIFEST, Store, StoreError
+from adpa.artifacts.signing import MAX_SIGNATURES_BYTES, SIGNATURES, SignatureError, check_trusted
+from adpa.artifacts.verify import Incomplete, VerifyError, verify_artifact
+from adpa.schemas import manifest as mf
 
 
 def _fs(url: str):

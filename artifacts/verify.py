@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from artifacts.fsutil import work_folder
-from artifacts.remote import RemoteArtifact, RemoteError
-from artifacts.shards import ShardError, check_shard, codec_and_layout
-from artifacts.store import MANIFEST, read_manifest
-from schemas.manifest import ManifestError
+from adpa.artifacts.fsutil import work_folder
+from adpa.artifacts.remote import RemoteArtifact, RemoteError
+from adpa.artifacts.shards import ShardError, check_shard, codec_and_layout
+from adpa.artifacts.store import MANIFEST, read_manifest
+from adpa.schemas.manifest import ManifestError
 
 
 class Incomplete(Exception):

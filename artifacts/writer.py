@@ -31,12 +31,12 @@ from importlib import metadata
 
 import pyarrow as pa
 
-from artifacts.fsutil import atomic_write_bytes, commit_file, seal, sha256_file, work_folder
-from schemas.keys import artifact_key
-from artifacts.shards import ShardError, check_file
-from artifacts.remote import MAX_RECORD_BYTES, RemoteError
-from artifacts.store import INCOMING, MANIFEST, PROGRESS, Store, StoreError, now_iso, repair_hint
-from schemas import manifest as mf
+from adpa.artifacts.fsutil import atomic_write_bytes, commit_file, seal, sha256_file, work_folder
+from adpa.schemas.keys import artifact_key
+from adpa.artifacts.shards import ShardError, check_file
+from adpa.artifacts.remote import MAX_RECORD_BYTES, RemoteError
+from adpa.artifacts.store import INCOMING, MANIFEST, PROGRESS, Store, StoreError, now_iso, repair_hint
+from adpa.schemas import manifest as mf
 
 PROGRESS_RE = re.compile(r"^r(\d{3})-(shard-\d{5}\.json|of-(\d{3})\.done)$")
 REMOTE_SHARD_RE = re.compile(r"^shard-(\d{3})-(\d{5})-[0-9a-f]{16}\.arrow$")  # on a URL store: content-named

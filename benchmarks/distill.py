@@ -68,7 +68,7 @@ def _row(rng, i, side, ids, prompt_len, vocab, with_ref=False):
     top = (rng.integers(0, vocab, (n, 1)) + np.arange(K) * 7919) % vocab  # distinct: 7919 is prime to the vocab
     p = rng.dirichlet(np.full(K + 1, 0.3), size=n)
     logp = np.log(np.sort(p[:, :K], axis=1)[:, ::-1] + 1e-12)
-    from schemas.token_topk import Row, tail_logmass
+    from adpa.schemas.token_topk import Row, tail_logmass
     realized = -rng.exponential(2.0, n)
     ref = {"ref_topk_logp": logp + rng.normal(0, 0.5, logp.shape),
            "ref_realized_logp": realized - rng.normal(0, 0.5, n)} if with_ref else {}
@@ -81,8 +81,8 @@ def _seq(rng, prompt_ids, vocab: int, response: tuple[int, int]) -> np.ndarray:
 
 def build_caches(store, n: int, vocab: int, prompt: int, response: tuple[int, int], batch_tokens: int = 65536) -> dict:
     """teacher_topk, advantage and student_logp artifacts for n pairs, through the store's writer."""
-    from artifacts import ArtifactSpec, ArtifactWriter, WriteOptions
-    from schemas import sequences, token_topk
+    from adpa.artifacts import ArtifactSpec, ArtifactWriter, WriteOptions
+    from adpa.schemas import sequences, token_topk
     specs = {"teacher_topk": ("teacher-topk", token_topk.Codec, {"k": K, "vocab_size": vocab, "with_ref": False}),
              "advantage": ("advantage", token_topk.Codec, {"k": K, "vocab_size": vocab, "with_ref": True}),
              "student_logp": ("seq-logp", sequences.Codec, {"vocab_size": vocab, "with_logp": True})}
@@ -112,7 +112,7 @@ def train_run(loss: str, dirs: dict, model, batch_pairs: int, token_budget: int,
               buffer: int = 256, gradient_checkpointing: bool = False) -> dict:
     import torch
 
-    from stages.distill.settings import Distill
+    from adpa.stages.distill.settings import Distill
     settings = Distill(loss=loss, lr=1e-5, sft_lr=1e-5, epochs=1, batch_pairs=batch_pairs, token_budget=token_budget,
                        gradient_checkpointing=gradient_checkpointing, shuffle_buffer=buffer)
     shutil.rmtree(steps_dir, ignore_errors=True)
@@ -137,10 +137,10 @@ def train_run(loss: str, dirs: dict, model, batch_pairs: int, token_budget: int,
 def _bench_distiller(model, dirs: dict, settings, autocast, run_dir: Path):
     """The Distiller on a model already in memory and synthetic caches: no tokenizer to check the caches
     against, no key to compute, nothing published (the benchmark calls check, setup and train)."""
-    from stages.common.models import ResolvedModel
-    from stages.common.ranks import silent
-    from stages.distill.distiller import Distiller, Job, Place, key_settings
-    from stages.distill.losses import caches_of
+    from adpa.stages.common.models import ResolvedModel
+    from adpa.stages.common.ranks import silent
+    from adpa.stages.distill.distiller import Distiller, Job, Place, key_settings
+    from adpa.stages.distill.losses import caches_of
 
     class BenchDistiller(Distiller):
         def check(self) -> str:
@@ -161,7 +161,7 @@ def bare_run(dirs: dict, model, batch_pairs: int, steps: int, device: str, autoc
     """The textbook SFT step on the same chosen sequences: full logits, HF's own loss."""
     import torch
 
-    from artifacts import ArtifactReader
+    from adpa.artifacts import ArtifactReader
     rows = [r for r in ArtifactReader(dirs["student_logp"]) if r.side == "chosen"]
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -204,7 +204,7 @@ def peak_rss_mb() -> float:
 
 def rss_child(n: int) -> dict:
     """A whole adpa run over n pairs (caches built beforehand) with the small student; peak RSS."""
-    from artifacts import Store
+    from adpa.artifacts import Store
     dirs = build_caches(Store(OUT / "distill-store"), n, SHAPES["rss-tiny"][0], 64, RSS_RESPONSE, RSS_BATCH_TOKENS)
     model = make_model("rss-tiny", "cpu")
     r = train_run("adpa", dirs, model, 8, 8192, None, OUT / f"distill-rss-{n}", buffer=RSS_BUFFER)
@@ -226,14 +226,14 @@ def main():
     a = ap.parse_args()
     if a.child_rss:
         if a.build_only:
-            from artifacts import Store
+            from adpa.artifacts import Store
             build_caches(Store(OUT / "distill-store"), a.child_rss, SHAPES["rss-tiny"][0], 64, RSS_RESPONSE, RSS_BATCH_TOKENS)
         else:
             print(json.dumps(rss_child(a.child_rss)))
         return
     import torch
 
-    from artifacts import Store
+    from adpa.artifacts import Store
     device = "cuda" if torch.cuda.is_available() else "cpu"
     autocast = "bfloat16" if device == "cuda" else None
     store = Store(OUT / "distill-store")

@@ -61,7 +61,7 @@ def sync(device: str) -> None:
 def stage_one(model, device: str, pairs: int, prompt: int, response: int, token_budget: int) -> dict:
     import torch
 
-    from stages.common.lm import HFScorer, OutputLayer, Sequence, base_model, pack_by_prompt, token_budget_batches
+    from adpa.stages.common.lm import HFScorer, OutputLayer, Sequence, base_model, pack_by_prompt, token_budget_batches
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(0)
     seqs = []
@@ -103,7 +103,7 @@ def stage_two(model, shape: str, device: str, pairs: int, prompt: int, response:
               batch_pairs: int) -> dict:
     import torch
 
-    from artifacts import Store
+    from adpa.artifacts import Store
     from benchmarks.distill import SHAPES, build_caches, train_run
     model = model.float().train()  # fp32 master weights under bf16 autocast, as the trainer runs on GPUs
     dirs = build_caches(Store(OUT / "gpu-check-store"), pairs, SHAPES[shape][0], prompt, response)

@@ -30,12 +30,12 @@ def main() -> None:
     ap.add_argument("--store", default=str(OUT / "store"))
     args = ap.parse_args()
 
-    from artifacts import Store
+    from adpa.artifacts import Store
     from benchmarks.real_text import chat_pairs
-    from pipeline import builtin
-    from pipeline.recipe import load_recipe
-    from stages.common.ranks import silent
-    from stages.teacher_cache.run import Request, plan, setup
+    from adpa.pipeline import builtin
+    from adpa.pipeline.recipe import load_recipe
+    from adpa.stages.common.ranks import silent
+    from adpa.stages.teacher_cache.run import Request, plan, setup
 
     data = OUT / f"plan-{args.pairs}.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
@@ -53,7 +53,7 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
     print(f"plan, in process (best of {REPEATS}):  {min(times):7.3f} s  ({', '.join(f'{t:.3f}' for t in times)})")
 
-    cmd = [sys.executable, "-m", "pipeline.cli", "cache", "ls", "-r", "smollm2", "--store", args.store]
+    cmd = [sys.executable, "-m", "adpa.pipeline.cli", "cache", "ls", "-r", "smollm2", "--store", args.store]
     cmd += [a for s in sets for a in ("--set", s)]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout

@@ -20,12 +20,12 @@ def main():
     a = ap.parse_args()
     import torch
 
-    from artifacts import Store
-    from stages.common.lm import OutputLayer
-    from stages.distill.losses import caches_of
-    from stages.distill.objective import collate, micro_loss
-    from stages.distill.pair_stream import PairStream
-    from stages.distill.settings import Distill
+    from adpa.artifacts import Store
+    from adpa.stages.common.lm import OutputLayer
+    from adpa.stages.distill.losses import caches_of
+    from adpa.stages.distill.objective import collate, micro_loss
+    from adpa.stages.distill.pair_stream import PairStream
+    from adpa.stages.distill.settings import Distill
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dirs = build_caches(Store(OUT / "distill-store"), a.pairs, SHAPES[a.shape][0], 48, (96, 192))
     model = make_model(a.shape, device)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import analysis, prereg
-from stages.common import kernels
+from adpa.stages.common import kernels
 
 DOCS = Path("docs")
 OUT = Path("bench-out") / "quality-v4"
@@ -57,7 +57,7 @@ def grid(spec: dict, method: str) -> list[tuple]:
 
 def recipe_for(spec: dict, run: Run):
     """The tiny4 recipe for one run: its student size, world seed, fixed and grid settings."""
-    from pipeline.recipe import load_recipe
+    from adpa.pipeline.recipe import load_recipe
     sets = [f"models.student=builtin:tiny4-{run.size}-sft"]
     fixed = spec["methods"].get(run.method, {}).get("fixed", {})
     sets += [f"distill.{k}={v}" for k, v in {**fixed, **dict(run.setting)}.items()]
@@ -92,8 +92,8 @@ class Progress:
 def train(store, spec: dict, run: Run, init=None):
     """The run's student (a Trained), after stage one for its recipe: `init`, when given, is the DCKD
     student ADPA+ starts from, on states it generated."""
-    from pipeline import orchestrate
-    from stages.common.ranks import silent
+    from adpa.pipeline import orchestrate
+    from adpa.stages.common.ranks import silent
     r = recipe_for(spec, run)
     if init is not None:
         r.models.student = str(init.model_dir)
@@ -139,8 +139,8 @@ def tune(store, spec: dict, sizes_methods: list[tuple[str, str]], progress: Prog
 
 def teacher_phase(store, spec: dict, progress: Progress) -> dict:
     """The DPO teacher's grid on the tuning seed, selected like the students; the choice must be the world's."""
-    from pipeline.worlds import tiny4
-    from stages.common.ranks import silent
+    from adpa.pipeline.worlds import tiny4
+    from adpa.stages.common.ranks import silent
     tried = []
     for setting in grid(spec, "dpo"):
         t = time.perf_counter()
@@ -156,9 +156,9 @@ def teacher_phase(store, spec: dict, progress: Progress) -> dict:
 def evaluate(store, spec: dict, run: Run, students: dict[str, str], split: str) -> dict:
     """Per-prompt ground truth of the world's models and `students` (name -> folder) on the seed's
     `split` prompts ("valid" or "test"), with each prompt's flaw class; cached in the run folder."""
-    from pipeline import orchestrate
-    from pipeline.worlds import flawed_sorting
-    from stages.common.ranks import silent
+    from adpa.pipeline import orchestrate
+    from adpa.pipeline.worlds import flawed_sorting
+    from adpa.stages.common.ranks import silent
     d = OUT / f"seed{run.seed}" / run.size / f"eval-{split}"
     cached = d / "per_prompt.json"
     if cached.exists() and json.loads(cached.read_text())["students"] == students:
@@ -178,7 +178,7 @@ def evaluate(store, spec: dict, run: Run, students: dict[str, str], split: str) 
 
 def integrity(store, spec: dict, tuned_dpo: dict) -> dict:
     """The registered checks on the tuning seed's validation prompts."""
-    from artifacts.transfer import local_copy
+    from adpa.artifacts.transfer import local_copy
     valid, classes = {}, None
     for size in spec["students"]["sizes"]:
         run = Run("dpo", size, spec["seeds"]["tuning"][0], ())
@@ -237,7 +237,7 @@ def main():
     spec = prereg.check()
     import torch
     torch.set_num_threads(1)  # the prereg's: one thread for everything, so the same bits on every machine
-    from artifacts import Store
+    from adpa.artifacts import Store
     store = Store(a.store)
     if a.checks_only:
         return checks_only(store, spec)
@@ -302,7 +302,7 @@ def show(results: dict, png: Path) -> None:
 
 
 def plot(results: dict, path: Path) -> None:
-    from stages.evaluate.report import bar_chart
+    from adpa.stages.evaluate.report import bar_chart
     panels = []
     for size, rows in results["table"].items():
         names = list(rows)

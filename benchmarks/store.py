@@ -23,7 +23,7 @@ def teacher_output(n_tokens: int, seq_len: int, kmax: int):
     import torch
 
     from benchmarks.real_text import real_text
-    from pipeline.worlds.smollm2 import load_smollm2
+    from adpa.pipeline.worlds.smollm2 import load_smollm2
 
     model, tok = load_smollm2()
     ids = tok(real_text())["input_ids"][: n_tokens + n_tokens // seq_len + 1]
@@ -44,8 +44,8 @@ def teacher_output(n_tokens: int, seq_len: int, kmax: int):
 
 
 def ours(seqs, k: int, vocab: int, root: Path, zstd_level: int = 1) -> dict:
-    from artifacts import ArtifactReader, ArtifactSpec, ArtifactWriter, Store, WriteOptions
-    from schemas import token_topk as tt
+    from adpa.artifacts import ArtifactReader, ArtifactSpec, ArtifactWriter, Store, WriteOptions
+    from adpa.schemas import token_topk as tt
 
     rows = []
     for i, s in enumerate(seqs):

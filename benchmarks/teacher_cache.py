@@ -39,7 +39,7 @@ REPEATS = 3  # timed passes of the limit and end-to-end runs; the best of each i
 
 def recipe_for(n: int, k: int):
     from benchmarks.real_text import chat_pairs
-    from pipeline.recipe import load_recipe
+    from adpa.pipeline.recipe import load_recipe
     data = OUT / f"chat-{n}.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
     data.write_text("\n".join(json.dumps(r) for r in chat_pairs(n)))
@@ -52,18 +52,18 @@ def recipe_for(n: int, k: int):
 
 def setup_run(recipe, store):
     """Stage one's shared state for a benchmark recipe (its built-in models resolved first)."""
-    from pipeline import builtin
-    from stages.common.ranks import silent
-    from stages.teacher_cache.run import Request, setup
+    from adpa.pipeline import builtin
+    from adpa.stages.common.ranks import silent
+    from adpa.stages.teacher_cache.run import Request, setup
     return setup(Request(builtin.resolve_models(recipe.models, store), builtin.resolve_data(recipe.data, store),
                          recipe.teacher_cache), store, say=silent)
 
 
 def end_to_end(n: int, k: int, backend: str = "hf", share: bool = True, keep: bool = False) -> dict:
     """One teacher-topk artifact from scratch; returns its figures (run in a child for RSS)."""
-    from artifacts import Store
-    from stages.common.ranks import silent
-    from stages.teacher_cache.run import teacher_topk
+    from adpa.artifacts import Store
+    from adpa.stages.common.ranks import silent
+    from adpa.stages.teacher_cache.run import teacher_topk
     store = Store(OUT / "store")
     recipe = recipe_for(n, k)
     recipe.teacher_cache.backend, recipe.teacher_cache.share_prompts = backend, share
@@ -87,10 +87,10 @@ def engines(n: int, k: int, workers: int) -> dict:
     in blocks of n / 8 rows, timed from the start of stage one's work (after `ray.init`) to the published
     manifest: engine start-up (model loads) included on both sides."""
     import ray
-    from artifacts import Store
-    from stages.common.ranks import silent
-    from stages.teacher_cache import ray_engine
-    from stages.teacher_cache.run import teacher_topk
+    from adpa.artifacts import Store
+    from adpa.stages.common.ranks import silent
+    from adpa.stages.teacher_cache import ray_engine
+    from adpa.stages.teacher_cache.run import teacher_topk
     store = Store(OUT / "store")
     recipe = recipe_for(n, k)
     tc = recipe.teacher_cache
@@ -115,9 +115,9 @@ def engines(n: int, k: int, workers: int) -> dict:
 
 def advantage_artifact(n: int, k: int) -> dict:
     """The advantage artifact on the pairs' chosen responses (kept for the decode measurement)."""
-    from artifacts import Store
-    from stages.common.ranks import silent
-    from stages.teacher_cache.run import advantage
+    from adpa.artifacts import Store
+    from adpa.stages.common.ranks import silent
+    from adpa.stages.teacher_cache.run import advantage
     run = setup_run(recipe_for(n, k), Store(OUT / "store"))
     res = advantage(run, None, say=silent)
     run.close()
@@ -128,8 +128,8 @@ def advantage_artifact(n: int, k: int) -> dict:
 def rewritten(store, key: str, inputs: dict, copies: int = 1, change=lambda row: row) -> dict:
     """The manifest of an artifact holding the rows of `key`, each passed through `change`, `copies` times
     over (input indices shifted per copy), written through the store like stage one's."""
-    from artifacts import ArtifactReader, ArtifactSpec, ArtifactWriter
-    from artifacts.shards import codec_and_layout
+    from adpa.artifacts import ArtifactReader, ArtifactSpec, ArtifactWriter
+    from adpa.artifacts.shards import codec_and_layout
     reader = ArtifactReader(store.path(key))
     codec, _ = codec_and_layout(reader.manifest)
     n_in = reader.manifest["input_rows"]
@@ -151,7 +151,7 @@ def rewritten(store, key: str, inputs: dict, copies: int = 1, change=lambda row:
 def replicated(store, key: str, min_tokens: int) -> str:
     """An artifact holding the rows of `key` repeated until it has `min_tokens` scored tokens (real values,
     stage one's shard sizes), so decoding is timed on many record batches, not on one small file."""
-    from artifacts import ArtifactReader
+    from adpa.artifacts import ArtifactReader
     per_copy = ArtifactReader(store.path(key)).manifest["totals"]["tokens"]
     return rewritten(store, key, {"replicated": True}, copies=-(-min_tokens // per_copy))["key"]
 
@@ -164,7 +164,7 @@ def advantage_by_reference_distance(key: str, scales=(0.0, 0.01, 0.03, 0.1, 0.3,
     reference close to its teacher, as a DPO teacher's own SFT checkpoint is."""
     import numpy as np
 
-    from artifacts import Store
+    from adpa.artifacts import Store
     store, out = Store(OUT / "store"), {}
     for s in scales:
         rng = np.random.default_rng(0)
@@ -181,8 +181,8 @@ def bytes_by_field(key: str) -> dict:
     schema with its id table, message headers)."""
     import pyarrow as pa
 
-    from artifacts import ArtifactReader, Store
-    from artifacts.shards import open_shard
+    from adpa.artifacts import ArtifactReader, Store
+    from adpa.artifacts.shards import open_shard
     store, zstd = Store(OUT / "store"), pa.Codec("zstd", 1)
     reader = ArtifactReader(store.path(key))
     out: dict = {}
@@ -209,7 +209,7 @@ def decode_speed(keys: list[str], min_tokens: int) -> dict:
 
     import pyarrow as pa
 
-    from artifacts import ArtifactReader, Store
+    from adpa.artifacts import ArtifactReader, Store
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     pa.set_cpu_count(1), pa.set_io_thread_count(1)
     store, out = Store(OUT / "store"), {}
@@ -229,9 +229,9 @@ def limits(n: int, k: int, repeats: int) -> dict:
     bare forward, same model."""
     import torch
 
-    from artifacts import Store
-    from stages.common.lm import OutputLayer, base_model, token_budget_batches
-    from stages.teacher_cache.render import Encoded
+    from adpa.artifacts import Store
+    from adpa.stages.common.lm import OutputLayer, base_model, token_budget_batches
+    from adpa.stages.teacher_cache.render import Encoded
     run = setup_run(recipe_for(n, k), Store(OUT / "store"))
     model = run.engine("teacher", "gather").model  # the transformers model
     enc = [e for e in run.prepared if isinstance(e, Encoded)]
@@ -272,8 +272,8 @@ def limits(n: int, k: int, repeats: int) -> dict:
 
 def generation(n: int, backend: str, max_new_tokens: int = 64) -> dict:
     """Greedy generation by the teacher model for the N prompts, load time excluded."""
-    from artifacts import Store
-    from stages.teacher_cache.render import Encoded
+    from adpa.artifacts import Store
+    from adpa.stages.teacher_cache.render import Encoded
     recipe = recipe_for(n, 50)
     recipe.teacher_cache.backend, recipe.teacher_cache.max_new_tokens = backend, max_new_tokens
     run = setup_run(recipe, Store(OUT / "store"))

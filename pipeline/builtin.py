@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from artifacts import Store
-from pipeline.worlds import smollm2, sorting_task, tiny, tiny_pairs
-from stages.common.models import ResolvedModel, resolve
-from stages.teacher_cache.settings import Data
+from adpa.artifacts import Store
+from adpa.pipeline.worlds import smollm2, sorting_task, tiny, tiny_pairs
+from adpa.stages.common.models import ResolvedModel, resolve
+from adpa.stages.teacher_cache.settings import Data
 
 PREFIX = "builtin:"
 REWARDS = {"sorting": sorting_task.reward}  # ground-truth rewards a recipe can name (data.reward)

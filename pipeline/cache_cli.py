@@ -8,14 +8,14 @@ from pathlib import Path
 
 import typer
 
-from artifacts import Incomplete, Store, VerifyError, signing, verify_artifact
-from schemas.keys import parse_key
-from artifacts.remote import RemoteArtifact
-from artifacts.store import MANIFEST, read_manifest
-from artifacts.transfer import pull as pull_artifact
-from artifacts.transfer import push as push_artifact
-from artifacts.transfer import repair as repair_artifact
-from pipeline.options import StoreOpt, echo, fail, one_line
+from adpa.artifacts import Incomplete, Store, VerifyError, signing, verify_artifact
+from adpa.schemas.keys import parse_key
+from adpa.artifacts.remote import RemoteArtifact
+from adpa.artifacts.store import MANIFEST, read_manifest
+from adpa.artifacts.transfer import pull as pull_artifact
+from adpa.artifacts.transfer import push as push_artifact
+from adpa.artifacts.transfer import repair as repair_artifact
+from adpa.pipeline.options import StoreOpt, echo, fail, one_line
 
 app = typer.Typer(help="Inspect and move artifacts of the store.", no_args_is_help=True)
 
@@ -61,9 +61,9 @@ def ls(store: StoreOpt = None, as_json: bool = typer.Option(False, "--json", hel
 
 def _planned(recipe: str, overrides: list[str] | None, st: Store) -> dict[str, str]:
     """key -> name of the recipe's stage-one artifacts."""
-    from pipeline.orchestrate import planned
-    from pipeline.recipe import RecipeError, load_recipe
-    from stages.teacher_cache.pairs import DataError
+    from adpa.pipeline.orchestrate import planned
+    from adpa.pipeline.recipe import RecipeError, load_recipe
+    from adpa.stages.teacher_cache.pairs import DataError
     try:
         keys = planned(load_recipe(recipe, list(overrides or [])), st)
     except (RecipeError, DataError, ValueError, OSError) as e:
@@ -139,7 +139,7 @@ def export(key: str = typer.Argument(..., help="Artifact key or folder."),
     """Decode an artifact to plain columns (token ids, per-position top-k ids and log-probs, tail, realized,
     reference, the advantage of advantage artifacts) for datasets, polars, duckdb or pandas; a Parquet file
     carries the manifest as metadata (adpa.manifest); streams, one batch in memory."""
-    from artifacts.export import export as export_artifact
+    from adpa.artifacts.export import export as export_artifact
     d = _artifact_dir(Store(store), key)
     n = export_artifact(d, out, limit, _text_columns(d, text) if text else None)
     echo(f"exported {n:,} rows of {d.name} to {out}")
@@ -149,7 +149,7 @@ def _text_columns(artifact_dir: Path, folder: Path):
     """row -> {prompt, response} decoded with the tokenizer in `folder`, which must be the artifact's."""
     from transformers import AutoTokenizer
 
-    from stages.common.tokenizers import vocab_sha256
+    from adpa.stages.common.tokenizers import vocab_sha256
     tok = AutoTokenizer.from_pretrained(str(folder))
     want = (read_manifest(artifact_dir / MANIFEST)["inputs"].get("render") or {}).get("tokenizer", {}).get("vocab_sha256")
     if vocab_sha256(tok) != want:
@@ -206,8 +206,8 @@ def audit(key: str = typer.Argument(..., help="Artifact key (teacher-topk, seq-l
           store: StoreOpt = None):
     """Re-score sampled rows with the models the manifest names and compare: exit 1 when a stored value lies
     beyond the stated fidelity (a forged or mislabelled artifact), without trusting its producer."""
-    from stages.teacher_cache.audit import audit as run_audit
-    from stages.teacher_cache.audit import Sample, parse_models, report
+    from adpa.stages.teacher_cache.audit import audit as run_audit
+    from adpa.stages.teacher_cache.audit import Sample, parse_models, report
     findings, n = run_audit(Store(store), key, Sample(sample, seed, slack), parse_models(model), say=echo)
     for line in report(key, findings, n).split("\n"):
         echo(line)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import typer
 
-from pipeline import cache_cli
-from pipeline.options import StoreOpt, fail, one_line, setting_option, with_choices
-from stages.common.settings import help_of
-from stages.distill.settings import Distill
-from stages.teacher_cache.settings import Data, TeacherCache
+from adpa.pipeline import cache_cli
+from adpa.pipeline.options import StoreOpt, fail, one_line, setting_option, with_choices
+from adpa.stages.common.settings import help_of
+from adpa.stages.distill.settings import Distill
+from adpa.stages.teacher_cache.settings import Data, TeacherCache
 
 app = typer.Typer(help="ADPA / DCKD distillation: cache teacher signals once, train students on them many times.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -37,7 +37,7 @@ def _data(data: str | None, data_format: str | None, limit: int | None) -> dict[
 
 def _recipe(name: str, overrides: list[str] | None, flags: dict[str, object] | None = None):
     """The recipe with --set overrides, then the typed flags (SECTION.NAME -> value, None: not given)."""
-    from pipeline.recipe import load_recipe
+    from adpa.pipeline.recipe import load_recipe
     given = [f"{k}={_yaml(v)}" for k, v in (flags or {}).items() if v is not None]
     return load_recipe(name, list(overrides or []) + given)
 
@@ -67,10 +67,10 @@ def teacher_cache(
                                    "(after a warm-up on an eighth of them); 64 batches as stage one does."),
 ):
     """Stage one: score preference data with the DPO teacher and its reference into shards."""
-    from artifacts import Store
-    from pipeline import orchestrate
-    from stages.common.ranks import from_env
-    from stages.teacher_cache.run import summary_table
+    from adpa.artifacts import Store
+    from adpa.pipeline import orchestrate
+    from adpa.stages.common.ranks import from_env
+    from adpa.stages.teacher_cache.run import summary_table
 
     r = _recipe(recipe, overrides, {"teacher_cache.backend": backend, "teacher_cache.engine": engine,
                                     "teacher_cache.verify_reuse": verify_reuse} | _data(data, data_format, limit))
@@ -79,7 +79,7 @@ def teacher_cache(
     say = ranks.speaker(typer.echo)
     say(f"recipe {r.name} ({r.path}); store {st.url or st.root.resolve()}")
     if dry_run:
-        from stages.teacher_cache.estimate import table
+        from adpa.stages.teacher_cache.estimate import table
         say(table(orchestrate.estimate(r, st, probe_rows, say), r.data.source))
         return
     try:
@@ -110,10 +110,10 @@ def distill(
     overrides: list[str] = SetOpt,
 ):
     """Stage two: train a student from cached teacher shards (run teacher-cache first)."""
-    from artifacts import Store
-    from pipeline import orchestrate
-    from stages.distill.caches import CACHE_KINDS
-    from stages.distill.distiller import summary_table
+    from adpa.artifacts import Store
+    from adpa.pipeline import orchestrate
+    from adpa.stages.distill.caches import CACHE_KINDS
+    from adpa.stages.distill.distiller import summary_table
 
     r = _recipe(recipe, overrides, {"distill.loss": loss} | _data(data, data_format, limit))
     caches = {}
@@ -137,7 +137,7 @@ def _training_ranks():
     """Launcher ranks with a process group for gradients: nccl across GPUs, gloo on CPUs."""
     import torch
 
-    from stages.common.ranks import env_int, from_env
+    from adpa.stages.common.ranks import env_int, from_env
     if torch.cuda.is_available():
         torch.cuda.set_device(env_int("LOCAL_RANK", 0, 0))
         return from_env("nccl")
@@ -160,11 +160,11 @@ def evaluate(
                                    "eval's (eval.json, eval.png and generations/ are replaced; other files stay)."),
 ):
     """Evaluate students and teachers on held-out prompts: reward, implicit reward, win rate, preference accuracy."""
-    from artifacts import Store
-    from pipeline import orchestrate
-    from stages.common.run_folder import claim
-    from stages.evaluate.report import table
-    from stages.evaluate.run import OUTPUTS
+    from adpa.artifacts import Store
+    from adpa.pipeline import orchestrate
+    from adpa.stages.common.run_folder import claim
+    from adpa.stages.evaluate.report import table
+    from adpa.stages.evaluate.run import OUTPUTS
 
     r = _recipe(recipe, overrides, _data(data, data_format, limit))
     students = {}
@@ -193,10 +193,10 @@ def demo(store: StoreOpt = None,
                                         "replaced; other files stay).")):
     """The whole method end to end (default: the built-in offline world, recipe tiny4): both stages for every
     method, then eval; on one thread with pinned float kernels, so the table is the same on every x86-64 CPU."""
-    from stages.common import kernels
-    kernels.run_pinned("pipeline.cli")  # before torch starts: it reads them once
-    from artifacts import Store
-    from pipeline.demo import run_demo
+    from adpa.stages.common import kernels
+    kernels.run_pinned("adpa.pipeline.cli")  # before torch starts: it reads them once
+    from adpa.artifacts import Store
+    from adpa.pipeline.demo import run_demo
 
     r = _recipe(recipe, overrides, _data(data, data_format, limit))
     run_demo(Store(store), r, out_dir=output, say=typer.echo, overwrite=overwrite)
@@ -210,7 +210,7 @@ def push_to_hub(run: Path = typer.Argument(..., help="A finished distill run fol
 ):
     """A run's student (model/, with its model card; adapter/ for LoRA) to the Hugging Face Hub in one commit
     (HF_ENDPOINT names another hub)."""
-    from pipeline.hub import push
+    from adpa.pipeline.hub import push
     info = push(run, repo, private, token)
     typer.echo(f"pushed {run} to {repo}: {info.commit_url}")
 
@@ -223,7 +223,7 @@ app.add_typer(recipe_app, name="recipe")
 @recipe_app.command("ls")
 def recipe_ls():
     """The built-in recipes (pipeline/recipes/)."""
-    from pipeline.recipe import RECIPES, load_recipe
+    from adpa.pipeline.recipe import RECIPES, load_recipe
     for p in sorted(RECIPES.glob("*.yaml")):
         typer.echo(f"{p.stem:14} {' '.join(load_recipe(str(p)).description.split())}")
 
@@ -231,7 +231,7 @@ def recipe_ls():
 @recipe_app.command("show")
 def recipe_show(recipe: str = RecipeOpt, overrides: list[str] = SetOpt):
     """A recipe as YAML with every setting (defaults included), its value and its help; copy and edit it."""
-    from pipeline.recipe import show
+    from adpa.pipeline.recipe import show
     typer.echo(show(_recipe(recipe, overrides)))
 
 
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in head
     if "--quiet" in head:
         os.environ["ADPA_QUIET"] = "1"  # read by every Progress, and passed to the processes a command starts
-    from stages.common.progress import quiet_libraries
+    from adpa.stages.common.progress import quiet_libraries
     quiet_libraries()  # before any library with a bar is imported
     interrupted = ("adpa: interrupted: committed shards and checkpoints are kept; run the same command again to "
                    "resume (distill: add --resume)")
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         expected = isinstance(e, (OSError, ValueError, LookupError, RecursionError, RuntimeError)) \
-            or type(e).__module__.split(".")[0] in ("artifacts", "schemas", "stages", "pipeline")
+            or type(e).__module__.split(".")[0] == "adpa"
         hint = "" if expected else f" ({type(e).__name__}; adpa --debug ... shows the traceback)"
         typer.echo(f"adpa: error: {one_line(e)}{hint}", err=True)
         sys.exit(1)

@@ -10,15 +10,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pipeline import orchestrate
-from pipeline.recipe import load_recipe
-from stages.common.kernels import one_thread
-from stages.common.ranks import silent
-from stages.common.run_folder import claim
-from stages.distill.losses import LOSSES
-from stages.evaluate.report import table
-from stages.evaluate.run import OUTPUTS as EVAL_OUTPUTS
-from stages.teacher_cache.run import summary_table
+from adpa.pipeline import orchestrate
+from adpa.pipeline.recipe import load_recipe
+from adpa.stages.common.kernels import one_thread
+from adpa.stages.common.ranks import silent
+from adpa.stages.common.run_folder import claim
+from adpa.stages.distill.losses import LOSSES
+from adpa.stages.evaluate.report import table
+from adpa.stages.evaluate.run import OUTPUTS as EVAL_OUTPUTS
+from adpa.stages.teacher_cache.run import summary_table
 
 DEMO_OUTPUTS = ("students", *EVAL_OUTPUTS)
 

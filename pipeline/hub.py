@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.common.run_folder import owner_of
+from adpa.stages.common.run_folder import owner_of
 
 REQUIRED = ("config.json", "README.md")  # a run's model/ always has these (and weights: *.safetensors)
 

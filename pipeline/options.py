@@ -67,7 +67,7 @@ CHOICES_OF = "@choices:"  # the metavar that marks a flag whose choices `with_ch
 def setting_option(cls, name: str, extra_help: str = "", *flags: str):
     """A flag for the setting `name` of the recipe section `cls` (Distill, Data, ...): its help; with
     `with_choices`, its choices listed by --help and checked."""
-    from stages.common.settings import help_of
+    from adpa.stages.common.settings import help_of
     return typer.Option(None, *flags, help=help_of(cls, name, with_choices=False) + extra_help,
                         metavar=f"{CHOICES_OF}{cls.__module__}:{cls.__name__}.{name}")
 
@@ -77,7 +77,7 @@ def with_choices(command: click.Command) -> click.Command:
     import dataclasses
     import importlib
 
-    from stages.common.settings import choices_of
+    from adpa.stages.common.settings import choices_of
     for sub in getattr(command, "commands", {}).values():
         with_choices(sub)
     for param in command.params:

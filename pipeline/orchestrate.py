@@ -12,20 +12,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from artifacts import Store
-from pipeline import builtin
-from pipeline.recipe import Recipe
-from stages.common.models import resolve
-from stages.common.ranks import Ranks
-from stages.common.settings import quote
-from stages.distill.losses import LOSSES, caches_of
-from stages.distill.distiller import Distiller, Job, Place, Trained
-from stages.evaluate.run import Validator, run_eval
-from stages.teacher_cache import ray_engine
-from stages.teacher_cache.estimate import Estimate
-from stages.teacher_cache.estimate import estimate as stage_one_estimate
-from stages.teacher_cache.pairs import check_source
-from stages.teacher_cache.run import Request, Result, plan, run_states, run_teacher_cache
+from adpa.artifacts import Store
+from adpa.pipeline import builtin
+from adpa.pipeline.recipe import Recipe
+from adpa.stages.common.models import resolve
+from adpa.stages.common.ranks import Ranks
+from adpa.stages.common.settings import quote
+from adpa.stages.distill.losses import LOSSES, caches_of
+from adpa.stages.distill.distiller import Distiller, Job, Place, Trained
+from adpa.stages.evaluate.run import Validator, run_eval
+from adpa.stages.teacher_cache import ray_engine
+from adpa.stages.teacher_cache.estimate import Estimate
+from adpa.stages.teacher_cache.estimate import estimate as stage_one_estimate
+from adpa.stages.teacher_cache.pairs import check_source
+from adpa.stages.teacher_cache.run import Request, Result, plan, run_states, run_teacher_cache
 
 
 def built_models(recipe: Recipe, store: Store, say=None) -> dict:

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import safe_yaml
-from stages.common.settings import SettingError, build, check, describe, plain, quote, setting
-from stages.distill.settings import Distill
-from stages.teacher_cache.settings import Data, TeacherCache
+from adpa.pipeline import safe_yaml
+from adpa.stages.common.settings import SettingError, build, check, describe, plain, quote, setting
+from adpa.stages.distill.settings import Distill
+from adpa.stages.teacher_cache.settings import Data, TeacherCache
 
 RECIPES = Path(__file__).parent / "recipes"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -126,7 +126,7 @@ def _per_loss(raw, distill: Distill, where: str) -> dict[str, dict]:
     """`per_loss:` checked: known losses, known distill settings, each loss's settings valid together."""
     if raw is None:
         return {}
-    from stages.distill.losses import LOSSES  # torch: only for a recipe that has per-loss settings
+    from adpa.stages.distill.losses import LOSSES  # torch: only for a recipe that has per-loss settings
     if not isinstance(raw, dict):
         raise RecipeError(f"{where}: per_loss must be a mapping of loss -> distill settings, got {type(raw).__name__}")
     known = [f.name for f in dataclasses.fields(Distill) if f.name != "loss"]

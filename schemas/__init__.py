@@ -1,6 +1,6 @@
 """Versioned contracts: the Arrow shard schemas and the manifest (see schemas/README.md)."""
 
-from schemas import files, sequences, token_topk
+from adpa.schemas import files, sequences, token_topk
 
 CODECS = {c.NAME: c.Codec for c in (token_topk, sequences, files)}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from schemas.keys import artifact_key, parse_key
+from adpa.schemas.keys import artifact_key, parse_key
 
 FORMAT = "adpa.manifest"
 VERSION = "1.0"

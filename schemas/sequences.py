@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from schemas.rows import SequenceRow
-from schemas.token_topk import list_offsets
+from adpa.schemas.rows import SequenceRow
+from adpa.schemas.token_topk import list_offsets
 
 NAME = "adpa.sequences"
 VERSION = "1.0"

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from schemas.rows import SequenceRow
+from adpa.schemas.rows import SequenceRow
 
 NAME = "adpa.token_topk"
 VERSION = "2.0"

@@ -37,7 +37,7 @@ def store_root(tmp_path):
 
 @pytest.fixture(scope="session")
 def smollm2_tokenizer():
-    from pipeline.worlds.smollm2 import smollm2_gguf
+    from adpa.pipeline.worlds.smollm2 import smollm2_gguf
     from transformers import AutoTokenizer
 
     folder, name = smollm2_gguf()
@@ -47,8 +47,8 @@ def smollm2_tokenizer():
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory):
     """A store holding the built-in models (real SmolLM2 weights and its cut-down copies), built once."""
-    from artifacts import Store
-    from pipeline.worlds.smollm2 import BUILTINS, build
+    from adpa.artifacts import Store
+    from adpa.pipeline.worlds.smollm2 import BUILTINS, build
 
     st = Store(tmp_path_factory.mktemp("models") / "store")
     for name in BUILTINS:
@@ -60,7 +60,7 @@ def write_recipe(path, data, **teacher_cache):
     """A user's edited copy of the tiny recipe."""
     import yaml
 
-    from pipeline.recipe import RECIPES
+    from adpa.pipeline.recipe import RECIPES
 
     raw = yaml.safe_load((RECIPES / "smollm2.yaml").read_text())
     raw["data"]["source"] = str(data)

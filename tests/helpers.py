@@ -4,8 +4,8 @@ import os
 
 import numpy as np
 
-from artifacts import ArtifactReader, Store
-from schemas import token_topk as tt
+from adpa.artifacts import ArtifactReader, Store
+from adpa.schemas import token_topk as tt
 from synthetic import drop_reason, make_row
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from artifacts import Store
-from pipeline.builtin import resolve_model
+from adpa.artifacts import Store
+from adpa.pipeline.builtin import resolve_model
 
 
 def weights_sha256(folder: Path, h=None):
@@ -25,9 +25,9 @@ def weights_sha256(folder: Path, h=None):
 
 
 def pipeline(store: Store) -> str:
-    from pipeline.demo import run_demo
-    from pipeline.recipe import load_recipe
-    from pipeline.worlds import tiny
+    from adpa.pipeline.demo import run_demo
+    from adpa.pipeline.recipe import load_recipe
+    from adpa.pipeline.worlds import tiny
     teacher, student = (tiny.init_model(store, tiny.V3, role, 0) for role in ("teacher", "student"))
     data = str(tiny.dataset(store, tiny.V3, "train", 0))
     recipe = store.root / "probe.yaml"

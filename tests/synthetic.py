@@ -17,9 +17,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from artifacts import ArtifactSpec, ArtifactWriter, Store, WriteOptions  # noqa: E402
-from artifacts.writer import assemble  # noqa: E402
-from schemas import token_topk  # noqa: E402
+from adpa.artifacts import ArtifactSpec, ArtifactWriter, Store, WriteOptions  # noqa: E402
+from adpa.artifacts.writer import assemble  # noqa: E402
+from adpa.schemas import token_topk  # noqa: E402
 
 K, VOCAB, PROMPT = 8, 5000, 4
 

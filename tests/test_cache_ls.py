@@ -1,6 +1,6 @@
 """`adpa cache ls` says which role and which data each artifact is of (issue 27, item 10)."""
 
-from artifacts.store import _what
+from adpa.artifacts.store import _what
 
 
 def test_role_and_data_come_from_the_inputs_and_odd_inputs_give_nothing():

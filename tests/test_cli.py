@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from artifacts import Store
+from adpa.artifacts import Store
 from synthetic import produce
 
 ADPA = str(Path(sys.executable).parent / "adpa")

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from schemas import token_topk as tt
+from adpa.schemas import token_topk as tt
 from synthetic import make_row
 
 

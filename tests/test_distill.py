@@ -20,13 +20,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from artifacts import Store, verify_artifact
-from schemas.keys import artifact_key
+from adpa.artifacts import Store, verify_artifact
+from adpa.schemas.keys import artifact_key
 from conftest import write_recipe
 from helpers import linked_store, wandb_history
-from pipeline.recipe import load_recipe
-from pipeline.orchestrate import teacher_cache as run_teacher_cache
-from stages.common.ranks import silent
+from adpa.pipeline.recipe import load_recipe
+from adpa.pipeline.orchestrate import teacher_cache as run_teacher_cache
+from adpa.stages.common.ranks import silent
 
 pytestmark = pytest.mark.slow  # processes, real models, servers: `make test`, not `make test-fast`
 
@@ -310,9 +310,9 @@ def test_vllm_loads_a_distilled_student(world, tmp_path):
     assert r.returncode == 0, r.stderr
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from stages.common.models import resolve
-    from stages.teacher_cache.backends import EngineSpec
-    from stages.teacher_cache.backends.vllm import VLLMBackend
+    from adpa.stages.common.models import resolve
+    from adpa.stages.teacher_cache.backends import EngineSpec
+    from adpa.stages.teacher_cache.backends.vllm import VLLMBackend
     tok = AutoTokenizer.from_pretrained(run / "model")
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is 4 + 4?"}], add_generation_prompt=True,
                                      tokenize=True, return_dict=False)
@@ -330,8 +330,8 @@ def test_vllm_loads_a_distilled_student(world, tmp_path):
 def test_a_new_loss_is_its_function_and_its_declaration(world, tmp_path, monkeypatch):
     """A toy loss added as a contributor would (one function, one declaration) is checked by the recipe,
     streamed, trained, logged, plotted, carded, keyed and listed by the demo with no other change."""
-    from pipeline import demo, orchestrate
-    from stages.distill import losses as L
+    from adpa.pipeline import demo, orchestrate
+    from adpa.stages.distill import losses as L
 
     def kl_rejected(b, d):
         r = b.parts["rejected"]
@@ -363,8 +363,8 @@ class _Planted:
 
 def test_a_planted_checkpoint_is_refused_without_running_its_code(tmp_path, monkeypatch):
     """Checkpoints load as data only (weights_only): a pickle that would run code is refused, and nothing runs."""
-    from stages.common.ranks import Ranks
-    from stages.distill import checkpoints
+    from adpa.stages.common.ranks import Ranks
+    from adpa.stages.distill import checkpoints
     monkeypatch.chdir(tmp_path)
     d = tmp_path / "run" / "checkpoints" / "step-00000001"
     d.mkdir(parents=True)
@@ -378,7 +378,7 @@ def test_a_planted_sharded_checkpoint_is_refused_without_running_its_code(tmp_pa
     """A sharded (FSDP) checkpoint's DCP `.metadata` is a pickle: only checkpoint records come out of it."""
     import pickle
 
-    from stages.distill.sharding import _reader
+    from adpa.stages.distill.sharding import _reader
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dcp").mkdir()
     (tmp_path / "dcp" / ".metadata").write_bytes(pickle.dumps(_Planted()))
@@ -390,7 +390,7 @@ def test_a_planted_sharded_checkpoint_is_refused_without_running_its_code(tmp_pa
 def test_a_second_run_into_a_folder_in_use_refuses_in_one_line(world, tmp_path):
     """Two `adpa distill` into one --output never interleave metrics.jsonl: while a process holds the run
     folder (here this test, by the same lock a running distill holds), another refuses at once, naming it."""
-    from artifacts.fsutil import exclusive_folder
+    from adpa.artifacts.fsutil import exclusive_folder
     st, run = fresh_store(world, "busy"), tmp_path / "run"
     with exclusive_folder(run, "run folder"):
         r = adpa("distill", "-r", world["recipe"], "--loss", "sft", "--output", run, store=st)

@@ -14,19 +14,19 @@ import pytest
 import torch
 import yaml
 
-from artifacts import Store
+from adpa.artifacts import Store
 from helpers import linked_store
-from pipeline import orchestrate
-from pipeline.recipe import load_recipe
-from pipeline.worlds import tiny as tiny_world
-from stages.common.lm import OutputLayer
-from stages.common.models import resolve
-from stages.common.ranks import silent
-from stages.distill.distiller import Distiller, Job, Place
-from stages.distill.objective import collate, micro_loss
-from stages.distill.settings import Distill
-from stages.distill.training import NotFinite, Selection
-from stages.teacher_cache.run import Request, plan
+from adpa.pipeline import orchestrate
+from adpa.pipeline.recipe import load_recipe
+from adpa.pipeline.worlds import tiny as tiny_world
+from adpa.stages.common.lm import OutputLayer
+from adpa.stages.common.models import resolve
+from adpa.stages.common.ranks import silent
+from adpa.stages.distill.distiller import Distiller, Job, Place
+from adpa.stages.distill.objective import collate, micro_loss
+from adpa.stages.distill.settings import Distill
+from adpa.stages.distill.training import NotFinite, Selection
+from adpa.stages.teacher_cache.run import Request, plan
 
 PAIRS = 16
 
@@ -192,7 +192,7 @@ def test_push_to_hub_sends_the_runs_student_and_card_in_one_commit(unit, tmp_pat
     hub's API; no hub is reachable here): the repository created, every file of model/ committed once, with
     the token, the model card's YAML metadata intact; a folder that is no finished run is refused first."""
     from fake_hub import COMMIT, FakeHub
-    from pipeline.hub import PushRefused, push
+    from adpa.pipeline.hub import PushRefused, push
     monkeypatch.chdir(tmp_path)
     run = orchestrate.distill(unit["recipe"], unit["store"], "dckd", output=tmp_path / "run", say=silent)[0]
     with pytest.raises(PushRefused, match="not a distill run folder"):

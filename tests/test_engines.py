@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import yaml
 
-from artifacts import ArtifactReader, Store
-from pipeline import orchestrate
-from pipeline.recipe import RecipeError, load_recipe
-from pipeline.worlds import tiny as tiny_world
-from stages.common.ranks import silent
-from stages.teacher_cache import backends
+from adpa.artifacts import ArtifactReader, Store
+from adpa.pipeline import orchestrate
+from adpa.pipeline.recipe import RecipeError, load_recipe
+from adpa.pipeline.worlds import tiny as tiny_world
+from adpa.stages.common.ranks import silent
+from adpa.stages.teacher_cache import backends
 
 
 def test_a_new_engine_is_its_file_and_its_registry_line(tmp_path, monkeypatch):

@@ -6,8 +6,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from artifacts import ArtifactReader, Store
-from artifacts.export import as_dataset, export
+from adpa.artifacts import ArtifactReader, Store
+from adpa.artifacts.export import as_dataset, export
 from synthetic import produce
 
 N = 30

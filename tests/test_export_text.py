@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from artifacts import Store
-from pipeline import orchestrate
-from pipeline.recipe import load_recipe
-from pipeline.worlds import tiny as tiny_world
-from stages.common.ranks import silent
+from adpa.artifacts import Store
+from adpa.pipeline import orchestrate
+from adpa.pipeline.recipe import load_recipe
+from adpa.pipeline.worlds import tiny as tiny_world
+from adpa.stages.common.ranks import silent
 
 ADPA = str(Path(sys.executable).parent / "adpa")
 pytestmark = pytest.mark.slow  # the command line, in processes

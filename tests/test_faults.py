@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from artifacts import Incomplete, Store, VerifyError, verify_artifact
-from artifacts.store import MANIFEST
+from adpa.artifacts import Incomplete, Store, VerifyError, verify_artifact
+from adpa.artifacts.store import MANIFEST
 from helpers import assert_complete_and_exact
 from synthetic import produce
 
@@ -88,7 +88,7 @@ def test_manifest_with_a_traversal_path(artifact):
     code, out = cli_verify(d)
     assert code == 1 and "not a plain file name" in out
     with pytest.raises(Exception, match="plain file name"):
-        from artifacts import ArtifactReader
+        from adpa.artifacts import ArtifactReader
         ArtifactReader(d)
 
 
@@ -107,7 +107,7 @@ def test_unknown_schema_versions(artifact):
     rewrite_manifest(d, lambda j: j.update(format_version="1.0"))
     assert cli_verify(d)[0] == 0
     # A shard schema version this adpa does not know (changes the key, as it must).
-    from schemas.keys import artifact_key
+    from adpa.schemas.keys import artifact_key
 
     def bump(j):
         j["shard_schema"]["version"] = "9.0"

@@ -2,8 +2,8 @@
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from stages.common.lm import generate
-from pipeline.builtin import resolve_model as resolve
+from adpa.stages.common.lm import generate
+from adpa.pipeline.builtin import resolve_model as resolve
 
 
 def test_left_padded_batches_match_single_prompts(model_store):

@@ -9,14 +9,14 @@ import random
 import pytest
 import yaml
 
-from artifacts import Store
-from pipeline import builtin, orchestrate
-from pipeline.recipe import load_recipe
-from pipeline.worlds import tiny as tiny_world
-from stages.common.models import load_tokenizer, resolve
-from stages.common.ranks import silent
-from stages.teacher_cache.pairs import Drop
-from stages.teacher_cache.run import prepare
+from adpa.artifacts import Store
+from adpa.pipeline import builtin, orchestrate
+from adpa.pipeline.recipe import load_recipe
+from adpa.pipeline.worlds import tiny as tiny_world
+from adpa.stages.common.models import load_tokenizer, resolve
+from adpa.stages.common.ranks import silent
+from adpa.stages.teacher_cache.pairs import Drop
+from adpa.stages.teacher_cache.run import prepare
 
 
 @pytest.fixture(scope="module")

@@ -135,7 +135,7 @@ def test_an_empty_store_setting_is_an_error(tmp_path, how):
 
 
 def load_rows_in_child(path, limit_bytes: int, **kw):
-    """stages.teacher_cache.pairs.load_rows in a child under an address-space limit; its stdout: the row count."""
+    """adpa.stages.teacher_cache.pairs.load_rows in a child under an address-space limit; its stdout: the row count."""
     code = ("import sys; from stages.teacher_cache.pairs import load_rows, DataError\n"
             "try:\n"
             f"    rows, fp = load_rows({str(path)!r}, **{kw!r})\n"
@@ -188,7 +188,7 @@ def test_a_limit_stops_reading_early(tmp_path):
 
 def test_json_lines_split_on_newline_only(tmp_path):
     """2a: U+2028 and U+0085 inside a string are valid JSON; str.splitlines() cut the line there."""
-    from stages.teacher_cache.pairs import load_rows
+    from adpa.stages.teacher_cache.pairs import load_rows
     rows = [{"prompt": f"p{i}\u2028x", "chosen": "a\u0085b", "rejected": "c\u2029d\x1ce"} for i in range(4)]
     for name, opener in (("pairs.jsonl", open), ("pairs.jsonl.gz", gzip.open)):
         with opener(tmp_path / name, "wb") as f:
@@ -199,7 +199,7 @@ def test_json_lines_split_on_newline_only(tmp_path):
 
 def test_csv_with_a_byte_order_mark_reads(tmp_path):
     """2b: Excel's "CSV UTF-8" starts with a BOM, which became part of the first column's name (no usable row)."""
-    from stages.teacher_cache.pairs import DataError, detect_format, load_rows
+    from adpa.stages.teacher_cache.pairs import DataError, detect_format, load_rows
     f = tmp_path / "pairs.csv"
     f.write_bytes(b"\xef\xbb\xbfprompt,chosen,rejected\r\nsort 2 1,1 2,2 1\r\n")
     rows, _ = load_rows(str(f))
@@ -211,8 +211,8 @@ def test_csv_with_a_byte_order_mark_reads(tmp_path):
 
 def files_artifact(root: Path):
     """A small `files` artifact (the kind models and students are) in a store at `root`."""
-    from artifacts import Store
-    from artifacts.folders import publish_folder
+    from adpa.artifacts import Store
+    from adpa.artifacts.folders import publish_folder
     st = Store(root)
     d, m, _ = publish_folder(st, "model", {"probe": 1}, lambda f: {"size": (f / "weights.bin").write_bytes(b"w" * 4096)})
     return st, d, m
@@ -241,9 +241,9 @@ def test_terminal_escapes_in_a_manifest_never_reach_the_terminal(tmp_path):
 @pytest.mark.slow
 def test_a_symlinked_file_in_an_artifact_is_refused_by_verify_push_reuse_and_pull(tmp_path):
     """5b: an entry that is a link to a file outside (same sha256): verify said ok and push copied it."""
-    from artifacts import StoreError
-    from artifacts.transfer import pull, push
-    from artifacts.writer import checked_for_reuse
+    from adpa.artifacts import StoreError
+    from adpa.artifacts.transfer import pull, push
+    from adpa.artifacts.writer import checked_for_reuse
     st, d, m = files_artifact(tmp_path / "store")
     outside = tmp_path / "secret"
     outside.write_bytes((d / "weights.bin").read_bytes())
@@ -254,7 +254,7 @@ def test_a_symlinked_file_in_an_artifact_is_refused_by_verify_push_reuse_and_pul
     assert not (tmp_path / "dest" / m["key"] / "weights.bin").exists()
     with pytest.raises(StoreError, match="symbolic link"):
         checked_for_reuse(st, m["key"])
-    from artifacts import Store
+    from adpa.artifacts import Store
     with pytest.raises(StoreError, match="symbolic link"):
         pull(Store(tmp_path / "other"), str(d))
     assert not (tmp_path / "other" / m["key"]).exists()
@@ -272,8 +272,8 @@ def test_keygen_never_replaces_a_public_key(tmp_path):
 
 def big_files_artifact(root: Path, mb: int = 64):
     """A `files` artifact of `mb` MiB of random bytes (a model's size class), built with a fresh `created`."""
-    from artifacts import Store
-    from artifacts.folders import publish_folder
+    from adpa.artifacts import Store
+    from adpa.artifacts.folders import publish_folder
     st = Store(root)
     blob = os.urandom(1 << 20)
     def build(f):
@@ -290,7 +290,7 @@ def test_push_over_a_complete_copy_survives_sigkill_at_any_instant(tmp_path):
     """4d: a second push over a complete copy wrote in place: killed at 0.5 s it left 7 of 210 MB under the old
     manifest. Here a push that must replace the copy (same key, another manifest) is killed at several
     instants: the destination always verifies, with the old manifest or the new one."""
-    from artifacts import verify_artifact
+    from adpa.artifacts import verify_artifact
     st, d, m = big_files_artifact(tmp_path / "store")
     dest = tmp_path / "dest"
     t = __import__("time").perf_counter()
@@ -319,9 +319,9 @@ def test_push_over_a_complete_copy_survives_sigkill_at_any_instant(tmp_path):
 @pytest.mark.slow
 def test_gc_never_removes_a_live_pull_s_work(tmp_path):
     """4e: `cache gc --older-than 0s` during a pull deleted the pull's .incoming work folder."""
-    from artifacts import Store, verify_artifact
-    from artifacts.fsutil import work_folder
-    from artifacts.store import INCOMING
+    from adpa.artifacts import Store, verify_artifact
+    from adpa.artifacts.fsutil import work_folder
+    from adpa.artifacts.store import INCOMING
     st = Store(tmp_path / "store")
     with work_folder(st.root / INCOMING, "pull") as work:  # held as a running pull holds it
         (work / "part").write_bytes(b"x")
@@ -387,7 +387,7 @@ def test_a_parquet_bomb_is_refused_in_bounded_memory(tmp_path):
 
 def test_a_data_file_that_is_not_a_regular_file_is_refused(tmp_path):
     """A link to /dev/zero (or a FIFO) named .jsonl would be hashed forever."""
-    from stages.teacher_cache.pairs import DataError, load_rows
+    from adpa.stages.teacher_cache.pairs import DataError, load_rows
     (tmp_path / "zeros.jsonl").symlink_to("/dev/zero")
     os.mkfifo(tmp_path / "fifo.jsonl")
     for name in ("zeros.jsonl", "fifo.jsonl"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.common.kernels import PINNED, is_pinned, pinned_env
+from adpa.stages.common.kernels import PINNED, is_pinned, pinned_env
 
 pytestmark = pytest.mark.slow  # two processes, each building a world model
 PROBE = str(Path(__file__).parent / "kernel_probe.py")

@@ -9,7 +9,7 @@ softmaxes. Tolerance 1e-5 absolute / 1e-4 relative: float32 rounding of O(1) qua
 import pytest
 import torch
 
-from stages.distill import losses as L
+from adpa.stages.distill import losses as L
 
 V, K = 40, 5
 LENGTHS = [3, 7, 1, 5]  # unequal sequence lengths: the per-sequence mean matters

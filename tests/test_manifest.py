@@ -7,8 +7,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from schemas.keys import artifact_key
-from schemas import manifest as mf
+from adpa.schemas.keys import artifact_key
+from adpa.schemas import manifest as mf
 from synthetic import produce
 
 SCHEMA = json.loads((Path(mf.__file__).parent / "manifest.schema.json").read_text())

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from schemas.token_topk import Row
-from stages.distill import objective
-from stages.distill.settings import Distill
-from stages.distill.pair_stream import Example
-from stages.common.lm import OutputLayer
+from adpa.schemas.token_topk import Row
+from adpa.stages.distill import objective
+from adpa.stages.distill.settings import Distill
+from adpa.stages.distill.pair_stream import Example
+from adpa.stages.common.lm import OutputLayer
 
 V, K = 64, 5
 
@@ -193,7 +193,7 @@ def test_pack_respects_the_token_budget():
 
 def test_kl_to_init_matches_float64_full_vocabulary():
     """The guard's KL(p || q) per response position, against float64 softmaxes of the same models."""
-    from stages.common.lm import HFScorer, Sequence
+    from adpa.stages.common.lm import HFScorer, Sequence
     p, q = tiny_model(7), tiny_model(8)
     seqs = [Sequence([1, 5, 7, 2, 9, 4], 2), Sequence([3, 3, 8, 1], 3), Sequence([2, 6, 6, 6, 1, 7, 5], 4)]
     got = HFScorer(p, V, 0, token_budget=12).kl_to(HFScorer(q, V, 0, token_budget=12), seqs)
@@ -211,8 +211,8 @@ def test_kl_to_init_matches_float64_full_vocabulary():
 def test_a_lora_student_matches_float64_full_vocabulary(monkeypatch):
     """The same check through a PEFT LoRA student: adapters on attention and MLP layers (B drawn away from
     its zero init so they change the function); only adapter weights get gradients, equal to float64's."""
-    from stages.distill import lora
-    from stages.distill.settings import Lora
+    from adpa.stages.distill import lora
+    from adpa.stages.distill.settings import Lora
     monkeypatch.setattr(objective, "BLOCK_BYTES", 4 * V * 3)
     pairs, truth = make_pairs(6)
     model = tiny_model(6)

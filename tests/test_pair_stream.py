@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from artifacts import ArtifactSpec, ArtifactWriter, Store, WriteOptions
-from schemas import token_topk
-from stages.distill.pair_stream import JoinError, PairStream, joined, shuffled
+from adpa.artifacts import ArtifactSpec, ArtifactWriter, Store, WriteOptions
+from adpa.schemas import token_topk
+from adpa.stages.distill.pair_stream import JoinError, PairStream, joined, shuffled
 from synthetic import drop_reason, make_row, produce
 
 N = 70

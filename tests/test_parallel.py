@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from artifacts import ArtifactReader, verify_artifact
+from adpa.artifacts import ArtifactReader, verify_artifact
 from test_teacher_cache_cli import good
 from helpers import linked_store
 

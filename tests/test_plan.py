@@ -10,15 +10,15 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from artifacts import Store
-from pipeline import builtin, orchestrate
-from pipeline.cli import app
-from pipeline.recipe import load_recipe
-from pipeline.worlds import tiny as tiny_world
-from stages.common.models import resolve
-from stages.common.ranks import silent
-from stages.teacher_cache import run as stage_one
-from stages.teacher_cache.pairs import DataError
+from adpa.artifacts import Store
+from adpa.pipeline import builtin, orchestrate
+from adpa.pipeline.cli import app
+from adpa.pipeline.recipe import load_recipe
+from adpa.pipeline.worlds import tiny as tiny_world
+from adpa.stages.common.models import resolve
+from adpa.stages.common.ranks import silent
+from adpa.stages.teacher_cache import run as stage_one
+from adpa.stages.teacher_cache.pairs import DataError
 
 NAMES = {("teacher-topk", "teacher"): "teacher_topk", ("seq-logp", "reference"): "reference_logp",
          ("seq-logp", "student"): "student_logp", ("generations", "student"): "generations"}

@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages.teacher_cache.pairs import DataError, Pair, detect_format, load_rows, parse_row
-from stages.teacher_cache.render import encode_pair
+from adpa.stages.teacher_cache.pairs import DataError, Pair, detect_format, load_rows, parse_row
+from adpa.stages.teacher_cache.render import encode_pair
 
 U = lambda t: {"role": "user", "content": t}  # noqa: E731
 A = lambda t: {"role": "assistant", "content": t}  # noqa: E731
@@ -151,7 +151,7 @@ def test_a_hub_dataset_is_keyed_by_the_commit_its_revision_resolves_to(monkeypat
     resolved commit (the hub is unreachable here: its two calls are replaced, nothing else)."""
     import datasets
 
-    from stages.teacher_cache import pairs
+    from adpa.stages.teacher_cache import pairs
     head = {"main": "a" * 40}
     monkeypatch.setattr(pairs, "hub_commit", lambda repo, rev: head[rev or "main"] if rev in (None, "main") else rev)
     asked = []
@@ -195,9 +195,9 @@ def test_missing_empty_and_odd_local_sources_say_so_in_one_line(tmp_path):
 def test_a_new_format_is_its_function_and_its_registry_line(tmp_path, monkeypatch, smollm2_tokenizer):
     """A toy shape added as a contributor would (one parse function, one line in FORMATS) is detected, checked
     by the recipe and by --format's choices, parsed, dropped by the shared rules and rendered, with no other change."""
-    from pipeline.recipe import load_recipe
-    from stages.teacher_cache import pairs
-    from stages.teacher_cache.run import prepare
+    from adpa.pipeline.recipe import load_recipe
+    from adpa.stages.teacher_cache import pairs
+    from adpa.stages.teacher_cache.run import prepare
 
     def question_good_bad(row):  # {question, good, bad}
         return [U(row["question"])], row["good"], row["bad"]

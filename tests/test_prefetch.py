@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from artifacts.prefetch import background
+from adpa.artifacts.prefetch import background
 
 
 def test_items_arrive_in_order_and_a_producer_error_reaches_the_consumer():

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from stages.common import progress
+from adpa.stages.common import progress
 
 
 def test_a_log_gets_a_plain_line_per_tenth_and_no_carriage_returns(monkeypatch):
@@ -48,7 +48,7 @@ def test_a_one_step_runs_loss_plot_has_whole_steps_on_its_axis(tmp_path, monkeyp
     """issue 27 item 12: a short run's loss.png read 0.96 ... 1.04 on its step axis."""
     import matplotlib.figure
 
-    from stages.distill.report import plot_loss
+    from adpa.stages.distill.report import plot_loss
     ticks = []
     save = matplotlib.figure.Figure.savefig
 
@@ -62,7 +62,7 @@ def test_a_one_step_runs_loss_plot_has_whole_steps_on_its_axis(tmp_path, monkeyp
 
 def test_the_model_card_names_the_teacher_reference_and_data_its_caches_came_from():
     """issue 27 item 4: the card named no dataset, teacher or reference."""
-    from stages.distill import report
+    from adpa.stages.distill import report
     topk = {"inputs": {"role": "teacher", "model": {"hub_id": "org/teacher", "revision": "abc"}, "k": 8,
                        "data": {"file": "data.jsonl", "sha256": "d" * 64, "split": "train", "format": "trl"}}}
     adv = {"inputs": {"teacher": {"hub_id": "org/teacher", "revision": "abc"},
@@ -76,7 +76,7 @@ def test_the_model_card_names_the_teacher_reference_and_data_its_caches_came_fro
 
 
 def test_the_cards_base_model_is_a_hub_id_or_absent(tmp_path):
-    from stages.distill import report
+    from adpa.stages.distill import report
     card = lambda spec: report.model_card(report.Card("r", "dckd", spec, {}, {}, "student-x", "adpa distill"), {})  # noqa: E731
     assert "base_model: org/student\n" in card("org/student@v2")
     assert "base_model:" not in card("builtin:tiny-student-sft") and "base_model:" not in card(str(tmp_path))

@@ -13,7 +13,7 @@ import fsspec
 import numpy as np
 import pytest
 
-from artifacts import ArtifactReader, Store, verify_artifact
+from adpa.artifacts import ArtifactReader, Store, verify_artifact
 from helpers import linked_store
 from test_teacher_cache_cli import good
 

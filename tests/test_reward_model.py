@@ -10,13 +10,13 @@ import pytest
 import torch
 import yaml
 
-from artifacts import Store
-from pipeline import orchestrate
-from pipeline.recipe import load_recipe
-from pipeline.worlds import tiny as tiny_world
-from stages.common.models import load_model, resolve
-from stages.distill.training import Selection
-from stages.evaluate.reward_model import RewardModel
+from adpa.artifacts import Store
+from adpa.pipeline import orchestrate
+from adpa.pipeline.recipe import load_recipe
+from adpa.pipeline.worlds import tiny as tiny_world
+from adpa.stages.common.models import load_model, resolve
+from adpa.stages.distill.training import Selection
+from adpa.stages.evaluate.reward_model import RewardModel
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_eval_reports_the_reward_models_score_of_every_model(world, tmp_path):
     results = orchestrate.evaluate(recipe, st, {}, tmp_path / "eval", say=lambda *_: None)
     assert [r.name for r in results] == ["teacher-sft", "teacher-dpo", "student-sft"]
     assert all("rm" in r.metrics for r in results)
-    from stages.evaluate.report import table
+    from adpa.stages.evaluate.report import table
     assert "RM score" in table(results, 1).splitlines()[0]
     saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert all("rm" in m for m in saved["models"])

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.recipe import SECTIONS, RecipeError, load_recipe, show
-from stages.common.device import compute_dtype, pad_id, pick_device
-from stages.common.settings import in_key
-from stages.distill.losses import LOSSES
-from stages.distill.distiller import key_settings
-from stages.distill.settings import Distill
+from adpa.pipeline.recipe import SECTIONS, RecipeError, load_recipe, show
+from adpa.stages.common.device import compute_dtype, pad_id, pick_device
+from adpa.stages.common.settings import in_key
+from adpa.stages.distill.losses import LOSSES
+from adpa.stages.distill.distiller import key_settings
+from adpa.stages.distill.settings import Distill
 
 ADPA = str(Path(sys.executable).parent / "adpa")
 
@@ -128,7 +128,7 @@ def test_nested_sections_and_lists_are_set_checked_and_shown_like_the_rest():
 
 
 def test_a_model_folder_that_asks_to_run_its_own_code_is_refused_and_nothing_runs(tmp_path):
-    from stages.common.models import resolve
+    from adpa.stages.common.models import resolve
     marker = tmp_path / "ran"
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text('{"model_type": "evil", "auto_map": {"AutoModelForCausalLM": '
@@ -149,7 +149,7 @@ def test_a_recipe_name_that_is_not_a_short_word_is_refused(tmp_path):
 
 def test_a_recipes_relative_data_path_is_beside_the_recipe_file(tmp_path, monkeypatch):
     """issue 27: a copied recipe and its data travel together; --set paths and hub ids are kept as given."""
-    from pipeline.recipe import load_recipe
+    from adpa.pipeline.recipe import load_recipe
     d = tmp_path / "project"
     (d / "data").mkdir(parents=True)
     (d / "data" / "pairs.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')

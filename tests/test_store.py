@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from artifacts import ArtifactReader, ArtifactSpec, ArtifactWriter, Store, StoreError, verify_artifact
+from adpa.artifacts import ArtifactReader, ArtifactSpec, ArtifactWriter, Store, StoreError, verify_artifact
 from helpers import assert_complete_and_exact
-from schemas import token_topk as tt
+from adpa.schemas import token_topk as tt
 from synthetic import K, VOCAB, drop_reason, make_row, produce
 
 N = 60
@@ -39,7 +39,7 @@ def test_shards_are_ipc_streams_and_ipc_files_of_earlier_versions_still_read(bui
 
     import pyarrow as pa
 
-    from artifacts.fsutil import sha256_file
+    from adpa.artifacts.fsutil import sha256_file
     root, m, _ = built
     d = shutil.copytree(Store(root).path(m["key"]), tmp_path / m["key"])
     for entry in m["shards"]:
@@ -127,7 +127,7 @@ def test_ranks_write_disjoint_slices_then_one_manifest(tmp_path):
     import sys
     from pathlib import Path
 
-    from artifacts.writer import assemble
+    from adpa.artifacts.writer import assemble
     from synthetic import spec
     script = str(Path(__file__).parent / "synthetic.py")
     procs = [subprocess.Popen([sys.executable, script, str(tmp_path), str(N), "--rank", str(r), "--world-size", "3"],
@@ -146,7 +146,7 @@ def test_ranks_write_disjoint_slices_then_one_manifest(tmp_path):
 
 
 def test_a_dead_rank_blocks_the_manifest_and_resumes_with_the_same_world_size(tmp_path):
-    from artifacts.writer import assemble
+    from adpa.artifacts.writer import assemble
     from synthetic import spec
     produce(tmp_path, N, rank=0, world_size=2)
     with pytest.raises(RuntimeError, match="injected"):

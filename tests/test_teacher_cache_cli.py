@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from artifacts import ArtifactReader, Store, verify_artifact
+from adpa.artifacts import ArtifactReader, Store, verify_artifact
 from conftest import write_recipe
 
 pytestmark = pytest.mark.slow  # processes, real models, servers: `make test`, not `make test-fast`
@@ -83,7 +83,7 @@ def test_a_run_that_would_use_no_row_fails_with_the_drop_counts(model_store, bad
 def test_a_student_with_another_vocabulary_is_refused_before_any_model_work(model_store, tmp_path, bad_rows_file):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from pipeline.builtin import resolve_model as resolve
+    from adpa.pipeline.builtin import resolve_model as resolve
     tok = AutoTokenizer.from_pretrained(resolve("builtin:smollm2-135m-instruct", model_store).source)
     tok.add_special_tokens({"additional_special_tokens": ["<|extra|>"]})
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,

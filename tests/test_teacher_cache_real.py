@@ -16,13 +16,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from artifacts import ArtifactReader, verify_artifact
+from adpa.artifacts import ArtifactReader, verify_artifact
 from benchmarks.real_text import real_text
 from conftest import write_recipe
-from pipeline.recipe import load_recipe
-from schemas.token_topk import LOGP_STEP
-from pipeline.orchestrate import teacher_cache as run_teacher_cache
-from stages.common.ranks import silent
+from adpa.pipeline.recipe import load_recipe
+from adpa.schemas.token_topk import LOGP_STEP
+from adpa.pipeline.orchestrate import teacher_cache as run_teacher_cache
+from adpa.stages.common.ranks import silent
 
 pytestmark = pytest.mark.slow  # processes, real models, servers: `make test`, not `make test-fast`
 
@@ -48,7 +48,7 @@ def world(model_store, tmp_path_factory):
 
 
 def f64(store, role_spec):
-    from pipeline.builtin import resolve_model as resolve
+    from adpa.pipeline.builtin import resolve_model as resolve
     return AutoModelForCausalLM.from_pretrained(resolve(role_spec, store).source, dtype=torch.float64).eval()
 
 
@@ -125,7 +125,7 @@ def test_sequence_logprobs_of_reference_and_student(world):
 
 def test_generations_are_the_students_greedy_continuations(world):
     store, recipe, res = world
-    from pipeline.builtin import resolve_model as resolve
+    from adpa.pipeline.builtin import resolve_model as resolve
     student = AutoModelForCausalLM.from_pretrained(resolve(recipe.models.student, store).source).eval()
     for r in ArtifactReader(store.path(res[("generations", "student")].key)):
         prompt = r.token_ids[: r.prompt_len]
@@ -151,9 +151,9 @@ def test_a_prompt_shared_by_its_continuations_scores_as_each_sequence_alone(attn
     own, on the real SmolLM2 weights: multi-turn chat prompts rendered by its template, one-token
     responses, a one-token prompt, a sequence at max_length, three continuations of one prompt, and
     a token budget small enough that packed rows are batched alone."""
-    from pipeline.worlds.smollm2 import load_smollm2
-    from stages.common.lm import HFScorer, Sequence, pack_by_prompt
-    from stages.teacher_cache.render import render_prompt, render_response
+    from adpa.pipeline.worlds.smollm2 import load_smollm2
+    from adpa.stages.common.lm import HFScorer, Sequence, pack_by_prompt
+    from adpa.stages.teacher_cache.render import render_prompt, render_response
     model, tok = load_smollm2()
     model.config._attn_implementation = attn
     paras = [p.strip() for p in real_text().split("\n\n") if 100 < len(p.strip()) < 250]

@@ -6,9 +6,9 @@ import shutil
 import fsspec
 import pytest
 
-from artifacts import Store, StoreError, verify_artifact
-from artifacts.store import INCOMING, MANIFEST
-from artifacts.transfer import pull, push
+from adpa.artifacts import Store, StoreError, verify_artifact
+from adpa.artifacts.store import INCOMING, MANIFEST
+from adpa.artifacts.transfer import pull, push
 from helpers import assert_complete_and_exact
 from synthetic import produce
 

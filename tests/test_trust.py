@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from artifacts import ArtifactReader, Store, StoreError, verify_artifact
-from artifacts.shards import ShardError
-from artifacts.store import MANIFEST
+from adpa.artifacts import ArtifactReader, Store, StoreError, verify_artifact
+from adpa.artifacts.shards import ShardError
+from adpa.artifacts.store import MANIFEST
 from helpers import assert_complete_and_exact
 from synthetic import produce
 
@@ -69,7 +69,7 @@ def test_a_flipped_byte_is_found_on_reuse_named_and_repaired_by_pull(built):
 
 
 def test_a_truncated_shard_is_found_by_its_size_even_without_hashing(built, monkeypatch):
-    from artifacts import writer
+    from adpa.artifacts import writer
     st, m, _ = built
     monkeypatch.setattr(writer, "CHEAP_TO_HASH", 0)  # as for an artifact too large to re-hash on reuse
     shard = st.path(m["key"]) / m["shards"][0]["file"]

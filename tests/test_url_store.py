@@ -11,9 +11,9 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from artifacts import ArtifactReader, Store, StoreError, VerifyError, verify_artifact
-from artifacts.shards import ShardError
-from artifacts.writer import assemble
+from adpa.artifacts import ArtifactReader, Store, StoreError, VerifyError, verify_artifact
+from adpa.artifacts.shards import ShardError
+from adpa.artifacts.writer import assemble
 from helpers import assert_complete_and_exact
 from synthetic import spec
 

@@ -19,15 +19,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from artifacts import ArtifactReader, verify_artifact
+from adpa.artifacts import ArtifactReader, verify_artifact
 from conftest import write_recipe
 from helpers import linked_store
-from pipeline.recipe import load_recipe
-from schemas.token_topk import LOGP_STEP
-from pipeline.builtin import resolve_model as resolve
-from pipeline.orchestrate import teacher_cache as run_teacher_cache
+from adpa.pipeline.recipe import load_recipe
+from adpa.schemas.token_topk import LOGP_STEP
+from adpa.pipeline.builtin import resolve_model as resolve
+from adpa.pipeline.orchestrate import teacher_cache as run_teacher_cache
 from test_teacher_cache_real import real_pairs
-from stages.common.ranks import silent
+from adpa.stages.common.ranks import silent
 
 pytestmark = pytest.mark.slow  # processes, real models, servers: `make test`, not `make test-fast`
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from artifacts import Store
-from pipeline.recipe import load_recipe
-from pipeline.worlds import sorting_task
-from pipeline.orchestrate import distill as run_distill
-from pipeline.orchestrate import evaluate as run_eval
-from pipeline.orchestrate import teacher_cache as run_teacher_cache
-from stages.common.ranks import silent
+from adpa.artifacts import Store
+from adpa.pipeline.recipe import load_recipe
+from adpa.pipeline.worlds import sorting_task
+from adpa.pipeline.orchestrate import distill as run_distill
+from adpa.pipeline.orchestrate import evaluate as run_eval
+from adpa.pipeline.orchestrate import teacher_cache as run_teacher_cache
+from adpa.stages.common.ranks import silent
 
 pytestmark = pytest.mark.slow  # processes, real models, servers: `make test`, not `make test-fast`
 
@@ -106,7 +106,7 @@ def test_eval_writes_a_report_a_chart_and_judge_ready_generations(world):
 
 
 def test_demo_prints_one_table_with_the_teachers_as_reference_rows(world):
-    from pipeline.demo import run_demo
+    from adpa.pipeline.demo import run_demo
     lines = []
     out = run_demo(world["store"], world["recipe"], world["dir"] / "demo", methods=("sft", "dckd"), say=lines.append)
     text = "\n".join(lines)
@@ -121,7 +121,7 @@ def test_demo_prints_one_table_with_the_teachers_as_reference_rows(world):
 def test_selection_keeps_the_checkpoint_best_on_validation(world, tmp_path):
     """With eval_every and select_by, the student is the state with the best validation value: measured
     again, it gives exactly that value; the curve is in metrics.jsonl and loss.png, the step in the card."""
-    from pipeline.orchestrate import validator
+    from adpa.pipeline.orchestrate import validator
 
     recipe = load_recipe("tiny", CHECKS + ["distill.eval_every=16", "distill.select_by=reward"])
     (run,) = run_distill(recipe, world["store"], "kd", tmp_path / "kd", say=silent)
@@ -140,8 +140,8 @@ def test_selection_keeps_the_checkpoint_best_on_validation(world, tmp_path):
 
 
 def test_the_guard_marks_students_that_over_optimise():
-    from stages.evaluate.report import over_optimised, table
-    from stages.evaluate.run import ModelResult
+    from adpa.stages.evaluate.report import over_optimised, table
+    from adpa.stages.evaluate.run import ModelResult
 
     def res(name, r, reward):
         return ModelResult(name, "", {"reward": (reward, 0.01), "implicit_reward": (r, 0.1),

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.worlds import flawed_sorting as F
-from pipeline.worlds import sorting_task as T
-from pipeline.worlds import tiny4
+from adpa.pipeline.worlds import flawed_sorting as F
+from adpa.pipeline.worlds import sorting_task as T
+from adpa.pipeline.worlds import tiny4
 
 PREREG = json.loads((Path(__file__).parent.parent / "docs" / "PREREG-v4.json").read_text())
 
@@ -90,7 +90,7 @@ def test_splits_share_no_list_of_digits():
 
 
 def test_bradley_terry_against_float64_by_hand():
-    from pipeline.worlds.reward_model import bradley_terry
+    from adpa.pipeline.worlds.reward_model import bradley_terry
     rc, rr = torch.tensor([1.5, -0.2, 0.3]), torch.tensor([0.5, 0.4, 0.3])
     want = sum(-math.log(1 / (1 + math.exp(-(a - b)))) for a, b in zip(rc.double().tolist(), rr.double().tolist())) / 3
     assert bradley_terry(rc, rr).item() == pytest.approx(want, rel=1e-6)

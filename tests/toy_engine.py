@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from stages.common.lm import Scores
+from adpa.stages.common.lm import Scores
 
 
 class UniformBackend:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from pipeline.worlds.sorting_task import prompt_digits, reward, slip
+from adpa.pipeline.worlds.sorting_task import prompt_digits, reward, slip
 
 MIN_LEN, MAX_LEN = 16, 22
 FLAW = 0.9  # how often the policy makes its prompt's flaw where it can

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from stages.evaluate.reward_model import conversation_ids
+from adpa.stages.evaluate.reward_model import conversation_ids
 
 
 def bradley_terry(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:

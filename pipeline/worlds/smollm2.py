@@ -15,10 +15,10 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from artifacts import Store
-from artifacts.folders import publish_folder
-from artifacts.fsutil import sha256_file
-from stages.common.models import quiet
+from adpa.artifacts import Store
+from adpa.artifacts.folders import publish_folder
+from adpa.artifacts.fsutil import sha256_file
+from adpa.stages.common.models import quiet
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

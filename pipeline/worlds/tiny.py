@@ -29,20 +29,20 @@ from typing import Callable
 
 import torch
 
-from artifacts import ArtifactSpec, ArtifactWriter, Store, WriteOptions
-from artifacts.folders import publish_folder
-from pipeline.worlds import sorting_task
-from schemas import sequences
-from schemas.keys import artifact_key
-from stages.common.kernels import one_thread
-from stages.common.models import resolve
-from stages.common.ranks import silent
-from stages.common.tokenizers import tokenizer_fingerprint
-from stages.distill.distiller import Distiller, Job, Place, Trained
-from stages.distill.settings import Distill
-from stages.teacher_cache import run as stage_one
-from stages.teacher_cache.render import render_prompt, render_response
-from stages.teacher_cache.settings import Data, TeacherCache
+from adpa.artifacts import ArtifactSpec, ArtifactWriter, Store, WriteOptions
+from adpa.artifacts.folders import publish_folder
+from adpa.pipeline.worlds import sorting_task
+from adpa.schemas import sequences
+from adpa.schemas.keys import artifact_key
+from adpa.stages.common.kernels import one_thread
+from adpa.stages.common.models import resolve
+from adpa.stages.common.ranks import silent
+from adpa.stages.common.tokenizers import tokenizer_fingerprint
+from adpa.stages.distill.distiller import Distiller, Job, Place, Trained
+from adpa.stages.distill.settings import Distill
+from adpa.stages.teacher_cache import run as stage_one
+from adpa.stages.teacher_cache.render import render_prompt, render_response
+from adpa.stages.teacher_cache.settings import Data, TeacherCache
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,7 @@ WORLDS: dict[str, World] = {"tiny": V3}  # by name; tiny4 registers itself on im
 
 def find(name: str) -> tuple[World, str, int] | None:
     """(world, base name, seed) of a built-in name of any world (`NAME:seedN`), or None."""
-    importlib.import_module("pipeline.worlds.tiny4")  # registers v4
+    importlib.import_module("adpa.pipeline.worlds.tiny4")  # registers v4
     base, _, seed_text = name.partition(":seed")
     world = next((w for w in WORLDS.values() if base in w.models() or base in w.datasets()), None)
     if world is None:

@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from artifacts import Store
-from artifacts.folders import publish_folder
-from pipeline.worlds import flawed_sorting, reward_model, sorting_task
-from pipeline.worlds.tiny import WORDS, WORLDS, World, build, dataset, reference_logp, run_dir, trained
-from stages.common.models import resolve
-from stages.common.ranks import silent
-from stages.distill.distiller import Job, Trained
-from stages.distill.settings import Distill
-from stages.evaluate.run import Validator
-from stages.teacher_cache.settings import Data, TeacherCache
+from adpa.artifacts import Store
+from adpa.artifacts.folders import publish_folder
+from adpa.pipeline.worlds import flawed_sorting, reward_model, sorting_task
+from adpa.pipeline.worlds.tiny import WORDS, WORLDS, World, build, dataset, reference_logp, run_dir, trained
+from adpa.stages.common.models import resolve
+from adpa.stages.common.ranks import silent
+from adpa.stages.distill.distiller import Job, Trained
+from adpa.stages.distill.settings import Distill
+from adpa.stages.evaluate.run import Validator
+from adpa.stages.teacher_cache.settings import Data, TeacherCache
 
 WORLD = {
     "version": 4,

@@ -10,8 +10,8 @@ import json
 import random
 from pathlib import Path
 
-from artifacts import Store
-from artifacts.folders import publish_folder
+from adpa.artifacts import Store
+from adpa.artifacts.folders import publish_folder
 
 FILE = "pairs.jsonl"
 

@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from artifacts.fsutil import atomic_write_bytes
+from adpa.artifacts.fsutil import atomic_write_bytes
 
 MARKER = ".adpa-run.json"
 IGNORED = (".lock",)  # exclusive_folder's lock: a run that was refused or died leaves it

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from artifacts import Store
-from artifacts.reader import ArtifactReader
-from schemas.manifest import ManifestError
-from stages.common.tokenizers import tokenizer_fingerprint
-from stages.distill.losses import LOSSES, caches_of
+from adpa.artifacts import Store
+from adpa.artifacts.reader import ArtifactReader
+from adpa.schemas.manifest import ManifestError
+from adpa.stages.common.tokenizers import tokenizer_fingerprint
+from adpa.stages.distill.losses import LOSSES, caches_of
 
 # cache name -> the artifact kind it is; columns a loss may need -> (layout flag, column name)
 CACHE_KINDS = {"teacher_topk": "teacher-topk", "advantage": "advantage", "student_logp": "seq-logp"}

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from artifacts.fsutil import fsync_dir, fsync_file
+from adpa.artifacts.fsutil import fsync_dir, fsync_file
 
 PREFIX = "step-"
 
@@ -92,7 +92,7 @@ def save(run_dir: Path, step: int, t: Trainee, keep: int = 2, extra: dict | None
     torch.save(_rng_state(), rng)
     fsync_file(rng)
     if sharded is not None:
-        from stages.distill import sharding
+        from adpa.stages.distill import sharding
         sharding.save(sharded, optimizer, tmp / "dcp")
     ranks.barrier()
     if ranks.rank == 0:
@@ -127,7 +127,7 @@ def load(path: Path, t: Trainee) -> dict:
         raise ValueError(f"{path}: written {'with' if state.get('sharded') else 'without'} distill.fsdp; resume "
                          f"the same way")
     if sharded is not None:
-        from stages.distill import sharding
+        from adpa.stages.distill import sharding
         sharding.load(sharded, optimizer, Path(path) / "dcp")
     else:
         restore(model, state["model"])

@@ -34,31 +34,31 @@ from pathlib import Path
 
 import torch
 
-from artifacts import Store
-from artifacts.folders import publish_folder
-from artifacts.fsutil import copy_file, exclusive_folder
-from artifacts.prefetch import background
-from artifacts.signing import SIGNATURES
-from artifacts.store import MANIFEST, StoreError
-from artifacts.transfer import local_copy
-from artifacts.writer import checked_for_reuse
-from schemas import files
-from schemas.keys import artifact_key
-from stages.common.device import compute_dtype, pad_id, pick_device
-from stages.common.lm import OutputLayer
-from stages.common.models import ResolvedModel, load_model, load_tokenizer
-from stages.common.progress import Progress
-from stages.common.ranks import Ranks
-from stages.common.run_folder import claim
-from stages.common.settings import in_key, plain
-from stages.distill import checkpoints, lora, report, sharding
-from stages.distill.caches import check_caches, locate, stage_one_drops
-from stages.distill.losses import LOSSES
-from stages.distill.objective import MicroBatch, collate, micro_loss, pack
-from stages.distill.pair_stream import PairStream
-from stages.distill.run_log import METRICS, WANDB_ID, RunLog, Sinks, read_records
-from stages.distill.settings import Distill
-from stages.distill.training import (Selection, all_reduce_grads, lr_multiplier, stop_if_not_finite,
+from adpa.artifacts import Store
+from adpa.artifacts.folders import publish_folder
+from adpa.artifacts.fsutil import copy_file, exclusive_folder
+from adpa.artifacts.prefetch import background
+from adpa.artifacts.signing import SIGNATURES
+from adpa.artifacts.store import MANIFEST, StoreError
+from adpa.artifacts.transfer import local_copy
+from adpa.artifacts.writer import checked_for_reuse
+from adpa.schemas import files
+from adpa.schemas.keys import artifact_key
+from adpa.stages.common.device import compute_dtype, pad_id, pick_device
+from adpa.stages.common.lm import OutputLayer
+from adpa.stages.common.models import ResolvedModel, load_model, load_tokenizer
+from adpa.stages.common.progress import Progress
+from adpa.stages.common.ranks import Ranks
+from adpa.stages.common.run_folder import claim
+from adpa.stages.common.settings import in_key, plain
+from adpa.stages.distill import checkpoints, lora, report, sharding
+from adpa.stages.distill.caches import check_caches, locate, stage_one_drops
+from adpa.stages.distill.losses import LOSSES
+from adpa.stages.distill.objective import MicroBatch, collate, micro_loss, pack
+from adpa.stages.distill.pair_stream import PairStream
+from adpa.stages.distill.run_log import METRICS, WANDB_ID, RunLog, Sinks, read_records
+from adpa.stages.distill.settings import Distill
+from adpa.stages.distill.training import (Selection, all_reduce_grads, lr_multiplier, stop_if_not_finite,
                                      stop_if_weights_not_finite, sum_over_ranks)
 
 # what a step's record holds besides the loss and its terms (then the timings train() adds)

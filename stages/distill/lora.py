@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.distill.settings import Lora
+from adpa.stages.distill.settings import Lora
 
 
 def attach(model, lora: Lora):

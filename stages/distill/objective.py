@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from stages.common.lm import OutputLayer, base_model, token_budget_batches
-from stages.distill.losses import LOSSES, Scored, student_logprobs
-from stages.distill.pair_stream import Example
+from adpa.stages.common.lm import OutputLayer, base_model, token_budget_batches
+from adpa.stages.distill.losses import LOSSES, Scored, student_logprobs
+from adpa.stages.distill.pair_stream import Example
 
 BLOCK_BYTES = 256 << 20  # the largest float32 logits block: [chunk, vocab]
 

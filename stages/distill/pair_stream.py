@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from artifacts.reader import ArtifactReader
-from artifacts.remote import RemoteArtifact
-from schemas import sequences, token_topk
-from stages.distill.losses import LOSSES
+from adpa.artifacts.reader import ArtifactReader
+from adpa.artifacts.remote import RemoteArtifact
+from adpa.schemas import sequences, token_topk
+from adpa.stages.distill.losses import LOSSES
 
 class JoinError(ValueError):
     pass

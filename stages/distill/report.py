@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages.distill.losses import LOSSES
+from adpa.stages.distill.losses import LOSSES
 
 
 def plot_loss(metrics: list[dict], title: str, path: Path) -> Path | None:

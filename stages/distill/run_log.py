@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from artifacts.fsutil import atomic_write_bytes
+from adpa.artifacts.fsutil import atomic_write_bytes
 
 NOT_SCALARS = ("step", "split")
 WANDB_ID = "wandb-run-id"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stages.common.settings import setting
+from adpa.stages.common.settings import setting
 
 
 SELECT_BY = ("last", "rm", "reward", "implicit_reward", "implicit_reward_per_token", "preference_accuracy",
@@ -28,7 +28,7 @@ class Lora:
 
 
 def _losses() -> tuple:
-    from stages.distill.losses import LOSSES  # torch: read when a recipe is checked, not when --help is shown
+    from adpa.stages.distill.losses import LOSSES  # torch: read when a recipe is checked, not when --help is shown
     return tuple(LOSSES)
 
 

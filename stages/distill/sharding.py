@@ -19,7 +19,7 @@ import pickle
 
 import torch
 
-from stages.distill.objective import micro_loss
+from adpa.stages.distill.objective import micro_loss
 
 
 class LossModule(torch.nn.Module):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from stages.distill import checkpoints
-from stages.distill.settings import LOWER_IS_BETTER
+from adpa.stages.distill import checkpoints
+from adpa.stages.distill.settings import LOWER_IS_BETTER
 
 
 def lr_multiplier(schedule: str, total: int, warmup_steps: int):

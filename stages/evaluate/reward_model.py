@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.common.models import ResolvedModel, load_model, load_tokenizer
+from adpa.stages.common.models import ResolvedModel, load_model, load_tokenizer
 
 
 def conversation_ids(tok, messages: list[dict]) -> list[int]:

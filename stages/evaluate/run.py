@@ -24,14 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from artifacts.fsutil import fingerprint_files
-from stages.common.device import pad_id, pick_device
-from stages.common.lm import HFScorer, Sequence, generate
-from stages.common.models import ResolvedModel, load_model, load_tokenizer, resolve
-from stages.evaluate.reward_model import RewardModel
-from stages.teacher_cache.render import Encoded
-from stages.teacher_cache.run import Request, prepare
-from stages.teacher_cache.settings import Data, TeacherCache
+from adpa.artifacts.fsutil import fingerprint_files
+from adpa.stages.common.device import pad_id, pick_device
+from adpa.stages.common.lm import HFScorer, Sequence, generate
+from adpa.stages.common.models import ResolvedModel, load_model, load_tokenizer, resolve
+from adpa.stages.evaluate.reward_model import RewardModel
+from adpa.stages.teacher_cache.render import Encoded
+from adpa.stages.teacher_cache.run import Request, prepare
+from adpa.stages.teacher_cache.settings import Data, TeacherCache
 
 
 @dataclass
@@ -121,7 +121,7 @@ BASELINE = "student-sft"  # the win rate's: the student init's generations
 def evaluate(models: dict[str, str], judge: Judge, out_dir: Path, say=print, rows: str = "held-out") -> list[ModelResult]:
     """`models`: display name -> loadable folder or hub id, each scored by `judge` on its pairs (`rows`: what
     they are, held-out or training rows); writes eval.json, eval.png and generations/NAME.jsonl."""
-    from stages.evaluate.report import over_optimised, plot
+    from adpa.stages.evaluate.report import over_optimised, plot
 
     out_dir = Path(out_dir)
     (out_dir / "generations").mkdir(parents=True, exist_ok=True)

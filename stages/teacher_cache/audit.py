@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from artifacts import ArtifactReader, Store, verify_artifact
-from artifacts.transfer import local_copy
-from schemas import token_topk
-from stages.common.device import pad_id
-from stages.common.lm import HFScorer, Sequence
-from stages.common.models import ResolvedModel, load_model, load_tokenizer, resolve
+from adpa.artifacts import ArtifactReader, Store, verify_artifact
+from adpa.artifacts.transfer import local_copy
+from adpa.schemas import token_topk
+from adpa.stages.common.device import pad_id
+from adpa.stages.common.lm import HFScorer, Sequence
+from adpa.stages.common.models import ResolvedModel, load_model, load_tokenizer, resolve
 
 SLACK = 0.01  # nats: transformers vs vLLM, bf16 kernels, batch composition (tests/test_vllm_parity.py)
 # What is compared, per kind: (model role in the manifest's inputs, stored column, how).

@@ -24,11 +24,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, replace
 
-from artifacts import Store
-from stages.common.ranks import silent
-from stages.teacher_cache.pairs import DataError, Drop
-from stages.teacher_cache.render import Encoded
-from stages.teacher_cache.run import BLOCK_ROWS, GENERATED, Request, planned_keys, run_teacher_cache, setup
+from adpa.artifacts import Store
+from adpa.stages.common.ranks import silent
+from adpa.stages.teacher_cache.pairs import DataError, Drop
+from adpa.stages.teacher_cache.render import Encoded
+from adpa.stages.teacher_cache.run import BLOCK_ROWS, GENERATED, Request, planned_keys, run_teacher_cache, setup
 
 
 @dataclass(frozen=True)

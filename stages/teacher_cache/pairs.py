@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from artifacts.fsutil import fingerprint_files, sha256_file
+from adpa.artifacts.fsutil import fingerprint_files, sha256_file
 
 ROLES = ("system", "user", "assistant")
 LOCAL_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".parquet", ".csv")

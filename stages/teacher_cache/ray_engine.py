@@ -25,12 +25,12 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 
-from artifacts import Store
-from artifacts.writer import MAX_WRITERS, assemble
-from stages.common.models import ResolvedModel
-from stages.common.ranks import Ranks, silent
-from stages.teacher_cache import run as local
-from stages.teacher_cache.settings import Data, TeacherCache
+from adpa.artifacts import Store
+from adpa.artifacts.writer import MAX_WRITERS, assemble
+from adpa.stages.common.models import ResolvedModel
+from adpa.stages.common.ranks import Ranks, silent
+from adpa.stages.teacher_cache import run as local
+from adpa.stages.teacher_cache.settings import Data, TeacherCache
 
 
 def blocks(n_rows: int, block_rows: int) -> int:

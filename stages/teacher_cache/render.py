@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stages.teacher_cache.pairs import Drop, Pair
+from adpa.stages.teacher_cache.pairs import Drop, Pair
 
 
 @dataclass

@@ -22,20 +22,20 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from artifacts import ArtifactReader, ArtifactSpec, ArtifactWriter, Store, WriteOptions
-from artifacts.writer import assemble, producer_versions
-from schemas import sequences, token_topk
-from schemas.keys import artifact_key
-from stages.common.device import compute_dtype, pick_device
-from stages.common.lm import Sequence
-from stages.common.models import ResolvedModel, load_tokenizer
-from stages.common.progress import Progress
-from stages.common.ranks import Ranks
-from stages.common.tokenizers import compare_tokenizers, tokenizer_fingerprint
-from stages.teacher_cache import backends
-from stages.teacher_cache.pairs import DataError, Drop, detect_format, is_held_out, load_rows, parse_row
-from stages.teacher_cache.render import Encoded, encode_pair
-from stages.teacher_cache.settings import Data, TeacherCache
+from adpa.artifacts import ArtifactReader, ArtifactSpec, ArtifactWriter, Store, WriteOptions
+from adpa.artifacts.writer import assemble, producer_versions
+from adpa.schemas import sequences, token_topk
+from adpa.schemas.keys import artifact_key
+from adpa.stages.common.device import compute_dtype, pick_device
+from adpa.stages.common.lm import Sequence
+from adpa.stages.common.models import ResolvedModel, load_tokenizer
+from adpa.stages.common.progress import Progress
+from adpa.stages.common.ranks import Ranks
+from adpa.stages.common.tokenizers import compare_tokenizers, tokenizer_fingerprint
+from adpa.stages.teacher_cache import backends
+from adpa.stages.teacher_cache.pairs import DataError, Drop, detect_format, is_held_out, load_rows, parse_row
+from adpa.stages.teacher_cache.render import Encoded, encode_pair
+from adpa.stages.teacher_cache.settings import Data, TeacherCache
 
 BLOCK_ROWS = 64  # input rows scored together at most: token-budget batching sorts within a block
 GENERATED = ("student", "teacher")  # states that are generated (the others are the dataset's responses)

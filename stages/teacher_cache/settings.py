@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stages.common.settings import setting
-from stages.teacher_cache.backends import ENGINES
-from stages.teacher_cache.pairs import FORMATS
+from adpa.stages.common.settings import setting
+from adpa.stages.teacher_cache.backends import ENGINES
+from adpa.stages.teacher_cache.pairs import FORMATS
 
 
 @dataclass

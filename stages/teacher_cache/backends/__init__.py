@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:  # the engines themselves import torch; the table above them must not
     import numpy as np
 
-    from stages.common.lm import Scores, Sequence
-    from stages.common.models import ResolvedModel
+    from adpa.stages.common.lm import Scores, Sequence
+    from adpa.stages.common.models import ResolvedModel
 
 TASKS = ("topk", "gather", "seq_logp", "generate")
-ENGINES = {"hf": "stages.teacher_cache.backends.hf:HFBackend",
-           "vllm": "stages.teacher_cache.backends.vllm:VLLMBackend"}
+ENGINES = {"hf": "adpa.stages.teacher_cache.backends.hf:HFBackend",
+           "vllm": "adpa.stages.teacher_cache.backends.vllm:VLLMBackend"}
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from artifacts.writer import package_versions
-from stages.common.device import pad_id
-from stages.common.lm import HFScorer, Scores, Sequence, generate
-from stages.common.models import load_model
-from stages.teacher_cache.backends import EngineSpec
+from adpa.artifacts.writer import package_versions
+from adpa.stages.common.device import pad_id
+from adpa.stages.common.lm import HFScorer, Scores, Sequence, generate
+from adpa.stages.common.models import load_model
+from adpa.stages.teacher_cache.backends import EngineSpec
 
 
 class HFBackend:

@@ -25,10 +25,10 @@ import os
 
 import numpy as np
 
-from artifacts.writer import package_versions
-from schemas.token_topk import tail_logmass
-from stages.common.lm import Scores, Sequence
-from stages.teacher_cache.backends import EngineSpec
+from adpa.artifacts.writer import package_versions
+from adpa.schemas.token_topk import tail_logmass
+from adpa.stages.common.lm import Scores, Sequence
+from adpa.stages.teacher_cache.backends import EngineSpec
 
 
 def _environment() -> None:
