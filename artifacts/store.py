@@ -132,23 +132,24 @@ class Store:
         return sorted(out)
 
     def entry(self, key: str) -> dict:
-        """One `adpa cache ls` line: complete artifacts from their manifest, others from disk."""
+        """One `adpa cache ls` line: complete artifacts from their manifest, others from disk; `state` is
+        complete, partial (a folder without a manifest: resumed by the next run) or missing."""
         p = self.path(key)
         e = {"key": key, "kind": parse_key(key), "path": str(self.location(key)) if self.remote else str(p.resolve()),
-             "complete": False, "rows": None, "tokens": None, "bytes": None, "created": None}
+             "complete": False, "state": "missing", "rows": None, "tokens": None, "bytes": None, "created": None}
         try:
             m = self.manifest(key)
         except (mf.ManifestError, StoreError) as err:
             return e | {"error": str(err)}
         if m is None and not p.is_dir():
             return e
-        if m is None:
+        if m is None:  # a run that stopped, or one writing now: the next run resumes it
             files = [f for f in p.iterdir() if f.is_file()]
             e["bytes"] = sum(f.stat().st_size for f in files)
             e["created"] = _iso(p.stat().st_mtime)
-            return e
+            return e | {"state": "partial"}
         t = m["totals"]
-        return e | {"complete": True, "rows": t["rows"], "tokens": t["tokens"], "bytes": t["bytes"],
+        return e | {"complete": True, "state": "complete", "rows": t["rows"], "tokens": t["tokens"], "bytes": t["bytes"],
                     "created": m.get("created"), "input_rows": m["input_rows"], **_what(m.get("inputs"))}
 
     # ---- garbage collection ------------------------------------------------------------

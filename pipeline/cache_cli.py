@@ -39,7 +39,8 @@ def ls(store: StoreOpt = None, as_json: bool = typer.Option(False, "--json", hel
                                   "its data file's hash, no row rendered (built-in models are built when absent)."),
        overrides: list[str] = typer.Option(None, "--set", help="Override a recipe setting (with --recipe).")):
     """One line per artifact: key, role (or the states it scores), data (its file's sha256, first 12 digits),
-    complete, rows, tokens, bytes, created."""
+    state (complete, partial: a stopped run's, resumed by the next; missing: planned by -r, not made), rows,
+    tokens, bytes, created."""
     st = Store(store)
     names = _planned(recipe, overrides, st) if recipe else {k: None for k in st.keys()}
     entries = [st.entry(k) | ({"name": n} if n else {}) for k, n in names.items()]
@@ -50,12 +51,12 @@ def ls(store: StoreOpt = None, as_json: bool = typer.Option(False, "--json", hel
         echo(f"no artifacts in {st.root}")
         return
     named = f"{'NAME':15} " if recipe else ""
-    echo(f"{named}{'KEY':40} {'ROLE':15} {'DATA':12} {'COMPLETE':8} {'ROWS':>9} {'TOKENS':>11} {'BYTES':>12}  CREATED")
+    echo(f"{named}{'KEY':40} {'ROLE':15} {'DATA':12} {'STATE':8} {'ROWS':>9} {'TOKENS':>11} {'BYTES':>12}  CREATED")
     for e in entries:
         fmt = lambda v: "-" if v is None else f"{v:,}"  # noqa: E731
         name = f"{e['name']:15} " if recipe else ""
         what = f"{e.get('role') or '-':15} {e.get('data') or '-':12}"
-        echo(f"{name}{e['key']:40} {what} {'yes' if e['complete'] else 'no':8} {fmt(e['rows']):>9} {fmt(e['tokens']):>11}"
+        echo(f"{name}{e['key']:40} {what} {e['state']:8} {fmt(e['rows']):>9} {fmt(e['tokens']):>11}"
              f" {fmt(e['bytes']):>12}  {e['created'] or '-'}{'  ' + e['error'] if 'error' in e else ''}")
 
 

@@ -65,8 +65,9 @@ def test_ls_json_lists_complete_and_incomplete(store, tmp_path):
     assert set(e) >= {"key", "kind", "path", "complete", "rows", "tokens", "bytes", "created"}
     assert e["complete"] is True and e["rows"] == m["totals"]["rows"] and e["tokens"] == m["totals"]["tokens"]
     assert entries["teacher-topk-" + "b" * 20]["complete"] is False
+    assert (e["state"], entries["teacher-topk-" + "b" * 20]["state"]) == ("complete", "partial")
     table = adpa("cache", "ls", "--store", root)
-    assert m["key"] in table.stdout and "yes" in table.stdout
+    assert m["key"] in table.stdout and " complete " in table.stdout and " partial " in table.stdout
 
 
 @pytest.mark.slow

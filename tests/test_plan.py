@@ -57,11 +57,18 @@ def test_the_planned_keys_are_the_keys_stage_one_writes(world, data, tc):
 
     listed = CliRunner().invoke(app, ["cache", "ls", "-r", str(r.path), "--store", str(st.root), "--json"])
     assert listed.exit_code == 0, listed.output
-    assert {e["name"]: (e["key"], e["complete"]) for e in json.loads(listed.output)} == {
-        n: (k, True) for n, k in written.items()}
+    assert {e["name"]: (e["key"], e["complete"], e["state"]) for e in json.loads(listed.output)} == {
+        n: (k, True, "complete") for n, k in written.items()}
     other = CliRunner().invoke(app, ["cache", "ls", "-r", str(r.path), "--set", "teacher_cache.max_length=31", "--store",
-                                     str(st.root)])  # planned, not made: listed as not complete
-    assert other.exit_code == 0 and other.output.count(" no ") == len(written), other.output
+                                     str(st.root)])  # planned, not made: listed as missing
+    assert other.exit_code == 0 and other.output.count(" missing ") == len(written), other.output
+    partial = st.root / json.loads(CliRunner().invoke(app, ["cache", "ls", "-r", str(r.path), "--set",
+                                                            "teacher_cache.max_length=31", "--store", str(st.root),
+                                                            "--json"]).output)[0]["key"]
+    partial.mkdir()  # what a stopped run leaves: a folder without a manifest
+    again = CliRunner().invoke(app, ["cache", "ls", "-r", str(r.path), "--set", "teacher_cache.max_length=31",
+                                     "--store", str(st.root)])
+    assert again.output.count(" partial ") == 1 and again.output.count(" missing ") == len(written) - 1, again.output
 
 
 def test_planning_reads_the_first_row_only(world, monkeypatch):

@@ -170,3 +170,19 @@ def test_a_recipe_knows_the_command_that_makes_it_again(tmp_path):
     own = tmp_path / "mine.yaml"
     own.write_text((Path(__file__).parent.parent / "pipeline" / "recipes" / "tiny.yaml").read_text())
     assert load_recipe(str(own)).command("eval") == f"adpa eval -r {own}"
+
+
+def test_a_minimal_recipe_gets_exactly_the_settings_recipe_show_prints(tmp_path):
+    """issue 27 item 6: a minimal copy of a recipe silently switched to vLLM (backend auto) and k = 50. It gets
+    the defaults `adpa recipe show` prints for it, every one, and its relative data path is beside it."""
+    import yaml
+    (tmp_path / "pairs.jsonl").write_text("")
+    f = tmp_path / "min.yaml"
+    f.write_text("name: mine\nmodels: {teacher: a/b, reference: a/c, student: a/d}\ndata: {source: pairs.jsonl}\n")
+    r = load_recipe(str(f))
+    shown = yaml.safe_load(show(r))
+    for section in SECTIONS:
+        loaded = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(getattr(r, section)).items()}
+        assert shown[section] == loaded, section  # (YAML has lists where the settings hold tuples)
+    assert shown["teacher_cache"]["backend"] == "auto" and shown["teacher_cache"]["k"] == 50  # said, not silent
+    assert r.data.source == str(tmp_path / "pairs.jsonl")

@@ -61,12 +61,6 @@ class Estimate:
         return sum(todo) + (self.load_seconds if todo else 0.0)
 
 
-def state(store: Store, key: str) -> str:
-    if store.manifest(key) is not None:
-        return "complete"
-    return "partial" if store.path(key).is_dir() else "missing"
-
-
 def estimate(req: Request, store: Store, probe_rows: int = BLOCK_ROWS, say=print) -> Estimate:
     """Stage one's plan for `req` against `store`, with its cost measured on `probe_rows` rows (no probe when
     every artifact is complete)."""
@@ -75,7 +69,7 @@ def estimate(req: Request, store: Store, probe_rows: int = BLOCK_ROWS, say=print
     run.close()
     usable = [e for e in run.prepared if isinstance(e, Encoded)]
     dropped = Counter(e for e in run.prepared if isinstance(e, Drop))
-    states = {name: state(store, key) for name, key in keys.items()}
+    states = {name: store.entry(key)["state"] for name, key in keys.items()}
     todo = any(s != "complete" for s in states.values())
     probe = _probe(req, probe_rows, list(keys), say) if todo else None
     known = _exact_tokens(usable, req.settings.states)
