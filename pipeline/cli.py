@@ -192,7 +192,8 @@ def demo(store: StoreOpt = None,
                                         "earlier demo's (its students/, eval.json, eval.png, generations/ are "
                                         "replaced; other files stay).")):
     """The whole method end to end (default: the built-in offline world, recipe tiny4): both stages for every
-    method, then eval; on one thread with pinned float kernels, so the table is the same on every x86-64 CPU."""
+    method, then eval; on one thread with pinned float kernels, so the table is the same on every CPU of its class
+    (every Intel CPU with AVX2; AMD CPUs print their own: docs/RESULTS.md)."""
     from adpa.stages.common import kernels
     kernels.run_pinned("adpa.pipeline.cli")  # before torch starts: it reads them once
     from adpa.artifacts import Store
