@@ -32,7 +32,7 @@ def run_demo(store, recipe="tiny4", out_dir: Path = Path("runs/demo"), methods=N
              overwrite: bool = False) -> dict:
     """`recipe`: a name, a path or a Recipe; `methods`: the losses to train (default: all); `overwrite`: write
     into an `out_dir` that is not an earlier demo's. Torch runs on one thread: with the kernels pinned
-    (`adpa demo` starts so), the table is the same on every x86-64 CPU."""
+    (`adpa demo` starts so), the table is the same on every CPU of one `kernels.cpu_class`."""
     claim(out_dir, "demo", DEMO_OUTPUTS, overwrite)  # first: a folder of the user's is refused before any work
     with one_thread():
         return _demo(store, recipe, Path(out_dir), methods, say)
