@@ -10,7 +10,8 @@ settings. The first run warms the process up; per artifact,
     seconds = tokens * seconds(n) / tokens(n)
     bytes   = fixed + slope * tokens,   slope = (bytes(n) - bytes(n/8)) / (tokens(n) - tokens(n/8))
 
-(a shard's headers are the fixed part), plus the models' loading time once. `tokens` is exact for the scored responses; for generated
+(a shard's headers are the fixed part; a real run's larger shards compress better, so the bytes are an
+upper bound: 30-76% high on 256 rows, docs/BENCHMARKS.md), plus the models' loading time once. `tokens` is exact for the scored responses; for generated
 states (not yet generated) it is the probe's generated tokens per usable row times the usable rows.
 A partial artifact is counted whole (the real run resumes it). The probe runs in this process on the
 local engine: for torchrun or Ray, divide by the workers. Nothing is written to the user's store (built-in
@@ -150,7 +151,7 @@ def table(est: Estimate, source: str) -> str:
     todo = [a for a in est.artifacts if a.state != "complete"]
     if not todo:
         return "\n".join(lines + ["nothing to build: every artifact is complete and would be reused"])
-    lines.append(f"to build: {len(todo)} of {len(est.artifacts)} artifacts, about {sum(a.bytes for a in todo):,} bytes"
+    lines.append(f"to build: {len(todo)} of {len(est.artifacts)} artifacts, at most about {sum(a.bytes for a in todo):,} bytes"
                  f" and {est.seconds:,.0f} s (models loaded in {est.load_seconds:.1f} s; the rest at the throughput of a "
                  f"probe of {est.probe_rows} rows; ~: tokens extrapolated from the probe)")
     return "\n".join(lines)
