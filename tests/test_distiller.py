@@ -44,10 +44,18 @@ def unit(tmp_path_factory):
         "teacher_cache": {"backend": "hf", "k": 4, "max_length": 32, "max_new_tokens": 12},
         "distill": {"lr": 1e-3, "sft_lr": 1e-3, "batch_pairs": 4}}))
     r = load_recipe(str(recipe))
-    orchestrate.teacher_cache(r, st, say=silent)
+    said = []
+    orchestrate.teacher_cache(r, st, say=said.append)
     models = {role: resolve(getattr(r.models, role)) for role in ("teacher", "reference", "student")}
-    return {"store": st, "recipe": r, "init": models["student"], "dir": d,
+    return {"store": st, "recipe": r, "init": models["student"], "dir": d, "said": said,
             "keys": plan(Request(models, r.data, r.teacher_cache))}
+
+
+def test_stage_one_says_where_it_is_over_its_artifacts(unit):
+    """issue 27 item 7: one overall progress for stage one's five artifacts, besides each one's own."""
+    overall = [ln.split(" (")[0] for ln in unit["said"] if ln.startswith("stage one [")]
+    assert overall == ["stage one [1/5] teacher-topk", "stage one [2/5] seq-logp", "stage one [3/5] seq-logp",
+                       "stage one [4/5] generations", "stage one [5/5] advantage"]
 
 
 def distiller(unit, run_dir, loss="dckd", store=None, resume=False, **settings) -> Distiller:

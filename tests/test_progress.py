@@ -20,6 +20,23 @@ def test_a_log_gets_a_plain_line_per_tenth_and_no_carriage_returns(monkeypatch):
     assert lines[0].startswith("distill (dckd): 4/37 steps (11%)")
 
 
+def test_a_slow_run_says_how_it_goes_every_n_seconds_with_an_eta(monkeypatch):
+    """issue 27 item 7: one plain line every ADPA_LOG_EVERY seconds (rows, rate, ETA) besides the tenths, so a
+    run of hours does not stay silent for a tenth of them."""
+    monkeypatch.setattr(progress.sys, "stderr", io.StringIO())
+    monkeypatch.setenv("ADPA_LOG_EVERY", "60")
+    clock = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    lines = []
+    p = progress.Progress(1000, "advantage", "row", lines.append)
+    for _ in range(30):  # a row every 10 s: 300 s, 3% of the work, no tenth reached
+        clock[0] += 10
+        p.update(1)
+    assert lines == [f"advantage: {n}/1,000 rows (1%), ETA {eta}" if n < 15 else
+                     f"advantage: {n}/1,000 rows ({round(n / 10)}%), ETA {eta}"
+                     for n, eta in ((6, "2:45:40"), (12, "2:44:40"), (18, "2:43:40"), (24, "2:42:40"), (30, "2:41:40"))]
+
+
 def test_a_resumed_run_counts_from_where_it_was_and_other_ranks_say_nothing(monkeypatch):
     monkeypatch.setattr(progress.sys, "stderr", io.StringIO())
     lines = []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,7 +128,9 @@ def evaluate(models: dict[str, str], judge: Judge, out_dir: Path, say=print, row
     (out_dir / "generations").mkdir(parents=True, exist_ok=True)
     pairs, results = judge.pairs, []
     texts = [e.pair.prompt[-1]["content"] for e in pairs]
-    for name, spec in models.items():
+    for i, (name, spec) in enumerate(models.items()):
+        t0 = time.perf_counter()
+        say(f"  [{i + 1}/{len(models)}] {name}: answering {len(pairs)} prompts, then scoring them")
         values, decoded = judge.score(judge.load(spec))
         res = ModelResult(name, str(spec), {k: _mean_se(v) for k, v in values.items()}, values["implicit_reward"],
                           weights_sha256(str(spec)))
@@ -137,7 +140,7 @@ def evaluate(models: dict[str, str], judge: Judge, out_dir: Path, say=print, row
                 f.write(json.dumps({"instruction": t, "output": d, "generator": name, "id": e.pair.pair_id} | turns)
                         + "\n")
         results.append(res)
-        say(f"  evaluated {name}")
+        say(f"  evaluated {name} in {time.perf_counter() - t0:,.1f} s")
     base = next(r for r in results if r.name == BASELINE).r_seq
     for r in results:
         r.metrics["win_rate_vs_" + BASELINE] = _mean_se(np.where(r.r_seq > base, 1.0,

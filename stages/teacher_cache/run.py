@@ -434,13 +434,28 @@ def run_teacher_cache(req: Request, store: Store, strict: bool = False, say=prin
     say(f"data: {len(run.prepared)} rows, {len(run.prepared) - sum(dropped.values())} usable"
         + (f", dropped {dict(dropped)}" if dropped else "") + f"; vocabulary {run.vocab_size} shared by all models;"
         f" {run.device} {run.dtype_name}")
+    overall = Overall(5 if tc.states in GENERATED else 4, say)
     try:
-        results = [teacher_topk(run, say), seq_logp(run, "reference", say), seq_logp(run, "student", say)]
-        gen = generations(run, tc.states, say) if tc.states in GENERATED else None
-        results += [r for r in (gen, advantage(run, gen, say)) if r is not None]
+        results = [overall(lambda: teacher_topk(run, say), "teacher-topk (teacher)")]
+        results += [overall(lambda r=role: seq_logp(run, r, say), f"seq-logp ({role})") for role in ("reference", "student")]
+        gen = overall(lambda: generations(run, tc.states, say), f"generations ({tc.states})") \
+            if tc.states in GENERATED else None
+        results += [r for r in (gen, overall(lambda: advantage(run, gen, say), "advantage")) if r is not None]
     finally:
         run.close()
     return results
+
+
+class Overall:
+    """Stage one's progress over its artifacts: "stage one [i/n] WHAT (S s so far)" before each."""
+
+    def __init__(self, n: int, say):
+        self.n, self.say, self.i, self.t0 = n, say, 0, time.perf_counter()
+
+    def __call__(self, make: Callable[[], Result], what: str) -> Result:
+        self.i += 1
+        self.say(f"stage one [{self.i}/{self.n}] {what} ({time.perf_counter() - self.t0:,.0f} s so far)")
+        return make()
 
 
 def run_states(req: Request, store: Store, say=print, ranks: Ranks | None = None) -> list[Result]:
