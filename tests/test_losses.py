@@ -185,3 +185,68 @@ def test_bf16_logits_are_gathered_before_the_upcast():
 def test_unknown_advantage_mode():
     with pytest.raises(ValueError, match="clip01"):
         L.advantages(torch.zeros(1, 2), torch.zeros(1, 2), "abs")
+
+
+def reference_divergence(c, logits, divergence, beta, temperature):
+    """Each divergence written out in float64 over the k ids + the tail, from FULL-vocabulary softmaxes (the
+    student's at temperature T; the tails are explicit sums of the other ids), one position at a time."""
+    q_full = (logits / temperature).softmax(1)
+    per_seq = []
+    for b, m in enumerate(LENGTHS):
+        total = 0.0
+        for t in (c["seq"] == b).nonzero()[:, 0]:
+            mask = torch.zeros(V, dtype=torch.bool)
+            mask[c["ids"][t]] = True
+            p_full = c["P"][t].exp()
+            p = torch.cat([p_full[mask], p_full[~mask].sum()[None]])
+            q = torch.cat([q_full[t][mask], q_full[t][~mask].sum()[None]])
+            if divergence == "forward_kl":
+                d = sum(p[i] * (torch.log(p[i]) - torch.log(q[i])) for i in range(len(p)))
+            elif divergence == "reverse_kl":
+                d = sum(q[i] * (torch.log(q[i]) - torch.log(p[i])) for i in range(len(p)))
+            elif divergence == "jsd":
+                mix = [beta * p[i] + (1 - beta) * q[i] for i in range(len(p))]
+                d = sum(beta * p[i] * torch.log(p[i] / mix[i]) + (1 - beta) * q[i] * torch.log(q[i] / mix[i])
+                        for i in range(len(p)))
+            else:
+                d = 0.5 * sum(torch.abs(p[i] - q[i]) for i in range(len(p)))
+            total = total + d
+        per_seq.append(total / m)
+    return torch.stack(per_seq).mean()
+
+
+@pytest.mark.parametrize("divergence, beta, temperature", [
+    ("forward_kl", 0.5, 1.0), ("forward_kl", 0.5, 2.0), ("reverse_kl", 0.5, 1.0), ("reverse_kl", 0.5, 0.7),
+    ("jsd", 0.5, 1.0), ("jsd", 0.1, 1.0), ("jsd", 0.9, 1.5), ("tv", 0.5, 1.0), ("tv", 0.5, 2.0)])
+def test_every_divergence_against_float64_over_the_full_vocabulary(divergence, beta, temperature):
+    """issue 28 item 6: each divergence of DIVERGENCES (and the student-side temperature), value and gradient."""
+    c = case(11)
+    s, t_logp, t_tail, _ = ours_inputs(c)
+    s_logp, _ = L.student_logprobs(s, c["ids"], c["targets"], chunk=5, temperature=temperature)
+    ours = L.kd_loss(t_logp, t_tail, s_logp, c["seq"], len(LENGTHS), divergence, beta)
+    ref_leaf = c["s_logits"].clone().requires_grad_(True)
+    check(ours, s, reference_divergence(c, ref_leaf, divergence, beta, temperature), ref_leaf)
+
+
+def test_each_divergence_is_zero_at_the_teacher_and_positive_elsewhere():
+    c = case(12)
+    t_logp = c["P"].gather(1, c["ids"])
+    t_tail = torch.log1p(-t_logp.exp().sum(1))
+    s_logp = c["s_logits"].log_softmax(1).gather(1, c["ids"])
+    for name in L.DIVERGENCES:
+        assert L.topk_divergence(t_logp, t_tail, t_logp, name).abs().max().item() < 1e-9, name
+        assert (L.topk_divergence(t_logp, t_tail, s_logp, name) > 0).all(), name
+
+
+def test_the_paper_divergence_keeps_the_keys_and_another_one_changes_them():
+    """Students trained before the menu existed keep their keys (forward KL at T 1); jsd_beta only with jsd."""
+    from adpa.stages.distill.distiller import key_settings
+    from adpa.stages.distill.settings import Distill
+    for loss in L.LOSSES:
+        if L.LOSSES[loss].then is None:
+            assert not {"divergence", "jsd_beta", "temperature"} & set(key_settings(Distill(), loss)), loss
+    assert key_settings(Distill(divergence="tv"), "dckd")["divergence"] == "tv"
+    assert "jsd_beta" not in key_settings(Distill(divergence="tv"), "dckd")
+    assert key_settings(Distill(divergence="jsd", jsd_beta=0.3), "kd")["jsd_beta"] == 0.3
+    assert key_settings(Distill(temperature=2.0), "kd")["temperature"] == 2.0
+    assert "temperature" not in key_settings(Distill(temperature=2.0), "adpa")  # not a setting adpa reads

@@ -126,6 +126,12 @@ def key_settings(d: Distill, loss: str) -> dict:
            if n != "loss" and n not in lrs and (n not in per_loss or n in spec.uses)}
     if out["lora"] is None:  # full fine-tuning: keys as before LoRA existed
         del out["lora"]
+    # the paper's divergence at T = 1: keys as before the divergence menu existed (jsd_beta only for jsd)
+    for name, default in (("divergence", "forward_kl"), ("temperature", 1.0)):
+        if out.get(name) == default:
+            del out[name]
+    if out.get("divergence") != "jsd":
+        out.pop("jsd_beta", None)
     return out | {"lr": getattr(d, spec.lr)}
 
 

@@ -14,6 +14,7 @@ float32 block exists at a time.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,16 +25,27 @@ LOG_EPS = 1e-12
 
 
 def student_logprobs(logits: torch.Tensor, ids: torch.Tensor | None, targets: torch.Tensor,
-                     chunk: int = 1024) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """log q at `ids` [N, k] (or None) and at `targets` [N], in float32, from logits [N, V].
+                     chunk: int = 1024, temperature: float = 1.0) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """log q at `ids` [N, k] (or None) and at `targets` [N], in float32, from logits [N, V]; at `ids` the
+    student is read at `temperature` T (the divergence's side), at `targets` always at 1 (the SFT term's):
 
-        log q(a) = z_a - logsumexp_v z_v
+        log q_T(a) = z_a / T - logsumexp_v (z_v / T)
     """
-    lse = torch.cat([torch.logsumexp(logits[i:i + chunk].float(), -1) for i in range(0, len(logits), chunk)]) \
-        if len(logits) else logits.new_zeros(0, dtype=torch.float32)
+    lse = _lse(logits, chunk)
     at_targets = logits.gather(1, targets[:, None])[:, 0].float() - lse
-    at_ids = logits.gather(1, ids).float() - lse[:, None] if ids is not None else None
-    return at_ids, at_targets
+    if ids is None:
+        return None, at_targets
+    if temperature == 1.0:
+        return logits.gather(1, ids).float() - lse[:, None], at_targets
+    return logits.gather(1, ids).float() / temperature - _lse(logits, chunk, temperature)[:, None], at_targets
+
+
+def _lse(logits: torch.Tensor, chunk: int, temperature: float = 1.0) -> torch.Tensor:
+    """logsumexp_v (z_v / T) per row in float32, one [chunk, V] float32 block at a time."""
+    if not len(logits):
+        return logits.new_zeros(0, dtype=torch.float32)
+    return torch.cat([torch.logsumexp(logits[i:i + chunk].float() / temperature, -1)
+                      for i in range(0, len(logits), chunk)])
 
 
 def sequence_mean(values: torch.Tensor, seq: torch.Tensor, n_seqs: int) -> torch.Tensor:
@@ -52,19 +64,66 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > -0.6931, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
-def topk_kl(t_logp: torch.Tensor, t_tail: torch.Tensor, s_logp: torch.Tensor) -> torch.Tensor:
-    """Forward KL(p || q) per position over the k stored ids plus one tail bin, [N].
-
-    Both sides are normalised over the same k + 1 bins: the teacher's stored bins are renormalised
-    (quantization leaves their sum a hair off 1), the student's tail is 1 - sum_k q:
-        KL = sum_{a in K} p_a (log p_a - log q_a) + p_tail (log p_tail - log q_tail)
-    """
+def topk_bins(t_logp: torch.Tensor, t_tail: torch.Tensor, s_logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's and the student's log-probs over the same k + 1 bins, [N, k + 1] each: the k stored ids
+    and one tail bin. The teacher's stored bins are renormalised (quantization leaves their sum a hair off 1),
+    the student's tail is log(1 - sum_k q)."""
     t_bins = torch.cat([t_logp, t_tail[:, None]], 1).to(s_logp.dtype)
     t_bins = t_bins - torch.logsumexp(t_bins, 1, keepdim=True)
     s_tail = _log1mexp(torch.logsumexp(s_logp, 1))
-    s_bins = torch.cat([s_logp, s_tail[:, None]], 1)
-    p = t_bins.exp()
-    return (p * (t_bins - s_bins)).sum(1)
+    return t_bins, torch.cat([s_logp, s_tail[:, None]], 1)
+
+
+def forward_kl(t: torch.Tensor, s: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """KL(p || q) = sum_b p_b (log p_b - log q_b): mass-covering (the paper's DCKD and KD)."""
+    return (t.exp() * (t - s)).sum(1)
+
+
+def reverse_kl(t: torch.Tensor, s: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """KL(q || p) = sum_b q_b (log q_b - log p_b): mode-seeking (MiniLLM, GKD's on-policy choice)."""
+    return (s.exp() * (s - t)).sum(1)
+
+
+def generalised_jsd(t: torch.Tensor, s: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """JSD(beta) = beta KL(p || m) + (1 - beta) KL(q || m),  m = beta p + (1 - beta) q,  0 < beta < 1
+    (GKD, Agarwal et al. 2024, as TRL's GKD trainer computes it; beta 0.5: the Jensen-Shannon divergence)."""
+    m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1 - beta)]), 0)
+    return beta * (t.exp() * (t - m)).sum(1) + (1 - beta) * (s.exp() * (s - m)).sum(1)
+
+
+def total_variation(t: torch.Tensor, s: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """TV(p, q) = 1/2 sum_b |p_b - q_b| (bounded by 1; its gradient does not grow with 1/q)."""
+    return 0.5 * (t.exp() - s.exp()).abs().sum(1)
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """A divergence between the teacher and the student over the k + 1 bins: `fn(t_bins, s_bins, beta)`."""
+
+    name: str
+    formula: str
+    fn: Callable
+
+
+DIVERGENCES = {d.name: d for d in (
+    Divergence("forward_kl", "KL(p || q) = sum_b p_b (log p_b - log q_b)", forward_kl),
+    Divergence("reverse_kl", "KL(q || p) = sum_b q_b (log q_b - log p_b)", reverse_kl),
+    Divergence("jsd", "beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1 - beta) q", generalised_jsd),
+    Divergence("tv", "1/2 sum_b |p_b - q_b|", total_variation),
+)}
+
+
+def topk_divergence(t_logp: torch.Tensor, t_tail: torch.Tensor, s_logp: torch.Tensor, divergence: str = "forward_kl",
+                    beta: float = 0.5) -> torch.Tensor:
+    """D(p, q) per position over the k stored ids plus one tail bin (`topk_bins`), [N]; D one of DIVERGENCES."""
+    return DIVERGENCES[divergence].fn(*topk_bins(t_logp, t_tail, s_logp), beta)
+
+
+def topk_kl(t_logp: torch.Tensor, t_tail: torch.Tensor, s_logp: torch.Tensor) -> torch.Tensor:
+    """Forward KL(p || q) per position over the k stored ids plus one tail bin, [N]:
+        KL = sum_{a in K} p_a (log p_a - log q_a) + p_tail (log p_tail - log q_tail)
+    """
+    return topk_divergence(t_logp, t_tail, s_logp, "forward_kl")
 
 
 def sft_loss(s_realized: torch.Tensor, seq: torch.Tensor, n_seqs: int) -> torch.Tensor:
@@ -72,9 +131,10 @@ def sft_loss(s_realized: torch.Tensor, seq: torch.Tensor, n_seqs: int) -> torch.
     return -sequence_mean(s_realized, seq, n_seqs)
 
 
-def kd_loss(t_logp, t_tail, s_logp, seq, n_seqs) -> torch.Tensor:
-    """Vanilla KD: (1/B) sum_b (1/|y_b|) sum_t KL_topk+tail(p || q) on chosen responses."""
-    return sequence_mean(topk_kl(t_logp, t_tail, s_logp), seq, n_seqs)
+def kd_loss(t_logp, t_tail, s_logp, seq, n_seqs, divergence: str = "forward_kl", beta: float = 0.5) -> torch.Tensor:
+    """Vanilla KD: (1/B) sum_b (1/|y_b|) sum_t D_topk+tail(p, q) on chosen responses (D: forward KL unless
+    `divergence` names another of DIVERGENCES; `beta`: jsd's)."""
+    return sequence_mean(topk_divergence(t_logp, t_tail, s_logp, divergence, beta), seq, n_seqs)
 
 
 def dckd_loss(sft: torch.Tensor, kl_chosen: torch.Tensor, kl_rejected: torch.Tensor, alpha: float = 0.1) -> torch.Tensor:
@@ -158,15 +218,15 @@ def _sft(b: Scored, d):
 
 def _kd(b: Scored, d):
     c = b.parts["chosen"]
-    kl = kd_loss(c.topk_logp, c.tail_logp, b.at_ids["chosen"], c.pair, b.n)
+    kl = kd_loss(c.topk_logp, c.tail_logp, b.at_ids["chosen"], c.pair, b.n, d.divergence, d.jsd_beta)
     return kl, {"sft": sft_loss(b.realized["chosen"], c.pair, b.n), "kl_chosen": kl}
 
 
 def _dckd(b: Scored, d):
     c, r = b.parts["chosen"], b.parts["rejected"]
     sft = sft_loss(b.realized["chosen"], c.pair, b.n)
-    kl_w = kd_loss(c.topk_logp, c.tail_logp, b.at_ids["chosen"], c.pair, b.n)
-    kl_l = kd_loss(r.topk_logp, r.tail_logp, b.at_ids["rejected"], r.pair, b.n)
+    kl_w = kd_loss(c.topk_logp, c.tail_logp, b.at_ids["chosen"], c.pair, b.n, d.divergence, d.jsd_beta)
+    kl_l = kd_loss(r.topk_logp, r.tail_logp, b.at_ids["rejected"], r.pair, b.n, d.divergence, d.jsd_beta)
     return dckd_loss(sft, kl_w, kl_l, d.alpha), {"sft": sft, "kl_chosen": kl_w, "kl_rejected": kl_l}
 
 
@@ -187,6 +247,7 @@ def _dpo(b: Scored, d):
         {"dpo_margin": margin.mean(), "dpo_accuracy": (margin > 0).float().mean()}
 
 
+_DIVERGENCE_SETTINGS = ("divergence", "jsd_beta", "temperature")  # the kd family's; at their defaults, not in keys
 _TOPK_W, _TOPK_L = Reads("teacher_topk", "chosen", ("topk",)), Reads("teacher_topk", "rejected", ("topk",))
 LOSSES = {loss.name: loss for loss in (
     Loss("sft", "L = -(1/|y_w|) sum_t log pi_theta(y_w,t | x, y_w,<t)",
@@ -196,10 +257,13 @@ LOSSES = {loss.name: loss for loss in (
          {"chosen": Reads("student_logp", "chosen", ("realized_logp",)),
           "rejected": Reads("student_logp", "rejected", ("realized_logp",))}, _dpo, ("dpo_margin", "dpo_accuracy"),
          ("beta",)),
-    Loss("kd", "L = (1/|y_w|) sum_t KL(pi_dpo || pi_theta) over the teacher's top-k ids + one tail bin",
-         {"chosen": _TOPK_W}, _kd, ("sft", "kl_chosen")),
-    Loss("dckd", "L = L_SFT(y_w) + alpha * (KL_w + KL_l), forward KL to the DPO teacher on chosen and rejected",
-         {"chosen": _TOPK_W, "rejected": _TOPK_L}, _dckd, ("sft", "kl_chosen", "kl_rejected"), ("alpha",)),
+    Loss("kd", "L = (1/|y_w|) sum_t KL(pi_dpo || pi_theta) over the teacher's top-k ids + one tail bin "
+         "(distill.divergence: another D of DIVERGENCES; distill.temperature: pi_theta at T)",
+         {"chosen": _TOPK_W}, _kd, ("sft", "kl_chosen"), _DIVERGENCE_SETTINGS),
+    Loss("dckd", "L = L_SFT(y_w) + alpha * (KL_w + KL_l), forward KL to the DPO teacher on chosen and rejected "
+         "(distill.divergence: another D of DIVERGENCES; distill.temperature: pi_theta at T)",
+         {"chosen": _TOPK_W, "rejected": _TOPK_L}, _dckd, ("sft", "kl_chosen", "kl_rejected"),
+         ("alpha", *_DIVERGENCE_SETTINGS)),
     Loss("adpa", "L = L_SFT(y_w) - gamma * (1/|y_hat|) sum_t sum_{a in top-k} pi_theta(a|s_t) * A(s_t, a), "
          "A = log pi_dpo - log pi_ref",
          {"chosen": _TOPK_W, "state": Reads("advantage", "generated", ("topk", "ref_topk"))}, _adpa,

@@ -99,10 +99,11 @@ def collate(examples: list[Example], loss: str, pad_id: int) -> MicroBatch:
 
 
 def head_logprobs(out: OutputLayer, h: torch.Tensor, ids: torch.Tensor | None, targets: torch.Tensor,
-                  chunk: int) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """The student's log-probs at `ids` [N, k] (or None) and at `targets` [N], one logits chunk at a time."""
+                  chunk: int, temperature: float = 1.0) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The student's log-probs at `ids` [N, k] (or None; at `temperature`) and at `targets` [N], one logits
+    chunk at a time."""
     def one(h_c, ids_c, t_c):
-        return student_logprobs(out(h_c), ids_c, t_c, chunk=len(h_c))
+        return student_logprobs(out(h_c), ids_c, t_c, chunk=len(h_c), temperature=temperature)
 
     if len(h) <= chunk:
         return one(h, ids, targets)
@@ -118,8 +119,10 @@ def micro_loss(model, out: OutputLayer, mb: MicroBatch, loss: str, settings) -> 
     hidden = base_model(model)(input_ids=mb.input_ids, attention_mask=mb.attention_mask).last_hidden_state
     chunk = max(1, BLOCK_BYTES // (4 * out.vocab_size))
     at_ids, realized = {}, {}
+    temperature = settings.temperature if "temperature" in LOSSES[loss].uses else 1.0  # the kd family's alone
     for name, p in mb.parts.items():
-        at_ids[name], realized[name] = head_logprobs(out, hidden[p.rows, p.cols], p.topk_ids, p.targets, chunk)
+        at_ids[name], realized[name] = head_logprobs(out, hidden[p.rows, p.cols], p.topk_ids, p.targets, chunk,
+                                                     temperature)
     value, terms = LOSSES[loss].compute(Scored(mb.n_pairs, mb.parts, at_ids, realized), settings)
     terms = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()} | {"loss": value.item()}
     return value, terms
