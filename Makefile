@@ -63,6 +63,7 @@ bench-plan: setup
 bench-distill: setup
 	$(PY) -m benchmarks.distill
 
+# On a CUDA machine without registries (torch, transformers, pyarrow, numpy, numba): python -m benchmarks.gpu_check
 gpu-check: setup
 	$(PY) -m benchmarks.gpu_check
 

@@ -1,6 +1,7 @@
 """Checks shared by the store tests: what a store returns against the originals."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -61,3 +62,35 @@ def wandb_history(run_dir) -> list[dict]:
             if r.WhichOneof("record_type") == "history":
                 rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item})
     return rows
+
+
+BARE_CUDA_MACHINE = ("torch", "transformers", "pyarrow", "numpy", "numba")  # what a lent CUDA machine has
+
+
+def bare_venv(path: Path, roots=BARE_CUDA_MACHINE) -> Path:
+    """A venv holding only `roots` and what they require (their installed copies, linked from this venv): a
+    machine without package registries, such as the lent CUDA machine. Returns its python."""
+    import re
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    site = next(Path(path).glob("lib/python3*/site-packages"))
+    seen, todo = set(), list(roots)
+    while todo:
+        name = re.split(r"[^A-Za-z0-9._-]", todo.pop())[0].lower().replace("_", "-")
+        if name in seen:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        seen.add(name)
+        todo += [r.split(";")[0].strip() for r in dist.requires or [] if "extra ==" not in r]
+        tops = {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith(("..", "bin"))}
+        for top in tops:
+            src = Path(dist.locate_file(top))
+            if src.exists() and not (site / top).exists():
+                os.symlink(src, site / top)
+    return Path(path) / "bin" / "python"

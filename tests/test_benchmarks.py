@@ -28,6 +28,22 @@ def test_the_gpu_check_runs_on_cpu_and_reports_both_stages(tmp_path):
     assert "unique-token limit" in p.stdout and "stage two" in p.stdout
 
 
+def test_the_gpu_check_needs_only_what_a_bare_cuda_machine_has(tmp_path):
+    """issue 28 item 7: a CUDA machine without registries has torch, transformers, pyarrow, numpy and numba
+    (and what they require), not `make setup`'s other packages, and not this project installed: the check
+    runs there from a copy of the tree, `python -m benchmarks.gpu_check`."""
+    from helpers import bare_venv
+    py = bare_venv(tmp_path / "venv")
+    missing = subprocess.run([py, "-c", "import importlib.util as u; print([m for m in ('zstandard', 'datasets', "
+                              "'jsonschema', 'cryptography', 'matplotlib', 'peft', 'vllm', 'adpa') if u.find_spec(m)])"],
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert missing.stdout.strip() == "[]", missing.stdout + missing.stderr  # the machine as it is lent
+    p = subprocess.run([py, "-m", "benchmarks.gpu_check", "--device", "cpu", "--peak-tflops", "1"], cwd=tmp_path,
+                       capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "stage two" in p.stdout and (tmp_path / "bench-out" / "gpu_check.json").exists()
+
+
 def test_a_cards_peak_is_its_own_not_a_shorter_names():
     assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
     assert peak_tflops("NVIDIA H100 PCIe") == 756.0
