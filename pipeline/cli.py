@@ -191,9 +191,7 @@ def demo(store: StoreOpt = None,
          overwrite: bool = typer.Option(False, "--overwrite", help="Write into an --output folder that is not an "
                                         "earlier demo's (its students/, eval.json, eval.png, generations/ are "
                                         "replaced; other files stay).")):
-    """The whole method end to end (default: the built-in offline world, recipe tiny4): both stages for every
-    method, then eval; on one thread with pinned float kernels, so the table is the same on every CPU of its class
-    (every Intel CPU with AVX2; AMD CPUs print their own: docs/RESULTS.md)."""
+    """The whole method end to end (default: the built-in offline world, recipe tiny4): both stages for every method, then eval; on one thread with pinned float kernels, so the table is the same on every CPU of its class (every Intel CPU with AVX2; AMD CPUs print their own: docs/RESULTS.md)."""  # noqa: E501 (typer keeps a docstring's line breaks)
     from adpa.stages.common import kernels
     kernels.run_pinned("adpa.pipeline.cli")  # before torch starts: it reads them once
     from adpa.artifacts import Store
@@ -209,8 +207,7 @@ def push_to_hub(run: Path = typer.Argument(..., help="A finished distill run fol
                 private: bool = typer.Option(False, "--private", help="Create the repository private."),
                 token: str = typer.Option(None, "--token", help="A hub token (default: HF_TOKEN, or hf auth login's)."),
 ):
-    """A run's student (model/, with its model card; adapter/ for LoRA) to the Hugging Face Hub in one commit
-    (HF_ENDPOINT names another hub)."""
+    """A run's student (model/, with its model card; adapter/ for LoRA) to the Hugging Face Hub in one commit (HF_ENDPOINT names another hub)."""  # noqa: E501
     from adpa.pipeline.hub import push
     info = push(run, repo, private, token)
     typer.echo(f"pushed {run} to {repo}: {info.commit_url}")
