@@ -113,6 +113,12 @@ def test_nothing_imports_the_project_by_its_bare_folder_names():
     bare = [f"{p.relative_to(ROOT)}: {n}" for p in _python_files() for n in _imported(p, "adpa")
             if n.split(".")[0] in PACKAGES]
     assert not bare
+    # and in code a test or a benchmark hands to `python -c` (run from the root, it would import the folders)
+    import re
+    pattern = re.compile(rf"(?<![\w.])(from|import) ({'|'.join(PACKAGES)})[. ]")
+    in_strings = [f"{p.relative_to(ROOT)}:{i + 1}" for p in _python_files()
+                  for i, line in enumerate(p.read_text().splitlines()) if pattern.search(line)]
+    assert not in_strings
 
 
 def test_every_package_is_in_the_distribution():

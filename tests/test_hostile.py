@@ -136,7 +136,7 @@ def test_an_empty_store_setting_is_an_error(tmp_path, how):
 
 def load_rows_in_child(path, limit_bytes: int, **kw):
     """adpa.stages.teacher_cache.pairs.load_rows in a child under an address-space limit; its stdout: the row count."""
-    code = ("import sys; from stages.teacher_cache.pairs import load_rows, DataError\n"
+    code = ("import sys; from adpa.stages.teacher_cache.pairs import load_rows, DataError\n"
             "try:\n"
             f"    rows, fp = load_rows({str(path)!r}, **{kw!r})\n"
             "except DataError as e:\n"
@@ -242,7 +242,7 @@ def test_terminal_escapes_in_a_manifest_never_reach_the_terminal(tmp_path):
 def test_a_symlinked_file_in_an_artifact_is_refused_by_verify_push_reuse_and_pull(tmp_path):
     """5b: an entry that is a link to a file outside (same sha256): verify said ok and push copied it."""
     from adpa.artifacts import StoreError
-    from adpa.artifacts.transfer import pull, push
+    from adpa.artifacts.transfer import pull
     from adpa.artifacts.writer import checked_for_reuse
     st, d, m = files_artifact(tmp_path / "store")
     outside = tmp_path / "secret"
@@ -357,8 +357,8 @@ def test_keys_name_inputs_not_the_environment():
     tokenizer_config.json, which the tokenizer fingerprint hashed), so two teams never shared a shard. The
     real SmolLM2 tokenizer, loaded in two processes, one of them offline."""
     code = ("import json\nfrom transformers import AutoTokenizer\n"
-            "from pipeline.worlds.smollm2 import smollm2_gguf\n"
-            "from stages.common.tokenizers import tokenizer_fingerprint\n"
+            "from adpa.pipeline.worlds.smollm2 import smollm2_gguf\n"
+            "from adpa.stages.common.tokenizers import tokenizer_fingerprint\n"
             "folder, name = smollm2_gguf()\n"
             "print(json.dumps(tokenizer_fingerprint(AutoTokenizer.from_pretrained(folder, gguf_file=name))))\n")
     out = []

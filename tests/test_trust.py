@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from adpa.artifacts import ArtifactReader, Store, StoreError, verify_artifact
+from adpa.artifacts import ArtifactReader, Store, StoreError
 from adpa.artifacts.shards import ShardError
 from adpa.artifacts.store import MANIFEST
 from helpers import assert_complete_and_exact

@@ -161,7 +161,7 @@ def test_a_world_model_trains_to_the_same_bits_under_other_thread_counts(tmp_pat
     import os
     import subprocess
     import sys
-    code = ("import sys; from artifacts import Store; from pipeline.worlds import tiny; "
+    code = ("import sys; from adpa.artifacts import Store; from adpa.pipeline.worlds import tiny; "
             "print(tiny.build('tiny-student-sft', Store(sys.argv[1]))[0])")
     digests = []
     for threads in ("1", "2"):
