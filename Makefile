@@ -31,7 +31,7 @@ endif
 	touch $(STAMP)
 
 # Three workers, a file each at a time (its fixtures built once), one OpenMP thread each: many tests
-# wait on subprocesses, so fewer workers leave a core idle (one against two: 35 min against 59; with
+# wait on subprocesses, so fewer workers leave a core idle (two workers took 35 min where one took 59; with
 # three on 2 cores, 2026-12-06: 1.63 cores busy on average, 16 GB of memory at the peak).
 TEST_WORKERS ?= 3
 test: setup
