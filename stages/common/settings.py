@@ -29,12 +29,11 @@ def quote(value) -> str:
 
 
 def setting(default=dataclasses.MISSING, help: str = "", *, choices: tuple | Callable[[], tuple] | None = None,
-            minimum: float | None = None, below: float | None = None, above: float | None = None,
-            in_key: bool = True):
+            minimum: float | None = None, below: float | None = None, in_key: bool = True):
     """A recipe field. `choices` may be a function (a table declared elsewhere, read when checked);
-    `minimum` (inclusive), `above` and `below` (exclusive) bound numbers; `in_key=False` marks settings that change speed or memory
+    `minimum` / `below` bound numbers; `in_key=False` marks settings that change speed or memory
     only, never what is computed, so they stay out of artifact keys."""
-    meta = {"help": help, "choices": choices, "minimum": minimum, "below": below, "above": above, "in_key": in_key}
+    meta = {"help": help, "choices": choices, "minimum": minimum, "below": below, "in_key": in_key}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -119,9 +118,6 @@ def check(section, name: str) -> None:
             raise SettingError(f"{where} must be >= {lo}, got {quote(v)}")
         if v is not None and hi is not None and v >= hi:
             raise SettingError(f"{where} must be below {hi}, got {quote(v)}")
-        above = f.metadata.get("above")
-        if v is not None and above is not None and v <= above:
-            raise SettingError(f"{where} must be above {above}, got {quote(v)}")
         setattr(section, f.name, v)
 
 

@@ -14,6 +14,7 @@ float32 block exists at a time.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -113,17 +114,22 @@ DIVERGENCES = {d.name: d for d in (
 )}
 
 
-def topk_divergence(t_logp: torch.Tensor, t_tail: torch.Tensor, s_logp: torch.Tensor, divergence: str = "forward_kl",
-                    beta: float = 0.5) -> torch.Tensor:
-    """D(p, q) per position over the k stored ids plus one tail bin (`topk_bins`), [N]; D one of DIVERGENCES."""
-    return DIVERGENCES[divergence].fn(*topk_bins(t_logp, t_tail, s_logp), beta)
+def divergence_fn(name: str = "forward_kl", beta: float = 0.5) -> Callable:
+    """DIVERGENCES[name] as a function of (t_bins, s_bins), its `beta` (jsd's) bound."""
+    return functools.partial(DIVERGENCES[name].fn, beta=beta)
+
+
+def topk_divergence(t_logp: torch.Tensor, t_tail: torch.Tensor, s_logp: torch.Tensor,
+                    divergence: Callable = forward_kl) -> torch.Tensor:
+    """D(p, q) per position over the k stored ids plus one tail bin (`topk_bins`), [N]; D a `divergence_fn`."""
+    return divergence(*topk_bins(t_logp, t_tail, s_logp))
 
 
 def topk_kl(t_logp: torch.Tensor, t_tail: torch.Tensor, s_logp: torch.Tensor) -> torch.Tensor:
     """Forward KL(p || q) per position over the k stored ids plus one tail bin, [N]:
         KL = sum_{a in K} p_a (log p_a - log q_a) + p_tail (log p_tail - log q_tail)
     """
-    return topk_divergence(t_logp, t_tail, s_logp, "forward_kl")
+    return topk_divergence(t_logp, t_tail, s_logp)
 
 
 def sft_loss(s_realized: torch.Tensor, seq: torch.Tensor, n_seqs: int) -> torch.Tensor:
@@ -131,10 +137,10 @@ def sft_loss(s_realized: torch.Tensor, seq: torch.Tensor, n_seqs: int) -> torch.
     return -sequence_mean(s_realized, seq, n_seqs)
 
 
-def kd_loss(t_logp, t_tail, s_logp, seq, n_seqs, divergence: str = "forward_kl", beta: float = 0.5) -> torch.Tensor:
+def kd_loss(t_logp, t_tail, s_logp, seq, n_seqs, divergence: Callable = forward_kl) -> torch.Tensor:
     """Vanilla KD: (1/B) sum_b (1/|y_b|) sum_t D_topk+tail(p, q) on chosen responses (D: forward KL unless
-    `divergence` names another of DIVERGENCES; `beta`: jsd's)."""
-    return sequence_mean(topk_divergence(t_logp, t_tail, s_logp, divergence, beta), seq, n_seqs)
+    `divergence`, a `divergence_fn`, says otherwise)."""
+    return sequence_mean(topk_divergence(t_logp, t_tail, s_logp, divergence), seq, n_seqs)
 
 
 def dckd_loss(sft: torch.Tensor, kl_chosen: torch.Tensor, kl_rejected: torch.Tensor, alpha: float = 0.1) -> torch.Tensor:
@@ -218,15 +224,16 @@ def _sft(b: Scored, d):
 
 def _kd(b: Scored, d):
     c = b.parts["chosen"]
-    kl = kd_loss(c.topk_logp, c.tail_logp, b.at_ids["chosen"], c.pair, b.n, d.divergence, d.jsd_beta)
+    kl = kd_loss(c.topk_logp, c.tail_logp, b.at_ids["chosen"], c.pair, b.n, divergence_fn(d.divergence, d.jsd_beta))
     return kl, {"sft": sft_loss(b.realized["chosen"], c.pair, b.n), "kl_chosen": kl}
 
 
 def _dckd(b: Scored, d):
     c, r = b.parts["chosen"], b.parts["rejected"]
     sft = sft_loss(b.realized["chosen"], c.pair, b.n)
-    kl_w = kd_loss(c.topk_logp, c.tail_logp, b.at_ids["chosen"], c.pair, b.n, d.divergence, d.jsd_beta)
-    kl_l = kd_loss(r.topk_logp, r.tail_logp, b.at_ids["rejected"], r.pair, b.n, d.divergence, d.jsd_beta)
+    div = divergence_fn(d.divergence, d.jsd_beta)
+    kl_w = kd_loss(c.topk_logp, c.tail_logp, b.at_ids["chosen"], c.pair, b.n, div)
+    kl_l = kd_loss(r.topk_logp, r.tail_logp, b.at_ids["rejected"], r.pair, b.n, div)
     return dckd_loss(sft, kl_w, kl_l, d.alpha), {"sft": sft, "kl_chosen": kl_w, "kl_rejected": kl_l}
 
 

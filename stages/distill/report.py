@@ -103,6 +103,15 @@ def _provenance_rows(p: dict | None) -> str:
     return "| what | identity |\n|---|---|\n" + "\n".join(rows)
 
 
+def _hub_fields(card: Card) -> str:
+    """The card's YAML lines that name hub things: base_model (a hub id, never a folder or a built-in) and
+    datasets (a hub dataset; a file is named by its sha256 in the provenance table)."""
+    spec = card.init_spec
+    out = "" if spec.startswith("builtin:") or Path(spec).exists() else f"base_model: {spec.partition('@')[0]}\n"
+    data = (card.provenance or {}).get("data", {})
+    return out + (f"datasets: [{data['hub_id']}]\n" if "hub_id" in data else "")
+
+
 def model_card(card: Card, summary: dict) -> str:
     title, loss, init_spec, settings = card.title, card.loss, card.init_spec, card.settings
     caches, key, command = card.caches, card.key, card.command
@@ -117,13 +126,9 @@ def model_card(card: Card, summary: dict) -> str:
     selected = (f"The weights are those of step {sel['step']}, the best on the validation pairs by {sel['by']} "
                 f"({sel['value']:.6g})." if sel.get("by", "last") != "last" and "value" in sel
                 else "The weights are those of the last step.")
-    base = "" if init_spec.startswith("builtin:") or Path(init_spec).exists() else \
-        f"base_model: {init_spec.partition('@')[0]}\n"  # the hub's field holds a hub id, never a folder
-    data = (card.provenance or {}).get("data", {})
-    base += f"datasets: [{data['hub_id']}]\n" if "hub_id" in data else ""  # a file is named by its sha256 below
     return f"""---
 library_name: transformers
-{base}tags: [adpa, distillation, preference-alignment]
+{_hub_fields(card)}tags: [adpa, distillation, preference-alignment]
 ---
 # {title} student, {loss}
 

@@ -53,11 +53,13 @@ class Distill:
     max_grad_norm: float = setting(1.0, "gradient clipping norm (0: none)", minimum=0)
     alpha: float = setting(0.1, "dckd: weight of each KL term", minimum=0)
     divergence: str = setting("forward_kl", "kd and dckd: the divergence to the teacher over its top-k ids and the "
-                              "tail bin (forward_kl: the paper's; reverse_kl; jsd: generalised JSD(jsd_beta); tv: total "
-                              "variation)", choices=_divergences)
-    jsd_beta: float = setting(0.5, "divergence jsd: its beta (m = beta p + (1 - beta) q)", above=0, below=1)
+                              "tail bin (forward_kl: the paper's; reverse_kl; jsd: generalised JSD(jsd_beta); tv: "
+                              "total variation)", choices=_divergences)
+    jsd_beta: float = setting(0.5, "divergence jsd: its beta (m = beta p + (1 - beta) q; 0.01 to 0.99)", minimum=0.01,
+                              below=0.995)
     temperature: float = setting(1.0, "kd and dckd: the student's temperature in the divergence, q_T = softmax(z / T) "
-                                 "(the SFT term stays at 1; the stored teacher cannot be re-tempered)", above=0)
+                                 "(the SFT term stays at 1; the stored teacher cannot be re-tempered; at least 0.05)",
+                                 minimum=0.05)
     gamma: float = setting(1.5, "adpa: weight of the expected advantage", minimum=0)
     advantage: str = setting("signed", "adpa: the advantage as the paper has it (signed), clipped to [0, 1] as the "
                              "released code optimises it (clip01), or -A, a diagnostic (flipped)",
