@@ -112,13 +112,8 @@ def _hub_fields(card: Card) -> str:
     return out + (f"datasets: [{data['hub_id']}]\n" if "hub_id" in data else "")
 
 
-def model_card(card: Card, summary: dict) -> str:
-    title, loss, init_spec, settings = card.title, card.loss, card.init_spec, card.settings
-    caches, key, command = card.caches, card.key, card.command
-    final = summary.get("final", {})
-    rows = "\n".join(f"| {k} | {v} |" for k, v in settings.items())
-    cache_rows = "\n".join(f"| {name} | `{k}` |" for name, k in caches.items())
-    metric_rows = "\n".join(f"| {k} | {v:.6g} |" for k, v in final.items())
+def _which_weights(summary: dict) -> tuple[str, str]:
+    """The card's sentences on what the weights are: a merged LoRA adapter or not, the selected step."""
     sel = summary.get("selected", {})
     adapter = (f"\n\nTrained as a LoRA adapter (artifact `{summary['adapter']}`, loadable with "
                f"`peft.PeftModel.from_pretrained(init, folder)`); these weights are the merged model."
@@ -126,6 +121,17 @@ def model_card(card: Card, summary: dict) -> str:
     selected = (f"The weights are those of step {sel['step']}, the best on the validation pairs by {sel['by']} "
                 f"({sel['value']:.6g})." if sel.get("by", "last") != "last" and "value" in sel
                 else "The weights are those of the last step.")
+    return adapter, selected
+
+
+def model_card(card: Card, summary: dict) -> str:
+    title, loss, init_spec, settings = card.title, card.loss, card.init_spec, card.settings
+    caches, key, command = card.caches, card.key, card.command
+    final = summary.get("final", {})
+    rows = "\n".join(f"| {k} | {v} |" for k, v in settings.items())
+    cache_rows = "\n".join(f"| {name} | `{k}` |" for name, k in caches.items())
+    metric_rows = "\n".join(f"| {k} | {v:.6g} |" for k, v in final.items())
+    adapter, selected = _which_weights(summary)
     return f"""---
 library_name: transformers
 {_hub_fields(card)}tags: [adpa, distillation, preference-alignment]
