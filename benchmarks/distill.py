@@ -18,8 +18,11 @@ stage one's. Measured in one run, on the same pairs:
   every response has 160 tokens, so every step has the same shapes; record batches of 4,096
   tokens instead of stage one's 65,536, so that N pairs already span several of them).
 
-On CUDA every measurement runs twice and the second is reported: the first meets each new batch
-shape cold (kernel selection, allocator growth).
+Each loss's run is paired with a bare run just before it (bare, sft, bare, kd, ...), `--repeats`
+rounds (3), and the ratio reported is the median of the paired ratios, all of them printed: a
+shared machine's load changes between separate phases, a pair is measured under one load. On CUDA
+a first round more is run and discarded: it meets each new batch shape cold (kernel selection,
+allocator growth).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import argparse
 import json
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -194,6 +198,30 @@ def bare_run(dirs: dict, model, batch_pairs: int, steps: int, device: str, autoc
             "s_per_1k_tokens": round(1000 * sum(times) / fwd, 4)}
 
 
+def interleaved(a, dirs: dict, model, device: str, autocast) -> list[dict]:
+    """Each loss's run paired with a bare run just before it (bare, sft, bare, kd, ...), `a.repeats` rounds
+    (on CUDA a first round more, untimed: it meets each shape cold). Per loss: the last run's figures, the
+    paired ratios to its bare run and their median (a shared machine's load changes between separate
+    phases; a pair is measured under one load)."""
+    steps = a.pairs // a.batch_pairs - 1
+    warm = 1 if device == "cuda" else 0
+    rounds = []
+    for rep in range(warm + a.repeats):
+        for loss in ("sft", "kd", "dckd", "adpa"):
+            bare = bare_run(dirs, model, a.batch_pairs, steps, device, autocast)
+            run = train_run(loss, dirs, model, a.batch_pairs, a.token_budget, autocast, OUT / f"distill-{loss}",
+                            gradient_checkpointing=a.gradient_checkpointing)
+            print(json.dumps(run | {"pass": rep + 1, "bare_s_per_1k_tokens": bare["s_per_1k_tokens"]}), flush=True)
+            if rep >= warm:
+                rounds.append((loss, bare, run))
+    out = [bare | {"vs_bare": 1.0, "vs_bare_paired": [1.0]}]
+    for loss in ("sft", "kd", "dckd", "adpa"):
+        mine = [(b, r) for name, b, r in rounds if name == loss]
+        ratios = [r["s_per_1k_tokens"] / b["s_per_1k_tokens"] for b, r in mine]
+        out.append(mine[-1][1] | {"vs_bare": statistics.median(ratios), "vs_bare_paired": ratios})
+    return out
+
+
 def peak_rss_mb() -> float:
     """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited from the parent across fork + exec)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -220,6 +248,7 @@ def main():
     ap.add_argument("--prompt", type=int, default=48)
     ap.add_argument("--response", type=int, nargs=2, default=(96, 192), help="response length range")
     ap.add_argument("--gradient-checkpointing", action="store_true", help="the trainer's runs recompute activations")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of (bare, loss) pairs; the median ratio is reported")
     ap.add_argument("--rss-pairs", type=int, default=64, help="N for the RSS check (it also runs 10N); 0 skips it")
     ap.add_argument("--child-rss", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
@@ -243,19 +272,12 @@ def main():
     print(f"student {a.shape}: {params / 1e6:.1f}M parameters, vocab {SHAPES[a.shape][0]}, {device}"
           f"{' bf16 autocast' if autocast else ' float32'}; {a.pairs} pairs, {a.batch_pairs} per step"
           f"{'; gradient checkpointing' if a.gradient_checkpointing else ''}", flush=True)
-    for rep in range(2 if device == "cuda" else 1):
-        results = [bare_run(dirs, model, a.batch_pairs, a.pairs // a.batch_pairs - 1, device, autocast)]
-        for loss in ("sft", "kd", "dckd", "adpa"):
-            results.append(train_run(loss, dirs, model, a.batch_pairs, a.token_budget, autocast,
-                                     OUT / f"distill-{loss}", gradient_checkpointing=a.gradient_checkpointing))
-            print(json.dumps(results[-1] | {"pass": rep + 1}), flush=True)
-    sft = next(r for r in results if r["loss"] == "sft")["s_per_1k_tokens"]
-    bare = results[0]["s_per_1k_tokens"]
-    print(f"\n{'loss':6} {'s/1k tok':>9} {'vs sft':>7} {'vs bare':>8} {'data wait':>10} {'peak GPU MB':>12}")
+    results = interleaved(a, dirs, model, device, autocast)
+    print(f"\n{'loss':6} {'s/1k tok':>9} {'vs bare, paired (median of ...)':>34} {'data wait':>10} {'peak GPU MB':>12}")
     for r in results:
-        print(f"{r['loss']:6} {r['s_per_1k_tokens']:>9.4f} {r['s_per_1k_tokens'] / sft:>7.3f} "
-              f"{r['s_per_1k_tokens'] / bare:>8.3f} {r.get('data_wait_fraction', float('nan')):>10.4f} "
-              f"{str(r.get('peak_gpu_mb')):>12}")
+        paired = "/".join(f"{x:.3f}" for x in r["vs_bare_paired"])
+        print(f"{r['loss']:6} {r['s_per_1k_tokens']:>9.4f} {r['vs_bare']:>8.3f} ({paired}){'':>{max(0, 24 - len(paired))}}"
+              f" {r.get('data_wait_fraction', float('nan')):>10.4f} {str(r.get('peak_gpu_mb')):>12}")
     rss = []
     if a.rss_pairs:
         for n in (a.rss_pairs, 10 * a.rss_pairs):
