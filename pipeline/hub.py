@@ -30,11 +30,11 @@ def files_to_push(run: Path) -> list[tuple[str, Path]]:
     missing = [n for n in REQUIRED if not (model / n).is_file()]
     if missing or not any(model.glob("*.safetensors")):
         raise PushRefused(f"{run}: the run has not finished (model/ lacks {', '.join(missing) or '*.safetensors'})")
-    out = [(p.relative_to(model).as_posix(), p) for p in sorted(model.rglob("*")) if p.is_file()]
-    adapter = run / "adapter"
-    if adapter.is_dir():
-        out += [(f"adapter/{p.relative_to(adapter).as_posix()}", p) for p in sorted(adapter.rglob("*")) if p.is_file()]
-    return out
+    return _files(model, "") + (_files(run / "adapter", "adapter/") if (run / "adapter").is_dir() else [])
+
+
+def _files(folder: Path, prefix: str) -> list[tuple[str, Path]]:
+    return [(prefix + p.relative_to(folder).as_posix(), p) for p in sorted(folder.rglob("*")) if p.is_file()]
 
 
 def push(run: Path, repo: str, private: bool = False, token: str | None = None):
@@ -46,8 +46,7 @@ def push(run: Path, repo: str, private: bool = False, token: str | None = None):
         validate_repo_id(repo)
     except HFValidationError as e:
         raise PushRefused(f"repository {repo!r}: {str(e).splitlines()[0]}") from None
-    files = files_to_push(run)
+    ops = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(p)) for name, p in files_to_push(run)]
     api = HfApi(token=token)
     api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
-    ops = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(p)) for name, p in files]
     return api.create_commit(repo, ops, commit_message=f"adpa student {owner_of(Path(run))}", repo_type="model")

@@ -11,8 +11,8 @@ settings. The first run warms the process up; per artifact,
     bytes   = fixed + slope * tokens,   slope = (bytes(n) - bytes(n/8)) / (tokens(n) - tokens(n/8))
 
 (a shard's headers are the fixed part; a real run's larger shards compress better, so the bytes are an
-upper bound: 3-76% high on 256 rows, docs/BENCHMARKS.md), plus the models' loading time once. `tokens` is exact for the scored responses; for generated
-states (not yet generated) it is the probe's generated tokens per usable row times the usable rows.
+upper bound: 3-76% high on 256 rows, docs/BENCHMARKS.md), plus the models' loading time once.
+`tokens` is exact for the scored responses; for generated states (not yet generated) it is the probe's generated tokens per usable row times the usable rows.
 A partial artifact is counted whole (the real run resumes it). The probe runs in this process on the
 local engine: for torchrun or Ray, divide by the workers. Nothing is written to the user's store (built-in
 models that are absent are built, as the real run would).
