@@ -7,20 +7,23 @@ artifacts written through the store (teacher-topk with k = 50, advantage, seq-lo
 teacher-like synthetic values; only their values are synthetic, their sizes and layout are
 stage one's. Measured in one run, on the same pairs:
 
-* bare: `model(input_ids, labels=...)` forward + backward on the chosen sequences, the textbook
-  SFT step (full [tokens, vocab] logits), with AdamW;
-* our trainer for sft, kd, dckd and adpa: seconds per 1,000 tokens through the student
-  (prompts included, padding not; dckd and adpa forward two sequences per pair, sft and kd one)
-  and the fraction of step time spent waiting for data;
+* the limit: the student's bare forward and backward over the unique tokens of the same pairs (each
+  prompt once): its forward, the output layer at the scored positions, a cross-entropy of the realized
+  tokens there, backward, AdamW (`limit_loss`). Run two ways, and the faster is the limit: each pair
+  alone in a row of its own (no padding at all), and on our packed rows (batched; their padding);
+* our trainer for sft, kd, dckd and adpa on plain rows (each part of each pair alone, right-padded:
+  `distill.pack: false`) and on packed rows (each prompt once, several pairs per row: the default);
+  for each, seconds per 1,000 unique tokens, the share of the limit (limit seconds / these seconds),
+  the padding fraction of its rows and the fraction of step time spent waiting for data;
 * peak RSS of a whole training run in a fresh process streaming N and 10N pairs (a smaller
   student there: the question is whether memory grows with the cache, not the model's size;
   the shuffle buffer, which holds `shuffle_buffer` decoded pairs, is 32 pairs in both runs, and
   every response has 160 tokens, so every step has the same shapes; record batches of 4,096
   tokens instead of stage one's 65,536, so that N pairs already span several of them).
 
-Each loss's run is paired with a bare run just before it (bare, sft, bare, kd, ...), `--repeats`
-rounds (3), and the ratio reported is the median of the paired ratios, all of them printed: a
-shared machine's load changes between separate phases, a pair is measured under one load. On CUDA
+The four runs of a loss (bare alone, bare rows, ours plain, ours packed) are one round, `--repeats`
+rounds (3), and each ratio reported is the median of its per-round ratios, all of them printed: a
+shared machine's load changes between separate phases, a round is measured under one load. On CUDA
 a first round more is run and discarded: it meets each new batch shape cold (kernel selection,
 allocator growth).
 """
@@ -34,7 +37,7 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -93,12 +96,13 @@ def build_caches(store, n: int, vocab: int, prompt: int, response: tuple[int, in
     keys = {}
     for name, (kind, codec, layout) in specs.items():
         rng = np.random.default_rng(0)
-        spec = ArtifactSpec(kind, {"bench": name, "n": n, "vocab": vocab, "prompt": prompt, "response": list(response),
+        spec = ArtifactSpec(kind, {"bench": name, "prompts": "one per pair", "n": n, "vocab": vocab, "prompt": prompt, "response": list(response),
                                    "batch_tokens": batch_tokens}, codec, layout, n)
         with ArtifactWriter(store, spec, options=WriteOptions(max_shard_rows=512, batch_tokens=batch_tokens)) as w:
             if not w.reused:
                 for i in range(n):
-                    p_ids = rng.integers(0, vocab, prompt)
+                    # a pair's prompt is the same in every artifact, as stage one renders it
+                    p_ids = np.random.default_rng([7, i]).integers(0, vocab, prompt)
                     if name == "advantage":
                         w.add(i, [_row(rng, i, "generated", _seq(rng, p_ids, vocab, response), prompt, vocab, with_ref=True)])
                     else:
@@ -112,113 +116,131 @@ def build_caches(store, n: int, vocab: int, prompt: int, response: tuple[int, in
     return {name: store.path(k) for name, k in keys.items()}
 
 
-def train_run(loss: str, dirs: dict, model, batch_pairs: int, token_budget: int, autocast, steps_dir: Path,
-              buffer: int = 256, gradient_checkpointing: bool = False) -> dict:
+def train_run(loss: str, dirs: dict, model, steps_dir: Path, run: Run) -> dict:
+    """One run of our trainer (or of the limit) over the caches -> its timed figures."""
     import torch
 
     from adpa.stages.distill.settings import Distill
-    settings = Distill(loss=loss, lr=1e-5, sft_lr=1e-5, epochs=1, batch_pairs=batch_pairs, token_budget=token_budget,
-                       gradient_checkpointing=gradient_checkpointing, shuffle_buffer=buffer)
+    settings = Distill(loss=loss, lr=1e-5, sft_lr=1e-5, epochs=1, batch_pairs=run.batch_pairs,
+                       token_budget=run.token_budget, gradient_checkpointing=run.gradient_checkpointing,
+                       shuffle_buffer=run.buffer, pack=run.pack or bool(run.limit))
     shutil.rmtree(steps_dir, ignore_errors=True)
     steps_dir.mkdir(parents=True)
     cuda = next(model.parameters()).is_cuda
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    run = _bench_distiller(model, dirs, settings, autocast, steps_dir)
-    run.check()
-    run.setup()
-    summary = run.train()
+    trainer = _bench_distiller(model, dirs, settings, run, steps_dir)
+    trainer.check()
+    trainer.setup()
+    summary = trainer.train()
     m = [json.loads(ln) for ln in (steps_dir / "metrics.jsonl").read_text().splitlines()]
     m = m[1:] or m  # step 1 warms up (allocations): not timed when there are others
     fwd, secs = sum(x["forward_tokens"] for x in m), sum(x["step_s"] for x in m)
-    return {"loss": loss, "steps_timed": len(m), "forward_tokens": fwd, "seconds": round(secs, 3),
-            "s_per_1k_tokens": round(1000 * secs / fwd, 4),
+    return {"loss": run.limit or loss, "pack": run.pack, "steps_timed": len(m), "forward_tokens": fwd,
+            "seconds": round(secs, 3), "s_per_1k_tokens": round(1000 * secs / fwd, 4),
+            "padding_fraction": round(1 - fwd / sum(x["padded_tokens"] for x in m), 4),
             "data_wait_fraction": round(sum(x["data_wait_s"] for x in m) / secs, 4),
             "whole_run_data_wait_fraction": summary["data_wait_fraction"],
             "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20) if cuda else None}
 
 
-def _bench_distiller(model, dirs: dict, settings, autocast, run_dir: Path):
+@dataclass(frozen=True)
+class Run:
+    """How a benchmark run trains: our trainer (plain rows or packed), or a bare run (`limit_loss`) over each pair
+    alone ("alone": no padding) or over our packed rows ("rows")."""
+
+    batch_pairs: int
+    token_budget: int
+    autocast: str | None = None
+    pack: bool = True
+    limit: str | None = None
+    gradient_checkpointing: bool = False
+    buffer: int = 256
+
+
+def limit_loss(model, out, mb) -> tuple:
+    """The least any loss must do with a micro-batch: the student's forward over its rows, the output layer at
+    the scored positions and a cross-entropy of the realized tokens there (what backward then differentiates)."""
+    import torch
+
+    from adpa.stages.distill.objective import BLOCK_BYTES, forward, head_logprobs
+    hidden = forward(model, mb)
+    rows = torch.cat([p.rows for p in mb.parts.values()])
+    cols, targets = torch.cat([p.cols for p in mb.parts.values()]), torch.cat([p.targets for p in mb.parts.values()])
+    _, realized = head_logprobs(out, hidden[rows, cols], None, targets, max(1, BLOCK_BYTES // (4 * out.vocab_size)))
+    value = -realized.mean()
+    return value, {"loss": value.item()}
+
+
+def _bench_distiller(model, dirs: dict, settings, run: Run, run_dir: Path):
     """The Distiller on a model already in memory and synthetic caches: no tokenizer to check the caches
-    against, no key to compute, nothing published (the benchmark calls check, setup and train)."""
+    against, no key to compute, nothing published (the benchmark calls check, setup and train). A bare run
+    (`run.limit`) goes through `limit_loss`: on our packed rows ("rows"), or ("alone") on the same steps'
+    pairs, each pair alone in a row of its own (its prompt once, its parts as branches: no padding)."""
+    from adpa.stages.common.lm import OutputLayer
     from adpa.stages.common.models import ResolvedModel
     from adpa.stages.common.ranks import silent
     from adpa.stages.distill.distiller import Distiller, Job, Place, key_settings
     from adpa.stages.distill.losses import caches_of
+    from adpa.stages.distill.objective import collate
 
     class BenchDistiller(Distiller):
         def check(self) -> str:
             loss = self.job.loss
             self.dirs, self.pad, self.vocab = {a: dirs[a] for a in caches_of(loss)}, 0, model.config.vocab_size
-            self.sharded, self.device, self.autocast = False, next(model.parameters()).device, autocast
+            self.sharded, self.device, self.autocast = False, next(model.parameters()).device, run.autocast
             self.key_settings, self.key = key_settings(self.settings, loss), f"bench-{loss}"
             return self.key
 
         def load_student(self):
             return model
 
+        def setup(self):
+            super().setup()
+            if run.limit:
+                out = OutputLayer(model, self.vocab)
+                self.compute = lambda mb: limit_loss(model, out, mb)
+
+        def _batches(self):
+            if run.limit != "alone":
+                yield from super()._batches()
+                return
+            for step, pairs in self.stream.steps(self.settings.epochs, self.start):
+                yield step, len(pairs), [collate([ex], self.job.loss, 0, packed=True) for ex in pairs], None
+
     init = ResolvedModel("bench (random init)", "", None, {"bench": True})
     return BenchDistiller(None, Job(settings.loss, init, settings, {}), Place(run_dir, say=silent))
 
 
-def bare_run(dirs: dict, model, batch_pairs: int, steps: int, device: str, autocast) -> dict:
-    """The textbook SFT step on the same chosen sequences: full logits, HF's own loss."""
-    import torch
-
-    from adpa.artifacts import ArtifactReader
-    rows = [r for r in ArtifactReader(dirs["student_logp"]) if r.side == "chosen"]
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    ctx = torch.autocast(device.split(":")[0], dtype=getattr(torch, autocast)) if autocast else torch.autocast(
-        "cpu", enabled=False)
-    times, fwd = [], 0
-    for s in range(steps + 1):
-        batch = rows[s * batch_pairs:(s + 1) * batch_pairs]
-        T = max(len(r.token_ids) for r in batch)
-        ids = torch.zeros(len(batch), T, dtype=torch.long)
-        labels = torch.full((len(batch), T), -100, dtype=torch.long)
-        mask = torch.zeros(len(batch), T, dtype=torch.long)
-        for b, r in enumerate(batch):
-            ids[b, :len(r.token_ids)] = torch.as_tensor(r.token_ids)
-            labels[b, r.prompt_len:len(r.token_ids)] = ids[b, r.prompt_len:len(r.token_ids)]
-            mask[b, :len(r.token_ids)] = 1
-        t0 = time.perf_counter()
-        with ctx:
-            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device))
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        if s:  # step 0: warm-up
-            times.append(time.perf_counter() - t0)
-            fwd += int(mask.sum())
-    return {"loss": "bare", "steps_timed": steps, "forward_tokens": fwd, "seconds": round(sum(times), 3),
-            "s_per_1k_tokens": round(1000 * sum(times) / fwd, 4)}
+LOSSES = ("sft", "kd", "dckd", "adpa")
 
 
-def interleaved(a, dirs: dict, model, device: str, autocast) -> list[dict]:
-    """Each loss's run paired with a bare run just before it (bare, sft, bare, kd, ...), `a.repeats` rounds
-    (on CUDA a first round more, untimed: it meets each shape cold). Per loss: the last run's figures, the
-    paired ratios to its bare run and their median (a shared machine's load changes between separate
-    phases; a pair is measured under one load)."""
-    steps = a.pairs // a.batch_pairs - 1
-    warm = 1 if device == "cuda" else 0
+VARIANTS = (("alone", True), ("rows", True), (None, False), (None, True))  # (bare run, packed rows)
+
+
+def interleaved(a, dirs: dict, model, autocast) -> list[dict]:
+    """Per loss, over the same pairs: the bare run on each pair alone, the bare run on our packed rows, our
+    trainer on plain rows and on packed rows; `a.repeats` rounds (on CUDA a first round more, untimed: it
+    meets each shape cold). Per loss and variant: the last run's figures, and the paired ratios (limit
+    seconds / these seconds, 1.0: at the limit) and their median, the limit being the faster bare run of the
+    round (a shared machine's load changes between separate phases; a round is measured under one load)."""
+    cuda = next(model.parameters()).is_cuda
+    base = Run(a.batch_pairs, a.token_budget, autocast, gradient_checkpointing=a.gradient_checkpointing)
     rounds = []
-    for rep in range(warm + a.repeats):
-        for loss in ("sft", "kd", "dckd", "adpa"):
-            bare = bare_run(dirs, model, a.batch_pairs, steps, device, autocast)
-            run = train_run(loss, dirs, model, a.batch_pairs, a.token_budget, autocast, OUT / f"distill-{loss}",
-                            gradient_checkpointing=a.gradient_checkpointing)
-            print(json.dumps(run | {"pass": rep + 1, "bare_s_per_1k_tokens": bare["s_per_1k_tokens"]}), flush=True)
-            if rep >= warm:
-                rounds.append((loss, bare, run))
-    out = [bare | {"vs_bare": 1.0, "vs_bare_paired": [1.0]}]
-    for loss in ("sft", "kd", "dckd", "adpa"):
-        mine = [(b, r) for name, b, r in rounds if name == loss]
-        ratios = [r["s_per_1k_tokens"] / b["s_per_1k_tokens"] for b, r in mine]
-        out.append(mine[-1][1] | {"vs_bare": statistics.median(ratios), "vs_bare_paired": ratios})
+    for rep in range((1 if cuda else 0) + a.repeats):
+        for loss in LOSSES:
+            runs = [train_run(loss, dirs, model, OUT / f"distill-{loss}", replace(base, limit=limit, pack=pack))
+                    for limit, pack in VARIANTS]
+            for r in runs:
+                print(json.dumps(r | {"for": loss, "pass": rep + 1}), flush=True)
+            if rep >= (1 if cuda else 0):
+                rounds.append((loss, runs))
+    out = []
+    for loss in LOSSES:
+        mine = [runs for name, runs in rounds if name == loss]
+        for j in range(len(VARIANTS)):
+            ratios = [min(runs[0]["seconds"], runs[1]["seconds"]) / runs[j]["seconds"] for runs in mine]
+            out.append(mine[-1][j] | {"for": loss, "of_limit": statistics.median(ratios), "of_limit_paired": ratios})
     return out
 
 
@@ -235,8 +257,24 @@ def rss_child(n: int) -> dict:
     from adpa.artifacts import Store
     dirs = build_caches(Store(OUT / "distill-store"), n, SHAPES["rss-tiny"][0], 64, RSS_RESPONSE, RSS_BATCH_TOKENS)
     model = make_model("rss-tiny", "cpu")
-    r = train_run("adpa", dirs, model, 8, 8192, None, OUT / f"distill-rss-{n}", buffer=RSS_BUFFER)
+    r = train_run("adpa", dirs, model, OUT / f"distill-rss-{n}", Run(8, 8192, buffer=RSS_BUFFER))
     return {"pairs": n, "peak_rss_mb": peak_rss_mb(), "seconds": r["seconds"]}
+
+
+def print_table(results: list[dict]) -> None:
+    """Per loss: the limit's seconds per 1,000 unique tokens, then plain and packed rows: their share of the
+    limit (limit seconds / ours, median of the paired rounds), padding fraction, data wait, peak GPU memory."""
+    print(f"\n{'loss':5} {'run':13} {'s/1k unique tok':>15} {'of limit, paired (median of ...)':>36} "
+          f"{'padding':>8} {'data wait':>10} {'peak GPU MB':>12}")
+    unique = {}
+    for r in results:
+        unique.setdefault(r["for"], r["forward_tokens"])  # the first variant: each pair alone, unique tokens only
+        paired = "/".join(f"{x:.3f}" for x in r["of_limit_paired"])
+        per_unique = 1000 * r["seconds"] / unique[r["for"]]
+        name = f"bare {r['loss']}" if r["loss"] in ("alone", "rows") else "ours " + ("packed" if r["pack"] else "plain")
+        print(f"{r['for']:5} {name:13} {per_unique:>15.4f} {r['of_limit']:>8.3f} "
+              f"({paired}){'':>{max(0, 25 - len(paired))}} {r['padding_fraction']:>8.4f} "
+              f"{r['data_wait_fraction']:>10.4f} {str(r['peak_gpu_mb']):>12}")
 
 
 def main():
@@ -248,7 +286,8 @@ def main():
     ap.add_argument("--prompt", type=int, default=48)
     ap.add_argument("--response", type=int, nargs=2, default=(96, 192), help="response length range")
     ap.add_argument("--gradient-checkpointing", action="store_true", help="the trainer's runs recompute activations")
-    ap.add_argument("--repeats", type=int, default=3, help="rounds of (bare, loss) pairs; the median ratio is reported")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of (limit, plain, packed) per loss; the median "
+                    "paired ratio is reported")
     ap.add_argument("--rss-pairs", type=int, default=64, help="N for the RSS check (it also runs 10N); 0 skips it")
     ap.add_argument("--child-rss", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
@@ -272,12 +311,8 @@ def main():
     print(f"student {a.shape}: {params / 1e6:.1f}M parameters, vocab {SHAPES[a.shape][0]}, {device}"
           f"{' bf16 autocast' if autocast else ' float32'}; {a.pairs} pairs, {a.batch_pairs} per step"
           f"{'; gradient checkpointing' if a.gradient_checkpointing else ''}", flush=True)
-    results = interleaved(a, dirs, model, device, autocast)
-    print(f"\n{'loss':6} {'s/1k tok':>9} {'vs bare, paired (median of ...)':>34} {'data wait':>10} {'peak GPU MB':>12}")
-    for r in results:
-        paired = "/".join(f"{x:.3f}" for x in r["vs_bare_paired"])
-        print(f"{r['loss']:6} {r['s_per_1k_tokens']:>9.4f} {r['vs_bare']:>8.3f} ({paired}){'':>{max(0, 24 - len(paired))}}"
-              f" {r.get('data_wait_fraction', float('nan')):>10.4f} {str(r.get('peak_gpu_mb')):>12}")
+    results = interleaved(a, dirs, model, autocast)
+    print_table(results)
     rss = []
     if a.rss_pairs:
         for n in (a.rss_pairs, 10 * a.rss_pairs):

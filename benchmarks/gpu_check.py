@@ -104,14 +104,16 @@ def stage_two(model, shape: str, device: str, pairs: int, prompt: int, response:
     import torch
 
     from adpa.artifacts import Store
-    from benchmarks.distill import SHAPES, build_caches, train_run
+    from benchmarks.distill import SHAPES, Run, build_caches, train_run
     model = model.float().train()  # fp32 master weights under bf16 autocast, as the trainer runs on GPUs
     dirs = build_caches(Store(OUT / "gpu-check-store"), pairs, SHAPES[shape][0], prompt, response)
     autocast = "bfloat16" if device.startswith("cuda") else None
-    runs = [train_run("adpa", dirs, model, batch_pairs, 16384, autocast, OUT / f"gpu-check-{shape}") for _ in range(2)]
+    runs = [train_run("adpa", dirs, model, OUT / f"gpu-check-{shape}", Run(batch_pairs, 16384, autocast))
+            for _ in range(2)]  # packed rows (the default): forward tokens are the unique tokens
     r = runs[-1]
     out = {"pairs": pairs, "batch_pairs": batch_pairs, "steps_timed": r["steps_timed"], "forward_tokens": r["forward_tokens"],
            "step_seconds": r["seconds"], "forward_tokens_per_s": r["forward_tokens"] / r["seconds"],
+           "padding_fraction": r["padding_fraction"],
            "peak_gpu_mb": r["peak_gpu_mb"]}
     del model
     if device.startswith("cuda"):

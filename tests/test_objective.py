@@ -1,7 +1,8 @@
 """A training micro-batch, end to end, against an independent float64 implementation.
 
-Ours: pairs -> `collate` (right-padded batch, response positions only) -> the model's transformer
--> the output layer in chunks of 3 positions under activation checkpointing -> the losses.
+Ours: pairs -> `collate` (plain: right-padded rows; packed: each prompt once with its parts as
+branches, several pairs per row) -> the model's transformer -> response positions only -> the output
+layer in chunks of 3 positions under activation checkpointing -> the losses.
 The reference: the same weights in float64, each sequence run ALONE (no padding) through the
 whole model, full-vocabulary log-softmax, explicit loops over pairs and positions. Values and
 the gradients of every parameter are compared, for every loss, with realized tokens outside
@@ -24,11 +25,12 @@ from adpa.stages.common.lm import OutputLayer
 V, K = 64, 5
 
 
-def tiny_model(seed=0):
+def tiny_model(seed=0, attn="sdpa"):
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, tie_word_embeddings=False, max_position_embeddings=64)
+                      num_key_value_heads=2, tie_word_embeddings=False, max_position_embeddings=64,
+                      attn_implementation=attn)
     return LlamaForCausalLM(cfg).float().eval()
 
 
@@ -122,14 +124,14 @@ def reference_loss(model64, pairs, truth, loss, alpha=0.1, gamma=1.5, beta=0.1, 
     return torch.stack(per_pair).mean()
 
 
-def ours(model, pairs, loss, mode="signed", splits=(None,)):
+def ours(model, pairs, loss, mode="signed", splits=(None,), packed=False):
     """The trainer's accumulation: micro-batch losses weighted by their share of the pairs."""
     settings = Distill(loss=loss, advantage=mode)
     out = OutputLayer(model, V)
     total = 0.0
     groups = [pairs] if splits == (None,) else [pairs[a:b] for a, b in splits]
     for g in groups:
-        part_loss, _ = objective.micro_loss(model, out, objective.collate(g, loss, 0), loss, settings)
+        part_loss, _ = objective.micro_loss(model, out, objective.collate(g, loss, 0, packed), loss, settings)
         (part_loss * len(g) / len(pairs)).backward()
         total += part_loss.item() * len(g) / len(pairs)
     return total
@@ -140,14 +142,14 @@ CASES = [("sft", "signed"), ("kd", "signed"), ("dckd", "signed"), ("adpa", "sign
 
 
 @pytest.mark.parametrize("loss,mode", CASES)
-@pytest.mark.parametrize("seed", [0, 1])
-def test_micro_batch_matches_float64_full_vocabulary(loss, mode, seed, monkeypatch):
+@pytest.mark.parametrize("seed,packed", [(0, False), (1, False), (0, True), (1, True)])
+def test_micro_batch_matches_float64_full_vocabulary(loss, mode, seed, packed, monkeypatch):
     monkeypatch.setattr(objective, "BLOCK_BYTES", 4 * V * 3)  # chunks of 3 positions: the checkpointed path
     pairs, truth = make_pairs(seed)
     assert outside_topk_fraction(pairs) > 0.5  # most realized tokens lie outside the top-k
     model = tiny_model(seed)
     model64 = copy.deepcopy(model).double()
-    value = ours(model, pairs, loss, mode)
+    value = ours(model, pairs, loss, mode, packed=packed)
     ref = reference_loss(model64, pairs, truth, loss, mode=mode)
     ref.backward()
     assert value == pytest.approx(ref.item(), rel=1e-5, abs=1e-6)
@@ -184,11 +186,58 @@ def test_prompt_tokens_never_contribute():
 
 def test_pack_respects_the_token_budget():
     pairs, _ = make_pairs(5, n_pairs=9)
-    batches = objective.pack(pairs, token_budget=40)
+    batches = objective.pack(pairs, "adpa", token_budget=40)
+    assert sorted(ex.index for b in batches for ex in b) == list(range(9))
+    for b in batches:  # adpa reads two parts of a pair: chosen and state
+        longest = max(len(ex.parts[n].token_ids) for ex in b for n in ("chosen", "state"))
+        assert len(b) == 1 or len(b) * 2 * longest <= 40
+        assert objective.collate(b, "adpa", 0).padded_tokens == len(b) * 2 * longest
+    batches = objective.pack(pairs, "adpa", token_budget=40, packed=True)
     assert sorted(ex.index for b in batches for ex in b) == list(range(9))
     for b in batches:
-        longest = max(len(r.token_ids) for ex in b for r in ex.parts.values())
-        assert len(b) == 1 or len(b) * 3 * longest <= 40
+        mb = objective.collate(b, "adpa", 0, packed=True)
+        assert len(b) == 1 or mb.padded_tokens <= 40
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("loss", ["dckd", "adpa", "dpo"])
+def test_packed_rows_equal_plain_rows(loss, attn):
+    """Each prompt once, several pairs per row: the same loss and gradients as every part alone, and the
+    unique tokens only through the transformer (prompts shared by the parts of a pair: chosen, rejected
+    and the generated state have the same rendered prompt)."""
+    pairs, _ = make_pairs(15, n_pairs=8)
+    a, b = tiny_model(6, attn), tiny_model(6, attn)
+    plain, packed = objective.collate(pairs, loss, 0), objective.collate(pairs, loss, 0, packed=True)
+    assert any(len(set(r[r >= 0].tolist())) > 1 for r in packed.segment)  # a row that holds two pairs
+    names = list(packed.parts)
+    unique = sum(len(ex.parts[names[0]].token_ids) + sum(ex.parts[n].tokens for n in names[1:]) for ex in pairs)
+    assert packed.forward_tokens == unique < plain.forward_tokens
+    assert packed.tokens == plain.tokens and len(packed.input_ids) < len(plain.input_ids)
+    assert packed.padded_tokens - packed.forward_tokens < plain.padded_tokens - plain.forward_tokens
+    va, vb = ours(a, pairs, loss), ours(b, pairs, loss, packed=True)
+    assert va == pytest.approx(vb, rel=1e-5)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("leak", ["branch", "segment"])
+def test_packed_rows_fail_a_wrong_mask(leak, monkeypatch):
+    """The equality above can fail: a mask that lets a branch see its sibling, or a pair the pair before it
+    in the same row, changes the gradients beyond that test's tolerance."""
+    pairs, _ = make_pairs(15, n_pairs=8)  # a row holds two pairs
+    a, b = tiny_model(6), tiny_model(6)
+    va = ours(a, pairs, "dckd")
+    right = objective.segment_mask
+
+    def leaky(segment, branch, dtype):
+        if leak == "branch":
+            return right(segment, torch.where(branch >= 0, 0, branch), dtype)
+        return right(torch.where(segment >= 0, 0, segment), branch, dtype)
+
+    monkeypatch.setattr(objective, "segment_mask", leaky)
+    vb = ours(b, pairs, "dckd", packed=True)
+    assert vb != pytest.approx(va, rel=1e-5) or not all(
+        torch.allclose(pa.grad, pb.grad, rtol=1e-4, atol=1e-6) for pa, pb in zip(a.parameters(), b.parameters()))
 
 
 def test_kl_to_init_matches_float64_full_vocabulary():

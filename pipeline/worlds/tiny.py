@@ -162,7 +162,7 @@ def run_dir(store: Store, world: World, what: str, seed: int) -> Path:
 
 def sft(store: Store, world: World, role: str, seed: int, say) -> Path:
     """A model of the role's shape after SFT on the world's sft split."""
-    d = Distill(loss="sft", token_budget=8192, seed=seed, **world.constants["sft"])
+    d = Distill(loss="sft", token_budget=8192, pack=False, seed=seed, **world.constants["sft"])
     init = resolve(str(init_model(store, world, role, seed)))
     job = Job("sft", init, d, {"student_logp": _sft_tokens(store, world, seed)})
     return train(store, job, run_dir(store, world, f"{role}-sft", seed), say)
@@ -183,7 +183,7 @@ def reference_logp(store: Store, world: World, sft_dir: Path, seed: int) -> str:
 def plain_dpo_teacher(store: Store, world: World, seed: int, say) -> Path:
     """The DPO teacher at the world's fixed DPO settings, without selection (v3)."""
     sft_dir = build(f"{world.name}-teacher-sft{world.suffix(seed)}", store, say)[0]
-    d = Distill(loss="dpo", token_budget=8192, seed=seed, **world.constants["dpo"])
+    d = Distill(loss="dpo", token_budget=8192, pack=False, seed=seed, **world.constants["dpo"])
     job = Job("dpo", resolve(str(sft_dir)), d, {"student_logp": reference_logp(store, world, sft_dir, seed)})
     return train(store, job, run_dir(store, world, "teacher-dpo", seed), say)
 

@@ -84,7 +84,7 @@ def dpo_run(store: Store, seed: int, setting: dict, say) -> Trained:
     run is reused: its key is its inputs)."""
     world = V4
     sft_dir = build(f"{world.name}-teacher-sft{world.suffix(seed)}", store, say)[0]
-    d = Distill(loss="dpo", token_budget=8192, seed=seed, **world.constants["dpo"], **setting)
+    d = Distill(loss="dpo", token_budget=8192, pack=False, seed=seed, **world.constants["dpo"], **setting)
     job = Job("dpo", resolve(str(sft_dir)), d, {"student_logp": reference_logp(store, world, sft_dir, seed)},
               validation=validator(store, world, seed, say))
     what = "teacher-dpo-" + "-".join(f"{k}{v}" for k, v in setting.items())

@@ -117,21 +117,43 @@ def pack_by_prompt(seqs: list[Sequence], share: bool = True) -> list[Packed]:
     return out
 
 
-def tree_mask(rows: list[Packed], T: int, dtype: torch.dtype | None) -> torch.Tensor:
-    """[B, 1, T, T] attention mask of packed rows: causal, and a continuation sees the prompt and itself.
-    Boolean (True attends) for sdpa, additive float (0 / dtype min) when `dtype` is given (eager).
-    Padding rows attend to themselves only, so no softmax row is empty (an empty one is NaN)."""
-    allowed = torch.zeros((len(rows), T, T), dtype=torch.bool)
-    causal = torch.ones((T, T), dtype=torch.bool).tril()
-    for b, r in enumerate(rows):
-        L = len(r.ids)
-        br = torch.as_tensor(r.branch)
-        allowed[b, :L, :L] = causal[:L, :L] & ((br[None, :] == -1) | (br[None, :] == br[:, None]))
-        allowed[b, range(L, T), range(L, T)] = True
+def takes_tree_mask(model) -> bool:
+    """Whether the model's attention takes a custom 4D mask (sdpa, eager) and has no sliding window: what
+    sharing a prompt among a row's continuations, or packing several sequences in one row, needs."""
+    attn = getattr(model.config, "_attn_implementation", "eager")
+    return attn in ("sdpa", "eager") and getattr(model.config, "sliding_window", None) is None
+
+
+def mask_dtype(model) -> torch.dtype | None:
+    """The dtype of the model's 4D masks: None (boolean) for sdpa, its parameters' dtype (additive) for eager."""
+    attn = getattr(model.config, "_attn_implementation", "eager")
+    return None if attn == "sdpa" else next(model.parameters()).dtype
+
+
+def segment_mask(segment: torch.Tensor, branch: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """[B, 1, T, T] attention mask of rows of segments [B, T] (a segment: a prompt and its continuations;
+    padding: a negative segment of its own per position): causal, within a segment, and a key on a
+    continuation (`branch` >= 0) only for queries of the same continuation (-1: the segment's prompt, seen
+    by all of them). Boolean (True attends) when `dtype` is None (sdpa), else additive (0 / dtype min;
+    eager). Every query sees at least itself, so no softmax row is empty (an empty one is NaN)."""
+    T = segment.shape[1]
+    causal = torch.ones((T, T), dtype=torch.bool, device=segment.device).tril()
+    allowed = causal & (segment[:, :, None] == segment[:, None, :]) & (
+        (branch[:, None, :] == -1) | (branch[:, :, None] == branch[:, None, :]))
     allowed = allowed[:, None]
     if dtype is None:
         return allowed
-    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return torch.zeros(allowed.shape, dtype=dtype, device=segment.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+def tree_mask(rows: list[Packed], T: int, dtype: torch.dtype | None) -> torch.Tensor:
+    """`segment_mask` of packed rows, one segment per row, right-padded to T."""
+    segment = -1 - torch.arange(T).repeat(len(rows), 1)  # padding: each position its own segment
+    branch = torch.full((len(rows), T), -1, dtype=torch.long)
+    for b, r in enumerate(rows):
+        segment[b, : len(r.ids)] = 0
+        branch[b, : len(r.ids)] = torch.as_tensor(r.branch)
+    return segment_mask(segment, branch, dtype)
 
 
 class HFScorer:
@@ -153,10 +175,8 @@ class HFScorer:
         self.token_budget = token_budget
         self.chunk = max(1, block_bytes // (4 * vocab_size))
         self.pad_id = pad_id  # right padding, masked: it never changes a value
-        attn = getattr(model.config, "_attn_implementation", "eager")
-        self._mask_dtype = None if attn == "sdpa" else next(model.parameters()).dtype
-        self.share_prompts = (share_prompts and attn in ("sdpa", "eager")
-                              and getattr(model.config, "sliding_window", None) is None)
+        self._mask_dtype = mask_dtype(model)
+        self.share_prompts = share_prompts and takes_tree_mask(model)
 
     @torch.inference_mode()
     def score(self, seqs: list[Sequence], k: int | None = None, gather: list[np.ndarray] | None = None) -> list[Scores]:

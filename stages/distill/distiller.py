@@ -45,7 +45,7 @@ from adpa.artifacts.writer import checked_for_reuse
 from adpa.schemas import files
 from adpa.schemas.keys import artifact_key
 from adpa.stages.common.device import compute_dtype, pad_id, pick_device
-from adpa.stages.common.lm import OutputLayer
+from adpa.stages.common.lm import OutputLayer, takes_tree_mask
 from adpa.stages.common.models import ResolvedModel, load_model, load_tokenizer
 from adpa.stages.common.progress import Progress
 from adpa.stages.common.ranks import Ranks
@@ -62,8 +62,8 @@ from adpa.stages.distill.training import (Selection, all_reduce_grads, lr_multip
                                      stop_if_weights_not_finite, sum_over_ranks)
 
 # what a step's record holds besides the loss and its terms (then the timings train() adds)
-STEP_FIELDS = ("step", "epoch", "lr", "grad_norm", "pairs", "tokens", "forward_tokens", "step_s", "data_wait_s",
-               "tokens_per_s")
+STEP_FIELDS = ("step", "epoch", "lr", "grad_norm", "pairs", "tokens", "forward_tokens", "padded_tokens", "step_s",
+               "data_wait_s", "tokens_per_s")
 RUN_OUTPUTS = ("model", "adapter", "checkpoints", METRICS, "loss.png", "tensorboard", "wandb", WANDB_ID)
 
 
@@ -240,6 +240,10 @@ class Distiller:
         if s.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+        self.packed = s.pack and takes_tree_mask(model)
+        if s.pack and not self.packed:
+            self.say(f"distill.pack: this student's attention ({model.config._attn_implementation}, sliding window "
+                     f"{getattr(model.config, 'sliding_window', None)}) takes no tree mask; its pairs run unpacked")
         out = OutputLayer(model, self.vocab)
         self.root = sharding.shard(model, out, job.loss, s) if self.sharded else None
         self.compute = self.root or (lambda mb: micro_loss(model, out, mb, job.loss, s))
@@ -267,13 +271,14 @@ class Distiller:
         (FSDP only) is a micro-batch for the zero-weighted forwards of a rank with fewer than the busiest."""
         loss, pad, r = self.job.loss, self.pad, self.ranks
         for step, pairs in self.stream.steps(self.settings.epochs, self.start):
-            micro = [collate(m, loss, pad) for m in pack(pairs[r.rank::r.world_size], self.settings.token_budget)]
-            yield step, len(pairs), micro, (micro or [collate(pairs[:1], loss, pad)])[0] if self.root else None
+            mine = pack(pairs[r.rank::r.world_size], loss, self.settings.token_budget, self.packed)
+            micro = [collate(m, loss, pad, self.packed) for m in mine]
+            yield step, len(pairs), micro, (micro or [collate(pairs[:1], loss, pad, self.packed)])[0] if self.root else None
 
     def step(self, step: int, micro: list[MicroBatch], n_step: int, spare: MicroBatch | None = None) -> dict:
         """One optimizer step over this rank's micro-batches of a step of `n_step` pairs -> its record."""
         s, ranks = self.settings, self.ranks
-        sums, counts = defaultdict(float), [0, 0, 0]  # scored tokens, forward tokens, pairs
+        sums, counts = defaultdict(float), [0, 0, 0, 0]  # scored tokens, forward tokens, padded tokens, pairs
         # sharded: every rank runs as many forwards as the busiest one (zero-weighted spares), and FSDP's
         # average over ranks becomes the sum the weights below are made for
         scale = ranks.world_size if self.root else 1
@@ -286,7 +291,7 @@ class Distiller:
             if i < len(micro):
                 for name, v in terms.items():
                     sums[name] += v * mb.n_pairs
-                counts = [counts[0] + mb.tokens, counts[1] + mb.forward_tokens, counts[2] + mb.n_pairs]
+                counts = [c + x for c, x in zip(counts, (mb.tokens, mb.forward_tokens, mb.padded_tokens, mb.n_pairs))]
         for p in self.params:
             if p.grad is None:  # a rank without pairs in this step still joins the sum
                 p.grad = torch.zeros_like(p)
@@ -303,10 +308,10 @@ class Distiller:
         self.opt.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so that the step's time is the step's
-        tokens, forward, pairs = (int(x) for x in reduced[-3:])
+        tokens, forward, padded, pairs = (int(x) for x in reduced[-4:])
         return {"step": step + 1, "epoch": step // self.stream.steps_per_epoch, "lr": lr,
                 **{n: v / max(pairs, 1) for n, v in zip(names, reduced)}, "grad_norm": gnorm, "pairs": pairs,
-                "tokens": tokens, "forward_tokens": forward}
+                "tokens": tokens, "forward_tokens": forward, "padded_tokens": padded}
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=getattr(torch, self.autocast)) if self.autocast \
@@ -340,7 +345,7 @@ class Distiller:
                 t_done = time.perf_counter()
                 rec |= {"step_s": round(t_done - t_ready, 4), "data_wait_s": round(t_got - t_ready, 4),
                         "tokens_per_s": round(rec["tokens"] / (t_done - t_ready), 1)}
-                for n in ("tokens", "forward_tokens", "pairs", "step_s", "data_wait_s"):
+                for n in ("tokens", "forward_tokens", "padded_tokens", "pairs", "step_s", "data_wait_s"):
                     totals[n] += rec[n]
                 self.log.write(rec)
                 last = {n: v for n, v in rec.items() if n not in STEP_FIELDS}  # the loss and its terms
@@ -369,6 +374,8 @@ class Distiller:
                 "tokens_this_run": int(totals["tokens"]), "seconds": round(secs, 2),
                 "tokens_per_s": round(totals["tokens"] / per_s, 1) if per_s else None,
                 "data_wait_fraction": round(totals["data_wait_s"] / per_s, 4) if per_s else None,
+                "padding_fraction": round(1 - totals["forward_tokens"] / totals["padded_tokens"], 4)
+                if totals["padded_tokens"] else None,
                 "final": last, "selected": selected, "dropped_in_stage_one": stage_one_drops(self.dirs)}
 
     def publish(self, summary: dict) -> None:

@@ -46,7 +46,12 @@ class Distill:
     epochs: int = setting(1, "passes over the pairs", minimum=1)
     batch_pairs: int = setting(128, "effective batch in preference pairs, over all processes and micro-batches",
                                minimum=1)
-    token_budget: int = setting(8192, "padded tokens per micro-batch and process", minimum=1, in_key=False)
+    token_budget: int = setting(8192, "tokens in a micro-batch's rows (padding included) per process", minimum=1,
+                                in_key=False)
+    pack: bool = setting(True, "a pair's prompt computed once, its chosen, rejected and state responses as branches "
+                         "of one row (a tree-shaped attention mask), several pairs per row: equal to running each "
+                         "alone within float rounding (false: each alone, right-padded; the worlds' registered "
+                         "runs)", in_key=False)
     warmup: float = setting(0.1, "warm-up as a fraction of the optimizer steps", minimum=0, below=1)
     schedule: str = setting("cosine", "learning-rate schedule after warm-up", choices=("cosine", "linear", "constant"))
     weight_decay: float = setting(0.0, "AdamW weight decay", minimum=0)
