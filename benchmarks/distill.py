@@ -120,10 +120,11 @@ def train_run(loss: str, dirs: dict, model, steps_dir: Path, run: Run) -> dict:
     """One run of our trainer (or of the limit) over the caches -> its timed figures."""
     import torch
 
+    from adpa.stages.common.lm import base_model
     from adpa.stages.distill.settings import Distill
     settings = Distill(loss=loss, lr=1e-5, sft_lr=1e-5, epochs=1, batch_pairs=run.batch_pairs,
                        token_budget=run.token_budget, gradient_checkpointing=run.gradient_checkpointing,
-                       shuffle_buffer=run.buffer, pack=run.pack or bool(run.limit))
+                       shuffle_buffer=run.buffer, pack=run.pack or bool(run.limit), compile=run.compile)
     shutil.rmtree(steps_dir, ignore_errors=True)
     steps_dir.mkdir(parents=True)
     cuda = next(model.parameters()).is_cuda
@@ -133,10 +134,12 @@ def train_run(loss: str, dirs: dict, model, steps_dir: Path, run: Run) -> dict:
     trainer.check()
     trainer.setup()
     summary = trainer.train()
+    if run.compile:  # the model serves the next runs too: back to eager (nn.Module.compile's own switch)
+        base_model(model)._compiled_call_impl = None
     m = [json.loads(ln) for ln in (steps_dir / "metrics.jsonl").read_text().splitlines()]
     m = m[1:] or m  # step 1 warms up (allocations): not timed when there are others
     fwd, secs = sum(x["forward_tokens"] for x in m), sum(x["step_s"] for x in m)
-    return {"loss": run.limit or loss, "pack": run.pack, "steps_timed": len(m), "forward_tokens": fwd,
+    return {"loss": run.limit or loss, "pack": run.pack, "compile": run.compile, "steps_timed": len(m), "forward_tokens": fwd,
             "seconds": round(secs, 3), "s_per_1k_tokens": round(1000 * secs / fwd, 4),
             "padding_fraction": round(1 - fwd / sum(x["padded_tokens"] for x in m), 4),
             "data_wait_fraction": round(sum(x["data_wait_s"] for x in m) / secs, 4),
@@ -154,6 +157,7 @@ class Run:
     autocast: str | None = None
     pack: bool = True
     limit: str | None = None
+    compile: bool = False
     gradient_checkpointing: bool = False
     buffer: int = 256
 
@@ -215,7 +219,8 @@ def _bench_distiller(model, dirs: dict, settings, run: Run, run_dir: Path):
 LOSSES = ("sft", "kd", "dckd", "adpa")
 
 
-VARIANTS = (("alone", True), ("rows", True), (None, False), (None, True))  # (bare run, packed rows)
+VARIANTS = (Run(0, 0, limit="alone"), Run(0, 0, limit="rows"), Run(0, 0, pack=False), Run(0, 0))
+COMPILED = Run(0, 0, compile=True)  # with --compile: ours packed, compiled
 
 
 def interleaved(a, dirs: dict, model, autocast) -> list[dict]:
@@ -225,12 +230,13 @@ def interleaved(a, dirs: dict, model, autocast) -> list[dict]:
     seconds / these seconds, 1.0: at the limit) and their median, the limit being the faster bare run of the
     round (a shared machine's load changes between separate phases; a round is measured under one load)."""
     cuda = next(model.parameters()).is_cuda
-    base = Run(a.batch_pairs, a.token_budget, autocast, gradient_checkpointing=a.gradient_checkpointing)
+    shared = {"batch_pairs": a.batch_pairs, "token_budget": a.token_budget, "autocast": autocast,
+              "gradient_checkpointing": a.gradient_checkpointing}
+    variants = [replace(v, **shared) for v in VARIANTS + ((COMPILED,) if a.compile else ())]
     rounds = []
     for rep in range((1 if cuda else 0) + a.repeats):
         for loss in LOSSES:
-            runs = [train_run(loss, dirs, model, OUT / f"distill-{loss}", replace(base, limit=limit, pack=pack))
-                    for limit, pack in VARIANTS]
+            runs = [train_run(loss, dirs, model, OUT / f"distill-{loss}", v) for v in variants]
             for r in runs:
                 print(json.dumps(r | {"for": loss, "pass": rep + 1}), flush=True)
             if rep >= (1 if cuda else 0):
@@ -238,7 +244,7 @@ def interleaved(a, dirs: dict, model, autocast) -> list[dict]:
     out = []
     for loss in LOSSES:
         mine = [runs for name, runs in rounds if name == loss]
-        for j in range(len(VARIANTS)):
+        for j in range(len(variants)):
             ratios = [min(runs[0]["seconds"], runs[1]["seconds"]) / runs[j]["seconds"] for runs in mine]
             out.append(mine[-1][j] | {"for": loss, "of_limit": statistics.median(ratios), "of_limit_paired": ratios})
     return out
@@ -264,7 +270,7 @@ def rss_child(n: int) -> dict:
 def print_table(results: list[dict]) -> None:
     """Per loss: the limit's seconds per 1,000 unique tokens, then plain and packed rows: their share of the
     limit (limit seconds / ours, median of the paired rounds), padding fraction, data wait, peak GPU memory."""
-    print(f"\n{'loss':5} {'run':13} {'s/1k unique tok':>15} {'of limit, paired (median of ...)':>36} "
+    print(f"\n{'loss':5} {'run':22} {'s/1k unique tok':>15} {'of limit, paired (median of ...)':>36} "
           f"{'padding':>8} {'data wait':>10} {'peak GPU MB':>12}")
     unique = {}
     for r in results:
@@ -272,7 +278,8 @@ def print_table(results: list[dict]) -> None:
         paired = "/".join(f"{x:.3f}" for x in r["of_limit_paired"])
         per_unique = 1000 * r["seconds"] / unique[r["for"]]
         name = f"bare {r['loss']}" if r["loss"] in ("alone", "rows") else "ours " + ("packed" if r["pack"] else "plain")
-        print(f"{r['for']:5} {name:13} {per_unique:>15.4f} {r['of_limit']:>8.3f} "
+        name += " compiled" if r["compile"] else ""
+        print(f"{r['for']:5} {name:22} {per_unique:>15.4f} {r['of_limit']:>8.3f} "
               f"({paired}){'':>{max(0, 25 - len(paired))}} {r['padding_fraction']:>8.4f} "
               f"{r['data_wait_fraction']:>10.4f} {str(r['peak_gpu_mb']):>12}")
 
@@ -286,6 +293,7 @@ def main():
     ap.add_argument("--prompt", type=int, default=48)
     ap.add_argument("--response", type=int, nargs=2, default=(96, 192), help="response length range")
     ap.add_argument("--gradient-checkpointing", action="store_true", help="the trainer's runs recompute activations")
+    ap.add_argument("--compile", action="store_true", help="a fifth run per round: ours packed with distill.compile")
     ap.add_argument("--repeats", type=int, default=3, help="rounds of (limit, plain, packed) per loss; the median "
                     "paired ratio is reported")
     ap.add_argument("--rss-pairs", type=int, default=64, help="N for the RSS check (it also runs 10N); 0 skips it")

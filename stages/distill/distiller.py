@@ -45,7 +45,7 @@ from adpa.artifacts.writer import checked_for_reuse
 from adpa.schemas import files
 from adpa.schemas.keys import artifact_key
 from adpa.stages.common.device import compute_dtype, pad_id, pick_device
-from adpa.stages.common.lm import OutputLayer, takes_tree_mask
+from adpa.stages.common.lm import OutputLayer, base_model, takes_tree_mask
 from adpa.stages.common.models import ResolvedModel, load_model, load_tokenizer
 from adpa.stages.common.progress import Progress
 from adpa.stages.common.ranks import Ranks
@@ -240,6 +240,8 @@ class Distiller:
         if s.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+        if s.compile:  # dynamic: every micro-batch has its own shape
+            base_model(model).compile(dynamic=True)
         self.packed = s.pack and takes_tree_mask(model)
         if s.pack and not self.packed:
             self.say(f"distill.pack: this student's attention ({model.config._attn_implementation}, sliding window "

@@ -74,6 +74,9 @@ class Distill:
     shuffle_buffer: int = setting(1024, "pairs held by the seeded streaming shuffle", minimum=1)
     save_every: int = setting(0, "checkpoint every N optimizer steps (0: only at the end); --resume continues",
                               minimum=0, in_key=False)
+    compile: bool = setting(False, "torch.compile the student's transformer, forward and backward, with dynamic "
+                            "shapes (equal within float rounding; the first steps pay the compilation; the output "
+                            "layer and the loss's arithmetic stay eager)", in_key=False)
     gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass (less memory)",
                                            in_key=False)
     dtype: str = setting("auto", "auto: bfloat16 autocast on CUDA, float32 on CPU",
