@@ -37,6 +37,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -267,6 +268,31 @@ def rss_child(n: int) -> dict:
     return {"pairs": n, "peak_rss_mb": peak_rss_mb(), "seconds": r["seconds"]}
 
 
+def row_length_probe(shape: str, segment: int = 432) -> dict:
+    """Why packed rows are no longer than the longest pair: the transformer's forward and backward per token on
+    4 rows of one segment, 2 rows of two and 1 row of four (a dense `segment_mask`), best of 3 each."""
+    import torch
+
+    from adpa.stages.common.lm import base_model, segment_mask
+    model = make_model(shape, "cpu").train()
+    out = {}
+    for per_row in (1, 2, 4):
+        R, T = 4 // per_row, per_row * segment
+        seg = torch.arange(T).repeat(R, 1) // segment
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            h = base_model(model)(input_ids=torch.randint(0, SHAPES[shape][0], (R, T)),
+                                  attention_mask=segment_mask(seg, torch.full((R, T), -1), None),
+                                  position_ids=torch.arange(T).repeat(R, 1) % segment).last_hidden_state
+            h.float().pow(2).mean().backward()
+            times.append(time.perf_counter() - t0)
+        out[f"{per_row}x{segment}"] = 1000 * min(times) / (R * T)
+    print("transformer forward + backward, s per 1k tokens, by segments per row: " + ", ".join(
+        f"{k} {v:.3f} ({v / out[f'1x{segment}']:.2f}x)" for k, v in out.items()))
+    return out
+
+
 def print_table(results: list[dict]) -> None:
     """Per loss: the limit's seconds per 1,000 unique tokens, then plain and packed rows: their share of the
     limit (limit seconds / ours, median of the paired rounds), padding fraction, data wait, peak GPU memory."""
@@ -297,9 +323,14 @@ def main():
     ap.add_argument("--repeats", type=int, default=3, help="rounds of (limit, plain, packed) per loss; the median "
                     "paired ratio is reported")
     ap.add_argument("--rss-pairs", type=int, default=64, help="N for the RSS check (it also runs 10N); 0 skips it")
+    ap.add_argument("--row-probe", action="store_true", help="only: the transformer's cost per token in rows of 1, 2 "
+                    "and 4 segments of 432 tokens (why packed rows are no longer than the longest pair)")
     ap.add_argument("--child-rss", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.row_probe:
+        row_length_probe(a.shape)
+        return
     if a.child_rss:
         if a.build_only:
             from adpa.artifacts import Store

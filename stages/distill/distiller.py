@@ -11,7 +11,8 @@ under the same key. A LoRA student (`distill.lora`) is published merged; its ada
 artifact of the same inputs, named in the student's stats, and `adapter/` in the run folder.
 
 The step. One optimizer step sees `batch_pairs` preference pairs in total. Rank r of W takes pairs r, r + W,
-... of the step and packs them into micro-batches of at most `token_budget` padded tokens. Each micro-batch's
+... of the step and packs them into micro-batches of at most `token_budget` tokens in rows (`distill.pack`:
+each pair's prompt once, several pairs per row; objective.py). Each micro-batch's
 loss (a mean over its pairs) is weighted by its share of the step's pairs, so the accumulated gradient is
 the gradient of the mean over all of the step's pairs, whatever the number of processes or micro-batches.
 Ranks sum their gradients, then clip, AdamW, and the schedule step. Data are collated on a background thread;
