@@ -8,8 +8,9 @@ For each realistic shape with random weights (no hub): Danube3-500M and a 1.5B L
   two responses of 256), prompts shared; against the limit, the forward over unique tokens
   (each prompt once, each response once, the output layer at scored positions only). Model FLOPs
   utilisation = 2 x parameters x unique tokens/s / the card's dense bf16 peak;
-* stage two: the trainer's adpa step (bf16 autocast, AdamW) on caches written through the store;
-  step MFU = 6 x parameters x forward tokens/s / the peak.
+* stage two: the trainer's adpa step (bf16 autocast, AdamW) on caches written through the store, on
+  packed rows (each pair's prompt once; `distill.pack`), with `--compile` also compiled
+  (`distill.compile`); step MFU = 6 x parameters x unique tokens/s / the peak (padding not counted).
 
 Every measurement runs twice and the second is reported (the first meets each shape cold).
 `--device cpu` is a smoke mode (a tiny shape, a few pairs) that the tests run; CPU figures mean
@@ -100,7 +101,7 @@ def stage_one(model, device: str, pairs: int, prompt: int, response: int, token_
 
 
 def stage_two(model, shape: str, device: str, pairs: int, prompt: int, response: tuple[int, int],
-              batch_pairs: int) -> dict:
+              batch_pairs: int, compile: bool = False) -> dict:
     import torch
 
     from adpa.artifacts import Store
@@ -108,7 +109,7 @@ def stage_two(model, shape: str, device: str, pairs: int, prompt: int, response:
     model = model.float().train()  # fp32 master weights under bf16 autocast, as the trainer runs on GPUs
     dirs = build_caches(Store(OUT / "gpu-check-store"), pairs, SHAPES[shape][0], prompt, response)
     autocast = "bfloat16" if device.startswith("cuda") else None
-    runs = [train_run("adpa", dirs, model, OUT / f"gpu-check-{shape}", Run(batch_pairs, 16384, autocast))
+    runs = [train_run("adpa", dirs, model, OUT / f"gpu-check-{shape}", Run(batch_pairs, 16384, autocast, compile=compile))
             for _ in range(2)]  # packed rows (the default): forward tokens are the unique tokens
     r = runs[-1]
     out = {"pairs": pairs, "batch_pairs": batch_pairs, "steps_timed": r["steps_timed"], "forward_tokens": r["forward_tokens"],
@@ -126,6 +127,7 @@ def main():
     ap.add_argument("--device", default="cuda", help="cuda (the check) or cpu (a smoke run of the same code)")
     ap.add_argument("--shapes", nargs="*", default=None, help="default: danube3-500m llama-1.5b (cpu: smoke)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16 peak when not in the table")
+    ap.add_argument("--compile", action="store_true", help="stage two also with distill.compile (reported beside)")
     a = ap.parse_args()
     import torch
     cuda = a.device.startswith("cuda")
@@ -148,17 +150,19 @@ def main():
         params = sum(p.numel() for p in model.parameters())
         s1 = stage_one(model, a.device, **one)
         s2 = stage_two(model, shape, a.device, **two)
-        if peak:
-            s1["mfu"] = 2 * params * s1["unique_tokens_per_s"] / (peak * 1e12)
-            s2["mfu"] = 6 * params * s2["forward_tokens_per_s"] / (peak * 1e12)
-        report["shapes"][shape] = {"parameters": params, "stage_one": s1, "stage_two": s2,
+        s2c = stage_two(model, shape, a.device, **two, compile=True) if a.compile else None
+        for s, flops in ((s1, 2), (s2, 6), (s2c, 6)):
+            if peak and s:
+                s["mfu"] = flops * params * s["unique_tokens_per_s" if s is s1 else "forward_tokens_per_s"] / (peak * 1e12)
+        report["shapes"][shape] = {"parameters": params, "stage_one": s1, "stage_two": s2, "stage_two_compiled": s2c,
                                    "seconds": time.perf_counter() - t0}
         mfu = lambda s: f", MFU {s['mfu']:.1%}" if "mfu" in s else ""  # noqa: E731
         print(f"{shape} ({params / 1e6:,.0f}M parameters, {'bf16' if cuda else 'float32'}):\n"
               f"  stage one: {s1['scored_tokens_per_s']:,.0f} scored tokens/s = {s1['ratio_vs_unique_forward']:.2f}x the "
               f"unique-token limit ({s1['limit_scored_tokens_per_s']:,.0f}){mfu(s1)}\n"
-              f"  stage two: adpa step {s2['forward_tokens_per_s']:,.0f} forward tokens/s{mfu(s2)}, peak "
-              f"{s2['peak_gpu_mb']} MB", flush=True)
+              f"  stage two: adpa step {s2['forward_tokens_per_s']:,.0f} unique tokens/s{mfu(s2)}, padding "
+              f"{s2['padding_fraction']:.1%}, peak {s2['peak_gpu_mb']} MB"
+              + (f"; compiled {s2c['forward_tokens_per_s']:,.0f} unique tokens/s{mfu(s2c)}" if s2c else ""), flush=True)
     OUT.mkdir(exist_ok=True)
     (OUT / "gpu_check.json").write_text(json.dumps(report, indent=1))
     print(f"written {OUT / 'gpu_check.json'}")

@@ -15,10 +15,11 @@ pytestmark = pytest.mark.slow  # processes, real models, servers: `make test`, n
 
 
 def test_the_gpu_check_runs_on_cpu_and_reports_both_stages(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu", "--peak-tflops", "1"],
+    p = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu", "--peak-tflops", "1", "--compile"],
                        cwd=tmp_path, capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
     assert p.returncode == 0, p.stderr[-2000:]
     report = json.loads((tmp_path / "bench-out" / "gpu_check.json").read_text())
+    assert report["shapes"]["smoke"]["stage_two_compiled"]["forward_tokens"] > 0 and "compiled" in p.stdout
     s = report["shapes"]["smoke"]
     one, two = s["stage_one"], s["stage_two"]
     assert one["unique_tokens"] == one["pairs"] * (one["prompt"] + 2 * one["response"])  # each prompt once
