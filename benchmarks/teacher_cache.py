@@ -366,7 +366,8 @@ def main():
     by_distance = advantage_by_reference_distance(adv["key"])
     shutil.rmtree(OUT / "store" / e2e["key"])  # the vLLM run has the same key: it must not reuse this one
     big = child("e2e:hf", 4 * a.pairs, a.k)
-    eng = [child(f"engine:{w}", a.pairs, a.k) for w in (0, 1, 2)]
+    # the smoke starts Ray once: 2 workers run the code of 1 (tests/test_ray_engine.py runs 2 for real)
+    eng = [child(f"engine:{w}", a.pairs, a.k) for w in ((0, 1) if a.smoke else (0, 1, 2))]
     vl = gen_hf = gen_vllm = None
     if not a.no_vllm:
         vl = child("e2e:vllm", a.pairs, a.k)
@@ -400,10 +401,11 @@ def main():
           f"tokens/s (target >= 1,000,000)")
     print(f"  peak RSS              {e2e['peak_rss_mb']:>9,.0f} MB for {a.pairs} pairs, {big['peak_rss_mb']:,.0f} MB for "
           f"{4 * a.pairs} pairs ({big['peak_rss_mb'] / e2e['peak_rss_mb']:.3f}x; target flat)")
+    two = "2 workers not run (smoke)" if a.smoke else (
+        f"2 workers {eng[2]['rows_per_s']:.2f} rows/s ({eng[2]['rows_per_s'] / eng[1]['rows_per_s']:.2f}x of 1 worker, "
+        f"{eng[2]['rows_per_s'] / eng[0]['rows_per_s']:.2f}x of local)")
     print(f"  teacher-topk, {a.pairs} pairs, model loads included: local {eng[0]['rows_per_s']:.2f} rows/s; ray 1 worker "
-          f"{eng[1]['rows_per_s']:.2f} rows/s, 2 workers {eng[2]['rows_per_s']:.2f} rows/s "
-          f"({eng[2]['rows_per_s'] / eng[1]['rows_per_s']:.2f}x of 1 worker, {eng[2]['rows_per_s'] / eng[0]['rows_per_s']:.2f}x "
-          f"of local)")
+          f"{eng[1]['rows_per_s']:.2f} rows/s, {two}")
     if gen_hf:
         print(f"  generation, {gen_hf['prompts']} prompts, greedy, up to 64 new tokens: vllm {gen_vllm['tokens_per_s']:,.0f} "
               f"tokens/s, transformers generate {gen_hf['tokens_per_s']:,.0f} tokens/s "
@@ -413,7 +415,7 @@ def main():
         "teacher_topk_bytes_per_token": e2e["bytes_per_token"], "advantage_bytes_per_token": adv["bytes_per_token"],
         "decode_tokens_per_s": min(dec.values()), "decode_tokens_per_s_by_kind": dec,
         "bytes_per_token_by_field": by_field, "advantage_bytes_per_token_by_reference_scale": by_distance,
-        "engines": {"local": eng[0], "ray_1_worker": eng[1], "ray_2_workers": eng[2]},
+        "engines": {"local": eng[0], "ray_1_worker": eng[1], "ray_2_workers": eng[2] if len(eng) > 2 else None},
         "limits": lim, "e2e": e2e, "e2e_unshared": unshared, "advantage": adv, "e2e_4n": big, "e2e_vllm": vl,
         "generate_hf": gen_hf, "generate_vllm": gen_vllm}, indent=1))
     print(f"written {OUT / 'teacher_cache.json'}")

@@ -54,7 +54,7 @@ def test_a_cards_peak_is_its_own_not_a_shorter_names():
 
 def test_the_stage_one_benchmark_runs_every_measurement(tmp_path):
     """`make bench-teacher-cache` in its smoke mode: every child (limit, end to end with and without
-    sharing, advantage, decode, 4N, local and Ray engines) runs against today's APIs."""
+    sharing, advantage, decode, 4N, local and Ray engines; Ray with one worker) runs against today's APIs."""
     p = subprocess.run([sys.executable, "-m", "benchmarks.teacher_cache", "--smoke", "--pairs", "2"],
                        cwd=tmp_path, capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
     assert p.returncode == 0, p.stderr[-3000:]
@@ -63,7 +63,7 @@ def test_the_stage_one_benchmark_runs_every_measurement(tmp_path):
                 "decode_tokens_per_s"):
         assert report[key] > 0, key
     assert report["limits"]["unique_tokens"] < report["limits"]["per_sequence_tokens"]  # each prompt once
-    assert all(report["engines"][e]["rows_per_s"] > 0 for e in ("local", "ray_1_worker", "ray_2_workers"))
+    assert all(report["engines"][e]["rows_per_s"] > 0 for e in ("local", "ray_1_worker"))  # smoke: one Ray start
     fields = report["bytes_per_token_by_field"]
     assert set(fields["advantage"]) > set(fields["teacher-topk"])  # the reference's fields besides the teacher's
     by_scale = report["advantage_bytes_per_token_by_reference_scale"]
