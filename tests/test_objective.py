@@ -11,6 +11,7 @@ the same gradient as one batch (what the trainer accumulates).
 """
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -282,3 +283,15 @@ def test_a_lora_student_matches_float64_full_vocabulary(monkeypatch):
             torch.testing.assert_close(p.grad.double(), p64.grad, rtol=1e-4, atol=2e-6, msg=name)
         else:
             assert p.grad is None, name
+
+
+def test_a_packed_pairs_cost_is_the_tokens_of_its_segments():
+    pairs, _ = make_pairs(15, n_pairs=8)
+    s = pairs[0].parts["state"]  # a prompt of its own: two segments
+    pairs[0].parts["state"] = dataclasses.replace(s, token_ids=np.concatenate([[7], s.token_ids]),
+                                                  prompt_len=s.prompt_len + 1)
+    assert len(objective._segments(pairs[0], ["chosen", "state"])) == 2
+    for ex in pairs:
+        for loss in ("sft", "dckd", "adpa"):
+            names = list(objective.LOSSES[loss].reads)
+            assert objective._cost(ex, names, True) == sum(len(s.ids) for s in objective._segments(ex, names))

@@ -75,9 +75,13 @@ def _segments(ex: Example, names: list[str]) -> list[Packed]:
 
 
 def _cost(ex: Example, names: list[str], packed: bool) -> int:
+    """A pair's tokens in rows: packed, each distinct prompt once and every response (what `_segments`
+    lays out, without building it); plain, every part padded to the pair's longest."""
+    parts = [ex.parts[n] for n in names]
     if packed:
-        return sum(len(seg.ids) for seg in _segments(ex, names))
-    return len(names) * max(len(ex.parts[n].token_ids) for n in names)
+        prompts = {tuple(r.token_ids[:r.prompt_len]) for r in parts}
+        return sum(map(len, prompts)) + sum(len(r.token_ids) - r.prompt_len for r in parts)
+    return len(parts) * max(len(r.token_ids) for r in parts)
 
 
 def pack(examples: list[Example], loss: str, token_budget: int, packed: bool = False) -> list[list[Example]]:
