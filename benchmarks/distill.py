@@ -168,11 +168,11 @@ def limit_loss(model, out, mb) -> tuple:
     the scored positions and a cross-entropy of the realized tokens there (what backward then differentiates)."""
     import torch
 
-    from adpa.stages.distill.objective import BLOCK_BYTES, forward, head_logprobs
+    from adpa.stages.distill.objective import BLOCK_BYTES, Head, forward, head_logprobs
     hidden = forward(model, mb)
     rows = torch.cat([p.rows for p in mb.parts.values()])
     cols, targets = torch.cat([p.cols for p in mb.parts.values()]), torch.cat([p.targets for p in mb.parts.values()])
-    _, realized = head_logprobs(out, hidden[rows, cols], None, targets, max(1, BLOCK_BYTES // (4 * out.vocab_size)))
+    _, realized = head_logprobs(out, hidden[rows, cols], Head(None, targets), max(1, BLOCK_BYTES // (4 * out.vocab_size)))
     value = -realized.mean()
     return value, {"loss": value.item()}
 
@@ -194,6 +194,7 @@ def _bench_distiller(model, dirs: dict, settings, run: Run, run_dir: Path):
             loss = self.job.loss
             self.dirs, self.pad, self.vocab = {a: dirs[a] for a in caches_of(loss)}, 0, model.config.vocab_size
             self.sharded, self.device, self.autocast = False, next(model.parameters()).device, run.autocast
+            self.bridge = None
             self.key_settings, self.key = key_settings(self.settings, loss), f"bench-{loss}"
             return self.key
 

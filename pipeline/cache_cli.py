@@ -10,8 +10,9 @@ import typer
 
 from adpa.artifacts import Incomplete, Store, VerifyError, signing, verify_artifact
 from adpa.schemas.keys import parse_key
+from adpa.schemas.vocab import vocab_key
 from adpa.artifacts.remote import RemoteArtifact
-from adpa.artifacts.store import MANIFEST, read_manifest
+from adpa.artifacts.store import MANIFEST, StoreError, read_manifest
 from adpa.artifacts.transfer import pull as pull_artifact
 from adpa.artifacts.transfer import push as push_artifact
 from adpa.artifacts.transfer import repair as repair_artifact
@@ -183,16 +184,35 @@ def sign(key: str = typer.Argument(..., help="Artifact key or folder."),
 def push(key: str = typer.Argument(..., help="Artifact key."),
          url: str = typer.Argument(..., help="Destination store: a path or fsspec URL (s3://..., file://...)."),
          store: StoreOpt = None):
-    """Copy a verified artifact to another store (shards first, manifest last)."""
-    echo(f"pushed {push_artifact(Store(store), key, url)}")
+    """Copy a verified artifact to another store (shards first, manifest last), and the vocabulary table of
+    the tokenizer that rendered it when the store has it (what a student of another tokenizer reads)."""
+    st = Store(store)
+    echo(f"pushed {push_artifact(st, key, url)}")
+    table = _vocab_of(st.manifest(key))
+    if table and st.is_complete(table):
+        echo(f"pushed {push_artifact(st, table, url)} (its vocabulary table)")
 
 
 @app.command()
 def pull(url: str = typer.Argument(..., help="The artifact's folder in another store: path or fsspec URL."),
          store: StoreOpt = None, trust: Path = TrustOpt):
     """Fetch an artifact; it becomes visible only after it verifies in full (it replaces a damaged local copy)."""
-    key, reused = pull_artifact(Store(store), url, signing.trusted_keys(trust) if trust else None)
+    st, trusted = Store(store), signing.trusted_keys(trust) if trust else None
+    key, reused = pull_artifact(st, url, trusted)
     echo(f"{'already complete, reused' if reused else 'pulled and verified'} {key}")
+    table = _vocab_of(st.manifest(key))
+    if table:  # beside it in the same store, when its producer pushed it: not needed by same-tokenizer students
+        try:
+            got, reused = pull_artifact(st, f"{url.rstrip('/').rsplit('/', 1)[0]}/{table}", trusted)
+            echo(f"{'already complete, reused' if reused else 'pulled and verified'} {got} (its vocabulary table)")
+        except (StoreError, VerifyError, signing.SignatureError) as e:
+            echo(f"no vocabulary table {table} pulled ({one_line(e)}): students of another tokenizer need it")
+
+
+def _vocab_of(manifest: dict | None) -> str | None:
+    """The key of the vocabulary table of the tokenizer that rendered a stage-one artifact (None: not one)."""
+    fp = ((manifest or {}).get("inputs") or {}).get("render", {}).get("tokenizer")
+    return vocab_key(fp) if isinstance(fp, dict) and fp.get("vocab_sha256") else None
 
 
 @app.command()

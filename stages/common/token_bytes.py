@@ -1,5 +1,5 @@
 """Tokens as bytes, and two tokenizations of one text aligned by their byte spans: the groundwork of
-one teacher cache for students of another tokenizer (issue 29; stage two does not use it yet).
+one teacher cache for students of another tokenizer (`distill.cross_tokenizer`).
 
 A token's bytes are what it contributes to the UTF-8 text it decodes to:
 - byte-level BPE (GPT-2, SmolLM2, Llama 3, Qwen): each character of the vocabulary entry stands for one
@@ -7,6 +7,8 @@ A token's bytes are what it contributes to the UTF-8 text it decodes to:
 - SentencePiece-style vocabularies (Llama 2, Mistral, Danube): "\u2581" is a space and `<0xNN>` is the byte
   NN (byte fallback: a character the vocabulary lacks is spelled by its UTF-8 bytes, so a token may hold
   part of a character).
+- word-level vocabularies without a decoder (the built-in worlds'): the tokenizer drops whitespace and
+  decoding joins words with a space, so a word spells " " + itself.
 Special and added tokens (chat markers, EOS) have no bytes in the text: None.
 
 Concatenating a sequence's token bytes gives the text's bytes, so each token's byte span is a cumulative
@@ -21,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from adpa.schemas.vocab import Vocab
 
 SPIECE_SPACE = "\u2581"
 
@@ -44,6 +48,11 @@ def _is_byte_level(tokenizer) -> bool:
     return decoder is not None and "ByteLevel" in type(decoder).__name__ + repr(decoder)[:200]
 
 
+def _is_word_level(tokenizer) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and type(backend.model).__name__ == "WordLevel" and backend.decoder is None
+
+
 def _spiece_bytes(entry: str) -> bytes:
     if len(entry) == 6 and entry.startswith("<0x") and entry.endswith(">"):
         return bytes([int(entry[3:5], 16)])
@@ -51,8 +60,8 @@ def _spiece_bytes(entry: str) -> bytes:
 
 
 def vocab_bytes(tokenizer) -> list[bytes | None]:
-    """Each token id's bytes (None: a special or added token, no text of its own), for byte-level BPE and
-    SentencePiece-style vocabularies; any other kind is refused in one line."""
+    """Each token id's bytes (None: a special or added token, no text of its own), for byte-level BPE,
+    SentencePiece-style and decoder-less word-level vocabularies; any other kind is refused in one line."""
     vocab = tokenizer.get_vocab()
     special = set(tokenizer.all_special_ids) | {i for i in getattr(tokenizer, "added_tokens_decoder", {})}
     table: list[bytes | None] = [None] * (max(vocab.values()) + 1)
@@ -66,13 +75,32 @@ def vocab_bytes(tokenizer) -> list[bytes | None]:
                     raise ValueError(f"{type(tokenizer).__name__}: entry {i} holds a character outside the byte "
                                      f"alphabet of a byte-level vocabulary") from None
         return table
+    if _is_word_level(tokenizer):
+        for entry, i in vocab.items():
+            if i not in special:
+                table[i] = b" " + entry.encode("utf-8")
+        return table
     if any(f"<0x{b:02X}>" in vocab for b in (0, 0x41, 0xFF)) or any(SPIECE_SPACE in e for e in list(vocab)[:5000]):
         for entry, i in vocab.items():
             if i not in special:
                 table[i] = _spiece_bytes(entry)
         return table
-    raise ValueError(f"{type(tokenizer).__name__}: neither a byte-level nor a SentencePiece-style vocabulary; "
-                     f"its tokens' bytes are unknown")
+    raise ValueError(f"{type(tokenizer).__name__}: neither a byte-level, a SentencePiece-style nor a word-level "
+                     f"vocabulary; its tokens' bytes are unknown")
+
+
+def vocab_table(tokenizer) -> Vocab:
+    """`vocab_bytes` as the stored table: one entry per id of `len(tokenizer)`, a special or added token (or an
+    id no entry names) holding its content as a marker."""
+    table = vocab_bytes(tokenizer)
+    names = {i: t.content for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()}
+    for t, i in zip(tokenizer.all_special_tokens, tokenizer.all_special_ids):
+        names.setdefault(i, t)
+    n = max(len(tokenizer), len(table))
+    pieces = [table[i] if i < len(table) and table[i] is not None else names.get(i, "").encode("utf-8")
+              for i in range(n)]
+    special = np.array([i >= len(table) or table[i] is None for i in range(n)], dtype=bool)
+    return Vocab(pieces, special)
 
 
 def byte_ends(ids, table: list[bytes | None]) -> np.ndarray:

@@ -13,7 +13,9 @@ from pathlib import Path
 from adpa.artifacts import Store
 from adpa.artifacts.reader import ArtifactReader
 from adpa.schemas.manifest import ManifestError
+from adpa.schemas.vocab import Vocab
 from adpa.stages.common.tokenizers import tokenizer_fingerprint
+from adpa.stages.common.vocab_artifact import load_vocab
 from adpa.stages.distill.losses import LOSSES, caches_of
 
 # cache name -> the artifact kind it is; columns a loss may need -> (layout flag, column name)
@@ -40,9 +42,16 @@ def locate(store: Store, loss: str, caches: dict[str, str]) -> dict[str, Path]:
     return dirs
 
 
-def check_caches(dirs: dict[str, Path], loss: str, tok, init_identity: dict) -> int:
-    """Refuse caches that cannot train this student with this loss; returns the shared vocabulary size."""
+CROSS_LOSSES = ("sft", "kd", "dckd")  # the others read the student init's log-probs or states in the cache's ids
+
+
+def check_caches(dirs: dict[str, Path], loss: str, tok, init_identity: dict, cross: bool = False) -> int:
+    """Refuse caches that cannot train this student with this loss; returns the vocabulary size of the output
+    layer (the cache's, or with `cross` (distill.cross_tokenizer) the student's)."""
     fp = tokenizer_fingerprint(tok)
+    if cross and loss not in CROSS_LOSSES:
+        raise CacheRefused(f"distill.cross_tokenizer trains {', '.join(CROSS_LOSSES)}; loss {loss} reads the "
+                           f"student init's log-probs or generations, which a cache holds in its own ids")
     vocab = None
     for name, d in dirs.items():
         key = d.name
@@ -63,18 +72,32 @@ def check_caches(dirs: dict[str, Path], loss: str, tok, init_identity: dict) -> 
                 raise CacheRefused(f"cache {key} ({m['kind']}) has no {column} column, which loss {loss} needs")
         render = m["inputs"].get("render", {})
         made = render.get("tokenizer", {})
-        if made.get("vocab_sha256") != fp["vocab_sha256"] or reader.layout.vocab_size != fp["vocab_size"]:
+        same = made.get("vocab_sha256") == fp["vocab_sha256"] and reader.layout.vocab_size == fp["vocab_size"]
+        if not same and not cross:
             raise CacheRefused(f"cache {key} was made with another vocabulary ({reader.layout.vocab_size} ids, sha256 "
                                f"{str(made.get('vocab_sha256'))[:12]}) than the student's ({fp['vocab_size']} ids, "
-                               f"sha256 {fp['vocab_sha256'][:12]})")
-        if render.get("template_from") == "student" and made.get("chat_template_sha256") != fp["chat_template_sha256"]:
+                               f"sha256 {fp['vocab_sha256'][:12]}): --set distill.cross_tokenizer=true trains it by "
+                               f"aligning the two tokenizations by byte spans")
+        if (cross or render.get("template_from") == "student") and \
+                made.get("chat_template_sha256") != fp["chat_template_sha256"]:
             raise CacheRefused(f"cache {key} was rendered with another chat template than the student's "
                                f"(sha256 {str(made.get('chat_template_sha256'))[:12]} vs {fp['chat_template_sha256'][:12]})")
         if "realized_logp" in columns and m["inputs"].get("model") != init_identity:
             raise CacheRefused(f"cache {key} holds log-probs of {m['inputs'].get('model')}, not of the student's "
                                f"init model {init_identity} (the reference of {loss})")
-        vocab = reader.layout.vocab_size
+        vocab = fp["vocab_size"] if cross else reader.layout.vocab_size
     return vocab
+
+
+def teacher_vocab(store: Store, dirs: dict[str, Path]) -> tuple[Vocab, int]:
+    """The vocabulary table of the tokenizer that rendered the top-k caches, and their k (cross_tokenizer)."""
+    for name, d in dirs.items():
+        if name != "student_logp":
+            reader = ArtifactReader(d)
+            fp = reader.manifest["inputs"]["render"]["tokenizer"]
+            return load_vocab(store, fp, f"cache {d.name} ({name})"), reader.layout.k
+    d = dirs["student_logp"]  # sft: token ids alone
+    return load_vocab(store, ArtifactReader(d).manifest["inputs"]["render"]["tokenizer"], f"cache {d.name}"), 1
 
 
 def stage_one_drops(dirs: dict[str, Path]) -> dict[str, int]:

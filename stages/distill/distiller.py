@@ -53,7 +53,9 @@ from adpa.stages.common.ranks import Ranks
 from adpa.stages.common.run_folder import claim
 from adpa.stages.common.settings import in_key, plain
 from adpa.stages.distill import checkpoints, lora, report, sharding
-from adpa.stages.distill.caches import check_caches, locate, stage_one_drops
+from adpa.stages.common.token_bytes import vocab_table
+from adpa.stages.distill.caches import check_caches, locate, stage_one_drops, teacher_vocab
+from adpa.stages.distill.cross_tokenizer import Bridge
 from adpa.stages.distill.losses import LOSSES
 from adpa.stages.distill.objective import MicroBatch, collate, micro_loss, pack
 from adpa.stages.distill.pair_stream import PairStream
@@ -133,6 +135,10 @@ def key_settings(d: Distill, loss: str) -> dict:
             del out[name]
     if out.get("divergence") != "jsd":
         out.pop("jsd_beta", None)
+    if not out.pop("cross_tokenizer"):  # the cache's own tokenizer: keys as before students of others existed
+        out.pop("uld_weight", None)
+    else:
+        out["cross_tokenizer"] = True
     return out | {"lr": getattr(d, spec.lr)}
 
 
@@ -159,7 +165,8 @@ class Distiller:
         self.dirs = locate(self.store, job.loss, job.caches)
         self.tok = load_tokenizer(job.init)
         self.pad = pad_id(self.tok)
-        self.vocab = check_caches(self.dirs, job.loss, self.tok, job.init.identity)
+        self.vocab = check_caches(self.dirs, job.loss, self.tok, job.init.identity, s.cross_tokenizer)
+        self.bridge = self._bridge() if s.cross_tokenizer else None
         if bool(s.eval_every) != (job.validation is not None):
             raise ValueError("distill.eval_every > 0 needs validation pairs (data.valid_source), and only then")
         if s.select_by != "last" and not s.eval_every:
@@ -179,6 +186,15 @@ class Distiller:
         self.key = artifact_key("student", self.inputs, {"name": files.NAME, "version": files.VERSION})
         self.run_dir = self.place.folder(job.name, self.key)
         return self.key
+
+    def _bridge(self) -> Bridge:
+        """The teacher's vocabulary table (stored beside its caches) and the student's, for cross_tokenizer."""
+        teacher, k = teacher_vocab(self.store, self.dirs)
+        student = vocab_table(self.tok)
+        both = sum(t == s for t, s in zip(teacher.pieces, student.pieces))
+        self.say(f"cross_tokenizer: teacher vocabulary {len(teacher):,} ids, student's {len(student):,}; "
+                 f"{both:,} ids spell the same bytes")
+        return Bridge(teacher, student, self.tok, k)
 
     def run(self) -> Trained:
         """Reuse the student of this key, or train and publish it."""
@@ -274,9 +290,15 @@ class Distiller:
         (FSDP only) is a micro-batch for the zero-weighted forwards of a rank with fewer than the busiest."""
         loss, pad, r = self.job.loss, self.pad, self.ranks
         for step, pairs in self.stream.steps(self.settings.epochs, self.start):
-            mine = pack(pairs[r.rank::r.world_size], loss, self.settings.token_budget, self.packed)
+            own = self._student_ids(pairs[r.rank::r.world_size])
+            mine = pack(own, loss, self.settings.token_budget, self.packed)
             micro = [collate(m, loss, pad, self.packed) for m in mine]
-            yield step, len(pairs), micro, (micro or [collate(pairs[:1], loss, pad, self.packed)])[0] if self.root else None
+            spare = (micro or [collate(self._student_ids(pairs[:1]), loss, pad, self.packed)])[0] if self.root else None
+            yield step, len(pairs), micro, spare
+
+    def _student_ids(self, pairs: list) -> list:
+        """The pairs in the student's ids: as cached, or re-tokenized and aligned (cross_tokenizer)."""
+        return [self.bridge.example(ex) for ex in pairs] if self.bridge else pairs
 
     def step(self, step: int, micro: list[MicroBatch], n_step: int, spare: MicroBatch | None = None) -> dict:
         """One optimizer step over this rank's micro-batches of a step of `n_step` pairs -> its record."""

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 LOG_EPS = 1e-12
+PAD_LOGP = -1e4  # an absent entry's log-prob: exp() is exactly 0 in float32 and float64, and it is finite
 
 
 def student_logprobs(logits: torch.Tensor, ids: torch.Tensor | None, targets: torch.Tensor,
@@ -132,6 +133,45 @@ def topk_kl(t_logp: torch.Tensor, t_tail: torch.Tensor, s_logp: torch.Tensor) ->
     return topk_divergence(t_logp, t_tail, s_logp)
 
 
+def masked_bins(t_logp: torch.Tensor, t_rest: torch.Tensor, s_logp: torch.Tensor, valid: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`topk_bins` when each position has its own entries (a student of another tokenizer: the teacher's
+    entries that matched one of the student's, `cross_tokenizer.py`): the valid entries and one rest bin,
+
+        p_rest = exp(t_rest) (stored: 1 - sum_valid p),   q_rest = 1 - sum_valid q;
+
+    an invalid entry is PAD_LOGP on both sides: probability 0, finite, so it adds 0 to every divergence and
+    no NaN to any gradient."""
+    pad = torch.full_like(s_logp, PAD_LOGP)
+    s = torch.where(valid, s_logp, pad)
+    t = torch.where(valid, t_logp.to(s_logp.dtype), pad)
+    t_bins = torch.cat([t, t_rest.to(s.dtype)[:, None]], 1)
+    s_bins = torch.cat([s, _log1mexp(torch.logsumexp(s, 1))[:, None]], 1)
+    return t_bins - torch.logsumexp(t_bins, 1, keepdim=True), s_bins
+
+
+def uld(t_sorted: torch.Tensor, s_sorted: torch.Tensor) -> torch.Tensor:
+    """ULD (Boizard et al. 2024), per position, [N]: the two distributions' probabilities sorted in descending
+    order and compared rank by rank, so no vocabulary entry needs a counterpart:
+
+        ULD = sum_i | p_(i) - q_(i) |   over the first `width` ranks of the unmatched entries of each side."""
+    return (t_sorted.to(s_sorted.dtype) - s_sorted).abs().sum(1)
+
+
+def cross_kd_loss(part, s_logp: torch.Tensor, s_unmatched: torch.Tensor | None, n_seqs: int,
+                  divergence: Callable = forward_kl, uld_weight: float = 0.0) -> torch.Tensor:
+    """KD to a teacher of another tokenizer: at each student position that starts an aligned run (`part.aligned`),
+    D over the matched entries plus the rest bin (`masked_bins`), plus `uld_weight` * ULD on the unmatched
+    entries (`s_unmatched`: the student's sorted probabilities outside the matched ids):
+
+        (1/B) sum_b (1/|A_b|) sum_{t in A_b} [ D(p, q)_matched+rest + w_uld ULD(p_unmatched, q_unmatched) ]"""
+    a = part.aligned
+    d = divergence(*masked_bins(part.topk_logp[a], part.tail_logp[a], s_logp[a], part.topk_valid[a]))
+    if uld_weight and s_unmatched is not None:
+        d = d + uld_weight * uld(part.unmatched_p[a], s_unmatched[a])
+    return sequence_mean(d, part.pair[a], n_seqs)
+
+
 def sft_loss(s_realized: torch.Tensor, seq: torch.Tensor, n_seqs: int) -> torch.Tensor:
     """L_SFT = -(1/B) sum_b (1/|y_b|) sum_t log q(y_t | x, y_<t)."""
     return -sequence_mean(s_realized, seq, n_seqs)
@@ -203,6 +243,7 @@ class Scored:
     parts: dict
     at_ids: dict
     realized: dict
+    unmatched: dict = field(default_factory=dict)  # cross-tokenizer parts: the student's sorted unmatched probs
 
 
 @dataclass(frozen=True)
@@ -222,19 +263,37 @@ def _sft(b: Scored, d):
     return sft, {"sft": sft}
 
 
+def _to_teacher(b: Scored, name: str, d) -> torch.Tensor:
+    """The kd family's divergence on one part: over the teacher's top-k and tail, or, for a student of another
+    tokenizer, over the matched entries and the rest (`cross_kd_loss`)."""
+    p, div = b.parts[name], divergence_fn(d.divergence, d.jsd_beta)
+    if p.topk_valid is None:
+        return kd_loss(p.topk_logp, p.tail_logp, b.at_ids[name], p.pair, b.n, div)
+    return cross_kd_loss(p, b.at_ids[name], b.unmatched.get(name), b.n, div, d.uld_weight)
+
+
+def _alignment_terms(b: Scored) -> dict:
+    """A student of another tokenizer: the share of its response positions that start an aligned run, and
+    the teacher's mass that matched the student's vocabulary there (means over positions)."""
+    cross = [p for p in b.parts.values() if p.topk_valid is not None]
+    if not cross:
+        return {}
+    aligned = torch.cat([p.aligned for p in cross])
+    matched = torch.cat([p.matched[p.aligned] for p in cross])
+    return {"aligned_share": aligned.float().mean(), "matched_mass": matched.mean() if len(matched) else 0.0}
+
+
 def _kd(b: Scored, d):
     c = b.parts["chosen"]
-    kl = kd_loss(c.topk_logp, c.tail_logp, b.at_ids["chosen"], c.pair, b.n, divergence_fn(d.divergence, d.jsd_beta))
-    return kl, {"sft": sft_loss(b.realized["chosen"], c.pair, b.n), "kl_chosen": kl}
+    kl = _to_teacher(b, "chosen", d)
+    return kl, {"sft": sft_loss(b.realized["chosen"], c.pair, b.n), "kl_chosen": kl} | _alignment_terms(b)
 
 
 def _dckd(b: Scored, d):
-    c, r = b.parts["chosen"], b.parts["rejected"]
-    sft = sft_loss(b.realized["chosen"], c.pair, b.n)
-    div = divergence_fn(d.divergence, d.jsd_beta)
-    kl_w = kd_loss(c.topk_logp, c.tail_logp, b.at_ids["chosen"], c.pair, b.n, div)
-    kl_l = kd_loss(r.topk_logp, r.tail_logp, b.at_ids["rejected"], r.pair, b.n, div)
-    return dckd_loss(sft, kl_w, kl_l, d.alpha), {"sft": sft, "kl_chosen": kl_w, "kl_rejected": kl_l}
+    sft = sft_loss(b.realized["chosen"], b.parts["chosen"].pair, b.n)
+    kl_w, kl_l = _to_teacher(b, "chosen", d), _to_teacher(b, "rejected", d)
+    return dckd_loss(sft, kl_w, kl_l, d.alpha), {"sft": sft, "kl_chosen": kl_w, "kl_rejected": kl_l} | \
+        _alignment_terms(b)
 
 
 def _adpa(b: Scored, d):
@@ -254,7 +313,9 @@ def _dpo(b: Scored, d):
         {"dpo_margin": margin.mean(), "dpo_accuracy": (margin > 0).float().mean()}
 
 
-_DIVERGENCE_SETTINGS = ("divergence", "jsd_beta", "temperature")  # the kd family's; at their defaults, not in keys
+_DIVERGENCE_SETTINGS = ("divergence", "jsd_beta", "temperature", "uld_weight")  # the kd family's; at their
+# defaults, not in keys (uld_weight: only with cross_tokenizer)
+_ALIGNMENT_TERMS = ("aligned_share", "matched_mass")  # logged when the student has another tokenizer
 _TOPK_W, _TOPK_L = Reads("teacher_topk", "chosen", ("topk",)), Reads("teacher_topk", "rejected", ("topk",))
 LOSSES = {loss.name: loss for loss in (
     Loss("sft", "L = -(1/|y_w|) sum_t log pi_theta(y_w,t | x, y_w,<t)",
@@ -266,10 +327,10 @@ LOSSES = {loss.name: loss for loss in (
          ("beta",)),
     Loss("kd", "L = (1/|y_w|) sum_t KL(pi_dpo || pi_theta) over the teacher's top-k ids + one tail bin "
          "(distill.divergence: another D of DIVERGENCES; distill.temperature: pi_theta at T)",
-         {"chosen": _TOPK_W}, _kd, ("sft", "kl_chosen"), _DIVERGENCE_SETTINGS),
+         {"chosen": _TOPK_W}, _kd, ("sft", "kl_chosen", *_ALIGNMENT_TERMS), _DIVERGENCE_SETTINGS),
     Loss("dckd", "L = L_SFT(y_w) + alpha * (KL_w + KL_l), forward KL to the DPO teacher on chosen and rejected "
          "(distill.divergence: another D of DIVERGENCES; distill.temperature: pi_theta at T)",
-         {"chosen": _TOPK_W, "rejected": _TOPK_L}, _dckd, ("sft", "kl_chosen", "kl_rejected"),
+         {"chosen": _TOPK_W, "rejected": _TOPK_L}, _dckd, ("sft", "kl_chosen", "kl_rejected", *_ALIGNMENT_TERMS),
          ("alpha", *_DIVERGENCE_SETTINGS)),
     Loss("adpa", "L = L_SFT(y_w) - gamma * (1/|y_hat|) sum_t sum_{a in top-k} pi_theta(a|s_t) * A(s_t, a), "
          "A = log pi_dpo - log pi_ref",

@@ -41,6 +41,11 @@ class Part:
     tail_logp: torch.Tensor | None = None  # [N]
     ref_topk_logp: torch.Tensor | None = None  # [N, k] the teacher's reference at the same ids
     init_logp_sum: torch.Tensor | None = None  # [pairs] the student init's sequence log-prob (DPO)
+    # a student of another tokenizer (`cross_tokenizer.CrossRow`): per position its own matched entries
+    topk_valid: torch.Tensor | None = None  # [N, width] which of topk_ids / topk_logp are real
+    aligned: torch.Tensor | None = None  # [N] the position starts an aligned run: it has a teacher distribution
+    matched: torch.Tensor | None = None  # [N] the teacher's mass on the matched entries
+    unmatched_p: torch.Tensor | None = None  # [N, width] the teacher's unmatched top-k probabilities, sorted
 
 
 @dataclass
@@ -157,6 +162,9 @@ def _part(rows: list, place: list, columns: tuple) -> Part:
     if "topk" in columns:
         p.topk_ids = _cat(rows, "topk_ids").long()
         p.topk_logp, p.tail_logp = _cat(rows, "topk_logp"), _cat(rows, "tail_logp")
+    if "topk" in columns and hasattr(rows[0], "topk_valid"):
+        p.topk_valid, p.aligned = _cat(rows, "topk_valid"), _cat(rows, "aligned")
+        p.matched, p.unmatched_p = _cat(rows, "matched"), _cat(rows, "unmatched_p")
     if "ref_topk" in columns:
         p.ref_topk_logp = _cat(rows, "ref_topk_logp")
     if "realized_logp" in columns:
@@ -178,19 +186,40 @@ def collate(examples: list[Example], loss: str, pad_id: int, packed: bool = Fals
                       tensor(rows.segment), tensor(rows.branch))
 
 
-def head_logprobs(out: OutputLayer, h: torch.Tensor, ids: torch.Tensor | None, targets: torch.Tensor,
-                  chunk: int, temperature: float = 1.0) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """The student's log-probs at `ids` [N, k] (or None; at `temperature`) and at `targets` [N], one logits
-    chunk at a time."""
-    def one(h_c, ids_c, t_c):
-        return student_logprobs(out(h_c), ids_c, t_c, chunk=len(h_c), temperature=temperature)
+@dataclass(frozen=True)
+class Head:
+    """What the output layer is read at for one part: `ids` [N, k] (or None) at `temperature`, the realized
+    `targets` [N]; with `exclude` ([N, k] bool over `ids`, a student of another tokenizer with ULD on), also
+    the sorted probabilities of the k most likely ids outside the valid `ids`."""
 
+    ids: torch.Tensor | None
+    targets: torch.Tensor
+    temperature: float = 1.0
+    exclude: torch.Tensor | None = None
+
+
+def _read_head(logits: torch.Tensor, ids, targets, exclude, temperature: float) -> tuple:
+    at_ids, realized = student_logprobs(logits, ids, targets, chunk=len(logits), temperature=temperature)
+    if exclude is None:
+        return at_ids, realized
+    # -inf added at the matched ids (padding adds 0): what is left is the student's unmatched distribution
+    rest = logits.float().log_softmax(-1).scatter_add(1, ids, torch.where(exclude, float("-inf"), 0.0))
+    return at_ids, realized, rest.topk(ids.shape[1], dim=1).values.exp()
+
+
+def head_logprobs(out: OutputLayer, h: torch.Tensor, head: Head, chunk: int) -> tuple:
+    """The student's log-probs at `head.ids` and at `head.targets` (and the sorted unmatched probabilities with
+    `head.exclude`), one logits chunk at a time."""
+    def one(h_c, *cols):
+        ids_c, t_c, ex_c = cols if len(cols) == 3 else (*cols, None)
+        return _read_head(out(h_c), ids_c, t_c, ex_c, head.temperature)
+
+    cols = [head.ids, head.targets] + ([head.exclude] if head.exclude is not None else [])
     if len(h) <= chunk:
-        return one(h, ids, targets)
-    parts = [checkpoint(one, h[c:c + chunk], None if ids is None else ids[c:c + chunk], targets[c:c + chunk],
+        return one(h, *cols)
+    parts = [checkpoint(one, h[c:c + chunk], *[None if x is None else x[c:c + chunk] for x in cols],
                         use_reentrant=False) for c in range(0, len(h), chunk)]
-    at_ids = torch.cat([p[0] for p in parts]) if ids is not None else None
-    return at_ids, torch.cat([p[1] for p in parts])
+    return tuple(torch.cat([p[i] for p in parts]) if parts[0][i] is not None else None for i in range(len(parts[0])))
 
 
 def forward(model, mb: MicroBatch) -> torch.Tensor:
@@ -206,11 +235,15 @@ def micro_loss(model, out: OutputLayer, mb: MicroBatch, loss: str, settings) -> 
     `settings`: the distill section (the loss reads its coefficients there)."""
     hidden = forward(model, mb)
     chunk = max(1, BLOCK_BYTES // (4 * out.vocab_size))
-    at_ids, realized = {}, {}
+    at_ids, realized, unmatched = {}, {}, {}
     temperature = settings.temperature if "temperature" in LOSSES[loss].uses else 1.0  # the kd family's alone
     for name, p in mb.parts.items():
-        at_ids[name], realized[name] = head_logprobs(out, hidden[p.rows, p.cols], p.topk_ids, p.targets, chunk,
-                                                     temperature)
-    value, terms = LOSSES[loss].compute(Scored(mb.n_pairs, mb.parts, at_ids, realized), settings)
+        uld = p.topk_valid is not None and settings.uld_weight > 0
+        read = head_logprobs(out, hidden[p.rows, p.cols], Head(p.topk_ids, p.targets, temperature,
+                                                               p.topk_valid if uld else None), chunk)
+        at_ids[name], realized[name] = read[:2]
+        if uld:
+            unmatched[name] = read[2]
+    value, terms = LOSSES[loss].compute(Scored(mb.n_pairs, mb.parts, at_ids, realized, unmatched), settings)
     terms = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in terms.items()} | {"loss": value.item()}
     return value, terms

@@ -65,6 +65,13 @@ class Distill:
     temperature: float = setting(1.0, "kd and dckd: the student's temperature in the divergence, q_T = softmax(z / T) "
                                  "(the SFT term stays at 1; the stored teacher cannot be re-tempered; at least 0.05)",
                                  minimum=0.05)
+    cross_tokenizer: bool = setting(False, "train a student of another tokenizer than the cache's: each response is "
+                                    "re-tokenized by the student, aligned to the teacher's tokens by byte spans, "
+                                    "and the divergence is taken over the teacher's entries that match the "
+                                    "student's vocabulary (exactly, or along the teacher's path) plus a rest bin "
+                                    "(sft, kd, dckd; the cache rendered with the student's chat template)")
+    uld_weight: float = setting(1.0, "kd and dckd with cross_tokenizer: weight of the ULD term (sorted "
+                                "probabilities of the unmatched entries compared rank by rank)", minimum=0)
     gamma: float = setting(1.5, "adpa: weight of the expected advantage", minimum=0)
     advantage: str = setting("signed", "adpa: the advantage as the paper has it (signed), clipped to [0, 1] as the "
                              "released code optimises it (clip01), or -A, a diagnostic (flipped)",

@@ -32,6 +32,7 @@ from adpa.stages.common.models import ResolvedModel, load_tokenizer
 from adpa.stages.common.progress import Progress
 from adpa.stages.common.ranks import Ranks
 from adpa.stages.common.tokenizers import compare_tokenizers, tokenizer_fingerprint
+from adpa.stages.common.vocab_artifact import publish_vocab
 from adpa.stages.teacher_cache import backends
 from adpa.stages.teacher_cache.pairs import DataError, Drop, detect_format, is_held_out, load_rows, parse_row
 from adpa.stages.teacher_cache.render import Encoded, encode_pair
@@ -436,6 +437,8 @@ def run_teacher_cache(req: Request, store: Store, strict: bool = False, say=prin
         f" {run.device} {run.dtype_name}")
     overall = Overall(5 if tc.states in GENERATED else 4, say)
     try:
+        table, reused = publish_vocab(store, run.tok, run.inputs.common["render"]["tokenizer"])
+        say(f"vocabulary table {table} ({'reused' if reused else 'built'}): what a student of another tokenizer reads")
         results = [overall(lambda: teacher_topk(run, say), "teacher-topk (teacher)")]
         results += [overall(lambda r=role: seq_logp(run, r, say), f"seq-logp ({role})") for role in ("reference", "student")]
         gen = overall(lambda: generations(run, tc.states, say), f"generations ({tc.states})") \

@@ -1,0 +1,182 @@
+"""A teacher cache read by a student of another tokenizer (`distill.cross_tokenizer`).
+
+Each cached row (the teacher's ids of prompt + response, its top-k per response position) becomes a row in
+the student's ids, made of the text the teacher's ids spell (the vocabulary table stage one stores):
+
+1. The prompt's and the response's bytes are decoded to text and tokenized by the student's tokenizer.
+   The cache must be rendered with the student's chat template, so this is the student's own rendering
+   (`caches.check_caches` refuses any other). Chat markers travel as their content and become the
+   student's special tokens.
+2. The two tokenizations of the response are aligned by byte spans (`token_bytes.align`): the shortest
+   runs of tokens on both sides that end at a common byte offset. At the first student token of a run both
+   models predict the next piece of the same text after the same prefix, so the teacher's distribution
+   there says something about the student's; inside a run (a student token that starts within a teacher
+   token) it does not, and those positions get the SFT term only.
+3. At a run's first position the teacher's probability of a student vocabulary entry is:
+   - an exact match: a teacher id of the top-k whose bytes are the entry's (`exact`), its probability;
+   - a path extension (GOLD's product along the teacher's path): the teacher's realized tokens
+     t_0 .. t_{j-1} of the run followed by a top-k id a at t_j spell the entry: prod_{i<j} p(t_i) * p(a | t_<j).
+   These are the leaves of the teacher's tree along the run (`matches`): at each depth the top-k but the
+   realized id, whose mass the next depth splits, and at the run's last depth all of them; leaves are
+   disjoint events, so their sum, the matched mass, is at most 1. The `width`
+   largest entries are kept; the rest of the teacher's mass (1 - kept) is one "rest" bin, as the tail bin
+   of the same-tokenizer losses. The teacher's top-k entries with no exact student entry are kept, sorted,
+   for the ULD term (sorted probabilities compared rank by rank, Boizard et al. 2024).
+
+What this loses: the mass of teacher candidates that spell no student entry (the matched share, per step in
+metrics.jsonl), and every position inside a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from adpa.schemas import sequences
+from adpa.schemas.token_topk import Row
+from adpa.schemas.vocab import Vocab
+from adpa.stages.common.token_bytes import align
+from adpa.stages.distill.pair_stream import Example
+
+PAD_LOGP = -1e4  # a padded entry: exp() is 0 in float32, and finite, so no 0 * inf in a divergence
+MAX_MATCHED = 1.0 - 1e-6  # the rest bin keeps a sliver: its log stays finite
+
+
+@dataclass(frozen=True)
+class CrossRow:
+    """One part of a pair in the student's ids; per response position (n = len(token_ids) - prompt_len):
+    the teacher's matched entries (student ids, log-probs, which are real), the log of the rest's mass,
+    whether the position starts an aligned run, the matched mass, and the teacher's unmatched top-k
+    probabilities sorted (0-padded)."""
+
+    pair_id: str
+    side: str
+    input_index: int
+    token_ids: np.ndarray  # [prompt + n] student ids
+    prompt_len: int
+    topk_ids: np.ndarray  # [n, width] int64
+    topk_logp: np.ndarray  # [n, width] float32, PAD_LOGP where not valid
+    topk_valid: np.ndarray  # [n, width] bool
+    tail_logp: np.ndarray  # [n] float32: log(1 - matched)
+    aligned: np.ndarray  # [n] bool
+    matched: np.ndarray  # [n] float32
+    unmatched_p: np.ndarray  # [n, width] float32
+
+    def copy(self) -> "CrossRow":
+        return self
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Where each student response position's teacher distribution comes from: `runs` [(teacher position
+    a0, teacher tokens in the run m, student position b0)]; `positions`: student response tokens."""
+
+    runs: list[tuple[int, int, int]]
+    positions: int
+
+
+class Bridge:
+    """The teacher's and the student's vocabularies and the student's tokenizer; `example` translates a pair."""
+
+    def __init__(self, teacher: Vocab, student: Vocab, tok, width: int):
+        self.teacher, self.student, self.tok, self.width = teacher, student, tok, width
+        self.index = student.index()
+        self.exact = np.array([self.index.get((bool(teacher.special[i]), p), -1) for i, p in enumerate(teacher.pieces)],
+                              dtype=np.int64)
+        self.longest = max(map(len, student.pieces))
+
+    def example(self, ex: Example) -> Example:
+        return replace(ex, parts={n: self.row(r) for n, r in ex.parts.items()})
+
+    def text(self, ids) -> bytes:
+        return b"".join(self.teacher.pieces[int(i)] for i in ids)
+
+    def encode(self, data: bytes) -> list[int]:
+        """The student's ids of a text (its markers parsed as the student's special tokens)."""
+        return list(self.tok(data.decode("utf-8", "replace"), add_special_tokens=False)["input_ids"])
+
+    def tokenize(self, r: Row | sequences.Row) -> tuple[list[int], list[int]]:
+        """The student's ids of a cached row's prompt and response: the whole text tokenized at once, as the
+        student renders a conversation (a SentencePiece tokenizer marks only the text's start with a space),
+        cut after the prompt's ids; the response alone when a merge straddles the cut."""
+        head, tail = self.text(r.token_ids[:r.prompt_len]), self.text(r.token_ids[r.prompt_len:])
+        prompt, full = self.encode(head), self.encode(head + tail)
+        if full[:len(prompt)] == prompt:
+            return prompt, full[len(prompt):]
+        return prompt, self.encode(tail)
+
+    def row(self, r: Row | sequences.Row) -> CrossRow | sequences.Row:
+        """A cached row in the student's ids; a row without top-k (sft reads token ids alone) stays one."""
+        prompt, response = self.tokenize(r)
+        if not isinstance(r, Row):
+            return replace(r, token_ids=np.array(prompt + response, np.int64), prompt_len=len(prompt),
+                           realized_logp=None)
+        al = self.alignment(r.token_ids[r.prompt_len:], response)
+        n, w = len(response), self.width
+        ids, logp = np.zeros((n, w), np.int64), np.full((n, w), PAD_LOGP, np.float32)
+        valid, aligned = np.zeros((n, w), bool), np.zeros(n, bool)
+        matched, unmatched = np.zeros(n, np.float32), np.zeros((n, w), np.float32)
+        for a0, m, b0 in al.runs:
+            entries = self.matches(r, a0, m)
+            top = sorted(entries.items(), key=lambda kv: -kv[1])[:w]
+            k = len(top)
+            ids[b0, :k], logp[b0, :k], valid[b0, :k] = [t[0] for t in top], [t[1] for t in top], True
+            aligned[b0], matched[b0] = True, min(float(np.exp(logp[b0, :k]).sum()), MAX_MATCHED)
+            rest = np.sort(np.exp(r.topk_logp[a0][self.exact[r.topk_ids[a0]] < 0]))[::-1][:w]
+            unmatched[b0, :len(rest)] = rest
+        return CrossRow(r.pair_id, r.side, r.input_index, np.array(prompt + response, np.int64), len(prompt), ids, logp,
+                        valid, np.log1p(-matched).astype(np.float32), aligned, matched, unmatched)
+
+    def matches(self, r: Row, a0: int, m: int) -> dict[int, float]:
+        """Student id -> the teacher's log-prob of it at response position a0: the leaves of the teacher's tree
+        along the run's m realized tokens (at each depth the top-k ids but the realized one, whose mass goes one
+        level deeper; at the last depth all of them), each spelling prefix + its piece. Leaves are disjoint
+        events, so the matched mass is at most 1; leaves that spell one entry are summed."""
+        out: dict[int, float] = {}
+        prefix, path = b"", 0.0
+        for j in range(a0, a0 + m):
+            realized, last = int(r.token_ids[r.prompt_len + j]), j == a0 + m - 1
+            for tid, lp in zip(r.topk_ids[j].tolist(), r.topk_logp[j].tolist()):
+                if tid == realized and not last:
+                    continue
+                s = int(self.exact[tid]) if not prefix else \
+                    (-1 if self.teacher.special[tid] else self.index.get((False, prefix + self.teacher.pieces[tid]), -1))
+                if s >= 0:
+                    out[s] = float(np.logaddexp(out[s], path + lp)) if s in out else path + lp
+            prefix += self.teacher.pieces[realized]
+            path += float(r.realized_logp[j])
+            if len(prefix) >= self.longest:  # no longer entry to spell
+                break
+        return out
+
+    def alignment(self, teacher_ids, student_ids) -> Alignment:
+        """Runs of the two tokenizations of one response (`token_bytes.align`) over the longest common byte
+        prefix both end at: a response cut mid-character, or a student tokenizer that adds a leading space
+        (SentencePiece), leaves the rest of that side unaligned rather than misaligned."""
+        t_pieces = [self.teacher.pieces[int(i)] for i in teacher_ids]
+        s_pieces = [self.student.pieces[int(i)] for i in student_ids]
+        t_text, s_text = b"".join(t_pieces), b"".join(s_pieces)
+        shift = int(s_text[:1] == b" " and t_text[:1] != b" ")  # a prepended space, not in the teacher's text
+        t_ends = np.cumsum([len(x) for x in t_pieces], dtype=np.int64)
+        s_ends = np.cumsum([len(x) for x in s_pieces], dtype=np.int64) - shift
+        same = _common_prefix(t_text, s_text[shift:])
+        first = int(np.searchsorted(s_ends, 0, side="right"))  # student tokens that are only the prepended space
+        common = np.intersect1d(t_ends[t_ends <= same], s_ends[first:][s_ends[first:] <= same])
+        if not len(common):
+            return Alignment([], len(student_ids))
+        end = common[-1]
+        nt, ns = int(np.searchsorted(t_ends, end, side="right")), int(np.searchsorted(s_ends, end, side="right"))
+        runs = align(t_ends[:nt], s_ends[first:ns])
+        return Alignment([(run.a0, run.a1 - run.a0, first + run.b0) for run in runs], len(student_ids))
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if a[:mid] == b[:mid] else (lo, mid)
+    return lo
