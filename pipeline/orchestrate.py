@@ -108,6 +108,10 @@ def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path 
         return Distiller(store, job, place).run()
 
     spec = LOSSES[loss]
+    if spec.then and recipe.distill_for(loss).cross_tokenizer:
+        raise ValueError(f"{loss} trains on states its first student generates in stage one, whose models share "
+                         f"one vocabulary: with distill.cross_tokenizer train {spec.then[0]}, then {spec.then[1]} "
+                         f"on stage one's states")
     final = Path(output) if output else None
     if spec.then is None:
         return [train(loss, loss, models["student"], keys, final)]

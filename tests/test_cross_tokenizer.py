@@ -238,6 +238,71 @@ def test_cross_tokenizer_dckd_matches_float64_full_vocabulary(packed, toks):
     assert terms["kl_chosen"] > 0 and terms["kl_rejected"] > 0
 
 
+def _advantage_row(tok, messages, response, seed, index) -> Row:
+    """An advantage row: a cached state with the reference's log-probs at the same ids (drawn around the teacher's)."""
+    rng = np.random.default_rng(100 + seed)
+    r = teacher_row(tok, messages, response, "generated", seed=seed, index=index)
+    ref = (r.topk_logp + rng.normal(0, 0.7, r.topk_logp.shape)).astype(np.float32)
+    at = [list(ids).index(t) for ids, t in zip(r.topk_ids, r.token_ids[r.prompt_len:])]  # the realized id's column
+    return Row(r.pair_id, "generated", index, r.token_ids, r.prompt_len, r.topk_ids, r.topk_logp, r.realized_logp,
+               r.tail_logp, ref, ref[np.arange(len(at)), at])
+
+
+@pytest.mark.parametrize("mode", ["signed", "clip01"])
+def test_cross_tokenizer_adpa_matches_float64_full_vocabulary(mode, toks):
+    """ADPA on the matched entries: L = SFT(chosen) - gamma * mean over aligned state positions of
+    sum_matched q(a) A(a), A(a) = log p(a) - log r(a) of the entry's leaves (summed on each model)."""
+    teacher, student = toks["smollm2"], toks["gpt2"]
+    bridge = Bridge(vocab_table(teacher), vocab_table(student), student, 6)
+    pairs = [bridge.example(Example(i, {"chosen": teacher_row(teacher, m, c, "chosen", seed=2 * i, index=i),
+                                        "state": _advantage_row(teacher, m, r, 2 * i + 1, i)}))
+             for i, (m, c, r) in enumerate(CONVERSATIONS)]
+    d = Distill(cross_tokenizer=True, gamma=0.8, advantage=mode)
+    model = _student(len(student))
+    model64 = copy.deepcopy(model).double()
+    mb = objective.collate(pairs, "adpa", student.pad_token_id or 0, True)
+    value, terms = objective.micro_loss(model, OutputLayer(model, len(student)), mb, "adpa", d)
+    value.backward()
+    total = 0.0
+    for ex in pairs:
+        c, s = ex.parts["chosen"], ex.parts["state"]
+        lq = model64(input_ids=torch.as_tensor(c.token_ids)[None]).logits[0].log_softmax(-1)
+        sft = -sum(lq[c.prompt_len - 1 + j, c.token_ids[c.prompt_len + j]] for j in range(len(c.token_ids) - c.prompt_len))
+        sft = sft / (len(c.token_ids) - c.prompt_len)
+        lq = model64(input_ids=torch.as_tensor(s.token_ids)[None]).logits[0].log_softmax(-1)
+        per = []
+        for j in np.flatnonzero(s.aligned):
+            v = s.topk_valid[j]
+            a = torch.as_tensor(s.topk_logp[j][v] - s.ref_topk_logp[j][v], dtype=torch.float64)
+            a = a.clamp(0, 1) if mode == "clip01" else a
+            per.append((lq[s.prompt_len - 1 + j][torch.as_tensor(s.topk_ids[j][v])].exp() * a).sum())
+        total = total + sft - d.gamma * sum(per) / len(per)
+    ref = total / len(pairs)
+    ref.backward()
+    assert value.item() == pytest.approx(ref.item(), rel=1e-5)
+    for (name, p), p64 in zip(model.named_parameters(), model64.parameters()):
+        np.testing.assert_allclose(p.grad.numpy(), p64.grad.numpy(), rtol=1e-4, atol=1e-6, err_msg=name)
+    assert 0 < terms["matched_mass"] <= 1
+
+
+def test_an_entrys_advantage_is_that_of_its_leaves(toks):
+    """Where a student entry is a leaf of the teacher's tree deeper than its first token, its reference
+    log-prob is the reference's along the same path, so the advantage is that of the whole continuation."""
+    teacher, student = toks["smollm2"], toks["gpt2"]
+    bridge = Bridge(vocab_table(teacher), vocab_table(student), student, 6)
+    messages, chosen, _ = CONVERSATIONS[0]
+    row = _advantage_row(teacher, messages, chosen, 0, 0)
+    deep = 0
+    for a0, m, b0 in bridge.alignment(row.token_ids[row.prompt_len:], bridge.tokenize(row)[1]).runs:
+        for s, (lp, rp) in bridge.matches(row, a0, m).items():
+            if m > 1 and s == bridge.tokenize(row)[1][b0]:  # the realized student token: the realized path
+                assert lp == pytest.approx(float(np.sum(row.realized_logp[a0:a0 + m], dtype=np.float64)), rel=1e-6)
+                assert rp == pytest.approx(float(np.sum(row.ref_realized_logp[a0:a0 + m], dtype=np.float64)),
+                                           rel=1e-6)
+                deep += 1
+    assert deep > 0
+
+
 # ---- the vocabulary table in the store -------------------------------------------------------------
 
 def test_the_vocabulary_table_is_stored_once_and_damage_is_refused(tmp_path, toks):

@@ -241,16 +241,20 @@ def test_a_student_of_another_tokenizer_trains_from_the_unchanged_cache(unit, tm
 
     with pytest.raises(CacheRefused, match="another vocabulary .* --set distill.cross_tokenizer=true"):
         run("dckd").check()
-    with pytest.raises(CacheRefused, match="cross_tokenizer trains sft, kd, dckd; loss adpa"):
-        run("adpa", cross_tokenizer=True).check()
-    for loss in ("sft", "dckd"):
+    with pytest.raises(CacheRefused, match="cross_tokenizer trains sft, kd, dckd, adpa; loss dpo"):
+        run("dpo", cross_tokenizer=True).check()
+    for loss in ("sft", "dckd", "adpa"):
         t = run(loss, cross_tokenizer=True).run()
         assert t.status == "built" and t.summary["steps"] == PAIRS // 4
         records = [json.loads(ln) for ln in (tmp_path / loss / "metrics.jsonl").read_text().splitlines()]
         assert all(np.isfinite(r["loss"]) for r in records)
-        if loss == "dckd":  # each two-digit token starts where a teacher token does: every position aligned
+        if loss != "sft":  # each two-digit token starts where a teacher token does: every position aligned
             assert all(r["aligned_share"] == 1 and 0 < r["matched_mass"] <= 1 for r in records)
             assert "matched_mass" in (tmp_path / loss / "model" / "README.md").read_text()
+    chain = copy.deepcopy(unit["recipe"])
+    chain.distill.cross_tokenizer = True
+    with pytest.raises(ValueError, match="adpa\\+ trains on states its first student generates"):
+        orchestrate.distill(chain, st, "adpa+", output=tmp_path / "chain", say=silent)
     keys = {run("dckd", cross_tokenizer=True).check(), run("dckd", cross_tokenizer=True, uld_weight=0.5).check()}
     assert len(keys) == 2  # the alignment's settings are the student's: another weight, another student
 

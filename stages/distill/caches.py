@@ -42,7 +42,7 @@ def locate(store: Store, loss: str, caches: dict[str, str]) -> dict[str, Path]:
     return dirs
 
 
-CROSS_LOSSES = ("sft", "kd", "dckd")  # the others read the student init's log-probs or states in the cache's ids
+CROSS_LOSSES = ("sft", "kd", "dckd", "adpa")  # dpo reads the student init's log-probs, in the cache's ids
 
 
 def check_caches(dirs: dict[str, Path], loss: str, tok, init_identity: dict, cross: bool = False) -> int:
@@ -51,7 +51,7 @@ def check_caches(dirs: dict[str, Path], loss: str, tok, init_identity: dict, cro
     fp = tokenizer_fingerprint(tok)
     if cross and loss not in CROSS_LOSSES:
         raise CacheRefused(f"distill.cross_tokenizer trains {', '.join(CROSS_LOSSES)}; loss {loss} reads the "
-                           f"student init's log-probs or generations, which a cache holds in its own ids")
+                           f"student init's log-probs, which a cache holds in its own ids")
     vocab = None
     for name, d in dirs.items():
         key = d.name

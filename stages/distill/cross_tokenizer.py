@@ -25,6 +25,12 @@ the student's ids, made of the text the teacher's ids spell (the vocabulary tabl
 
 What this loses: the mass of teacher candidates that spell no student entry (the matched share, per step in
 metrics.jsonl), and every position inside a run.
+
+ADPA reads an advantage row the same way: an entry's advantage is log p - log r of the same leaves
+(`matches` carries the reference's log-probs along the same paths), so ADPA is taken on the matched part
+of the top-k. Its states are those stage one generated, with the cache's tokenizer (a student of another
+tokenizer cannot generate in stage one, whose models share one vocabulary); `adpa+`, whose states come
+from the student it trains, is refused.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ class CrossRow:
     aligned: np.ndarray  # [n] bool
     matched: np.ndarray  # [n] float32
     unmatched_p: np.ndarray  # [n, width] float32
+    ref_topk_logp: np.ndarray | None = None  # [n, width] the reference's log-probs of the entries (advantage rows)
 
     def copy(self) -> "CrossRow":
         return self
@@ -115,37 +122,45 @@ class Bridge:
         al = self.alignment(r.token_ids[r.prompt_len:], response)
         n, w = len(response), self.width
         ids, logp = np.zeros((n, w), np.int64), np.full((n, w), PAD_LOGP, np.float32)
+        ref = np.full((n, w), PAD_LOGP, np.float32)
         valid, aligned = np.zeros((n, w), bool), np.zeros(n, bool)
         matched, unmatched = np.zeros(n, np.float32), np.zeros((n, w), np.float32)
         for a0, m, b0 in al.runs:
             entries = self.matches(r, a0, m)
-            top = sorted(entries.items(), key=lambda kv: -kv[1])[:w]
+            top = sorted(entries.items(), key=lambda kv: -kv[1][0])[:w]
             k = len(top)
-            ids[b0, :k], logp[b0, :k], valid[b0, :k] = [t[0] for t in top], [t[1] for t in top], True
+            ids[b0, :k], valid[b0, :k] = [t[0] for t in top], True
+            logp[b0, :k], ref[b0, :k] = [t[1][0] for t in top], [t[1][1] for t in top]
             aligned[b0], matched[b0] = True, min(float(np.exp(logp[b0, :k]).sum()), MAX_MATCHED)
             rest = np.sort(np.exp(r.topk_logp[a0][self.exact[r.topk_ids[a0]] < 0]))[::-1][:w]
             unmatched[b0, :len(rest)] = rest
         return CrossRow(r.pair_id, r.side, r.input_index, np.array(prompt + response, np.int64), len(prompt), ids, logp,
-                        valid, np.log1p(-matched).astype(np.float32), aligned, matched, unmatched)
+                        valid, np.log1p(-matched).astype(np.float32), aligned, matched, unmatched,
+                        ref if r.ref_topk_logp is not None else None)
 
-    def matches(self, r: Row, a0: int, m: int) -> dict[int, float]:
-        """Student id -> the teacher's log-prob of it at response position a0: the leaves of the teacher's tree
-        along the run's m realized tokens (at each depth the top-k ids but the realized one, whose mass goes one
-        level deeper; at the last depth all of them), each spelling prefix + its piece. Leaves are disjoint
-        events, so the matched mass is at most 1; leaves that spell one entry are summed."""
-        out: dict[int, float] = {}
-        prefix, path = b"", 0.0
+    def matches(self, r: Row, a0: int, m: int) -> dict[int, tuple[float, float]]:
+        """Student id -> (the teacher's log-prob of it at response position a0, the reference's, or nan on a
+        row without one): the leaves of the teacher's tree along the run's m realized tokens (at each depth
+        the top-k ids but the realized one, whose mass goes one level deeper; at the last depth all of
+        them), each spelling prefix + its piece. Leaves are disjoint events, so the matched mass is at most
+        1; leaves that spell one entry are summed (on both models: the advantage of the entry is that of
+        their union)."""
+        out: dict[int, tuple[float, float]] = {}
+        prefix, path = b"", np.zeros(2)
+        ref = r.ref_topk_logp if r.ref_topk_logp is not None else np.full(r.topk_logp.shape, np.nan, np.float32)
+        ref_realized = r.ref_realized_logp if r.ref_realized_logp is not None else np.full(len(r.realized_logp), np.nan)
         for j in range(a0, a0 + m):
             realized, last = int(r.token_ids[r.prompt_len + j]), j == a0 + m - 1
-            for tid, lp in zip(r.topk_ids[j].tolist(), r.topk_logp[j].tolist()):
+            for tid, lp, rp in zip(r.topk_ids[j].tolist(), r.topk_logp[j].tolist(), ref[j].tolist()):
                 if tid == realized and not last:
                     continue
                 s = int(self.exact[tid]) if not prefix else \
                     (-1 if self.teacher.special[tid] else self.index.get((False, prefix + self.teacher.pieces[tid]), -1))
                 if s >= 0:
-                    out[s] = float(np.logaddexp(out[s], path + lp)) if s in out else path + lp
+                    v = path + (lp, rp)
+                    out[s] = tuple(np.logaddexp(out[s], v)) if s in out else tuple(v)
             prefix += self.teacher.pieces[realized]
-            path += float(r.realized_logp[j])
+            path = path + (float(r.realized_logp[j]), float(ref_realized[j]))
             if len(prefix) >= self.longest:  # no longer entry to spell
                 break
         return out

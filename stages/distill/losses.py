@@ -299,9 +299,13 @@ def _dckd(b: Scored, d):
 def _adpa(b: Scored, d):
     c, s = b.parts["chosen"], b.parts["state"]
     sft = sft_loss(b.realized["chosen"], c.pair, b.n)
-    loss = adpa_loss(sft, b.at_ids["state"], advantages(s.topk_logp, s.ref_topk_logp, d.advantage), s.pair, b.n,
-                     d.gamma)
-    return loss, {"sft": sft, "expected_advantage": (sft - loss) / d.gamma if d.gamma else 0.0}
+    adv, at_ids = advantages(s.topk_logp, s.ref_topk_logp, d.advantage), b.at_ids["state"]
+    if s.topk_valid is None:
+        loss = adpa_loss(sft, at_ids, adv, s.pair, b.n, d.gamma)
+    else:  # another tokenizer: the matched entries of the positions that start an aligned run
+        a = s.aligned
+        loss = adpa_loss(sft, at_ids[a], adv[a] * s.topk_valid[a], s.pair[a], b.n, d.gamma)
+    return loss, {"sft": sft, "expected_advantage": (sft - loss) / d.gamma if d.gamma else 0.0} | _alignment_terms(b)
 
 
 def _dpo(b: Scored, d):
@@ -335,7 +339,7 @@ LOSSES = {loss.name: loss for loss in (
     Loss("adpa", "L = L_SFT(y_w) - gamma * (1/|y_hat|) sum_t sum_{a in top-k} pi_theta(a|s_t) * A(s_t, a), "
          "A = log pi_dpo - log pi_ref",
          {"chosen": _TOPK_W, "state": Reads("advantage", "generated", ("topk", "ref_topk"))}, _adpa,
-         ("sft", "expected_advantage"), ("gamma", "advantage")),
+         ("sft", "expected_advantage", *_ALIGNMENT_TERMS), ("gamma", "advantage")),
     Loss("adpa+", "DCKD first, then ADPA from the DCKD student on states that student generated",
          then=("dckd", "adpa")),
 )}
