@@ -11,7 +11,7 @@ STUDENT ?= tiny
 EXTRA ?= cpu
 export ADPA_STORE ?= $(CURDIR)/store
 
-.PHONY: setup test test-fast demo teacher-cache distill bench-store bench-teacher-cache bench-plan bench-distill bench-quality gpu-check wheel-check clean
+.PHONY: setup test test-fast demo teacher-cache distill bench-store bench-teacher-cache bench-plan bench-distill bench-cross bench-quality gpu-check wheel-check clean
 
 setup: $(STAMP)
 
@@ -68,6 +68,10 @@ bench-distill: setup
 # On a CUDA machine without registries (torch, transformers, pyarrow, numpy, numba): python -m benchmarks.gpu_check
 gpu-check: setup
 	$(PY) -m benchmarks.gpu_check
+
+# What a student of another tokenizer keeps of a teacher cache, per dataset (docs/BENCHMARKS.md)
+bench-cross: setup
+	$(PY) -m benchmarks.cross_tokenizer
 
 bench-quality: setup
 	$(PY) -m benchmarks.quality

@@ -279,3 +279,15 @@ def test_push_and_pull_carry_a_caches_vocabulary_table(unit, tmp_path):
     shutil.copytree(shared / key, alone / key)
     lone = CliRunner().invoke(app, ["cache", "pull", str(alone / key), "--store", str(tmp_path / "lone")])
     assert lone.exit_code == 0 and f"no vocabulary table {vocab_key(fp)} pulled" in lone.output
+
+
+def test_bench_cross_counts_what_the_alignment_keeps(unit):
+    """`make bench-cross`'s measure on the unit cache: the matched mass never exceeds the stored top-k mass."""
+    from transformers import AutoTokenizer
+
+    from benchmarks.cross_tokenizer import measure, table
+    paired = AutoTokenizer.from_pretrained(tiny_world.tokenizer(unit["store"], tiny_world.V3.words, paired=True))
+    r = measure(unit["store"], unit["keys"]["teacher_topk"], paired)
+    assert r["rows"] == 2 * PAIRS and r["aligned_share"] == 1 and 0 < r["teacher_used"] < 1
+    assert 0 < r["one_to_one_share"] < 1 and 0 < r["matched_mass"] <= r["topk_mass"] + 1e-6
+    assert "| unit | 17 / 117 |" in table({"unit": r})

@@ -116,6 +116,8 @@ def test_ray_with_a_worker_killed_mid_block_gives_the_keys_and_rows_of_a_local_r
     line = next(ln for ln in out.splitlines() if ln.startswith("teacher-topk (teacher): 2 blocks"))
     assert "resumed 1" in line, line  # the retried block kept the shard committed before the kill
     assert keys_of(out) == keys and len(keys) == 5
+    table = next(ln for ln in out.splitlines() if ln.startswith("vocabulary table vocab-")).split()[2]
+    assert st.manifest(table) is not None  # what a student of another tokenizer reads, on this engine too
     for name, k in keys.items():
         m = verify_artifact(st.path(k))
         assert m["input_rows"] == PAIRS and m["rows_used"] == PAIRS, name

@@ -77,10 +77,9 @@ class CrossRow:
 @dataclass(frozen=True)
 class Alignment:
     """Where each student response position's teacher distribution comes from: `runs` [(teacher position
-    a0, teacher tokens in the run m, student position b0)]; `positions`: student response tokens."""
+    a0, teacher tokens in the run m, student position b0, student tokens in the run n)]."""
 
-    runs: list[tuple[int, int, int]]
-    positions: int
+    runs: list[tuple[int, int, int, int]]
 
 
 class Bridge:
@@ -125,7 +124,7 @@ class Bridge:
         ref = np.full((n, w), PAD_LOGP, np.float32)
         valid, aligned = np.zeros((n, w), bool), np.zeros(n, bool)
         matched, unmatched = np.zeros(n, np.float32), np.zeros((n, w), np.float32)
-        for a0, m, b0 in al.runs:
+        for a0, m, b0, _ in al.runs:
             entries = self.matches(r, a0, m)
             top = sorted(entries.items(), key=lambda kv: -kv[1][0])[:w]
             k = len(top)
@@ -179,11 +178,11 @@ class Bridge:
         first = int(np.searchsorted(s_ends, 0, side="right"))  # student tokens that are only the prepended space
         common = np.intersect1d(t_ends[t_ends <= same], s_ends[first:][s_ends[first:] <= same])
         if not len(common):
-            return Alignment([], len(student_ids))
+            return Alignment([])
         end = common[-1]
         nt, ns = int(np.searchsorted(t_ends, end, side="right")), int(np.searchsorted(s_ends, end, side="right"))
         runs = align(t_ends[:nt], s_ends[first:ns])
-        return Alignment([(run.a0, run.a1 - run.a0, first + run.b0) for run in runs], len(student_ids))
+        return Alignment([(run.a0, run.a1 - run.a0, first + run.b0, run.b1 - run.b0) for run in runs])
 
 
 def _common_prefix(a: bytes, b: bytes) -> int:

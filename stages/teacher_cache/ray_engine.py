@@ -163,6 +163,8 @@ def run_teacher_cache(req: local.Request, store: Store, strict: bool = False, sa
 
     models, data, tc = req.models, req.data, req.settings
     run = local.setup(req, store, strict, say)
+    if not states_only:
+        local.vocabulary_table(run, say)
     n = len(run.prepared)
     nb = blocks(n, tc.ray_block_rows)
     if not ray.is_initialized():

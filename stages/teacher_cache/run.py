@@ -437,8 +437,7 @@ def run_teacher_cache(req: Request, store: Store, strict: bool = False, say=prin
         f" {run.device} {run.dtype_name}")
     overall = Overall(5 if tc.states in GENERATED else 4, say)
     try:
-        table, reused = publish_vocab(store, run.tok, run.inputs.common["render"]["tokenizer"])
-        say(f"vocabulary table {table} ({'reused' if reused else 'built'}): what a student of another tokenizer reads")
+        vocabulary_table(run, say)
         results = [overall(lambda: teacher_topk(run, say), "teacher-topk (teacher)")]
         results += [overall(lambda r=role: seq_logp(run, r, say), f"seq-logp ({role})") for role in ("reference", "student")]
         gen = overall(lambda: generations(run, tc.states, say), f"generations ({tc.states})") \
@@ -447,6 +446,13 @@ def run_teacher_cache(req: Request, store: Store, strict: bool = False, say=prin
     finally:
         run.close()
     return results
+
+
+def vocabulary_table(run: Run, say) -> None:
+    """The vocabulary table of the tokenizer that renders the artifacts, once per tokenizer in the store: what
+    a student of another tokenizer reads (a run whose artifacts all exist adds it when it is missing)."""
+    key, reused = publish_vocab(run.store, run.tok, run.inputs.common["render"]["tokenizer"])
+    say(f"vocabulary table {key} ({'reused' if reused else 'built'}): what a student of another tokenizer reads")
 
 
 class Overall:
