@@ -291,3 +291,36 @@ def test_bench_cross_counts_what_the_alignment_keeps(unit):
     assert r["rows"] == 2 * PAIRS and r["aligned_share"] == 1 and 0 < r["teacher_used"] < 1
     assert 0 < r["one_to_one_share"] < 1 and 0 < r["matched_mass"] <= r["topk_mass"] + 1e-6
     assert "| unit | 17 / 117 |" in table({"unit": r})
+
+
+def test_a_student_of_another_tokenizer_is_judged_on_its_texts(unit):
+    """Evaluation and checkpoint selection of a student of another tokenizer: its greedy answers are decoded and
+    the teachers score their text rendered with their own tokenizer (implicit reward); checked against the
+    teachers' log-probs of each answer's conversation computed here with transformers alone."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adpa.pipeline.worlds import sorting_task
+    from adpa.stages.evaluate.run import Judge
+    from adpa.stages.teacher_cache.run import prepare
+    r = unit["recipe"]
+    student = resolve(str(tiny_world.init_model(unit["store"], tiny_world.V3, "student", 0, paired=True)))
+    models = {"teacher": resolve(r.models.teacher), "reference": resolve(r.models.reference), "student": student}
+    tok = AutoTokenizer.from_pretrained(student.source)
+    pairs = [e for e in prepare(r.data, r.teacher_cache, tok, False)[0] if hasattr(e, "pair")][:6]
+    judge = Judge(models, pairs, tok, ("sorting", sorting_task.reward), r.teacher_cache)
+    values, answers = judge.score(AutoModelForCausalLM.from_pretrained(student.source))
+    world_tok = AutoTokenizer.from_pretrained(r.models.teacher)
+    dpo, ref = (AutoModelForCausalLM.from_pretrained(getattr(r.models, role)) for role in ("teacher", "reference"))
+
+    def logp(model, ids, start):
+        with torch.no_grad():
+            lq = model(input_ids=torch.tensor([ids])).logits[0].double().log_softmax(-1)
+        return sum(float(lq[j - 1, ids[j]]) for j in range(start, len(ids)))
+
+    for e, text, got in zip(pairs, answers, values["implicit_reward"]):
+        p = world_tok.apply_chat_template(e.pair.prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
+        full = world_tok.apply_chat_template(e.pair.prompt + [{"role": "assistant", "content": text}], tokenize=True,
+                                             return_dict=False)
+        full = full[:full.index(world_tok.eos_token_id, len(p)) + 1]
+        assert got == pytest.approx(logp(dpo, full, len(p)) - logp(ref, full, len(p)), abs=1e-4)
+    assert np.isfinite(values["kl_to_init"]).all() and "reward" in values

@@ -141,11 +141,12 @@ def init_model(store: Store, world: World, role: str, seed: int, paired: bool = 
     return folder
 
 
-def _sft_tokens(store: Store, world: World, seed: int) -> str:
-    """The SFT data rendered with the world's chat template, as a `tokenized` artifact (one chosen row each)."""
+def _sft_tokens(store: Store, world: World, seed: int, paired: bool = False) -> str:
+    """The SFT data rendered with the world's chat template, as a `tokenized` artifact (one chosen row each), by
+    the world's tokenizer or its two-digit one (`paired`)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tokenizer(store, world.words))
+    tok = AutoTokenizer.from_pretrained(tokenizer(store, world.words, paired))
     data = dataset(store, world, "sft", seed)
     rows = [json.loads(ln) for ln in data.read_text().splitlines()]
     inputs = {"data": {"builtin": f"{world.name}-sort-sft", "file": data.parent.name},
@@ -168,12 +169,12 @@ def run_dir(store: Store, world: World, what: str, seed: int) -> Path:
     return store.root / ".world-runs" / f"{world.name}-world{world.suffix(seed)}-{what}"
 
 
-def sft(store: Store, world: World, role: str, seed: int, say) -> Path:
-    """A model of the role's shape after SFT on the world's sft split."""
+def sft(store: Store, world: World, role: str, seed: int, say, paired: bool = False) -> Path:
+    """A model of the role's shape after SFT on the world's sft split (`paired`: with the two-digit tokenizer)."""
     d = Distill(loss="sft", token_budget=8192, pack=False, seed=seed, **world.constants["sft"])
-    init = resolve(str(init_model(store, world, role, seed)))
-    job = Job("sft", init, d, {"student_logp": _sft_tokens(store, world, seed)})
-    return train(store, job, run_dir(store, world, f"{role}-sft", seed), say)
+    init = resolve(str(init_model(store, world, role, seed, paired)))
+    job = Job("sft", init, d, {"student_logp": _sft_tokens(store, world, seed, paired)})
+    return train(store, job, run_dir(store, world, f"{role}{'p' if paired else ''}-sft", seed), say)
 
 
 def reference_logp(store: Store, world: World, sft_dir: Path, seed: int) -> str:

@@ -7,13 +7,14 @@ Its constants are the prereg's (tests/test_world4.py checks them against docs/PR
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 from adpa.artifacts import Store
 from adpa.artifacts.folders import publish_folder
 from adpa.pipeline.worlds import flawed_sorting, reward_model, sorting_task
-from adpa.pipeline.worlds.tiny import WORDS, WORLDS, World, build, dataset, reference_logp, run_dir, trained
+from adpa.pipeline.worlds.tiny import WORDS, WORLDS, World, build, dataset, reference_logp, run_dir, sft, trained
 from adpa.stages.common.models import resolve
 from adpa.stages.common.ranks import silent
 from adpa.stages.distill.distiller import Job, Trained
@@ -91,7 +92,17 @@ def dpo_run(store: Store, seed: int, setting: dict, say) -> Trained:
     return trained(store, job, run_dir(store, world, what, seed), say)
 
 
+def paired_student(size: str):
+    """The builder of a student of `size` whose tokenizer reads two digits at once (`tiny.PAIRED`), SFT on the
+    world's sft split like the others: the students of docs/PREREG-v4p.md, distilled across tokenizers."""
+    return functools.partial(_paired_sft, size=size)
+
+
+def _paired_sft(store: Store, world: World, seed: int, say, size: str) -> Path:
+    return sft(store, world, size, seed, say, paired=True)
+
+
 V4 = World("tiny4", WORLD, flawed_sorting, ("teacher", "s8", "s32"), tuple(WORDS + list(flawed_sorting.CLASSES)[1:]),
            TeacherCache(backend="hf", k=8, max_length=56, max_new_tokens=28, token_budget=8192), dpo_teacher,
-           {"reward-model": reward_model_of})
+           {"reward-model": reward_model_of, "s8p-sft": paired_student("s8"), "s32p-sft": paired_student("s32")})
 WORLDS[V4.name] = V4

@@ -30,7 +30,8 @@ from adpa.stages.common.device import pad_id, pick_device
 from adpa.stages.common.lm import HFScorer, Sequence, generate
 from adpa.stages.common.models import ResolvedModel, load_model, load_tokenizer, resolve
 from adpa.stages.evaluate.reward_model import RewardModel
-from adpa.stages.teacher_cache.render import Encoded
+from adpa.stages.common.tokenizers import vocab_sha256
+from adpa.stages.teacher_cache.render import Encoded, render_prompt, render_response
 from adpa.stages.teacher_cache.run import Request, prepare
 from adpa.stages.teacher_cache.settings import Data, TeacherCache
 
@@ -75,12 +76,30 @@ class Judge:
         self.tok, self.pairs, self.reward, self.max_new_tokens = tok, pairs, reward, tc.max_new_tokens
         self.token_budget, self.vocab, self.pad, self.eos = tc.token_budget, len(tok), pad_id(tok), tok.eos_token_id
         self.load = lambda spec: load_model(resolve(spec), torch.float32, self.device)  # noqa: E731
-        self.dpo, self.ref, self.init = (self.scorer(self.load(models[role].source))
-                                         for role in ("teacher", "reference", "student"))
+        # a student of another tokenizer (distill.cross_tokenizer): the teachers score its answers' text
+        # rendered with their own tokenizer
+        teacher_tok = load_tokenizer(models["teacher"])
+        self.teacher_tok = None if vocab_sha256(teacher_tok) == vocab_sha256(tok) else teacher_tok
+        their = teacher_tok if self.teacher_tok else tok
+        self.dpo, self.ref = (HFScorer(self.load(models[role].source), len(their), pad_id(their), self.token_budget)
+                              for role in ("teacher", "reference"))
+        self.init = self.scorer(self.load(models["student"].source))
         self.rm = RewardModel(reward_model, self.device) if reward_model is not None else None
 
     def scorer(self, model) -> HFScorer:
         return HFScorer(model, self.vocab, self.pad, self.token_budget)
+
+    def teachers_view(self, seqs: list[Sequence], answers: list[str]) -> list[Sequence]:
+        """The answers as the teachers read them: the same ids, or, for a student of another tokenizer, the
+        conversation of each answer's text rendered with the teachers' tokenizer."""
+        if self.teacher_tok is None:
+            return seqs
+        out = []
+        for e, text in zip(self.pairs, answers):
+            prompt = render_prompt(self.teacher_tok, e.pair.prompt)
+            out.append(Sequence(prompt + (render_response(self.teacher_tok, e.pair.prompt, prompt, text) or []),
+                                len(prompt)))
+        return out
 
     def score(self, model) -> tuple[dict[str, np.ndarray], list[str]]:
         """Per-prompt values of every metric, and the decoded greedy answers."""
@@ -90,8 +109,10 @@ class Judge:
         prompts = [e.prompt_ids for e in self.pairs]
         outs = generate(model, prompts, self.eos, self.pad, self.max_new_tokens, self.token_budget)
         seqs = [Sequence(p + (ids or [self.eos]), len(p)) for p, (ids, _) in zip(prompts, outs)]
-        r_seq = _seq_logp(self.dpo, seqs) - _seq_logp(self.ref, seqs)
-        n_tok = np.array([s.n for s in seqs])
+        decoded = [self.tok.decode(ids, skip_special_tokens=True).strip() for ids, _ in outs]
+        theirs = self.teachers_view(seqs, decoded)
+        r_seq = _seq_logp(self.dpo, theirs) - _seq_logp(self.ref, theirs)
+        n_tok = np.array([max(s.n, 1) for s in theirs])
         me = self.scorer(model)
         chosen = [Sequence(e.prompt_ids + e.chosen_ids, len(e.prompt_ids)) for e in self.pairs]
         lp_chosen = _seq_logp(me, chosen)
@@ -101,7 +122,6 @@ class Judge:
                   "preference_accuracy": (margin > 0).astype(float),
                   "chosen_nll": -lp_chosen / np.array([c.n for c in chosen]),
                   "kl_to_init": np.array([k.mean() for k in me.kl_to(self.init, seqs)])}
-        decoded = [self.tok.decode(ids, skip_special_tokens=True).strip() for ids, _ in outs]
         if self.reward:
             texts = [e.pair.prompt[-1]["content"] for e in self.pairs]
             values["reward"] = np.array([self.reward[1](t, d) for t, d in zip(texts, decoded)])
