@@ -11,7 +11,7 @@ STUDENT ?= tiny
 EXTRA ?= cpu
 export ADPA_STORE ?= $(CURDIR)/store
 
-.PHONY: setup test test-fast demo teacher-cache distill bench-store bench-teacher-cache bench-plan bench-distill bench-cross bench-quality gpu-check wheel-check clean
+.PHONY: setup test test-fast demo teacher-cache distill bench-store bench-teacher-cache bench-plan bench-distill bench-cross bench-quality bench-quality-cross gpu-check wheel-check clean
 
 setup: $(STAMP)
 
@@ -75,6 +75,10 @@ bench-cross: setup
 
 bench-quality: setup
 	$(PY) -m benchmarks.quality
+
+# World v4p (docs/PREREG-v4p.md): students of another tokenizer from world v4's caches; resumable
+bench-quality-cross: setup
+	$(PY) -m benchmarks.quality_cross
 
 # The project as a user installs it: a wheel (not editable) into an empty venv, every dependency from the
 # index under the constraints, then `adpa demo` from a folder outside the repository (tests/test_packaging.py

@@ -1,6 +1,7 @@
 """The registered analysis (benchmarks/analysis.py) against independent computations."""
 
 import itertools
+import json
 import random
 
 import numpy as np
@@ -145,3 +146,24 @@ def test_the_bench_analyses_and_shows_report_seeds(tmp_path, capsys):
     assert set(out["table"]["s32"]) == set(names) and set(out["per_flaw"]["s8"]["dckd"]) == {"none", "two_as_seven"}
     quality.show(out, tmp_path / "chart.png")
     assert (tmp_path / "chart.png").stat().st_size > 0 and "H1:" in capsys.readouterr().out
+
+
+def test_the_tokenizer_variant_is_registered_on_v4s_analysis_and_tuned_settings():
+    """PREREG-v4p: the same analysis file (sha256), and its same-tokenizer methods at exactly the settings v4's
+    tuning chose (docs/results/quality-v4.json), so that their students are v4's own (same keys)."""
+    from benchmarks import prereg, quality, quality_cross
+    spec = prereg.check(quality_cross.PREREG)
+    assert spec["analysis"] == json.loads(prereg.PREREG.read_text())["analysis"]
+    chosen = json.loads((prereg.ROOT / quality.RESULTS).read_text())["chosen"]
+    for method, m in spec["methods"].items():
+        if m["student"] == "same":
+            for size in spec["students"]["sizes"]:
+                got = quality_cross.settings(spec, quality.Run(method, size, 0, ()))
+                want = chosen[size][method]["setting"] | v4_fixed(method)
+                assert got == want, (method, size)
+    assert {h["id"] for h in spec["hypotheses"]} == {"X1", "X2", "X3", "X4"}
+
+
+def v4_fixed(method: str) -> dict:
+    from benchmarks import prereg
+    return json.loads(prereg.PREREG.read_text())["methods"][method].get("fixed", {})

@@ -210,12 +210,14 @@ def run_eval(req: Request, students: dict[str, str], out_dir: Path, reward=None,
     pairs = heldout_pairs(heldout, tc, tok)
     if not pairs:
         raise ValueError(f"{heldout.source}: no usable {rows_of(heldout)} pairs")
-    named = {"teacher-sft": models["reference"].source, "teacher-dpo": models["teacher"].source,
-             BASELINE: models["student"].source} | students
+    judge = Judge(models, pairs, tok, reward, tc, reward_model)
+    # the teachers answer prompts in their own ids: with a student of another tokenizer they are left out
+    teachers = {"teacher-sft": models["reference"].source, "teacher-dpo": models["teacher"].source}
+    named = (teachers if judge.teacher_tok is None else {}) | {BASELINE: models["student"].source} | students
     rows = rows_of(heldout)
     say(f"eval: {len(named)} models on {len(pairs)} {rows} pairs" + (
-        " (data.eval_source is null and data.holdout is 0: these rows are trained on)" if rows == "training" else ""))
-    judge = Judge(models, pairs, tok, reward, tc, reward_model)
+        " (data.eval_source is null and data.holdout is 0: these rows are trained on)" if rows == "training" else "")
+        + ("" if judge.teacher_tok is None else "; the teachers, of another tokenizer, are not among them"))
     return evaluate(named, judge, out_dir, say, rows)
 
 
