@@ -250,7 +250,10 @@ def test_a_student_of_another_tokenizer_trains_from_the_unchanged_cache(unit, tm
         assert all(np.isfinite(r["loss"]) for r in records)
         if loss != "sft":  # each two-digit token starts where a teacher token does: every position aligned
             assert all(r["aligned_share"] == 1 and 0 < r["matched_mass"] <= 1 for r in records)
-            assert "matched_mass" in (tmp_path / loss / "model" / "README.md").read_text()
+            card = (tmp_path / loss / "model" / "README.md").read_text()
+            mean = np.mean([r["matched_mass"] for r in records])
+            assert t.summary["alignment"]["matched_mass"] == pytest.approx(mean, abs=1e-4)
+            assert f"{t.summary['alignment']['matched_mass']:.4f} of the teacher's probability mass" in card
     chain = copy.deepcopy(unit["recipe"])
     chain.distill.cross_tokenizer = True
     with pytest.raises(ValueError, match="adpa\\+ trains on states its first student generates"):

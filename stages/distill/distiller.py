@@ -370,8 +370,9 @@ class Distiller:
                 t_done = time.perf_counter()
                 rec |= {"step_s": round(t_done - t_ready, 4), "data_wait_s": round(t_got - t_ready, 4),
                         "tokens_per_s": round(rec["tokens"] / (t_done - t_ready), 1)}
-                for n in ("tokens", "forward_tokens", "padded_tokens", "pairs", "step_s", "data_wait_s"):
-                    totals[n] += rec[n]
+                for n in ("tokens", "forward_tokens", "padded_tokens", "pairs", "step_s", "data_wait_s",
+                          "aligned_share", "matched_mass"):
+                    totals[n] += rec.get(n, 0.0)
                 self.log.write(rec)
                 last = {n: v for n, v in rec.items() if n not in STEP_FIELDS}  # the loss and its terms
                 bar.postfix(f"loss {rec['loss']:.4f} {totals['tokens'] / totals['step_s']:,.0f} tok/s")
@@ -401,7 +402,9 @@ class Distiller:
                 "data_wait_fraction": round(totals["data_wait_s"] / per_s, 4) if per_s else None,
                 "padding_fraction": round(1 - totals["forward_tokens"] / totals["padded_tokens"], 4)
                 if totals["padded_tokens"] else None,
-                "final": last, "selected": selected, "dropped_in_stage_one": stage_one_drops(self.dirs)}
+                "final": last, "selected": selected, "dropped_in_stage_one": stage_one_drops(self.dirs)} | (
+                    {"alignment": {n: round(totals[n] / (self.total - self.start), 4) for n in
+                                   ("aligned_share", "matched_mass")}} if self.bridge and self.total > self.start else {})
 
     def publish(self, summary: dict) -> None:
         """The student (and a LoRA adapter) in the run folder and in the store; checkpoints go once published."""

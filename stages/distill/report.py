@@ -124,6 +124,17 @@ def _which_weights(summary: dict) -> tuple[str, str]:
     return adapter, selected
 
 
+def _alignment(summary: dict) -> str:
+    """A student of another tokenizer than the cache's: what the alignment kept, over the run."""
+    a = summary.get("alignment")
+    if not a:
+        return ""
+    return (f"\n\nTrained with another tokenizer than the teacher cache's (distill.cross_tokenizer): over the run,"
+            f" {a['aligned_share']:.4f} of the student's response positions started a span aligned with the"
+            f" teacher's tokens, and {a['matched_mass']:.4f} of the teacher's probability mass there matched"
+            f" entries of the student's vocabulary (the rest reached it only through the rest bin and ULD).")
+
+
 def model_card(card: Card, summary: dict) -> str:
     title, loss, init_spec, settings = card.title, card.loss, card.init_spec, card.settings
     caches, key, command = card.caches, card.key, card.command
@@ -171,7 +182,7 @@ This student's own artifact key: `{key}`.{adapter}
 scored tokens in {summary.get('seconds')} s ({summary.get('tokens_per_s')} tokens/s, data wait
 {summary.get('data_wait_fraction')} of step time).
 
-{selected}
+{selected}{_alignment(summary)}
 
 Final step (means over its pairs):
 
