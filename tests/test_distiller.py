@@ -243,6 +243,15 @@ def test_a_student_of_another_tokenizer_trains_from_the_unchanged_cache(unit, tm
         run("dckd").check()
     with pytest.raises(CacheRefused, match="cross_tokenizer trains sft, kd, dckd, adpa; loss dpo"):
         run("dpo", cross_tokenizer=True).check()
+    other = tmp_path / "other-template"  # the same student under another chat template: its own rendering differs
+    shutil.copytree(init.source, other)
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(other)
+    tok.chat_template = tok.chat_template.replace("<|im_start|>{{ m['role'] }}\n", "<|im_start|>{{ m['role'] }}: ")
+    tok.save_pretrained(other)
+    s = Distill(loss="dckd", cross_tokenizer=True, batch_pairs=4)
+    with pytest.raises(CacheRefused, match="rendered with another chat template than the student's"):
+        Distiller(st, Job("dckd", resolve(str(other)), s, unit["keys"]), Place(tmp_path / "o", say=silent)).check()
     for loss in ("sft", "dckd", "adpa"):
         t = run(loss, cross_tokenizer=True).run()
         assert t.status == "built" and t.summary["steps"] == PAIRS // 4
