@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-OUT = Path("bench-out") / "cross-tokenizer"
 RESULTS = Path("docs") / "bench" / "cross-tokenizer.json"
 
 
@@ -124,11 +123,13 @@ def main(argv=None) -> None:
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--limit", type=int, default=64, help="pairs of the smollm2 dataset (tiny4: its 512)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--store", default=None, help="default: $ADPA_STORE or ./store (world v4's models are shared "
+                    "with make bench-quality-cross)")
     args = ap.parse_args(argv)
     from adpa.artifacts import Store
     from adpa.stages.common import kernels
     kernels.one_thread()
-    store = Store(OUT / "store")
+    store = Store(args.store)
     results = {}
     for name in args.datasets:
         key, student = DATASETS[name](store, args.limit if name == "smollm2-chat" else 512)
