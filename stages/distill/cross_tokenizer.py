@@ -138,16 +138,16 @@ class Bridge:
                         ref if r.ref_topk_logp is not None else None)
 
     def matches(self, r: Row, a0: int, m: int) -> dict[int, tuple[float, float]]:
-        """Student id -> (the teacher's log-prob of it at response position a0, the reference's, or nan on a
-        row without one): the leaves of the teacher's tree along the run's m realized tokens (at each depth
+        """Student id -> (the teacher's log-prob of it at response position a0, the reference's (0 on a row
+        without one, unused)): the leaves of the teacher's tree along the run's m realized tokens (at each depth
         the top-k ids but the realized one, whose mass goes one level deeper; at the last depth all of
         them), each spelling prefix + its piece. Leaves are disjoint events, so the matched mass is at most
         1; leaves that spell one entry are summed (on both models: the advantage of the entry is that of
         their union)."""
         out: dict[int, tuple[float, float]] = {}
         prefix, path = b"", np.zeros(2)
-        ref = r.ref_topk_logp if r.ref_topk_logp is not None else np.full(r.topk_logp.shape, np.nan, np.float32)
-        ref_realized = r.ref_realized_logp if r.ref_realized_logp is not None else np.full(len(r.realized_logp), np.nan)
+        ref = r.ref_topk_logp if r.ref_topk_logp is not None else np.zeros(r.topk_logp.shape, np.float32)
+        ref_realized = r.ref_realized_logp if r.ref_realized_logp is not None else np.zeros(len(r.realized_logp))
         for j in range(a0, a0 + m):
             realized, last = int(r.token_ids[r.prompt_len + j]), j == a0 + m - 1
             for tid, lp, rp in zip(r.topk_ids[j].tolist(), r.topk_logp[j].tolist(), ref[j].tolist()):
