@@ -61,13 +61,17 @@ def recipe_for(spec: dict, run: Run):
     sets = [f"models.student=builtin:tiny4-{run.size}-sft"]
     fixed = spec["methods"].get(run.method, {}).get("fixed", {})
     sets += [f"distill.{k}={v}" for k, v in {**fixed, **dict(run.setting)}.items()]
-    r = load_recipe("tiny4", sets)
-    if run.seed:
+    return at_seed(load_recipe("tiny4", sets), run.seed)
+
+
+def at_seed(r, seed: int):
+    """The tiny4 recipe `r` in world seed `seed`: its built-in models and data of that seed, its data order."""
+    if seed:
         for role in ("teacher", "reference", "student", "reward_model"):
-            setattr(r.models, role, f"{getattr(r.models, role)}:seed{run.seed}")
+            setattr(r.models, role, f"{getattr(r.models, role)}:seed{seed}")
         for name in ("source", "eval_source", "valid_source"):
-            setattr(r.data, name, getattr(r.data, name) + f":seed{run.seed}")
-    r.distill.seed = run.seed
+            setattr(r.data, name, getattr(r.data, name) + f":seed{seed}")
+    r.distill.seed = seed
     return r
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import analysis, prereg
-from benchmarks.quality import Progress, Run, figures, grid
+from benchmarks.quality import Progress, Run, at_seed, figures, grid
 from adpa.stages.common import kernels
 
 DOCS = Path("docs")
@@ -62,14 +62,7 @@ def recipe_for(spec: dict, run: Run, student: str):
     suffix = "p" if student == "paired" else ""
     sets = [f"models.student=builtin:tiny4-{run.size}{suffix}-sft"]
     sets += [f"distill.{k}={v}" for k, v in settings(spec, run).items()] if run.method in spec["methods"] else []
-    r = load_recipe("tiny4", sets)
-    if run.seed:
-        for role in ("teacher", "reference", "student", "reward_model"):
-            setattr(r.models, role, f"{getattr(r.models, role)}:seed{run.seed}")
-        for name in ("source", "eval_source", "valid_source"):
-            setattr(r.data, name, getattr(r.data, name) + f":seed{run.seed}")
-    r.distill.seed = run.seed
-    return r
+    return at_seed(load_recipe("tiny4", sets), run.seed)
 
 
 def caches(store, run: Run) -> dict[str, str]:
