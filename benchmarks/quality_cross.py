@@ -79,7 +79,7 @@ def train(store, spec: dict, run: Run):
     from adpa.pipeline import orchestrate
     from adpa.stages.common.ranks import silent
     r = recipe_for(spec, run, spec["methods"][run.method]["student"])
-    return orchestrate.distill(r, store, spec["methods"][run.method]["loss"], run.folder, caches(store, run),
+    return orchestrate.distill(r, store, spec["methods"][run.method]["loss"], run.folder, caches=caches(store, run),
                                say=silent, overwrite=True)[-1]
 
 
