@@ -100,7 +100,7 @@ def measure(store, key: str, student) -> dict:
         t0 = time.perf_counter()
         x = bridge.row(r)
         secs += time.perf_counter() - t0
-        runs = bridge.alignment(r.token_ids[r.prompt_len:], x.token_ids[x.prompt_len:]).runs
+        runs = bridge.alignment(r.token_ids[r.prompt_len:], x.token_ids[x.prompt_len:])
         c["rows"] += 1
         c["teacher_positions"] += len(r.token_ids) - r.prompt_len
         c["student_positions"] += len(x.token_ids) - x.prompt_len

@@ -142,7 +142,7 @@ def test_matched_entries_are_the_leaves_of_the_teachers_tree(pair, toks):
         for response in (chosen, rejected):
             cached = teacher_row(teacher, messages, response, seed=n)
             row = bridge.row(cached)
-            runs = bridge.alignment(cached.token_ids[cached.prompt_len:], row.token_ids[row.prompt_len:]).runs
+            runs = bridge.alignment(cached.token_ids[cached.prompt_len:], row.token_ids[row.prompt_len:])
             for a0, m, b0, _ in runs:
                 want: dict[int, float] = {}
                 realized = cached.token_ids[cached.prompt_len + a0:cached.prompt_len + a0 + m]
@@ -293,7 +293,7 @@ def test_an_entrys_advantage_is_that_of_its_leaves(toks):
     messages, chosen, _ = CONVERSATIONS[0]
     row = _advantage_row(teacher, messages, chosen, 0, 0)
     deep = 0
-    for a0, m, b0, _ in bridge.alignment(row.token_ids[row.prompt_len:], bridge.tokenize(row)[1]).runs:
+    for a0, m, b0, _ in bridge.alignment(row.token_ids[row.prompt_len:], bridge.tokenize(row)[1]):
         for s, (lp, rp) in bridge.matches(row, a0, m).items():
             if m > 1 and s == bridge.tokenize(row)[1][b0]:  # the realized student token: the realized path
                 assert lp == pytest.approx(float(np.sum(row.realized_logp[a0:a0 + m], dtype=np.float64)), rel=1e-6)

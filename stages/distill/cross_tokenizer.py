@@ -70,17 +70,6 @@ class CrossRow:
     unmatched_p: np.ndarray  # [n, width] float32
     ref_topk_logp: np.ndarray | None = None  # [n, width] the reference's log-probs of the entries (advantage rows)
 
-    def copy(self) -> "CrossRow":
-        return self
-
-
-@dataclass(frozen=True)
-class Alignment:
-    """Where each student response position's teacher distribution comes from: `runs` [(teacher position
-    a0, teacher tokens in the run m, student position b0, student tokens in the run n)]."""
-
-    runs: list[tuple[int, int, int, int]]
-
 
 class Bridge:
     """The teacher's and the student's vocabularies and the student's tokenizer; `example` translates a pair."""
@@ -118,13 +107,13 @@ class Bridge:
         if not isinstance(r, Row):
             return replace(r, token_ids=np.array(prompt + response, np.int64), prompt_len=len(prompt),
                            realized_logp=None)
-        al = self.alignment(r.token_ids[r.prompt_len:], response)
+        runs = self.alignment(r.token_ids[r.prompt_len:], response)
         n, w = len(response), self.width
         ids, logp = np.zeros((n, w), np.int64), np.full((n, w), PAD_LOGP, np.float32)
         ref = np.full((n, w), PAD_LOGP, np.float32)
         valid, aligned = np.zeros((n, w), bool), np.zeros(n, bool)
         matched, unmatched = np.zeros(n, np.float32), np.zeros((n, w), np.float32)
-        for a0, m, b0, _ in al.runs:
+        for a0, m, b0, _ in runs:
             entries = self.matches(r, a0, m)
             top = sorted(entries.items(), key=lambda kv: -kv[1][0])[:w]
             k = len(top)
@@ -164,10 +153,11 @@ class Bridge:
                 break
         return out
 
-    def alignment(self, teacher_ids, student_ids) -> Alignment:
+    def alignment(self, teacher_ids, student_ids) -> list[tuple[int, int, int, int]]:
         """Runs of the two tokenizations of one response (`token_bytes.align`) over the longest common byte
-        prefix both end at: a response cut mid-character, or a student tokenizer that adds a leading space
-        (SentencePiece), leaves the rest of that side unaligned rather than misaligned."""
+        prefix both end at, as (teacher position a0, teacher tokens m, student position b0, student tokens n):
+        a response cut mid-character, or a student tokenizer that adds a leading space (SentencePiece), leaves
+        the rest of that side unaligned rather than misaligned."""
         t_pieces = [self.teacher.pieces[int(i)] for i in teacher_ids]
         s_pieces = [self.student.pieces[int(i)] for i in student_ids]
         t_text, s_text = b"".join(t_pieces), b"".join(s_pieces)
@@ -178,11 +168,11 @@ class Bridge:
         first = int(np.searchsorted(s_ends, 0, side="right"))  # student tokens that are only the prepended space
         common = np.intersect1d(t_ends[t_ends <= same], s_ends[first:][s_ends[first:] <= same])
         if not len(common):
-            return Alignment([])
+            return []
         end = common[-1]
         nt, ns = int(np.searchsorted(t_ends, end, side="right")), int(np.searchsorted(s_ends, end, side="right"))
         runs = align(t_ends[:nt], s_ends[first:ns])
-        return Alignment([(run.a0, run.a1 - run.a0, first + run.b0, run.b1 - run.b0) for run in runs])
+        return [(run.a0, run.a1 - run.a0, first + run.b0, run.b1 - run.b0) for run in runs]
 
 
 def _common_prefix(a: bytes, b: bytes) -> int:
