@@ -68,8 +68,9 @@ class Distill:
     cross_tokenizer: bool = setting(False, "train a student of another tokenizer than the cache's: each response is "
                                     "re-tokenized by the student, aligned to the teacher's tokens by byte spans, "
                                     "and the divergence is taken over the teacher's entries that match the "
-                                    "student's vocabulary (exactly, or along the teacher's path) plus a rest bin "
-                                    "(sft, kd, dckd; the cache rendered with the student's chat template)")
+                                    "student's vocabulary (exactly, or along the teacher's path) plus a rest bin; "
+                                    "adpa: the advantage on those entries (sft, kd, dckd, adpa; the cache rendered "
+                                    "with the student's chat template)")
     uld_weight: float = setting(1.0, "kd and dckd with cross_tokenizer: weight of the ULD term (sorted "
                                 "probabilities of the unmatched entries compared rank by rank)", minimum=0)
     gamma: float = setting(1.5, "adpa: weight of the expected advantage", minimum=0)
