@@ -114,17 +114,29 @@ class Bridge:
         valid, aligned = np.zeros((n, w), bool), np.zeros(n, bool)
         matched, unmatched = np.zeros(n, np.float32), np.zeros((n, w), np.float32)
         for a0, m, b0, _ in runs:
-            entries = self.matches(r, a0, m)
-            top = sorted(entries.items(), key=lambda kv: -kv[1][0])[:w]
-            k = len(top)
-            ids[b0, :k], valid[b0, :k] = [t[0] for t in top], True
-            logp[b0, :k], ref[b0, :k] = [t[1][0] for t in top], [t[1][1] for t in top]
+            s_ids, s_logp, s_ref = (x[:w] for x in self.entries(r, a0, m))
+            k = len(s_ids)
+            ids[b0, :k], logp[b0, :k], ref[b0, :k], valid[b0, :k] = s_ids, s_logp, s_ref, True
             aligned[b0], matched[b0] = True, min(float(np.exp(logp[b0, :k]).sum()), MAX_MATCHED)
             rest = np.sort(np.exp(r.topk_logp[a0][self.exact[r.topk_ids[a0]] < 0]))[::-1][:w]
             unmatched[b0, :len(rest)] = rest
         return CrossRow(r.pair_id, r.side, r.input_index, np.array(prompt + response, np.int64), len(prompt), ids, logp,
                         valid, np.log1p(-matched).astype(np.float32), aligned, matched, unmatched,
                         ref if r.ref_topk_logp is not None else None)
+
+    def entries(self, r: Row, a0: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`matches` as arrays, most likely first: (student ids, teacher log-probs, reference log-probs). A run
+        of one teacher token whose top-k ids map to distinct student entries (most runs on text) is the
+        top-k itself, in its stored order, without the walk."""
+        if m == 1:
+            s = self.exact[r.topk_ids[a0]]
+            keep = s >= 0
+            if len(np.unique(s[keep])) == int(keep.sum()):
+                ref = r.ref_topk_logp[a0][keep] if r.ref_topk_logp is not None else np.zeros(int(keep.sum()))
+                return s[keep], r.topk_logp[a0][keep], ref
+        top = sorted(self.matches(r, a0, m).items(), key=lambda kv: -kv[1][0])
+        return (np.array([t[0] for t in top], np.int64), np.array([t[1][0] for t in top]),
+                np.array([t[1][1] for t in top]))
 
     def matches(self, r: Row, a0: int, m: int) -> dict[int, tuple[float, float]]:
         """Student id -> (the teacher's log-prob of it at response position a0, the reference's (0 on a row
