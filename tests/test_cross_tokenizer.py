@@ -182,16 +182,18 @@ def _student(vocab: int):
 
 def _reference(model64, pairs, d: Distill):
     """dckd across tokenizers in float64: SFT on every chosen response token; at each aligned position the
-    divergence over the matched entries + the rest bin, plus uld_weight * ULD of the sorted unmatched probs."""
+    divergence over the matched entries + the rest bin, plus uld_weight * ULD of the sorted unmatched probs,
+    the student at `d.temperature` in both."""
     total = 0.0
     for ex in pairs:
         terms = {}
         for name, r in ex.parts.items():
-            lq = model64(input_ids=torch.as_tensor(r.token_ids)[None]).logits[0].log_softmax(-1)
+            logits = model64(input_ids=torch.as_tensor(r.token_ids)[None]).logits[0]
             n = len(r.token_ids) - r.prompt_len
-            rows = [lq[r.prompt_len - 1 + j] for j in range(n)]
-            if name == "chosen":
-                terms["sft"] = -sum(rows[j][r.token_ids[r.prompt_len + j]] for j in range(n)) / n
+            rows = [(logits[r.prompt_len - 1 + j] / d.temperature).log_softmax(-1) for j in range(n)]
+            if name == "chosen":  # the SFT term at temperature 1
+                lq = logits.log_softmax(-1)
+                terms["sft"] = -sum(lq[r.prompt_len - 1 + j][r.token_ids[r.prompt_len + j]] for j in range(n)) / n
             per = []
             for j in np.flatnonzero(r.aligned):
                 v = r.topk_valid[j]
@@ -211,14 +213,14 @@ def _reference(model64, pairs, d: Distill):
     return total / len(pairs)
 
 
-@pytest.mark.parametrize("packed", [False, True])
-def test_cross_tokenizer_dckd_matches_float64_full_vocabulary(packed, toks):
+@pytest.mark.parametrize("packed,temperature", [(False, 1.0), (True, 1.0), (True, 2.0)])
+def test_cross_tokenizer_dckd_matches_float64_full_vocabulary(packed, temperature, toks):
     teacher, student = toks["smollm2"], toks["gpt2"]
     bridge = Bridge(vocab_table(teacher), vocab_table(student), student, 6)
     pairs = [bridge.example(Example(i, {"chosen": teacher_row(teacher, m, c, "chosen", seed=2 * i, index=i),
                                         "rejected": teacher_row(teacher, m, r, "rejected", seed=2 * i + 1, index=i)}))
              for i, (m, c, r) in enumerate(CONVERSATIONS)]
-    d = Distill(cross_tokenizer=True, uld_weight=0.7, alpha=0.3)
+    d = Distill(cross_tokenizer=True, uld_weight=0.7, alpha=0.3, temperature=temperature)
     model = _student(len(student))
     model64 = copy.deepcopy(model).double()
     mb = objective.collate(pairs, "dckd", student.pad_token_id or 0, packed)

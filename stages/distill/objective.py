@@ -190,7 +190,7 @@ def collate(examples: list[Example], loss: str, pad_id: int, packed: bool = Fals
 class Head:
     """What the output layer is read at for one part: `ids` [N, k] (or None) at `temperature`, the realized
     `targets` [N]; with `exclude` ([N, k] bool over `ids`, a student of another tokenizer with ULD on), also
-    the sorted probabilities of the k most likely ids outside the valid `ids`."""
+    the sorted probabilities (at `temperature`) of the k most likely ids outside the valid `ids`."""
 
     ids: torch.Tensor | None
     targets: torch.Tensor
@@ -202,8 +202,9 @@ def _read_head(logits: torch.Tensor, ids, targets, exclude, temperature: float) 
     at_ids, realized = student_logprobs(logits, ids, targets, chunk=len(logits), temperature=temperature)
     if exclude is None:
         return at_ids, realized
-    # -inf added at the matched ids (padding adds 0): what is left is the student's unmatched distribution
-    rest = logits.float().log_softmax(-1).scatter_add(1, ids, torch.where(exclude, float("-inf"), 0.0))
+    # -inf added at the matched ids (padding adds 0): what is left is the student's unmatched distribution, at
+    # the divergence's temperature
+    rest = (logits.float() / temperature).log_softmax(-1).scatter_add(1, ids, torch.where(exclude, float("-inf"), 0.0))
     return at_ids, realized, rest.topk(ids.shape[1], dim=1).values.exp()
 
 
@@ -219,7 +220,8 @@ def head_logprobs(out: OutputLayer, h: torch.Tensor, head: Head, chunk: int) -> 
         return one(h, *cols)
     parts = [checkpoint(one, h[c:c + chunk], *[None if x is None else x[c:c + chunk] for x in cols],
                         use_reentrant=False) for c in range(0, len(h), chunk)]
-    return tuple(torch.cat([p[i] for p in parts]) if parts[0][i] is not None else None for i in range(len(parts[0])))
+    return tuple(torch.cat([p[i] for p in parts]) if parts[0][i] is not None else None
+                 for i in range(len(parts[0])))
 
 
 def forward(model, mb: MicroBatch) -> torch.Tensor:
