@@ -136,10 +136,10 @@ def evaluate(store, spec: dict, run: Run, students: dict[str, str], student: str
     return out
 
 
-def report(store, spec: dict, chosen: dict, progress: Progress) -> tuple[dict, dict, dict]:
-    """Every method at its setting on every report seed: per-prompt test rewards, flaw classes, figures."""
+def report(store, spec: dict, chosen: dict, progress: Progress, seeds: list[int]) -> tuple[dict, dict, dict]:
+    """Every method at its setting on `seeds`: per-prompt test rewards, flaw classes, figures."""
     test, classes, runs = {}, {}, {}
-    for seed in spec["seeds"]["report"]:
+    for seed in seeds:
         for size in spec["students"]["sizes"]:
             students = {"same": {}, "paired": {}}
             for method in spec["methods"]:
@@ -166,6 +166,9 @@ def main():
     ap.add_argument("--store", default=None, help="default: $ADPA_STORE or ./store")
     ap.add_argument("--until", choices=("tuning", "report"), default="report",
                     help="stop after this phase (its figures are written)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="only these report seeds (a second process on another core: its runs are keyed in the "
+                         "store, so the full run reuses them); writes nothing in docs/")
     a = ap.parse_args()
     spec = prereg.check(PREREG)
     import torch
@@ -181,8 +184,14 @@ def main():
     results["chosen"] = chosen
     if a.until == "tuning":
         return write(results)
+    if a.seeds:
+        if not set(a.seeds) <= set(seeds):
+            raise SystemExit(f"--seeds {a.seeds}: the registered report seeds are {seeds}")
+        print(f"phase 2, seeds {a.seeds} only: their runs and evaluations, nothing written in docs/", flush=True)
+        report(store, spec, chosen, progress, a.seeds)
+        return
     print(f"phase 2: report seeds {seeds}", flush=True)
-    test, classes, runs = report(store, spec, chosen, progress)
+    test, classes, runs = report(store, spec, chosen, progress, seeds)
     methods_only = {s: {sz: {m: v for m, v in d.items() if m in spec["methods"]} for sz, d in t.items()}
                     for s, t in test.items()}
     results |= {"runs": runs, "test": test, "classes": classes, "table": analysis.table(test),
