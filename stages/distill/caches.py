@@ -90,14 +90,12 @@ def check_caches(dirs: dict[str, Path], loss: str, tok, init_identity: dict, cro
 
 
 def teacher_vocab(store: Store, dirs: dict[str, Path]) -> tuple[Vocab, int]:
-    """The vocabulary table of the tokenizer that rendered the top-k caches, and their k (cross_tokenizer)."""
-    for name, d in dirs.items():
-        if name != "student_logp":
-            reader = ArtifactReader(d)
-            fp = reader.manifest["inputs"]["render"]["tokenizer"]
-            return load_vocab(store, fp, f"cache {d.name} ({name})"), reader.layout.k
-    d = dirs["student_logp"]  # sft: token ids alone
-    return load_vocab(store, ArtifactReader(d).manifest["inputs"]["render"]["tokenizer"], f"cache {d.name}"), 1
+    """The vocabulary table of the tokenizer that rendered the caches (one recipe: one tokenizer), and the
+    top-k caches' k (1 when the loss reads token ids alone: sft)."""
+    name = next((n for n in dirs if n != "student_logp"), "student_logp")
+    reader = ArtifactReader(dirs[name])
+    return (load_vocab(store, reader.manifest["inputs"]["render"]["tokenizer"], f"cache {dirs[name].name} ({name})"),
+            getattr(reader.layout, "k", 1))
 
 
 def stage_one_drops(dirs: dict[str, Path]) -> dict[str, int]:
