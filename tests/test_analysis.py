@@ -167,3 +167,20 @@ def test_the_tokenizer_variant_is_registered_on_v4s_analysis_and_tuned_settings(
 def v4_fixed(method: str) -> dict:
     from benchmarks import prereg
     return json.loads(prereg.PREREG.read_text())["methods"][method].get("fixed", {})
+
+
+@pytest.mark.parametrize("bench", ["quality", "quality_cross"])
+def test_the_committed_results_are_the_registered_analysis_of_their_own_raw_rewards(bench):
+    """docs/results/quality-v4.json and quality-v4p.json: hypotheses, tables and per-flaw figures recomputed
+    from the per-prompt rewards they carry, with the registered analysis, equal what was committed (nothing
+    edited by hand after the run; the report seeds and the registered hypotheses are the ones analysed)."""
+    import importlib
+    from benchmarks import analysis, prereg
+    mod = importlib.import_module(f"benchmarks.{bench}")
+    spec = prereg.check(getattr(mod, "PREREG", prereg.PREREG))
+    got = json.loads((prereg.ROOT / mod.RESULTS).read_text())
+    test, classes = got["test"], got["classes"]
+    assert sorted(map(int, test)) == spec["seeds"]["report"]
+    methods = {s: {z: {m: v for m, v in d.items() if m in spec["methods"]} for z, d in t.items()} for s, t in test.items()}
+    assert analysis.hypotheses(methods, spec["hypotheses"], spec["alpha"]) == got["hypotheses"]
+    assert analysis.table(test) == got["table"] and analysis.per_flaw(test, classes) == got["per_flaw"]
