@@ -153,7 +153,7 @@ def report(store, spec: dict, chosen: dict, progress: Progress, seeds: list[int]
             row = {}
             for student, named in students.items():
                 ev = evaluate(store, spec, CrossRun("eval", size, seed, ()), named, student)
-                row |= ev["rewards"]
+                row |= {k: v for k, v in ev["rewards"].items() if k not in row}  # the teachers' rows: the first's
                 classes[str(seed)] = ev["classes"]
             test.setdefault(str(seed), {})[size] = row
             progress.step(f"seed {seed} {size} test evaluation", time.perf_counter() - t)

@@ -305,7 +305,7 @@ def test_bench_cross_counts_what_the_alignment_keeps(unit):
     assert "| unit | 17 / 117 |" in table({"unit": r})
 
 
-def test_a_student_of_another_tokenizer_is_judged_on_its_texts(unit):
+def test_a_student_of_another_tokenizer_is_judged_on_its_texts(unit, tmp_path):
     """Evaluation and checkpoint selection of a student of another tokenizer: its greedy answers are decoded and
     the teachers score their text rendered with their own tokenizer (implicit reward); checked against the
     teachers' log-probs of each answer's conversation computed here with transformers alone."""
@@ -336,3 +336,28 @@ def test_a_student_of_another_tokenizer_is_judged_on_its_texts(unit):
         full = full[:full.index(world_tok.eos_token_id, len(p)) + 1]
         assert got == pytest.approx(logp(dpo, full, len(p)) - logp(ref, full, len(p)), abs=1e-4)
     assert np.isfinite(values["kl_to_init"]).all() and "reward" in values
+
+    # the teachers answer in their own ids: the same figures, bit for bit, as a Judge of a world student gives them
+    same_tok = {e.pair.pair_id: e for e in prepare(r.data, r.teacher_cache, world_tok, False)[0] if hasattr(e, "pair")}
+    same = Judge(models | {"student": resolve(r.models.student)}, [same_tok[e.pair.pair_id] for e in pairs], world_tok,
+                 ("sorting", sorting_task.reward), r.teacher_cache)
+    assert judge.unanswerable(world_tok) is None and judge.view(world_tok).pairs == same.pairs
+    got, got_answers = judge.score(dpo, world_tok)
+    want, want_answers = same.score(dpo)
+    assert got_answers == want_answers and set(got) == set(want) - {"kl_to_init"}  # KL to an init of other ids
+    for k in got:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+    # `adpa eval` of such a recipe: the teachers are rows of its table (KL to the paired init: "-")
+    from adpa.stages.evaluate.report import table
+    from adpa.stages.evaluate.run import run_eval
+    from adpa.stages.teacher_cache.run import Request
+    said = []
+    results = run_eval(Request(models, r.data, r.teacher_cache), {}, tmp_path / "eval", ("sorting", sorting_task.reward),
+                       said.append)
+    assert [x.name for x in results] == ["teacher-sft", "teacher-dpo", "student-sft"] and "left out" not in said[0]
+    assert ["kl_to_init" in x.metrics for x in results] == [False, False, True]
+    rows = table(results, len(results[0].r_seq), "training").splitlines()
+    assert rows[2].startswith("teacher-dpo") and rows[2].split()[-1] == "-" and rows[3].split()[-1] != "-"
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert [m["name"] for m in report["models"]] == ["teacher-sft", "teacher-dpo", "student-sft"]

@@ -29,19 +29,20 @@ def _metric(r, prefix: str):
 
 def table(results: list, n: int, rows: str = "held-out") -> str:
     """The results as text; `rows`: what the `n` prompts are (held-out, or training rows)."""
-    cols = [c for c in COLUMNS if _metric(results[0], c[0])[0]]
+    cols = _columns(results)
     head = f"{'model':18}" + "".join(f"{title:>18}" for _, title, _ in cols)
     lines = [head]
     flagged = over_optimised(results)
     for r in results:
         cells = ""
         for prefix, _, fmt in cols:
-            m, s = _metric(r, prefix)[1]
-            cells += f"{fmt.format(m) + ' ± ' + f'{s:.3f}':>18}"
+            ms = _metric(r, prefix)[1]
+            cells += f"{fmt.format(ms[0]) + ' ± ' + f'{ms[1]:.3f}' if ms else '-':>18}"
         lines.append(f"{r.name:18}{cells}" + ("  !" if r.name in flagged else ""))
     lines.append(f"(means over {n} {rows} prompts ± standard error; r(y) = log pi_dpo(y|x) - log pi_ref(y|x) of "
                  f"greedy generations; win rate by r against the baseline's generation of the same prompt; KL(init)/tok "
-                 f"= KL(model || student init) per token of its own generations)")
+                 f"= KL(model || student init) per token of its own generations, - where the model's vocabulary is "
+                 f"not the init's)")
     if flagged:
         lines.append(f"! over-optimised: implicit reward above the DPO teacher's own while the ground-truth reward is "
                      f"below the student init's ({', '.join(sorted(flagged))})")
@@ -68,9 +69,14 @@ def bar_chart(names: list[str], panels: list[tuple[str, list[float], list[float]
     return path
 
 
+def _columns(results: list) -> list[tuple]:
+    """The metrics any model has (a model of another vocabulary than the init's has no KL to it)."""
+    return [c for c in COLUMNS if any(_metric(r, c[0])[0] for r in results)]
+
+
 def plot(results: list, path: Path, n: int, rows: str = "held-out") -> Path:
-    cols = [c for c in COLUMNS if _metric(results[0], c[0])[0]]
-    panels = [(title, [_metric(r, prefix)[1][0] for r in results], [_metric(r, prefix)[1][1] for r in results])
-              for prefix, title, _ in cols]
+    cell = lambda r, prefix, i: (_metric(r, prefix)[1] or (float("nan"), 0.0))[i]  # noqa: E731
+    panels = [(title, [cell(r, prefix, 0) for r in results], [cell(r, prefix, 1) for r in results])
+              for prefix, title, _ in _columns(results)]
     return bar_chart([r.name for r in results], panels, f"{rows} evaluation ({n} prompts, bars: mean ± standard error)",
                      path)

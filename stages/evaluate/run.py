@@ -31,7 +31,7 @@ from adpa.stages.common.lm import HFScorer, Sequence, generate
 from adpa.stages.common.models import ResolvedModel, load_model, load_tokenizer, resolve
 from adpa.stages.evaluate.reward_model import RewardModel
 from adpa.stages.common.tokenizers import vocab_sha256
-from adpa.stages.teacher_cache.render import Encoded, render_prompt, render_response
+from adpa.stages.teacher_cache.render import Encoded, encode_pair, render_prompt, render_response
 from adpa.stages.teacher_cache.run import Request, prepare
 from adpa.stages.teacher_cache.settings import Data, TeacherCache
 
@@ -60,77 +60,108 @@ def _seq_logp(scorer, seqs) -> np.ndarray:
     return np.array([float(np.sum(r.realized_logp, dtype=np.float64)) for r in scorer.score(seqs)])
 
 
+@dataclass(frozen=True)
+class View:
+    """The Judge's pairs as one tokenizer reads them: each model answers and is scored in its own ids."""
+    tok: object
+    pairs: list[Encoded]
+    fp: str  # vocab_sha256 of `tok`
+
+    def scorer(self, model, token_budget: int) -> HFScorer:
+        return HFScorer(model, len(self.tok), pad_id(self.tok), token_budget)
+
+
 class Judge:
     """Scores any model on a fixed set of pairs: its greedy answers' ground-truth reward and the DPO
     teacher's implicit reward of them, its preference accuracy and chosen-response NLL, and the
     per-token KL(model || student init) on its own answers (the over-optimisation guard).
-    Loads the teacher, its reference and the init once; used by `evaluate` and by checkpoint selection."""
+    Loads the teacher, its reference and the init once; used by `evaluate` and by checkpoint selection.
+    A model of another tokenizer than the student's (the teachers of a `distill.cross_tokenizer` student, or
+    such a student beside them) reads the same conversations rendered with its own tokenizer; the teachers
+    score its answers' text rendered with theirs; its KL to the init (another vocabulary) is not defined."""
 
     def __init__(self, models: dict[str, ResolvedModel], pairs: list, tok,
                  reward: tuple[str, Callable[[str, str], float]] | None, tc: TeacherCache,
                  reward_model: ResolvedModel | None = None):
-        """`models`: the recipe's teacher (DPO), reference (its SFT) and student (the init); `tc`: generation
-        length and token budget; `reward_model`: a sequence classifier that scores the answers (metric rm)."""
+        """`models`: the recipe's teacher (DPO), reference (its SFT) and student (the init); `pairs`: Encoded
+        with `tok`, the student's tokenizer; `tc`: generation length, token budget, max_length;
+        `reward_model`: a sequence classifier that scores the answers (metric rm)."""
         import torch
         self.device = pick_device()
-        self.tok, self.pairs, self.reward, self.max_new_tokens = tok, pairs, reward, tc.max_new_tokens
-        self.token_budget, self.vocab, self.pad, self.eos = tc.token_budget, len(tok), pad_id(tok), tok.eos_token_id
+        self.pairs, self.reward, self.tc = pairs, reward, tc
+        self.mine = View(tok, pairs, vocab_sha256(tok))
         self.load = lambda spec: load_model(resolve(spec), torch.float32, self.device)  # noqa: E731
-        # a student of another tokenizer (distill.cross_tokenizer): the teachers score its answers' text
-        # rendered with their own tokenizer
-        teacher_tok = load_tokenizer(models["teacher"])
-        self.teacher_tok = None if vocab_sha256(teacher_tok) == vocab_sha256(tok) else teacher_tok
-        their = teacher_tok if self.teacher_tok else tok
-        self.dpo, self.ref = (HFScorer(self.load(models[role].source), len(their), pad_id(their), self.token_budget)
+        self.theirs = self.view(load_tokenizer(models["teacher"]))
+        self.dpo, self.ref = (self.theirs.scorer(self.load(models[role].source), tc.token_budget)
                               for role in ("teacher", "reference"))
-        self.init = self.scorer(self.load(models["student"].source))
+        self.init = self.mine.scorer(self.load(models["student"].source), tc.token_budget)
         self.rm = RewardModel(reward_model, self.device) if reward_model is not None else None
 
-    def scorer(self, model) -> HFScorer:
-        return HFScorer(model, self.vocab, self.pad, self.token_budget)
+    def view(self, tok) -> View:
+        """The pairs as `tok` reads them (the student's own when it is the student's vocabulary); a pair that
+        tokenizer cannot render stays None there (`unanswerable` says which)."""
+        fp = vocab_sha256(tok)
+        if fp == self.mine.fp:
+            return self.mine
+        pairs = [encode_pair(tok, e.pair, self.tc.max_length) for e in self.pairs]
+        return View(tok, [e if isinstance(e, Encoded) else None for e in pairs], fp)
 
-    def teachers_view(self, seqs: list[Sequence], answers: list[str]) -> list[Sequence]:
-        """The answers as the teachers read them: the same ids, or, for a student of another tokenizer, the
+    def unanswerable(self, tok) -> str | None:
+        """Why models of `tok` cannot be scored on these pairs (a pair its rendering drops), else None."""
+        missing = sum(e is None for e in self.view(tok).pairs)
+        return f"{missing} of the {len(self.pairs)} pairs do not fit teacher_cache.max_length " \
+               f"({self.tc.max_length}) in their tokenizer's ids" if missing else None
+
+    def teachers_view(self, v: View, seqs: list[Sequence], answers: list[str]) -> list[Sequence]:
+        """The answers as the teachers read them: the same ids, or, from a model of another tokenizer, the
         conversation of each answer's text rendered with the teachers' tokenizer."""
-        if self.teacher_tok is None:
+        if v.fp == self.theirs.fp:
             return seqs
-        out = []
+        tok, out = self.theirs.tok, []
         for e, text in zip(self.pairs, answers):
-            prompt = render_prompt(self.teacher_tok, e.pair.prompt)
-            out.append(Sequence(prompt + (render_response(self.teacher_tok, e.pair.prompt, prompt, text) or []),
-                                len(prompt)))
+            prompt = render_prompt(tok, e.pair.prompt)
+            out.append(Sequence(prompt + (render_response(tok, e.pair.prompt, prompt, text) or []), len(prompt)))
         return out
 
-    def score(self, model) -> tuple[dict[str, np.ndarray], list[str]]:
-        """Per-prompt values of every metric, and the decoded greedy answers."""
+    def score(self, model, tok=None) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Per-prompt values of every metric, and the decoded greedy answers; `tok`: the model's tokenizer
+        (default: the student's)."""
+        v = self.mine if tok is None else self.view(tok)
         was_training, cache = model.training, model.config.use_cache
         model.eval()
         model.config.use_cache = True  # a trainer turns the KV cache off; generation wants it
-        prompts = [e.prompt_ids for e in self.pairs]
-        outs = generate(model, prompts, self.eos, self.pad, self.max_new_tokens, self.token_budget)
-        seqs = [Sequence(p + (ids or [self.eos]), len(p)) for p, (ids, _) in zip(prompts, outs)]
-        decoded = [self.tok.decode(ids, skip_special_tokens=True).strip() for ids, _ in outs]
-        theirs = self.teachers_view(seqs, decoded)
+        eos, budget = v.tok.eos_token_id, self.tc.token_budget
+        prompts = [e.prompt_ids for e in v.pairs]
+        outs = generate(model, prompts, eos, pad_id(v.tok), self.tc.max_new_tokens, budget)
+        seqs = [Sequence(p + (ids or [eos]), len(p)) for p, (ids, _) in zip(prompts, outs)]
+        decoded = [v.tok.decode(ids, skip_special_tokens=True).strip() for ids, _ in outs]
+        theirs = self.teachers_view(v, seqs, decoded)
         r_seq = _seq_logp(self.dpo, theirs) - _seq_logp(self.ref, theirs)
-        n_tok = np.array([max(s.n, 1) for s in theirs])
-        me = self.scorer(model)
-        chosen = [Sequence(e.prompt_ids + e.chosen_ids, len(e.prompt_ids)) for e in self.pairs]
+        me = v.scorer(model, budget)
+        chosen = [Sequence(e.prompt_ids + e.chosen_ids, len(e.prompt_ids)) for e in v.pairs]
         lp_chosen = _seq_logp(me, chosen)
         margin = lp_chosen - _seq_logp(me, [Sequence(e.prompt_ids + e.rejected_ids, len(e.prompt_ids))
-                                            for e in self.pairs])
-        values = {"implicit_reward": r_seq, "implicit_reward_per_token": r_seq / n_tok,
+                                            for e in v.pairs])
+        values = {"implicit_reward": r_seq, "implicit_reward_per_token": r_seq / np.array([max(s.n, 1) for s in theirs]),
                   "preference_accuracy": (margin > 0).astype(float),
-                  "chosen_nll": -lp_chosen / np.array([c.n for c in chosen]),
-                  "kl_to_init": np.array([k.mean() for k in me.kl_to(self.init, seqs)])}
+                  "chosen_nll": -lp_chosen / np.array([c.n for c in chosen])}
+        if v is self.mine:  # KL to the init needs the init's vocabulary
+            values["kl_to_init"] = np.array([k.mean() for k in me.kl_to(self.init, seqs)])
+        values |= self.graded(decoded)
+        model.train(was_training)
+        model.config.use_cache = cache
+        return values, decoded
+
+    def graded(self, decoded: list[str]) -> dict[str, np.ndarray]:
+        """The answers' text graded by the recipe's reward and the reward model, where there are."""
+        values = {}
         if self.reward:
             texts = [e.pair.prompt[-1]["content"] for e in self.pairs]
             values["reward"] = np.array([self.reward[1](t, d) for t, d in zip(texts, decoded)])
         if self.rm:
             values["rm"] = self.rm.score([e.pair.prompt + [{"role": "assistant", "content": d}]
                                           for e, d in zip(self.pairs, decoded)])
-        model.train(was_training)
-        model.config.use_cache = cache
-        return values, decoded
+        return values
 
 
 OUTPUTS = ("eval.json", "eval.png", "generations")  # what evaluate writes into its folder
@@ -151,7 +182,7 @@ def evaluate(models: dict[str, str], judge: Judge, out_dir: Path, say=print, row
     for i, (name, spec) in enumerate(models.items()):
         t0 = time.perf_counter()
         say(f"  [{i + 1}/{len(models)}] {name}: answering {len(pairs)} prompts, then scoring them")
-        values, decoded = judge.score(judge.load(spec))
+        values, decoded = judge.score(judge.load(spec), load_tokenizer(resolve(spec)))
         res = ModelResult(name, str(spec), {k: _mean_se(v) for k, v in values.items()}, values["implicit_reward"],
                           weights_sha256(str(spec)))
         with open(out_dir / "generations" / f"{name}.jsonl", "w") as f:
@@ -211,13 +242,13 @@ def run_eval(req: Request, students: dict[str, str], out_dir: Path, reward=None,
     if not pairs:
         raise ValueError(f"{heldout.source}: no usable {rows_of(heldout)} pairs")
     judge = Judge(models, pairs, tok, reward, tc, reward_model)
-    # the teachers answer prompts in their own ids: with a student of another tokenizer they are left out
-    teachers = {"teacher-sft": models["reference"].source, "teacher-dpo": models["teacher"].source}
-    named = (teachers if judge.teacher_tok is None else {}) | {BASELINE: models["student"].source} | students
+    left_out = judge.unanswerable(judge.theirs.tok)  # the teachers answer in their own ids
+    teachers = {} if left_out else {"teacher-sft": models["reference"].source, "teacher-dpo": models["teacher"].source}
+    named = teachers | {BASELINE: models["student"].source} | students
     rows = rows_of(heldout)
     say(f"eval: {len(named)} models on {len(pairs)} {rows} pairs" + (
         " (data.eval_source is null and data.holdout is 0: these rows are trained on)" if rows == "training" else "")
-        + ("" if judge.teacher_tok is None else "; the teachers, of another tokenizer, are not among them"))
+        + (f"; the teachers are left out: {left_out}" if left_out else ""))
     return evaluate(named, judge, out_dir, say, rows)
 
 
