@@ -9,7 +9,7 @@ every position) in advantage rows. A field the row does not have is absent, neve
 Log-probs are natural logs (nats). A Parquet file carries the artifact's manifest (key, kind, inputs:
 models, data, settings; the shard schema with k; totals and drops) under the key-value metadata
 `adpa.manifest`, and the units under `adpa.units`. `columns` adds columns computed from a row (the CLI's
-`--text TOKENIZER`: the decoded prompt and response). Everything streams: one record batch of rows
+`--text table|TOKENIZER`: the decoded prompt and response, each top-k id's text). Everything streams: one record batch of rows
 in memory at a time.
 """
 

@@ -135,30 +135,53 @@ def verify(key: str = typer.Argument(..., help="Artifact key or folder."), store
 def export(key: str = typer.Argument(..., help="Artifact key or folder."),
            out: Path = typer.Argument(..., help="Output file: .parquet or .jsonl (by its suffix)."),
            limit: int = typer.Option(None, "--limit", min=1, help="Only the first N rows."),
-           text: Path = typer.Option(None, "--text", help="A tokenizer (or model) folder: adds the decoded prompt "
-                                     "and response as columns; refused unless its vocabulary is the artifact's."),
+           text: str = typer.Option(None, "--text", help="`table` (the artifact's vocabulary table in the store) or "
+                                    "a tokenizer (or model) folder, refused unless its vocabulary is the artifact's: "
+                                    "adds the decoded prompt and response and each top-k id's text (topk_text)."),
            store: StoreOpt = None):
     """Decode an artifact to plain columns (token ids, per-position top-k ids and log-probs, tail, realized,
     reference, the advantage of advantage artifacts) for datasets, polars, duckdb or pandas; a Parquet file
     carries the manifest as metadata (adpa.manifest); streams, one batch in memory."""
     from adpa.artifacts.export import export as export_artifact
-    d = _artifact_dir(Store(store), key)
-    n = export_artifact(d, out, limit, _text_columns(d, text) if text else None)
+    st = Store(store)
+    d = _artifact_dir(st, key)
+    n = export_artifact(d, out, limit, _text_columns(st, d, text) if text else None)
     echo(f"exported {n:,} rows of {d.name} to {out}")
 
 
-def _text_columns(artifact_dir: Path, folder: Path):
-    """row -> {prompt, response} decoded with the tokenizer in `folder`, which must be the artifact's."""
+def _text_columns(st: Store, artifact_dir: Path, source: str):
+    """row -> {prompt, response, topk_text}: the artifact's ids as text, by its vocabulary table (`source` is
+    `table`) or by the tokenizer in the folder `source`, which must have the artifact's vocabulary."""
+    fp = (read_manifest(artifact_dir / MANIFEST)["inputs"].get("render") or {}).get("tokenizer") or {}
+    if source == "table":
+        from adpa.schemas.vocab import VocabError
+        from adpa.stages.common.vocab_artifact import load_vocab
+        try:
+            pieces = load_vocab(st, fp, artifact_dir.name).pieces
+        except (VocabError, KeyError) as e:
+            fail(f"--text table: {one_line(e)}")
+        decode = lambda ids: b"".join(pieces[i] for i in ids).decode("utf-8", "replace")  # noqa: E731
+    else:
+        decode = _tokenizer_decode(source, fp.get("vocab_sha256"))
+
+    def columns(row: dict) -> dict:
+        cut = row["prompt_len"]
+        out = {"prompt": decode(row["token_ids"][:cut]), "response": decode(row["token_ids"][cut:])}
+        if "topk_ids" in row:  # a piece that is part of a character shows U+FFFD
+            out["topk_text"] = [[decode([i]) for i in ids] for ids in row["topk_ids"]]
+        return out
+    return columns
+
+
+def _tokenizer_decode(folder: str, want: str | None):
     from transformers import AutoTokenizer
 
     from adpa.stages.common.tokenizers import vocab_sha256
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    want = (read_manifest(artifact_dir / MANIFEST)["inputs"].get("render") or {}).get("tokenizer", {}).get("vocab_sha256")
+    tok = AutoTokenizer.from_pretrained(folder)
     if vocab_sha256(tok) != want:
         fail(f"--text {folder}: its vocabulary (sha256 {vocab_sha256(tok)[:12]}) is not the artifact's "
              f"({str(want)[:12]}): the text would be wrong")
-    return lambda row: {"prompt": tok.decode(row["token_ids"][:row["prompt_len"]]),
-                        "response": tok.decode(row["token_ids"][row["prompt_len"]:])}
+    return tok.decode
 
 
 @app.command()

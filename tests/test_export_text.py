@@ -47,3 +47,23 @@ def test_text_columns_with_the_artifacts_tokenizer_only(tmp_path):
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "is not the artifact's" in bad.stderr
     assert not (tmp_path / "b.parquet").exists()
+
+    # --text table: the vocabulary table stage one put beside the artifact, no tokenizer needed; each top-k id's
+    # text too, the same by either route
+    ok = subprocess.run([ADPA, "cache", "export", topk, str(tmp_path / "c.jsonl"), "--text", "table"],
+                        capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    by_table = [json.loads(ln) for ln in (tmp_path / "c.jsonl").read_text().splitlines()]
+    words = lambda s: "".join(s.split())  # noqa: E731 (a word-level tokenizer without a decoder: spacing differs)
+    assert [words(r["response"]) for r in by_table] == [words(r["response"]) for r in rows]
+    assert [[[w.strip() for w in p] for p in r["topk_text"]] for r in by_table] == \
+           [[[w.strip() for w in p] for p in r["topk_text"]] for r in rows]
+    assert len(by_table[0]["topk_text"]) == len(by_table[0]["token_ids"]) - by_table[0]["prompt_len"]
+    assert all(len(p) == 4 for p in by_table[0]["topk_text"])
+    empty = Store(tmp_path / "empty")  # the artifact alone, without its table
+    import shutil
+    shutil.copytree(st.root / topk, empty.root / topk)
+    bad = subprocess.run([ADPA, "cache", "export", topk, str(tmp_path / "d.jsonl"), "--text", "table"],
+                         capture_output=True, text=True, env=dict(env, ADPA_STORE=str(empty.root)))
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "no vocabulary table" in bad.stderr, bad.stderr
+    assert not (tmp_path / "d.jsonl").exists()
