@@ -1,4 +1,4 @@
-"""The vocabulary table (`adpa.vocab` 1.0): each token id's bytes, so that a student of another tokenizer
+"""The vocabulary table (`adpa.vocab` 1.1): each token id's bytes, so that a student of another tokenizer
 can read a cache (it re-tokenizes the text the teacher's ids spell and aligns the two by byte spans).
 
 One table per tokenizer, in a `vocab-<20 hex>` artifact of its own (schema `adpa.files`, one file
@@ -12,14 +12,17 @@ cache made before tables existed gets one when stage one runs again with its tok
 |---|---|---|
 | `piece` | binary | the bytes the token adds to the UTF-8 text; a special token's (chat markers, EOS): its content |
 | `special` | bool | a special or added token: its piece is a marker, never text |
+| `roles` | list<string> | the tokenizer's special-token roles this id holds (`bos`, `eos`, `pad`, `unk`; mostly empty) |
 
 A piece spells text exactly where a token splits a multi-byte character (byte fallback, byte-level BPE).
+The roles say what a chat template's `{{ eos_token }}` wrote in a cache's text (1.0 tables had no roles; their
+key differs, so a 1.1 reader never meets one).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +32,15 @@ from adpa.schemas import files
 from adpa.schemas.keys import artifact_key
 
 NAME = "adpa.vocab"
-VERSION = "1.0"
+VERSION = "1.1"
 KIND = "vocab"
 FILE = "vocab.arrow"
 MAX_IDS = 1 << 22  # the largest vocabularies in use hold ~256k ids
 MAX_PIECE = 1024  # bytes; real pieces are at most a few dozen
 MAX_FILE_BYTES = 256 << 20
-SCHEMA = pa.schema([pa.field("piece", pa.binary(), nullable=False), pa.field("special", pa.bool_(), nullable=False)],
+ROLES = ("bos", "eos", "pad", "unk")  # transformers' special-token attributes a chat template writes
+SCHEMA = pa.schema([pa.field("piece", pa.binary(), nullable=False), pa.field("special", pa.bool_(), nullable=False),
+                    pa.field("roles", pa.list_(pa.string()), nullable=False)],
                    metadata={"adpa.schema": NAME, "adpa.schema_version": VERSION})
 
 
@@ -54,10 +59,12 @@ def vocab_inputs(tokenizer_fingerprint: dict) -> dict:
 
 @dataclass(frozen=True)
 class Vocab:
-    """A tokenizer's pieces: `pieces[i]` the bytes of id i (a special token's: its content), `special[i]`."""
+    """A tokenizer's pieces: `pieces[i]` the bytes of id i (a special token's: its content), `special[i]`, and
+    `roles`: role (ROLES) -> the id that holds it."""
 
     pieces: list[bytes]
     special: np.ndarray  # [V] bool
+    roles: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.pieces)
@@ -72,8 +79,11 @@ class Vocab:
 
 def write(path: Path, vocab: Vocab) -> None:
     """One record batch; the caller makes the write atomic (an artifact folder is sealed once complete)."""
-    table = pa.record_batch([pa.array(vocab.pieces, pa.binary()), pa.array(vocab.special.tolist(), pa.bool_())],
-                            schema=SCHEMA)
+    held: list[list[str]] = [[] for _ in vocab.pieces]
+    for role, i in sorted(vocab.roles.items()):
+        held[i].append(role)
+    table = pa.record_batch([pa.array(vocab.pieces, pa.binary()), pa.array(vocab.special.tolist(), pa.bool_()),
+                             pa.array(held, pa.list_(pa.string()))], schema=SCHEMA)
     options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", 3))
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA, options=options) as w:
         w.write_batch(table)
@@ -103,4 +113,13 @@ def read(path: Path, vocab_size: int) -> Vocab:
     pieces = batch.column(0).to_pylist()
     if max(map(len, pieces)) > MAX_PIECE:
         raise VocabError(f"{name}: a piece longer than {MAX_PIECE} bytes")
-    return Vocab(pieces, batch.column(1).to_numpy(zero_copy_only=False).astype(bool))
+    return Vocab(pieces, batch.column(1).to_numpy(zero_copy_only=False).astype(bool), _roles(name, batch.column(2)))
+
+
+def _roles(name: str, column) -> dict[str, int]:
+    """role -> id from the roles column: known roles, each held by one id at most."""
+    lengths = np.diff(column.offsets.to_numpy())
+    ids, held = np.repeat(np.arange(len(column)), lengths), column.flatten().to_pylist()
+    if len(held) > len(ROLES) or not set(held) <= set(ROLES) or len(set(held)) != len(held):
+        raise VocabError(f"{name}: its roles column holds {len(held)} entries, not each of {', '.join(ROLES)} at most once")
+    return {role: int(i) for role, i in zip(held, ids)}

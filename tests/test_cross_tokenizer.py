@@ -53,14 +53,13 @@ def toks(smollm2_tokenizer, gpt2, spiece):
 
 
 def render(tok, messages, response):
-    """(prompt ids, response ids through the end-of-turn marker) as stage one renders them."""
+    """(prompt ids, response ids through the end-of-turn marker, the eos) as stage one renders them."""
     prompt = list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
     full = list(tok.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=True,
                                         return_dict=False))
     assert full[:len(prompt)] == prompt
     resp = full[len(prompt):]
-    end = tok.convert_tokens_to_ids("<|im_end|>")
-    return prompt, resp[:resp.index(end) + 1]
+    return prompt, resp[:len(resp) - resp[::-1].index(tok.eos_token_id)]  # as stage one cuts: after the last eos
 
 
 def teacher_row(tok, messages, response, side="chosen", k=6, seed=0, index=0) -> Row:
@@ -95,6 +94,66 @@ def test_the_students_ids_are_its_own_rendering(pair, toks):
             row = bridge.row(teacher_row(teacher, messages, response))
             prompt, resp = render(student, messages, response)
             assert list(row.token_ids) == prompt + resp and row.prompt_len == len(prompt)
+
+
+# A template in the manner of Llama's and H2O Danube's: its markers are literal, but the start and every turn's end
+# are the tokenizer's bos_token and eos_token, whatever they are.
+ROLE_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}{{ '<|system|>' + m['content'] + "
+                 "eos_token }}{% elif m['role'] == 'user' %}{{ '<|prompt|>' + m['content'] + eos_token }}{% else %}"
+                 "{{ '<|answer|>' + m['content'] + eos_token }}{% endif %}{% endfor %}"
+                 "{% if add_generation_prompt %}{{ '<|answer|>' }}{% endif %}")
+
+
+def role_template(tok, template: str = ROLE_TEMPLATE):
+    tok = copy.deepcopy(tok)
+    tok.add_special_tokens({"additional_special_tokens": ["<|system|>", "<|prompt|>", "<|answer|>"]})
+    tok.chat_template = template
+    return tok
+
+
+@pytest.fixture(scope="module")
+def native(smollm2_tokenizer, gpt2, spiece):
+    """The tokenizers with their own roles: SmolLM2's bos <|im_start|> and eos <|im_end|>, GPT-2's one
+    <|endoftext|> for both, the SentencePiece BPE's <s> and </s>."""
+    return {"smollm2": smollm2_tokenizer, "gpt2": gpt2, "spiece": spiece}
+
+
+@pytest.mark.parametrize("pair", [("smollm2", "spiece"), ("spiece", "gpt2"), ("smollm2", "gpt2")])
+def test_markers_the_template_writes_by_role_become_the_students(pair, native):
+    """The cache's text holds the teacher's bos and eos where the template says bos_token and eos_token: the
+    student reads its own there (its ids equal its own rendering), and the teacher's probability of its eos is
+    the student's eos entry's."""
+    teacher, student = (role_template(native[n]) for n in pair)
+    assert teacher.eos_token != student.eos_token
+    bridge = Bridge(vocab_table(teacher), vocab_table(student), student, 6)
+    for messages, chosen, rejected in CONVERSATIONS:
+        for response in (chosen, rejected):
+            prompt, resp = render(teacher, messages, response)
+            assert prompt[0] == teacher.bos_token_id and resp[-1] == teacher.eos_token_id
+            cached = teacher_row(teacher, messages, response)
+            row = bridge.row(cached)
+            assert list(row.token_ids) == list(np.concatenate(render(student, messages, response)))
+            last = row.topk_ids[-1][row.topk_valid[-1]].tolist()
+            assert row.aligned[-1] and student.eos_token_id in last
+            i = list(cached.topk_ids[-1]).index(teacher.eos_token_id)
+            assert row.topk_logp[-1][last.index(student.eos_token_id)] == cached.topk_logp[-1][i]
+
+
+def test_role_markers_that_cannot_be_read_off_the_text_are_refused(native):
+    """GPT-2's one id is both bos and eos, SentencePiece's are two: which one the text meant is lost; a template
+    that writes the teacher's eos literally too; a role the student lacks."""
+    with pytest.raises(ValueError, match="writes (bos|eos)_token, the teacher's '<|endoftext|>', which also stands"):
+        Bridge(vocab_table(role_template(native["gpt2"])), vocab_table(role_template(native["spiece"])),
+               role_template(native["spiece"]), 6)
+    literal = ROLE_TEMPLATE.replace("'<|answer|>' + m['content']", "'<|answer|>' + m['content'] + '<|im_end|>'")
+    with pytest.raises(ValueError, match="eos_token, the teacher's '<|im_end|>', which also stands"):
+        Bridge(vocab_table(role_template(native["smollm2"], literal)),
+               vocab_table(role_template(native["spiece"], literal)), role_template(native["spiece"], literal), 6)
+    student = role_template(native["spiece"])
+    table = vocab_table(student)
+    lacking = vocab_schema.Vocab(table.pieces, table.special, {r: i for r, i in table.roles.items() if r != "bos"})
+    with pytest.raises(ValueError, match="writes bos_token, which the student's tokenizer does not have"):
+        Bridge(vocab_table(role_template(native["smollm2"])), lacking, student, 6)
 
 
 def _starts(pieces) -> list[int]:
@@ -313,7 +372,9 @@ def test_the_vocabulary_table_is_stored_once_and_damage_is_refused(tmp_path, tok
     key, reused = publish_vocab(store, tok, fp)
     assert not reused and key == vocab_schema.vocab_key(fp) and publish_vocab(store, tok, fp) == (key, True)
     table = load_vocab(store, fp, "cache x")
-    assert table.pieces == vocab_table(tok).pieces and len(table) == len(tok)
+    assert table.pieces == vocab_table(tok).pieces and len(table) == len(tok) and table.roles == vocab_table(tok).roles
+    assert table.roles == {"bos": tok.bos_token_id, "eos": tok.eos_token_id, "pad": tok.pad_token_id,
+                           "unk": tok.unk_token_id}
     assert table.pieces[tok.convert_tokens_to_ids("<|im_end|>")] == b"<|im_end|>" and table.special.sum() == 17
     path = store.path(key) / vocab_schema.FILE
     path.chmod(0o644)
@@ -335,7 +396,7 @@ def test_a_table_of_another_shape_is_refused(tmp_path):
     other = pa.schema([pa.field("piece", pa.string())])
     with pa.OSFile(str(tmp_path / "o.arrow"), "wb") as f, pa.ipc.new_stream(f, other) as w:
         w.write_batch(pa.record_batch([pa.array(["a"])], schema=other))
-    with pytest.raises(vocab_schema.VocabError, match="o.arrow: not an adpa.vocab 1.0 table"):
+    with pytest.raises(vocab_schema.VocabError, match="o.arrow: not an adpa.vocab 1.1 table"):
         vocab_schema.read(tmp_path / "o.arrow", 1)
     (tmp_path / "junk.arrow").write_bytes(b"\xff" * 64)
     with pytest.raises(vocab_schema.VocabError, match="junk.arrow: not a readable Arrow IPC stream"):

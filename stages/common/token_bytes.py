@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adpa.schemas.vocab import Vocab
+from adpa.schemas.vocab import ROLES, Vocab
 
 SPIECE_SPACE = "\u2581"
 
@@ -100,7 +100,8 @@ def vocab_table(tokenizer) -> Vocab:
     pieces = [table[i] if i < len(table) and table[i] is not None else names.get(i, "").encode("utf-8")
               for i in range(n)]
     special = np.array([i >= len(table) or table[i] is None for i in range(n)], dtype=bool)
-    return Vocab(pieces, special)
+    roles = {r: getattr(tokenizer, f"{r}_token_id", None) for r in ROLES}
+    return Vocab(pieces, special, {r: int(i) for r, i in roles.items() if isinstance(i, int) and 0 <= i < n})
 
 
 def byte_ends(ids, table: list[bytes | None]) -> np.ndarray:

@@ -6,7 +6,10 @@ the student's ids, made of the text the teacher's ids spell (the vocabulary tabl
 1. The prompt's and the response's bytes are decoded to text and tokenized by the student's tokenizer.
    The cache must be rendered with the student's chat template, so this is the student's own rendering
    (`caches.check_caches` refuses any other). Chat markers travel as their content and become the
-   student's special tokens.
+   student's special tokens; a marker the template writes through a role variable (`{{ eos_token }}`,
+   `{{ bos_token }}`: the teacher's content in the cache's text) is spelled as the student's holder of that
+   role, in the text and in the teacher's top-k (`student_markers`), as the template would have written it
+   for the student.
 2. The two tokenizations of the response are aligned by byte spans (`token_bytes.align`): the shortest
    runs of tokens on both sides that end at a common byte offset. At the first student token of a run both
    models predict the next piece of the same text after the same prefix, so the teacher's distribution
@@ -38,10 +41,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+from jinja2 import TemplateError
 
 from adpa.schemas import sequences
 from adpa.schemas.token_topk import Row
-from adpa.schemas.vocab import Vocab
+from adpa.schemas.vocab import ROLES, Vocab
 from adpa.stages.common.token_bytes import align
 from adpa.stages.distill.pair_stream import Example
 
@@ -71,10 +75,47 @@ class CrossRow:
     ref_topk_logp: np.ndarray | None = None  # [n, width] the reference's log-probs of the entries (advantage rows)
 
 
+def template_roles(tok) -> set[str]:
+    """The special-token roles (`vocab.ROLES`) that `tok`'s chat template writes through its variables."""
+    marks = {f"{r}_token": f"\x00{r}\x00" for r in ROLES}  # apply_chat_template's kwargs override the tokenizer's
+    probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+    try:
+        text = tok.apply_chat_template(probe, tokenize=False, **marks) + \
+            tok.apply_chat_template(probe[1:2], tokenize=False, add_generation_prompt=True, **marks)
+    except TemplateError:  # a template that refuses a system turn (raise_exception): the user turn alone
+        text = tok.apply_chat_template(probe[1:], tokenize=False, **marks) + \
+            tok.apply_chat_template(probe[1:2], tokenize=False, add_generation_prompt=True, **marks)
+    return {r for r in ROLES if f"\x00{r}\x00" in text}
+
+
+def student_markers(teacher: Vocab, student: Vocab, tok) -> Vocab:
+    """The teacher's table with each role marker that the (shared) chat template writes through its variable
+    spelled as the student's holder of that role. Refused in one line where that cannot be read off the
+    cache's text: a role one side lacks, a teacher id holding two such roles the student holds apart, or a
+    marker the template also writes literally."""
+    pieces, source, done = list(teacher.pieces), tok.chat_template or "", {}
+    for role in sorted(template_roles(tok)):
+        t, s = teacher.roles.get(role), student.roles.get(role)
+        if t is None or s is None:
+            side = "teacher's" if t is None else "student's"
+            raise ValueError(f"the chat template writes {role}_token, which the {side} tokenizer does not have: "
+                             f"the student's own rendering cannot be read off the cache's text")
+        want = student.pieces[s]
+        if teacher.pieces[t] == want:
+            continue
+        if done.get(t, want) != want or teacher.pieces[t].decode("utf-8", "replace") in source:
+            raise ValueError(f"the chat template writes {role}_token, the teacher's "
+                             f"{teacher.pieces[t].decode('utf-8', 'replace')!r}, which also stands for something else in "
+                             f"the cache's text; the student's is {want.decode('utf-8', 'replace')!r}")
+        pieces[t], done[t] = want, want
+    return replace(teacher, pieces=pieces)
+
+
 class Bridge:
     """The teacher's and the student's vocabularies and the student's tokenizer; `example` translates a pair."""
 
     def __init__(self, teacher: Vocab, student: Vocab, tok, width: int):
+        teacher = student_markers(teacher, student, tok)
         self.teacher, self.student, self.tok, self.width = teacher, student, tok, width
         self.index = student.index()
         self.exact = np.array([self.index.get((bool(teacher.special[i]), p), -1) for i, p in enumerate(teacher.pieces)],
