@@ -157,6 +157,12 @@ def teacher_phase(store, spec: dict, progress: Progress) -> dict:
     return best | {"tried": tried}
 
 
+def same_students(cached: dict[str, str], students: dict[str, str]) -> bool:
+    """An evaluation's students are the same: the same names and folders, however the store was named (./store
+    relative, as a command line gives it, or absolute)."""
+    return {k: Path(v).resolve() for k, v in cached.items()} == {k: Path(v).resolve() for k, v in students.items()}
+
+
 def evaluate(store, spec: dict, run: Run, students: dict[str, str], split: str) -> dict:
     """Per-prompt ground truth of the world's models and `students` (name -> folder) on the seed's
     `split` prompts ("valid" or "test"), with each prompt's flaw class; cached in the run folder."""
@@ -165,7 +171,7 @@ def evaluate(store, spec: dict, run: Run, students: dict[str, str], split: str) 
     from adpa.stages.common.ranks import silent
     d = OUT / f"seed{run.seed}" / run.size / f"eval-{split}"
     cached = d / "per_prompt.json"
-    if cached.exists() and json.loads(cached.read_text())["students"] == students:
+    if cached.exists() and same_students(json.loads(cached.read_text())["students"], students):
         return json.loads(cached.read_text())
     r = recipe_for(spec, run)
     r.data.eval_source = r.data.valid_source if split == "valid" else r.data.eval_source

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import analysis, prereg
-from benchmarks.quality import Progress, Run, at_seed, figures, grid
+from benchmarks.quality import Progress, Run, at_seed, figures, grid, same_students
 from adpa.stages.common import kernels
 
 DOCS = Path("docs")
@@ -123,7 +123,7 @@ def evaluate(store, spec: dict, run: Run, students: dict[str, str], student: str
     from adpa.stages.common.ranks import silent
     d = OUT / f"seed{run.seed}" / run.size / f"eval-test-{student}"
     cached = d / "per_prompt.json"
-    if cached.exists() and json.loads(cached.read_text())["students"] == students:
+    if cached.exists() and same_students(json.loads(cached.read_text())["students"], students):
         return json.loads(cached.read_text())
     results = orchestrate.evaluate(recipe_for(spec, run, student), store, students, d, say=silent)
     out = {"students": students, "rewards": {}}
