@@ -19,13 +19,16 @@ from adpa.stages.common.models import resolve
 from adpa.stages.common.ranks import Ranks
 from adpa.stages.common.settings import quote
 from adpa.stages.distill.losses import LOSSES, caches_of
+from adpa.stages.common.models import load_tokenizer
+from adpa.stages.common.tokenizers import tokenizer_fingerprint
+from adpa.stages.distill.cross_tokenizer import Conversations
 from adpa.stages.distill.distiller import Distiller, Job, Place, Trained
 from adpa.stages.evaluate.run import Validator, run_eval
 from adpa.stages.teacher_cache import ray_engine
 from adpa.stages.teacher_cache.estimate import Estimate
 from adpa.stages.teacher_cache.estimate import estimate as stage_one_estimate
 from adpa.stages.teacher_cache.pairs import check_source
-from adpa.stages.teacher_cache.run import Request, Result, plan, run_states, run_teacher_cache
+from adpa.stages.teacher_cache.run import Request, Result, plan, prompts_by_row, run_states, run_teacher_cache
 
 
 def built_models(recipe: Recipe, store: Store, say=None) -> dict:
@@ -103,7 +106,8 @@ def distill(recipe: Recipe, store: Store, loss: str | None = None, output: Path 
     def train(step_loss: str, settings: str, init, step_caches: dict, run_dir: Path | None, label: str = "") -> Trained:
         """`settings`: the loss whose `per_loss` entry the step trains with."""
         d = recipe.distill_for(settings)
-        job = Job(step_loss, init, d, step_caches, label, validator(recipe, d, store, models))
+        job = Job(step_loss, init, d, step_caches, label, validator(recipe, d, store, models),
+                  conversations(recipe, store, models, step_caches) if d.cross_tokenizer else None)
         place = Place(run_dir, resume, overwrite, recipe.name, recipe.command("distill", "--loss", loss), ranks, say)
         return Distiller(store, job, place).run()
 
@@ -145,6 +149,24 @@ def planned(recipe: Recipe, store: Store, models: dict | None = None) -> dict[st
     rendering a row (`models`: the recipe's, when already resolved; built-in ones are built when absent)."""
     models = models or builtin.resolve_models(recipe.models, store)
     return plan(Request(models, builtin.resolve_data(recipe.data, store), recipe.teacher_cache))
+
+
+def conversations(recipe: Recipe, store: Store, models: dict, caches: dict[str, str]) -> Conversations | None:
+    """For a student of another tokenizer whose chat template is not the one its caches were rendered with:
+    each input row's prompt messages, parsed from the recipe's data as stage one parsed them (the data must be
+    the caches'); None when the templates agree, or when no cache is there yet (stage two names it)."""
+    made = next((m["inputs"] for k in caches.values() if (m := store.manifest(k)) and "render" in m["inputs"]), None)
+    student = load_tokenizer(models["student"])
+    if made is None or tokenizer_fingerprint(student)["chat_template_sha256"] == \
+            made["render"]["tokenizer"]["chat_template_sha256"]:
+        return None
+    data = builtin.resolve_data(recipe.data, store)
+    prompts, data_key = prompts_by_row(data)
+    if data_key != made["data"]:
+        raise ValueError(f"the caches were rendered with another chat template than the student's; re-rendering "
+                         f"reads their messages from the recipe's data, which is not theirs ({data.source}: "
+                         f"sha256 {str(data_key.get('sha256'))[:12]}, the caches': {str(made['data'].get('sha256'))[:12]})")
+    return Conversations(prompts)
 
 
 def validator(recipe: Recipe, d, store: Store, models: dict | None = None) -> Validator | None:

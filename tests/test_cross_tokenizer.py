@@ -156,6 +156,45 @@ def test_role_markers_that_cannot_be_read_off_the_text_are_refused(native):
         Bridge(vocab_table(role_template(native["smollm2"])), lacking, student, 6)
 
 
+@pytest.mark.parametrize("pair", [("chatml-smollm2", "role-spiece"), ("role-spiece", "chatml-gpt2"),
+                                  ("role-smollm2", "chatml-spiece")])
+def test_a_cache_of_another_chat_template_is_rerendered_from_its_messages(pair, toks, native):
+    """ChatML (<|im_end|> ends a turn) against a Danube-style template (bos, <|prompt|>, <|answer|>, eos): with the
+    rows' messages, the student's ids are its own rendering of each conversation, the teacher's eos (where stage
+    one cut the response) is aligned with the student's end-of-turn token and its probability is that entry's;
+    a response cut at max_length (no end-of-turn) stays without the student's end."""
+    from adpa.stages.distill.cross_tokenizer import Conversations
+    made = {"chatml": lambda n: toks[n], "role": lambda n: role_template(native[n])}
+    teacher, student = (made[name.split("-")[0]](name.split("-")[1]) for name in pair)
+    assert teacher.chat_template != student.chat_template
+    prompts = {i: m for i, (m, _, _) in enumerate(CONVERSATIONS)}
+    bridge = Bridge(vocab_table(teacher), vocab_table(student), student, 6, Conversations(prompts))
+    t_end, s_end = teacher.eos_token_id, bridge.end
+    for index, (messages, chosen, rejected) in enumerate(CONVERSATIONS):
+        for response in (chosen, rejected):
+            cached = teacher_row(teacher, messages, response, index=index)
+            row = bridge.row(cached)
+            assert list(row.token_ids) == list(np.concatenate(render(student, messages, response)))
+            at = list(row.token_ids[row.prompt_len:]).index(s_end)
+            assert row.aligned[at] and s_end in row.topk_ids[at][row.topk_valid[at]]
+            a = list(cached.token_ids[cached.prompt_len:]).index(t_end)
+            i = list(cached.topk_ids[a]).index(t_end) if t_end in cached.topk_ids[a] else None
+            got = row.topk_logp[at][list(row.topk_ids[at]).index(s_end)]
+            assert i is not None and got == cached.topk_logp[a][i]
+        cut = teacher_row(teacher, messages, chosen, index=index)
+        n = cut.prompt_len + list(cut.token_ids[cut.prompt_len:]).index(t_end) - 1  # one text token before the end
+        short = Row(cut.pair_id, cut.side, index, cut.token_ids[:n], cut.prompt_len, cut.topk_ids[:n - cut.prompt_len],
+                    cut.topk_logp[:n - cut.prompt_len], cut.realized_logp[:n - cut.prompt_len],
+                    cut.tail_logp[:n - cut.prompt_len])
+        row = bridge.row(short)
+        assert s_end not in row.token_ids[row.prompt_len:].tolist()
+        text = b"".join(vocab_table(teacher).pieces[i] for i in short.token_ids[short.prompt_len:]).decode()
+        prompt, resp = render(student, messages, text)
+        assert list(row.token_ids) == prompt + resp[:resp.index(s_end)]
+    with pytest.raises(ValueError, match="input row 7 is not among the recipe's data rows"):
+        bridge.row(teacher_row(teacher, CONVERSATIONS[0][0], "x", index=7))
+
+
 def _starts(pieces) -> list[int]:
     return list(np.concatenate([[0], np.cumsum([len(p) for p in pieces])[:-1]]))
 

@@ -247,11 +247,34 @@ def test_a_student_of_another_tokenizer_trains_from_the_unchanged_cache(unit, tm
     shutil.copytree(init.source, other)
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(other)
-    tok.chat_template = tok.chat_template.replace("<|im_start|>{{ m['role'] }}\n", "<|im_start|>{{ m['role'] }}: ")
+    tok.chat_template = tok.chat_template.replace("{{ m['role'] }}", "{{ m['role'] }} {{ m['role'] }}").replace(
+        "<|im_start|>assistant\n", "<|im_start|>assistant assistant\n")
     tok.save_pretrained(other)
     s = Distill(loss="dckd", cross_tokenizer=True, batch_pairs=4)
-    with pytest.raises(CacheRefused, match="rendered with another chat template than the student's"):
+    with pytest.raises(CacheRefused, match="rendered with another chat template than the student's .* re-renders it"):
         Distiller(st, Job("dckd", resolve(str(other)), s, unit["keys"]), Place(tmp_path / "o", say=silent)).check()
+    # with the recipe's data (the cache's own), adpa distill re-renders each conversation in the student's template
+    r = unit["recipe"]
+    models = {role: resolve(getattr(r.models, role)) for role in ("teacher", "reference")} | {"student": resolve(str(other))}
+    conv = orchestrate.conversations(r, st, models, unit["keys"])
+    assert conv is not None and len(conv.prompts) == PAIRS
+    assert orchestrate.conversations(r, st, models | {"student": init}, unit["keys"]) is None  # the cache's template
+    re = Distiller(st, Job("dckd", resolve(str(other)), s, unit["keys"], conversations=conv), Place(tmp_path / "o2", say=silent))
+    re.check()
+    bridge, data = re._bridge(), [json.loads(ln) for ln in Path(r.data.source).read_text().splitlines()]
+    from adpa.artifacts import ArtifactReader
+    for row in ArtifactReader(st.location(unit["keys"]["teacher_topk"])):
+        messages = [{"role": "user", "content": data[row.input_index]["prompt"]}]
+        prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        x = bridge.row(row)
+        assert list(x.token_ids[:x.prompt_len]) == list(prompt) and x.aligned.all()
+        text = tok.decode(x.token_ids[x.prompt_len:-1]).replace(" ", "")
+        assert text == data[row.input_index][row.side].replace(" ", "")[:len(text)]  # the response (maybe cut)
+    assert re.run().status == "built"
+    limited = copy.deepcopy(r)
+    limited.data.limit = PAIRS - 1
+    with pytest.raises(ValueError, match="re-rendering reads their messages from the recipe's data, which is not theirs"):
+        orchestrate.conversations(limited, st, models, unit["keys"])
     for loss in ("sft", "dckd", "adpa"):
         t = run(loss, cross_tokenizer=True).run()
         assert t.status == "built" and t.summary["steps"] == PAIRS // 4

@@ -41,7 +41,7 @@ from adpa.stages.common.tokenizers import tokenizer_fingerprint
 from adpa.stages.distill.distiller import Distiller, Job, Place, Trained
 from adpa.stages.distill.settings import Distill
 from adpa.stages.teacher_cache import run as stage_one
-from adpa.stages.teacher_cache.render import render_prompt, render_response
+from adpa.stages.common.chat import render_prompt, render_response
 from adpa.stages.teacher_cache.settings import Data, TeacherCache
 
 

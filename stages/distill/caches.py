@@ -45,9 +45,11 @@ def locate(store: Store, loss: str, caches: dict[str, str]) -> dict[str, Path]:
 CROSS_LOSSES = ("sft", "kd", "dckd", "adpa")  # dpo reads the student init's log-probs, in the cache's ids
 
 
-def check_caches(dirs: dict[str, Path], loss: str, tok, init_identity: dict, cross: bool = False) -> int:
+def check_caches(dirs: dict[str, Path], loss: str, tok, init_identity: dict, cross: bool = False,
+                 rerender: bool = False) -> int:
     """Refuse caches that cannot train this student with this loss; returns the vocabulary size of the output
-    layer (the cache's, or with `cross` (distill.cross_tokenizer) the student's)."""
+    layer (the cache's, or with `cross` (distill.cross_tokenizer) the student's). `rerender`: caches of another
+    chat template are re-rendered from their messages (`cross_tokenizer.Conversations`)."""
     fp = tokenizer_fingerprint(tok)
     if cross and loss not in CROSS_LOSSES:
         raise CacheRefused(f"distill.cross_tokenizer trains {', '.join(CROSS_LOSSES)}; loss {loss} reads the "
@@ -80,8 +82,11 @@ def check_caches(dirs: dict[str, Path], loss: str, tok, init_identity: dict, cro
                                f"aligning the two tokenizations by byte spans")
         if (cross or render.get("template_from") == "student") and \
                 made.get("chat_template_sha256") != fp["chat_template_sha256"]:
-            raise CacheRefused(f"cache {key} was rendered with another chat template than the student's "
-                               f"(sha256 {str(made.get('chat_template_sha256'))[:12]} vs {fp['chat_template_sha256'][:12]})")
+            if not (cross and rerender):
+                raise CacheRefused(f"cache {key} was rendered with another chat template than the student's (sha256 "
+                                   f"{str(made.get('chat_template_sha256'))[:12]} vs {fp['chat_template_sha256'][:12]})"
+                                   + ("; adpa distill re-renders it from the recipe's data when that data is the "
+                                      "cache's" if cross else ""))
         if "realized_logp" in columns and m["inputs"].get("model") != init_identity:
             raise CacheRefused(f"cache {key} holds log-probs of {m['inputs'].get('model')}, not of the student's "
                                f"init model {init_identity} (the reference of {loss})")

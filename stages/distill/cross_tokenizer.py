@@ -5,8 +5,10 @@ the student's ids, made of the text the teacher's ids spell (the vocabulary tabl
 
 1. The prompt's and the response's bytes are decoded to text and tokenized by the student's tokenizer.
    The cache must be rendered with the student's chat template, so this is the student's own rendering
-   (`caches.check_caches` refuses any other). Chat markers travel as their content and become the
-   student's special tokens; a marker the template writes through a role variable (`{{ eos_token }}`,
+   (`caches.check_caches` refuses any other unless the row's messages are given, `Conversations`: then the
+   student renders the prompt from them and the response from the text before the teacher's first special
+   token, and the teacher's eos stands for the student's end-of-turn token). Chat markers travel as their
+   content and become the student's special tokens; a marker the template writes through a role variable (`{{ eos_token }}`,
    `{{ bos_token }}`: the teacher's content in the cache's text) is spelled as the student's holder of that
    role, in the text and in the teacher's top-k (`student_markers`), as the template would have written it
    for the student.
@@ -46,6 +48,7 @@ from jinja2 import TemplateError
 from adpa.schemas import sequences
 from adpa.schemas.token_topk import Row
 from adpa.schemas.vocab import ROLES, Vocab
+from adpa.stages.common.chat import render_prompt, render_response
 from adpa.stages.common.token_bytes import align
 from adpa.stages.distill.pair_stream import Example
 
@@ -111,11 +114,44 @@ def student_markers(teacher: Vocab, student: Vocab, tok) -> Vocab:
     return replace(teacher, pieces=pieces)
 
 
-class Bridge:
-    """The teacher's and the student's vocabularies and the student's tokenizer; `example` translates a pair."""
+@dataclass(frozen=True)
+class Conversations:
+    """What re-renders a cache made with another chat template than the student's: each input row's prompt
+    messages, by `input_index` (parsed from the recipe's data, the cache's own)."""
 
-    def __init__(self, teacher: Vocab, student: Vocab, tok, width: int):
-        teacher = student_markers(teacher, student, tok)
+    prompts: dict[int, list[dict]]
+
+
+def turn_end(tok) -> int:
+    """The id that ends an assistant turn in `tok`'s own rendering: its eos where the turn ends with it, else the
+    first special token after the text (not unk or pad: a probe's text may be unknown to a word-level vocabulary)."""
+    probe = [{"role": "user", "content": "u"}]
+    ids = render_response(tok, probe, render_prompt(tok, probe), "a") or []
+    if tok.eos_token_id in ids:
+        return tok.eos_token_id
+    markers = set(tok.all_special_ids) - {tok.unk_token_id, tok.pad_token_id}
+    end = next((i for i in ids if i in markers), None)
+    if end is None:
+        raise ValueError(f"{tok.name_or_path or 'the student'}: its chat template ends an assistant turn without a "
+                         f"special token; a cache rendered with another template cannot be re-rendered for it")
+    return end
+
+
+class Bridge:
+    """The teacher's and the student's vocabularies and the student's tokenizer; `example` translates a pair.
+    With `conversations`, the cache was rendered with another chat template: each row is re-rendered (`rerender`)
+    and the teacher's eos (where stage one cut its responses) stands for the student's end-of-turn token."""
+
+    def __init__(self, teacher: Vocab, student: Vocab, tok, width: int, conversations: Conversations | None = None):
+        self.conv, self.end = conversations, None
+        if conversations is None:
+            teacher = student_markers(teacher, student, tok)
+        else:
+            self.end = turn_end(tok)
+            if "eos" in teacher.roles:  # so the bytes, and the top-k entry, match
+                pieces = list(teacher.pieces)
+                pieces[teacher.roles["eos"]] = student.pieces[self.end]
+                teacher = replace(teacher, pieces=pieces)
         self.teacher, self.student, self.tok, self.width = teacher, student, tok, width
         self.index = student.index()
         self.exact = np.array([self.index.get((bool(teacher.special[i]), p), -1) for i, p in enumerate(teacher.pieces)],
@@ -136,11 +172,33 @@ class Bridge:
         """The student's ids of a cached row's prompt and response: the whole text tokenized at once, as the
         student renders a conversation (a SentencePiece tokenizer marks only the text's start with a space),
         cut after the prompt's ids; the response alone when a merge straddles the cut."""
+        if self.conv is not None:
+            return self.rerender(r)
         head, tail = self.text(r.token_ids[:r.prompt_len]), self.text(r.token_ids[r.prompt_len:])
         prompt, full = self.encode(head), self.encode(head + tail)
         if full[:len(prompt)] == prompt:
             return prompt, full[len(prompt):]
         return prompt, self.encode(tail)
+
+    def rerender(self, r: Row | sequences.Row) -> tuple[list[int], list[int]]:
+        """The student's own rendering of a cached row's conversation: its prompt from the row's messages, its
+        response from the text of the teacher's response before its first special token (where the teacher's
+        template ends the turn); a response without one (cut at max_length) stays without the student's end."""
+        messages = self.conv.prompts.get(int(r.input_index))
+        if messages is None:
+            raise ValueError(f"cache row {r.pair_id} ({r.side}): input row {r.input_index} is not among the recipe's "
+                             f"data rows: the data is not the cache's")
+        prompt = render_prompt(self.tok, messages)
+        ids = [int(i) for i in r.token_ids[r.prompt_len:]]
+        end = next((j for j, i in enumerate(ids) if self.teacher.special[i]), None)
+        text = self.text(ids[:end]).decode("utf-8", "replace")
+        response = render_response(self.tok, messages, prompt, text)
+        if response is None:
+            raise ValueError(f"the student's chat template does not extend its prompt with a response (cache row "
+                             f"{r.pair_id}, {r.side})")
+        if end is None and self.end in response:
+            response = response[:response.index(self.end)]
+        return prompt, response
 
     def row(self, r: Row | sequences.Row) -> CrossRow | sequences.Row:
         """A cached row in the student's ids; a row without top-k (sft reads token ids alone) stays one."""

@@ -55,7 +55,7 @@ from adpa.stages.common.settings import in_key, plain
 from adpa.stages.distill import checkpoints, lora, report, sharding
 from adpa.stages.common.token_bytes import vocab_table
 from adpa.stages.distill.caches import check_caches, locate, stage_one_drops, teacher_vocab
-from adpa.stages.distill.cross_tokenizer import Bridge
+from adpa.stages.distill.cross_tokenizer import Bridge, Conversations
 from adpa.stages.distill.losses import LOSSES
 from adpa.stages.distill.objective import MicroBatch, collate, micro_loss, pack
 from adpa.stages.distill.pair_stream import PairStream
@@ -82,6 +82,9 @@ class Job:
     caches: dict[str, str]  # cache name -> artifact key
     label: str = ""  # what the run is called, when not `loss` (adpa+ trains its second step as adpa)
     validation: Callable | None = None
+    # caches of another chat template re-rendered from their messages (distill.cross_tokenizer): not in the key,
+    # the caches' keys already name the data these come from
+    conversations: Conversations | None = None
 
     @property
     def name(self) -> str:
@@ -165,7 +168,8 @@ class Distiller:
         self.dirs = locate(self.store, job.loss, job.caches)
         self.tok = load_tokenizer(job.init)
         self.pad = pad_id(self.tok)
-        self.vocab = check_caches(self.dirs, job.loss, self.tok, job.init.identity, s.cross_tokenizer)
+        self.vocab = check_caches(self.dirs, job.loss, self.tok, job.init.identity, s.cross_tokenizer,
+                                  job.conversations is not None)
         self.bridge = self._bridge() if s.cross_tokenizer else None
         if bool(s.eval_every) != (job.validation is not None):
             raise ValueError("distill.eval_every > 0 needs validation pairs (data.valid_source), and only then")
@@ -194,7 +198,7 @@ class Distiller:
         both = sum(t == s for t, s in zip(teacher.pieces, student.pieces))
         self.say(f"cross_tokenizer: teacher vocabulary {len(teacher):,} ids, student's {len(student):,}; "
                  f"{both:,} ids spell the same bytes")
-        return Bridge(teacher, student, self.tok, k)
+        return Bridge(teacher, student, self.tok, k, self.job.conversations)
 
     def run(self) -> Trained:
         """Reuse the student of this key, or train and publish it."""

@@ -31,7 +31,8 @@ from adpa.stages.common.lm import HFScorer, Sequence, generate
 from adpa.stages.common.models import ResolvedModel, load_model, load_tokenizer, resolve
 from adpa.stages.evaluate.reward_model import RewardModel
 from adpa.stages.common.tokenizers import vocab_sha256
-from adpa.stages.teacher_cache.render import Encoded, encode_pair, render_prompt, render_response
+from adpa.stages.common.chat import render_prompt, render_response
+from adpa.stages.teacher_cache.render import Encoded, encode_pair
 from adpa.stages.teacher_cache.run import Request, prepare
 from adpa.stages.teacher_cache.settings import Data, TeacherCache
 

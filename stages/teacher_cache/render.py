@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from adpa.stages.common.chat import render_prompt, render_response
 from adpa.stages.teacher_cache.pairs import Drop, Pair
 
 
@@ -20,23 +21,6 @@ class Encoded:
     chosen_ids: list[int]
     rejected_ids: list[int]
     truncated: int  # sides whose response was cut to max_length
-
-
-def render_prompt(tok, messages: list[dict]) -> list[int]:
-    return list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
-
-
-def render_response(tok, messages: list[dict], prompt_ids: list[int], response: str) -> list[int] | None:
-    """Response ids (through the end-of-turn token), or None when the template does not extend the prompt."""
-    full = list(tok.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=True,
-                                        return_dict=False))
-    if full[:len(prompt_ids)] != prompt_ids:
-        return None
-    resp = full[len(prompt_ids):]
-    eos = tok.eos_token_id
-    if eos is not None and eos in resp:
-        resp = resp[:len(resp) - resp[::-1].index(eos)]
-    return resp
 
 
 def encode_pair(tok, pair: Pair, max_length: int) -> Encoded | Drop:

@@ -139,6 +139,22 @@ def prepare(data: Data, tc: TeacherCache, tok, strict: bool) -> tuple[list, dict
     return prepared, fp, fmt
 
 
+def prompts_by_row(data: Data) -> tuple[dict[int, list[dict]], dict]:
+    """Each usable input row's prompt messages by its index, as `prepare` parses them but not rendered, and
+    the data's part of the artifacts' keys (what a cache's `inputs.data` must equal for these to be its rows)."""
+    rows, fp = load_rows(data.source, data.split, data.revision, data.limit)
+    fmt = data_format(data, rows[0])
+    parsed = ((i, _taken(parse_row(i, row, fmt), data)) for i, row in enumerate(rows))
+    return {i: p.prompt for i, p in parsed if not isinstance(p, Drop)}, _data_key(data, fp, fmt)
+
+
+def _data_key(data: Data, fp: dict, fmt: str) -> dict:
+    """The data's part of the artifacts' keys: its fingerprint and format, the limit, and the held-out fraction
+    when rows are held out."""
+    held = {"take": data.take, "holdout": data.holdout} if data.take in ("kept", "held_out") else {}
+    return fp | {"format": fmt, "limit": data.limit} | held
+
+
 def _taken(parsed, data: Data):
     """A parsed row, or why this section does not read it (`data.take`: the rows held out for evaluation
     by `data.holdout`, or the others)."""
@@ -155,8 +171,7 @@ def key_inputs(data: Data, tc: TeacherCache, seen: tuple[dict, str], tok, dtype:
     the held-out fraction when rows are held out), the rendering (the chat template's tokenizer, by its saved
     files; max_length) and the compute dtype."""
     fp, fmt = seen
-    held = {"take": data.take, "holdout": data.holdout} if data.take in ("kept", "held_out") else {}
-    return {"data": fp | {"format": fmt, "limit": data.limit} | held,
+    return {"data": _data_key(data, fp, fmt),
             "render": {"tokenizer": tokenizer_fingerprint(tok), "template_from": tc.chat_template,
                        "max_length": tc.max_length},
             "dtype": dtype}
