@@ -15,13 +15,12 @@ from pathlib import Path
 from adpa.artifacts import Store
 from adpa.pipeline import builtin
 from adpa.pipeline.recipe import Recipe
-from adpa.stages.common.models import resolve
+from adpa.stages.common.models import load_tokenizer, resolve
 from adpa.stages.common.ranks import Ranks
 from adpa.stages.common.settings import quote
-from adpa.stages.distill.losses import LOSSES, caches_of
-from adpa.stages.common.models import load_tokenizer
 from adpa.stages.common.tokenizers import tokenizer_fingerprint
 from adpa.stages.distill.cross_tokenizer import Conversations
+from adpa.stages.distill.losses import LOSSES, caches_of
 from adpa.stages.distill.distiller import Distiller, Job, Place, Trained
 from adpa.stages.evaluate.run import Validator, run_eval
 from adpa.stages.teacher_cache import ray_engine
