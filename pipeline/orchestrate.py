@@ -162,9 +162,10 @@ def conversations(recipe: Recipe, store: Store, models: dict, caches: dict[str, 
     data = builtin.resolve_data(recipe.data, store)
     prompts, data_key = prompts_by_row(data)
     if data_key != made["data"]:
+        differ = ", ".join(f"{k} {quote(str(data_key.get(k))[:16])} vs the caches' {quote(str(made['data'].get(k))[:16])}"
+                           for k in sorted(set(data_key) | set(made["data"])) if data_key.get(k) != made["data"].get(k))
         raise ValueError(f"the caches were rendered with another chat template than the student's; re-rendering "
-                         f"reads their messages from the recipe's data, which is not theirs ({data.source}: "
-                         f"sha256 {str(data_key.get('sha256'))[:12]}, the caches': {str(made['data'].get('sha256'))[:12]})")
+                         f"reads their messages from the recipe's data, which is not theirs ({data.source}: {differ})")
     return Conversations(prompts)
 
 
