@@ -8,10 +8,10 @@ the student's ids, made of the text the teacher's ids spell (the vocabulary tabl
    (`caches.check_caches` refuses any other unless the row's messages are given, `Conversations`: then the
    student renders the prompt from them and the response from the text before the teacher's first special
    token, and the teacher's eos stands for the student's end-of-turn token). Chat markers travel as their
-   content and become the student's special tokens; a marker the template writes through a role variable (`{{ eos_token }}`,
-   `{{ bos_token }}`: the teacher's content in the cache's text) is spelled as the student's holder of that
-   role, in the text and in the teacher's top-k (`student_markers`), as the template would have written it
-   for the student.
+   content and become the student's special tokens; a marker the template writes through a role variable
+   (`{{ eos_token }}`, `{{ bos_token }}`: the teacher's content in the cache's text) is spelled as the
+   student's holder of that role, in the text and in the teacher's top-k (`student_markers`), as the
+   template would have written it for the student.
 2. The two tokenizations of the response are aligned by byte spans (`token_bytes.align`): the shortest
    runs of tokens on both sides that end at a common byte offset. At the first student token of a run both
    models predict the next piece of the same text after the same prefix, so the teacher's distribution
