@@ -162,8 +162,9 @@ def conversations(recipe: Recipe, store: Store, models: dict, caches: dict[str, 
     data = builtin.resolve_data(recipe.data, store)
     prompts, data_key = prompts_by_row(data)
     if data_key != made["data"]:
-        differ = ", ".join(f"{k} {quote(str(data_key.get(k))[:16])} vs the caches' {quote(str(made['data'].get(k))[:16])}"
-                           for k in sorted(set(data_key) | set(made["data"])) if data_key.get(k) != made["data"].get(k))
+        ours, theirs = data_key, made["data"]
+        differ = ", ".join(f"{k} {quote(str(ours.get(k))[:16])} vs the caches' {quote(str(theirs.get(k))[:16])}"
+                           for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k))
         raise ValueError(f"the caches were rendered with another chat template than the student's; re-rendering "
                          f"reads their messages from the recipe's data, which is not theirs ({data.source}: {differ})")
     return Conversations(prompts)

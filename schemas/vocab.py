@@ -12,7 +12,7 @@ cache made before tables existed gets one when stage one runs again with its tok
 |---|---|---|
 | `piece` | binary | the bytes the token adds to the UTF-8 text; a special token's (chat markers, EOS): its content |
 | `special` | bool | a special or added token: its piece is a marker, never text |
-| `roles` | list<string> | the tokenizer's special-token roles this id holds (`bos`, `eos`, `pad`, `unk`; mostly empty) |
+| `roles` | list<string> | the special-token roles this id holds (`bos`, `eos`, `pad`, `unk`; mostly empty) |
 
 A piece spells text exactly where a token splits a multi-byte character (byte fallback, byte-level BPE).
 The roles say what a chat template's `{{ eos_token }}` wrote in a cache's text (1.0 tables had no roles; their
@@ -121,5 +121,6 @@ def _roles(name: str, column) -> dict[str, int]:
     lengths = np.diff(column.offsets.to_numpy())
     ids, held = np.repeat(np.arange(len(column)), lengths), column.flatten().to_pylist()
     if len(held) > len(ROLES) or not set(held) <= set(ROLES) or len(set(held)) != len(held):
-        raise VocabError(f"{name}: its roles column holds {len(held)} entries, not each of {', '.join(ROLES)} at most once")
+        raise VocabError(f"{name}: its roles column holds {len(held)} entries, not each of {', '.join(ROLES)} "
+                         f"at most once")
     return {role: int(i) for role, i in zip(held, ids)}

@@ -81,7 +81,8 @@ class CrossRow:
 def template_roles(tok) -> set[str]:
     """The special-token roles (`vocab.ROLES`) that `tok`'s chat template writes through its variables."""
     marks = {f"{r}_token": f"\x00{r}\x00" for r in ROLES}  # apply_chat_template's kwargs override the tokenizer's
-    probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+    probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+             {"role": "assistant", "content": "a"}]
     try:
         text = tok.apply_chat_template(probe, tokenize=False, **marks) + \
             tok.apply_chat_template(probe[1:2], tokenize=False, add_generation_prompt=True, **marks)
@@ -107,9 +108,9 @@ def student_markers(teacher: Vocab, student: Vocab, tok) -> Vocab:
         if teacher.pieces[t] == want:
             continue
         if done.get(t, want) != want or teacher.pieces[t].decode("utf-8", "replace") in source:
-            raise ValueError(f"the chat template writes {role}_token, the teacher's "
-                             f"{teacher.pieces[t].decode('utf-8', 'replace')!r}, which also stands for something else in "
-                             f"the cache's text; the student's is {want.decode('utf-8', 'replace')!r}")
+            mine = teacher.pieces[t].decode("utf-8", "replace")
+            raise ValueError(f"the chat template writes {role}_token, the teacher's {mine!r}, which also stands for "
+                             f"something else in the cache's text; the student's is {want.decode('utf-8', 'replace')!r}")
         pieces[t], done[t] = want, want
     return replace(teacher, pieces=pieces)
 

@@ -143,7 +143,8 @@ class Judge:
         lp_chosen = _seq_logp(me, chosen)
         margin = lp_chosen - _seq_logp(me, [Sequence(e.prompt_ids + e.rejected_ids, len(e.prompt_ids))
                                             for e in v.pairs])
-        values = {"implicit_reward": r_seq, "implicit_reward_per_token": r_seq / np.array([max(s.n, 1) for s in theirs]),
+        per_token = r_seq / np.array([max(s.n, 1) for s in theirs])
+        values = {"implicit_reward": r_seq, "implicit_reward_per_token": per_token,
                   "preference_accuracy": (margin > 0).astype(float),
                   "chosen_nll": -lp_chosen / np.array([c.n for c in chosen])}
         if v is self.mine:  # KL to the init needs the init's vocabulary
