@@ -91,21 +91,23 @@ class Judge:
         self.device = pick_device()
         self.pairs, self.reward, self.tc = pairs, reward, tc
         self.mine = View(tok, pairs, vocab_sha256(tok))
-        self.load = lambda spec: load_model(resolve(spec), torch.float32, self.device)  # noqa: E731
-        self.theirs = self.view(load_tokenizer(models["teacher"]))
-        self.dpo, self.ref = (self.theirs.scorer(self.load(models[role].source), tc.token_budget)
+        self.views = {self.mine.fp: self.mine}  # by vocabulary: each other tokenizer's pairs encoded once
+        self.load = lambda m: load_model(m, torch.float32, self.device)  # noqa: E731 (a ResolvedModel)
+        teacher_tok = load_tokenizer(models["teacher"])  # its tok and fp; its pairs: view(teacher_tok), if asked
+        self.theirs = View(teacher_tok, [], vocab_sha256(teacher_tok))
+        self.dpo, self.ref = (self.theirs.scorer(self.load(models[role]), tc.token_budget)
                               for role in ("teacher", "reference"))
-        self.init = self.mine.scorer(self.load(models["student"].source), tc.token_budget)
+        self.init = self.mine.scorer(self.load(models["student"]), tc.token_budget)
         self.rm = RewardModel(reward_model, self.device) if reward_model is not None else None
 
     def view(self, tok) -> View:
         """The pairs as `tok` reads them (the student's own when it is the student's vocabulary); a pair that
         tokenizer cannot render stays None there (`unanswerable` says which)."""
         fp = vocab_sha256(tok)
-        if fp == self.mine.fp:
-            return self.mine
-        pairs = [encode_pair(tok, e.pair, self.tc.max_length) for e in self.pairs]
-        return View(tok, [e if isinstance(e, Encoded) else None for e in pairs], fp)
+        if fp not in self.views:
+            pairs = [encode_pair(tok, e.pair, self.tc.max_length) for e in self.pairs]
+            self.views[fp] = View(tok, [e if isinstance(e, Encoded) else None for e in pairs], fp)
+        return self.views[fp]
 
     def unanswerable(self, tok) -> str | None:
         """Why models of `tok` cannot be scored on these pairs (a pair its rendering drops), else None."""
@@ -184,7 +186,8 @@ def evaluate(models: dict[str, str], judge: Judge, out_dir: Path, say=print, row
     for i, (name, spec) in enumerate(models.items()):
         t0 = time.perf_counter()
         say(f"  [{i + 1}/{len(models)}] {name}: answering {len(pairs)} prompts, then scoring them")
-        values, decoded = judge.score(judge.load(spec), load_tokenizer(resolve(spec)))
+        m = resolve(spec)  # once: a folder's weights are hashed on each resolve
+        values, decoded = judge.score(judge.load(m), load_tokenizer(m))
         res = ModelResult(name, str(spec), {k: _mean_se(v) for k, v in values.items()}, values["implicit_reward"],
                           weights_sha256(str(spec)))
         with open(out_dir / "generations" / f"{name}.jsonl", "w") as f:
