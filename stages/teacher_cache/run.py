@@ -123,11 +123,9 @@ def data_format(data: Data, first: dict) -> str:
 
 def prepare(data: Data, tc: TeacherCache, tok, strict: bool) -> tuple[list, dict, str]:
     """(Encoded-or-reason per input row, data fingerprint, format). `data.source` is a file or a hub id."""
-    rows, fp = load_rows(data.source, data.split, data.revision, data.limit)
-    fmt = data_format(data, rows[0])
+    parsed_rows, fp, fmt = _parsed(data)
     prepared = []
-    for i, row in enumerate(rows):
-        parsed = _taken(parse_row(i, row, fmt), data)
+    for i, parsed in enumerate(parsed_rows):
         enc = parsed if isinstance(parsed, Drop) else encode_pair(tok, parsed, tc.max_length)
         if strict and isinstance(enc, Drop):
             raise DataError(f"{data.source} row {i}: {enc.replace('_', ' ')} (--strict stops at the first unusable row)")
@@ -142,10 +140,15 @@ def prepare(data: Data, tc: TeacherCache, tok, strict: bool) -> tuple[list, dict
 def prompts_by_row(data: Data) -> tuple[dict[int, list[dict]], dict]:
     """Each usable input row's prompt messages by its index, as `prepare` parses them but not rendered, and
     the data's part of the artifacts' keys (what a cache's `inputs.data` must equal for these to be its rows)."""
+    parsed, fp, fmt = _parsed(data)
+    return {i: p.prompt for i, p in enumerate(parsed) if not isinstance(p, Drop)}, _data_key(data, fp, fmt)
+
+
+def _parsed(data: Data) -> tuple[list, dict, str]:
+    """(a Pair or drop reason per input row, the data's fingerprint, its format): what `prepare` renders."""
     rows, fp = load_rows(data.source, data.split, data.revision, data.limit)
     fmt = data_format(data, rows[0])
-    parsed = ((i, _taken(parse_row(i, row, fmt), data)) for i, row in enumerate(rows))
-    return {i: p.prompt for i, p in parsed if not isinstance(p, Drop)}, _data_key(data, fp, fmt)
+    return [_taken(parse_row(i, row, fmt), data) for i, row in enumerate(rows)], fp, fmt
 
 
 def _data_key(data: Data, fp: dict, fmt: str) -> dict:
